@@ -1,1 +1,19 @@
+//! Domain model and I/O-free logic shared by the control plane, the sidecar and the CLI:
+//! conversions between the wire contract and the domain, JSON Schema checks, canonical
+//! JSON and digests, redaction, tokens and permission evaluation.
 
+pub mod convert;
+pub mod endpoint;
+pub mod error;
+pub mod json;
+pub mod model;
+pub mod permission;
+pub mod redact;
+pub mod schema;
+pub mod token;
+pub mod validate;
+
+#[doc(hidden)]
+pub mod testutil;
+
+pub use error::{Violation, Violations};

@@ -1,0 +1,591 @@
+//! Explicit conversions between the wire contract (`toolplane_proto::v1`) and the
+//! domain model. Conversions from the wire report the field at fault.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+use rust_decimal::Decimal;
+use toolplane_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::error::Violations;
+use crate::json::{json_to_struct, struct_to_json, value_from_pb, value_to_pb};
+use crate::model::*;
+
+pub fn ts(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn from_ts(t: &Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+pub fn opt_ts(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
+    t.map(ts)
+}
+
+/// Parses a required UUID field, naming it on failure.
+pub fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Violations> {
+    if s.is_empty() {
+        return Err(Violations::single(field, "is required"));
+    }
+    Uuid::parse_str(s).map_err(|_| Violations::single(field, format!("{s:?} is not a UUID")))
+}
+
+/// An empty string means "none"; anything else must be a UUID.
+pub fn parse_opt_uuid(field: &str, s: &str) -> Result<Option<Uuid>, Violations> {
+    if s.is_empty() { Ok(None) } else { parse_uuid(field, s).map(Some) }
+}
+
+pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, Violations> {
+    if s.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    let d = Decimal::from_str(s)
+        .map_err(|_| Violations::single(field, format!("{s:?} is not a decimal number")))?;
+    if d.is_sign_negative() {
+        return Err(Violations::single(field, "must not be negative"));
+    }
+    Ok(d)
+}
+
+fn fmt_uuid(u: Option<Uuid>) -> String {
+    u.map(|u| u.to_string()).unwrap_or_default()
+}
+
+pub fn sensitivity_from_pb(v: i32) -> Option<DataSensitivity> {
+    match pb::DataSensitivity::try_from(v).ok()? {
+        pb::DataSensitivity::Unspecified => None,
+        pb::DataSensitivity::Public => Some(DataSensitivity::Public),
+        pb::DataSensitivity::Internal => Some(DataSensitivity::Internal),
+        pb::DataSensitivity::Confidential => Some(DataSensitivity::Confidential),
+        pb::DataSensitivity::Restricted => Some(DataSensitivity::Restricted),
+    }
+}
+
+pub fn sensitivity_to_pb(v: Option<DataSensitivity>) -> i32 {
+    (match v {
+        None => pb::DataSensitivity::Unspecified,
+        Some(DataSensitivity::Public) => pb::DataSensitivity::Public,
+        Some(DataSensitivity::Internal) => pb::DataSensitivity::Internal,
+        Some(DataSensitivity::Confidential) => pb::DataSensitivity::Confidential,
+        Some(DataSensitivity::Restricted) => pb::DataSensitivity::Restricted,
+    }) as i32
+}
+
+fn side_effects_from_pb(v: i32) -> SideEffects {
+    match pb::SideEffects::try_from(v) {
+        Ok(pb::SideEffects::None) => SideEffects::None,
+        Ok(pb::SideEffects::Read) => SideEffects::Read,
+        // Unknown effects are assumed to write: never cached, never READ_ONLY.
+        _ => SideEffects::Write,
+    }
+}
+
+fn side_effects_to_pb(v: SideEffects) -> i32 {
+    (match v {
+        SideEffects::None => pb::SideEffects::None,
+        SideEffects::Read => pb::SideEffects::Read,
+        SideEffects::Write => pb::SideEffects::Write,
+    }) as i32
+}
+
+fn auth_from_pb(v: i32) -> AuthType {
+    match pb::AuthType::try_from(v) {
+        Ok(pb::AuthType::ApiKey) => AuthType::ApiKey,
+        Ok(pb::AuthType::Oauth2) => AuthType::OAuth2,
+        Ok(pb::AuthType::MutualTls) => AuthType::MutualTls,
+        _ => AuthType::None,
+    }
+}
+
+fn auth_to_pb(v: AuthType) -> i32 {
+    (match v {
+        AuthType::None => pb::AuthType::None,
+        AuthType::ApiKey => pb::AuthType::ApiKey,
+        AuthType::OAuth2 => pb::AuthType::Oauth2,
+        AuthType::MutualTls => pb::AuthType::MutualTls,
+    }) as i32
+}
+
+fn protocol_from_pb(v: i32) -> ToolProtocol {
+    match pb::ToolProtocol::try_from(v) {
+        Ok(pb::ToolProtocol::Mcp) => ToolProtocol::Mcp,
+        _ => ToolProtocol::Http,
+    }
+}
+
+fn protocol_to_pb(v: ToolProtocol) -> i32 {
+    (match v {
+        ToolProtocol::Http => pb::ToolProtocol::Http,
+        ToolProtocol::Mcp => pb::ToolProtocol::Mcp,
+    }) as i32
+}
+
+pub fn role_from_pb(v: i32) -> Option<Role> {
+    match pb::Role::try_from(v).ok()? {
+        pb::Role::Unspecified => None,
+        pb::Role::Admin => Some(Role::Admin),
+        pb::Role::Agent => Some(Role::Agent),
+        pb::Role::Sidecar => Some(Role::Sidecar),
+    }
+}
+
+pub fn role_to_pb(v: Role) -> i32 {
+    (match v {
+        Role::Admin => pb::Role::Admin,
+        Role::Agent => pb::Role::Agent,
+        Role::Sidecar => pb::Role::Sidecar,
+    }) as i32
+}
+
+pub fn permission_type_from_pb(v: i32) -> Option<PermissionType> {
+    match pb::PermissionType::try_from(v).ok()? {
+        pb::PermissionType::Unspecified => None,
+        pb::PermissionType::FullAccess => Some(PermissionType::FullAccess),
+        pb::PermissionType::ReadOnly => Some(PermissionType::ReadOnly),
+        pb::PermissionType::LimitedInvocations => Some(PermissionType::LimitedInvocations),
+        pb::PermissionType::TimeRestricted => Some(PermissionType::TimeRestricted),
+        pb::PermissionType::DataRestricted => Some(PermissionType::DataRestricted),
+    }
+}
+
+pub fn permission_type_to_pb(v: PermissionType) -> i32 {
+    (match v {
+        PermissionType::FullAccess => pb::PermissionType::FullAccess,
+        PermissionType::ReadOnly => pb::PermissionType::ReadOnly,
+        PermissionType::LimitedInvocations => pb::PermissionType::LimitedInvocations,
+        PermissionType::TimeRestricted => pb::PermissionType::TimeRestricted,
+        PermissionType::DataRestricted => pb::PermissionType::DataRestricted,
+    }) as i32
+}
+
+pub fn status_from_pb(v: i32) -> ExecutionStatus {
+    use pb::ToolExecutionStatus as S;
+    match S::try_from(v) {
+        Ok(S::Success) => ExecutionStatus::Success,
+        Ok(S::PartialSuccess) => ExecutionStatus::PartialSuccess,
+        Ok(S::ValidationError) => ExecutionStatus::ValidationError,
+        Ok(S::Timeout) => ExecutionStatus::Timeout,
+        Ok(S::RateLimited) => ExecutionStatus::RateLimited,
+        Ok(S::PermissionDenied) => ExecutionStatus::PermissionDenied,
+        Ok(S::CircuitOpen) => ExecutionStatus::CircuitOpen,
+        _ => ExecutionStatus::ExecutionError,
+    }
+}
+
+pub fn status_to_pb(v: ExecutionStatus) -> i32 {
+    use pb::ToolExecutionStatus as S;
+    (match v {
+        ExecutionStatus::Success => S::Success,
+        ExecutionStatus::PartialSuccess => S::PartialSuccess,
+        ExecutionStatus::ValidationError => S::ValidationError,
+        ExecutionStatus::ExecutionError => S::ExecutionError,
+        ExecutionStatus::Timeout => S::Timeout,
+        ExecutionStatus::RateLimited => S::RateLimited,
+        ExecutionStatus::PermissionDenied => S::PermissionDenied,
+        ExecutionStatus::CircuitOpen => S::CircuitOpen,
+    }) as i32
+}
+
+pub fn action_from_pb(v: i32) -> Option<AuditAction> {
+    use pb::AuditAction as A;
+    Some(match A::try_from(v).ok()? {
+        A::Unspecified => return None,
+        A::ToolInvoked => AuditAction::ToolInvoked,
+        A::PermissionChecked => AuditAction::PermissionChecked,
+        A::CacheHit => AuditAction::CacheHit,
+        A::CacheMiss => AuditAction::CacheMiss,
+        A::FallbackUsed => AuditAction::FallbackUsed,
+        A::RateLimited => AuditAction::RateLimited,
+        A::ErrorOccurred => AuditAction::ErrorOccurred,
+        A::ToolRegistered => AuditAction::ToolRegistered,
+        A::ToolUpdated => AuditAction::ToolUpdated,
+        A::ToolDisabled => AuditAction::ToolDisabled,
+        A::PermissionGranted => AuditAction::PermissionGranted,
+        A::PermissionRevoked => AuditAction::PermissionRevoked,
+        A::AccessRequested => AuditAction::AccessRequested,
+        A::AccessReviewed => AuditAction::AccessReviewed,
+        A::TokenIssued => AuditAction::TokenIssued,
+        A::TokenRevoked => AuditAction::TokenRevoked,
+    })
+}
+
+pub fn action_to_pb(v: AuditAction) -> i32 {
+    use pb::AuditAction as A;
+    (match v {
+        AuditAction::ToolInvoked => A::ToolInvoked,
+        AuditAction::PermissionChecked => A::PermissionChecked,
+        AuditAction::CacheHit => A::CacheHit,
+        AuditAction::CacheMiss => A::CacheMiss,
+        AuditAction::FallbackUsed => A::FallbackUsed,
+        AuditAction::RateLimited => A::RateLimited,
+        AuditAction::ErrorOccurred => A::ErrorOccurred,
+        AuditAction::ToolRegistered => A::ToolRegistered,
+        AuditAction::ToolUpdated => A::ToolUpdated,
+        AuditAction::ToolDisabled => A::ToolDisabled,
+        AuditAction::PermissionGranted => A::PermissionGranted,
+        AuditAction::PermissionRevoked => A::PermissionRevoked,
+        AuditAction::AccessRequested => A::AccessRequested,
+        AuditAction::AccessReviewed => A::AccessReviewed,
+        AuditAction::TokenIssued => A::TokenIssued,
+        AuditAction::TokenRevoked => A::TokenRevoked,
+    }) as i32
+}
+
+/// The writable part of a wire tool; output-only fields are ignored.
+pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
+    let schema = t.schema.unwrap_or_default();
+    let req = t.requirements.unwrap_or_default();
+    Ok(ToolSpec {
+        name: t.name,
+        category: t.category,
+        description: t.description,
+        input_schema: struct_to_json(schema.input_schema),
+        output_schema: struct_to_json(schema.output_schema),
+        examples: schema
+            .examples
+            .into_iter()
+            .map(|e| ToolExample {
+                description: e.description,
+                input: e.input.map_or(serde_json::Value::Null, value_from_pb),
+                expected_output: e.expected_output.map_or(serde_json::Value::Null, value_from_pb),
+            })
+            .collect(),
+        capabilities: t.capabilities,
+        requirements: ToolRequirements {
+            authentication: auth_from_pb(req.authentication),
+            rate_limit_rpm: req.rate_limit_rpm,
+            timeout_ms: req.timeout_ms,
+            required_agent_skills: req.required_agent_skills,
+            data_sensitivity: sensitivity_from_pb(req.data_sensitivity)
+                .unwrap_or(DataSensitivity::Internal),
+        },
+        provider: t.provider,
+        endpoint: t.endpoint,
+        protocol: protocol_from_pb(t.protocol),
+        reliability_score: t.reliability_score,
+        average_latency_ms: t.average_latency_ms,
+        cost_per_call: parse_decimal("tool.cost_per_call", &t.cost_per_call)?,
+        enabled: t.enabled,
+        side_effects: side_effects_from_pb(t.side_effects),
+        idempotent: t.idempotent,
+        cacheable: t.cacheable,
+        cache_ttl_seconds: t.cache_ttl_seconds,
+        remote_name: t.remote_name,
+    })
+}
+
+pub fn tool_to_pb(t: &Tool) -> pb::Tool {
+    let s = &t.spec;
+    pb::Tool {
+        id: t.id.to_string(),
+        name: s.name.clone(),
+        category: s.category.clone(),
+        description: s.description.clone(),
+        version: t.version,
+        schema: Some(pb::ToolSchema {
+            input_schema: json_to_struct(&s.input_schema),
+            output_schema: json_to_struct(&s.output_schema),
+            required_params: t.required_params(),
+            optional_params: t.optional_params(),
+            examples: s
+                .examples
+                .iter()
+                .map(|e| pb::ToolExample {
+                    description: e.description.clone(),
+                    input: Some(value_to_pb(&e.input)),
+                    expected_output: Some(value_to_pb(&e.expected_output)),
+                })
+                .collect(),
+        }),
+        capabilities: s.capabilities.clone(),
+        requirements: Some(pb::ToolRequirements {
+            authentication: auth_to_pb(s.requirements.authentication),
+            rate_limit_rpm: s.requirements.rate_limit_rpm,
+            timeout_ms: s.requirements.timeout_ms,
+            required_agent_skills: s.requirements.required_agent_skills.clone(),
+            data_sensitivity: sensitivity_to_pb(Some(s.requirements.data_sensitivity)),
+        }),
+        provider: s.provider.clone(),
+        endpoint: s.endpoint.clone(),
+        protocol: protocol_to_pb(s.protocol),
+        reliability_score: s.reliability_score,
+        average_latency_ms: s.average_latency_ms,
+        cost_per_call: s.cost_per_call.to_string(),
+        enabled: s.enabled,
+        side_effects: side_effects_to_pb(s.side_effects),
+        idempotent: s.idempotent,
+        cacheable: s.cacheable,
+        cache_ttl_seconds: s.cache_ttl_seconds,
+        remote_name: s.remote_name.clone(),
+        created_at: Some(ts(t.created_at)),
+        updated_at: Some(ts(t.updated_at)),
+    }
+}
+
+/// A whole stored tool from the wire (snapshots), identity and timestamps included.
+pub fn tool_from_pb(t: pb::Tool) -> Result<Tool, Violations> {
+    let id = parse_uuid("tool.id", &t.id)?;
+    let version = t.version;
+    let created_at = t.created_at.as_ref().and_then(from_ts).unwrap_or_default();
+    let updated_at = t.updated_at.as_ref().and_then(from_ts).unwrap_or_default();
+    Ok(Tool {
+        id,
+        version,
+        spec: tool_spec_from_pb(t)?,
+        created_at,
+        updated_at,
+    })
+}
+
+pub fn agent_to_pb(a: &Agent) -> pb::Agent {
+    pb::Agent {
+        id: a.id.to_string(),
+        name: a.name.clone(),
+        skills: a.skills.clone(),
+        team: a.team.clone(),
+        created_at: Some(ts(a.created_at)),
+    }
+}
+
+pub fn agent_from_pb(a: pb::Agent) -> Result<Agent, Violations> {
+    Ok(Agent {
+        id: parse_uuid("agent.id", &a.id)?,
+        name: a.name,
+        skills: a.skills,
+        team: a.team,
+        created_at: a.created_at.as_ref().and_then(from_ts).unwrap_or_default(),
+    })
+}
+
+pub fn permission_to_pb(p: &Permission) -> pb::Permission {
+    pb::Permission {
+        id: p.id.to_string(),
+        agent_id: p.agent_id.to_string(),
+        tool_id: p.tool_id.to_string(),
+        r#type: permission_type_to_pb(p.kind),
+        max_invocations_per_day: p.max_invocations_per_day,
+        allowed_hours: p.allowed_hours.clone(),
+        time_zone: p.time_zone.clone(),
+        max_sensitivity: sensitivity_to_pb(p.max_sensitivity),
+        granted_at: Some(ts(p.granted_at)),
+        expires_at: opt_ts(p.expires_at),
+        granted_by: p.granted_by.clone(),
+    }
+}
+
+/// A stored permission from the wire (snapshots).
+pub fn permission_from_pb(p: pb::Permission) -> Result<Permission, Violations> {
+    Ok(Permission {
+        id: parse_uuid("permission.id", &p.id)?,
+        agent_id: parse_uuid("permission.agent_id", &p.agent_id)?,
+        tool_id: parse_uuid("permission.tool_id", &p.tool_id)?,
+        kind: permission_type_from_pb(p.r#type)
+            .ok_or_else(|| Violations::single("permission.type", "is required"))?,
+        max_invocations_per_day: p.max_invocations_per_day,
+        allowed_hours: p.allowed_hours,
+        time_zone: p.time_zone,
+        max_sensitivity: sensitivity_from_pb(p.max_sensitivity),
+        granted_at: p.granted_at.as_ref().and_then(from_ts).unwrap_or_default(),
+        expires_at: p.expires_at.as_ref().and_then(from_ts),
+        granted_by: p.granted_by,
+    })
+}
+
+pub fn token_to_pb(t: &TokenRecord) -> pb::TokenDigest {
+    pb::TokenDigest {
+        token_id: t.id.to_string(),
+        sha256: t.sha256.clone(),
+        role: role_to_pb(t.role),
+        agent_id: fmt_uuid(t.agent_id),
+        expires_at: Some(ts(t.expires_at)),
+    }
+}
+
+pub fn token_from_pb(t: pb::TokenDigest) -> Result<TokenRecord, Violations> {
+    Ok(TokenRecord {
+        id: parse_uuid("token.token_id", &t.token_id)?,
+        sha256: t.sha256,
+        role: role_from_pb(t.role).ok_or_else(|| Violations::single("token.role", "is required"))?,
+        agent_id: parse_opt_uuid("token.agent_id", &t.agent_id)?,
+        description: String::new(),
+        created_at: DateTime::<Utc>::default(),
+        expires_at: t
+            .expires_at
+            .as_ref()
+            .and_then(from_ts)
+            .ok_or_else(|| Violations::single("token.expires_at", "is required"))?,
+        revoked_at: None,
+    })
+}
+
+pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        revision: s.revision,
+        tools: s.tools.iter().map(tool_to_pb).collect(),
+        permissions: s.permissions.iter().map(permission_to_pb).collect(),
+        agents: s.agents.iter().map(agent_to_pb).collect(),
+        tokens: s.tokens.iter().map(token_to_pb).collect(),
+        generated_at: Some(ts(Utc::now())),
+    }
+}
+
+pub fn snapshot_from_pb(s: pb::Snapshot) -> Result<Snapshot, Violations> {
+    Ok(Snapshot {
+        revision: s.revision,
+        tools: s.tools.into_iter().map(tool_from_pb).collect::<Result<_, _>>()?,
+        permissions: s
+            .permissions
+            .into_iter()
+            .map(permission_from_pb)
+            .collect::<Result<_, _>>()?,
+        agents: s.agents.into_iter().map(agent_from_pb).collect::<Result<_, _>>()?,
+        tokens: s.tokens.into_iter().map(token_from_pb).collect::<Result<_, _>>()?,
+    })
+}
+
+pub fn result_to_pb(r: &ToolResult) -> pb::ToolResult {
+    pb::ToolResult {
+        invocation_id: r.invocation_id.to_string(),
+        tool_id: r.tool_id.to_string(),
+        tool_version: r.tool_version,
+        status: status_to_pb(r.status),
+        output: Some(value_to_pb(&r.output)),
+        error: r.error.clone(),
+        duration_ms: r.duration_ms,
+        tokens_used: r.tokens_used,
+        cost: r.cost.to_string(),
+        completed_at: Some(ts(r.completed_at)),
+        cache_hit: r.cache_hit,
+        attempts: r.attempts,
+    }
+}
+
+pub fn result_from_pb(r: pb::ToolResult) -> Result<ToolResult, Violations> {
+    Ok(ToolResult {
+        invocation_id: parse_uuid("result.invocation_id", &r.invocation_id)?,
+        tool_id: parse_uuid("result.tool_id", &r.tool_id)?,
+        tool_version: r.tool_version,
+        status: status_from_pb(r.status),
+        output: r.output.map_or(serde_json::Value::Null, value_from_pb),
+        error: r.error,
+        duration_ms: r.duration_ms,
+        tokens_used: r.tokens_used,
+        cost: parse_decimal("result.cost", &r.cost)?,
+        completed_at: r.completed_at.as_ref().and_then(from_ts).unwrap_or_default(),
+        cache_hit: r.cache_hit,
+        attempts: r.attempts,
+    })
+}
+
+pub fn audit_event_to_pb(e: &AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        event_id: e.event_id.to_string(),
+        action: action_to_pb(e.action),
+        invocation_id: fmt_uuid(e.invocation_id),
+        actor_id: e.actor_id.clone(),
+        agent_id: fmt_uuid(e.agent_id),
+        tool_id: fmt_uuid(e.tool_id),
+        tool_version: e.tool_version,
+        task_id: e.task_id.clone(),
+        occurred_at: Some(ts(e.occurred_at)),
+        sanitized_parameters: json_to_struct(&e.sanitized_parameters),
+        result: e.result.as_ref().map(|r| pb::ResultSummary {
+            size_bytes: r.size_bytes,
+            status: status_to_pb(r.status),
+            digest: r.digest.clone(),
+        }),
+        success: e.success,
+        detail: e.detail.clone(),
+        compliance_frameworks: e.compliance_frameworks.clone(),
+        data_classification: sensitivity_to_pb(e.data_classification),
+        sidecar_id: e.sidecar_id.clone(),
+        permission_id: fmt_uuid(e.permission_id),
+    }
+}
+
+pub fn audit_event_from_pb(e: pb::AuditEvent) -> Result<AuditEvent, Violations> {
+    Ok(AuditEvent {
+        event_id: parse_uuid("audit.event_id", &e.event_id)?,
+        action: action_from_pb(e.action)
+            .ok_or_else(|| Violations::single("audit.action", "is required"))?,
+        invocation_id: parse_opt_uuid("audit.invocation_id", &e.invocation_id)?,
+        actor_id: e.actor_id,
+        agent_id: parse_opt_uuid("audit.agent_id", &e.agent_id)?,
+        tool_id: parse_opt_uuid("audit.tool_id", &e.tool_id)?,
+        tool_version: e.tool_version,
+        task_id: e.task_id,
+        occurred_at: e
+            .occurred_at
+            .as_ref()
+            .and_then(from_ts)
+            .ok_or_else(|| Violations::single("audit.occurred_at", "is required"))?,
+        sanitized_parameters: struct_to_json(e.sanitized_parameters),
+        result: e.result.map(|r| ResultSummary {
+            size_bytes: r.size_bytes,
+            status: status_from_pb(r.status),
+            digest: r.digest,
+        }),
+        success: e.success,
+        detail: e.detail,
+        compliance_frameworks: e.compliance_frameworks,
+        data_classification: sensitivity_from_pb(e.data_classification),
+        sidecar_id: e.sidecar_id,
+        permission_id: parse_opt_uuid("audit.permission_id", &e.permission_id)?,
+    })
+}
+
+pub fn invocation_to_pb(i: &InvocationRecord) -> pb::InvocationRecord {
+    pb::InvocationRecord {
+        invocation_id: i.invocation_id.to_string(),
+        agent_id: i.agent_id.to_string(),
+        task_id: i.task_id.clone(),
+        requested_tool_id: i.requested_tool_id.to_string(),
+        parameters: json_to_struct(&i.parameters),
+        invoked_at: Some(ts(i.invoked_at)),
+        result: Some(result_to_pb(&i.result)),
+        sidecar_id: i.sidecar_id.clone(),
+    }
+}
+
+pub fn invocation_from_pb(i: pb::InvocationRecord) -> Result<InvocationRecord, Violations> {
+    Ok(InvocationRecord {
+        invocation_id: parse_uuid("invocation.invocation_id", &i.invocation_id)?,
+        agent_id: parse_uuid("invocation.agent_id", &i.agent_id)?,
+        task_id: i.task_id,
+        requested_tool_id: parse_uuid("invocation.requested_tool_id", &i.requested_tool_id)?,
+        parameters: struct_to_json(i.parameters),
+        invoked_at: i.invoked_at.as_ref().and_then(from_ts).unwrap_or_default(),
+        result: result_from_pb(
+            i.result
+                .ok_or_else(|| Violations::single("invocation.result", "is required"))?,
+        )?,
+        sidecar_id: i.sidecar_id,
+    })
+}
+
+pub fn sync_event_to_pb(e: &SyncEvent) -> pb::SyncEvent {
+    let payload = match e {
+        SyncEvent::Audit(a) => pb::sync_event::Payload::Audit(audit_event_to_pb(a)),
+        SyncEvent::Invocation(i) => pb::sync_event::Payload::Invocation(invocation_to_pb(i)),
+    };
+    pb::SyncEvent {
+        event_id: e.event_id().to_string(),
+        payload: Some(payload),
+    }
+}
+
+pub fn sync_event_from_pb(e: pb::SyncEvent) -> Result<SyncEvent, Violations> {
+    match e.payload {
+        Some(pb::sync_event::Payload::Audit(a)) => audit_event_from_pb(a).map(SyncEvent::Audit),
+        Some(pb::sync_event::Payload::Invocation(i)) => {
+            invocation_from_pb(i).map(SyncEvent::Invocation)
+        }
+        None => Err(Violations::single("event.payload", "is required")),
+    }
+}

@@ -1,0 +1,312 @@
+//! The domain model. Prost types stop at the RPC edge (see `convert`); storage and logic
+//! work on these.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+macro_rules! text_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// The stable text used in storage and messages.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some(Self::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Ordered from least to most sensitive.
+    DataSensitivity { Public = "public", Internal = "internal", Confidential = "confidential", Restricted = "restricted" }
+);
+text_enum!(SideEffects { None = "none", Read = "read", Write = "write" });
+text_enum!(AuthType { None = "none", ApiKey = "api_key", OAuth2 = "oauth2", MutualTls = "mutual_tls" });
+text_enum!(ToolProtocol { Http = "http", Mcp = "mcp" });
+text_enum!(Role { Admin = "admin", Agent = "agent", Sidecar = "sidecar" });
+text_enum!(PermissionType {
+    FullAccess = "full_access",
+    ReadOnly = "read_only",
+    LimitedInvocations = "limited_invocations",
+    TimeRestricted = "time_restricted",
+    DataRestricted = "data_restricted",
+});
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolExample {
+    pub description: String,
+    pub input: Value,
+    pub expected_output: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolRequirements {
+    pub authentication: AuthType,
+    pub rate_limit_rpm: u32,
+    pub timeout_ms: u32,
+    pub required_agent_skills: Vec<String>,
+    pub data_sensitivity: DataSensitivity,
+}
+
+/// What an admin supplies to register or update a tool: everything but identity,
+/// version and timestamps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub category: String,
+    pub description: String,
+    pub input_schema: Value,
+    /// `Value::Null` when the tool declares no output schema.
+    pub output_schema: Value,
+    pub examples: Vec<ToolExample>,
+    pub capabilities: Vec<String>,
+    pub requirements: ToolRequirements,
+    pub provider: String,
+    pub endpoint: String,
+    pub protocol: ToolProtocol,
+    pub reliability_score: f64,
+    pub average_latency_ms: u32,
+    pub cost_per_call: Decimal,
+    pub enabled: bool,
+    pub side_effects: SideEffects,
+    pub idempotent: bool,
+    pub cacheable: bool,
+    pub cache_ttl_seconds: u32,
+    pub remote_name: String,
+}
+
+/// A registered tool at one version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub id: Uuid,
+    pub version: u32,
+    pub spec: ToolSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Tool {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Parameter names the schema requires, derived rather than typed twice.
+    pub fn required_params(&self) -> Vec<String> {
+        self.spec.input_schema["required"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn optional_params(&self) -> Vec<String> {
+        let required = self.required_params();
+        self.spec.input_schema["properties"]
+            .as_object()
+            .map(|p| p.keys().filter(|k| !required.contains(k)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Upstream timeout, with the documented default when unset.
+    pub fn timeout(&self) -> std::time::Duration {
+        match self.spec.requirements.timeout_ms {
+            0 => std::time::Duration::from_secs(30),
+            ms => std::time::Duration::from_millis(u64::from(ms)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub id: Uuid,
+    pub name: String,
+    pub skills: Vec<String>,
+    pub team: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Permission {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub tool_id: Uuid,
+    pub kind: PermissionType,
+    pub max_invocations_per_day: u32,
+    pub allowed_hours: Vec<u32>,
+    pub time_zone: String,
+    pub max_sensitivity: Option<DataSensitivity>,
+    pub granted_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub granted_by: String,
+}
+
+/// A token as stored and as pushed to sidecars: its digest, never the token itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub sha256: String,
+    pub role: Role,
+    pub agent_id: Option<Uuid>,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TokenRecord {
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
+}
+
+/// Who is calling, as decided by the bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin { token_id: Option<Uuid> },
+    Agent { agent_id: Uuid, token_id: Uuid },
+    Sidecar { token_id: Uuid },
+}
+
+impl Principal {
+    /// The id recorded as the actor in audit events.
+    pub fn actor_id(&self) -> String {
+        match self {
+            Principal::Admin { token_id: Some(t) } => format!("admin:{t}"),
+            Principal::Admin { token_id: None } => "admin:bootstrap".to_owned(),
+            Principal::Agent { agent_id, .. } => agent_id.to_string(),
+            Principal::Sidecar { token_id } => format!("sidecar:{token_id}"),
+        }
+    }
+}
+
+text_enum!(AuditAction {
+    ToolInvoked = "tool_invoked",
+    PermissionChecked = "permission_checked",
+    CacheHit = "cache_hit",
+    CacheMiss = "cache_miss",
+    FallbackUsed = "fallback_used",
+    RateLimited = "rate_limited",
+    ErrorOccurred = "error_occurred",
+    ToolRegistered = "tool_registered",
+    ToolUpdated = "tool_updated",
+    ToolDisabled = "tool_disabled",
+    PermissionGranted = "permission_granted",
+    PermissionRevoked = "permission_revoked",
+    AccessRequested = "access_requested",
+    AccessReviewed = "access_reviewed",
+    TokenIssued = "token_issued",
+    TokenRevoked = "token_revoked",
+});
+text_enum!(ExecutionStatus {
+    Success = "success",
+    PartialSuccess = "partial_success",
+    ValidationError = "validation_error",
+    ExecutionError = "execution_error",
+    Timeout = "timeout",
+    RateLimited = "rate_limited",
+    PermissionDenied = "permission_denied",
+    CircuitOpen = "circuit_open",
+});
+
+/// Size, status and digest of a result: enough to prove what came back without
+/// keeping the output in the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultSummary {
+    pub size_bytes: u64,
+    pub status: ExecutionStatus,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub event_id: Uuid,
+    pub action: AuditAction,
+    pub invocation_id: Option<Uuid>,
+    pub actor_id: String,
+    pub agent_id: Option<Uuid>,
+    pub tool_id: Option<Uuid>,
+    pub tool_version: u32,
+    pub task_id: String,
+    pub occurred_at: DateTime<Utc>,
+    /// Already redacted.
+    pub sanitized_parameters: Value,
+    pub result: Option<ResultSummary>,
+    pub success: bool,
+    pub detail: String,
+    pub compliance_frameworks: Vec<String>,
+    pub data_classification: Option<DataSensitivity>,
+    pub sidecar_id: String,
+    pub permission_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    pub invocation_id: Uuid,
+    pub tool_id: Uuid,
+    pub tool_version: u32,
+    pub status: ExecutionStatus,
+    pub output: Value,
+    pub error: String,
+    pub duration_ms: u32,
+    pub tokens_used: u32,
+    pub cost: Decimal,
+    pub completed_at: DateTime<Utc>,
+    pub cache_hit: bool,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvocationRecord {
+    pub invocation_id: Uuid,
+    pub agent_id: Uuid,
+    pub task_id: String,
+    pub requested_tool_id: Uuid,
+    /// Already redacted.
+    pub parameters: Value,
+    pub invoked_at: DateTime<Utc>,
+    pub result: ToolResult,
+    pub sidecar_id: String,
+}
+
+/// What a sidecar reports; each is stored once by `event_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncEvent {
+    Audit(AuditEvent),
+    Invocation(InvocationRecord),
+}
+
+impl SyncEvent {
+    pub fn event_id(&self) -> Uuid {
+        match self {
+            SyncEvent::Audit(a) => a.event_id,
+            // An invocation record is keyed by its invocation id: one per call.
+            SyncEvent::Invocation(i) => i.invocation_id,
+        }
+    }
+}
+
+/// The state a sidecar serves from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub revision: u64,
+    pub tools: Vec<Tool>,
+    pub permissions: Vec<Permission>,
+    pub agents: Vec<Agent>,
+    pub tokens: Vec<TokenRecord>,
+}

@@ -1,0 +1,34 @@
+use serde_json::json;
+
+use super::*;
+
+#[test]
+fn nested_keys_are_redacted_case_insensitively() {
+    let r = Redactor::default();
+    let v = json!({"q": "weather", "auth": {"API-Key": "k1", "list": [{"Password": "p"}]}});
+    let out = r.redact(&v, &Value::Null);
+    assert_eq!(out["q"], "weather");
+    assert_eq!(out["auth"]["API-Key"], REDACTED);
+    assert_eq!(out["auth"]["list"][0]["Password"], REDACTED);
+}
+
+#[test]
+fn schema_annotations_redact_innocent_names() {
+    let schema = json!({"type": "object", "properties": {
+        "pin": {"type": "string", "writeOnly": true},
+        "inner": {"type": "object", "properties": {"code": {"type": "string", "format": "password"}}},
+        "items": {"type": "array", "items": {"type": "string", "x-sensitive": true}}}});
+    let v = json!({"pin": "1234", "inner": {"code": "abc"}, "items": ["a", "b"], "other": "ok"});
+    let out = Redactor::default().redact(&v, &schema);
+    assert_eq!(out, json!({"pin": REDACTED, "inner": {"code": REDACTED}, "items": [REDACTED, REDACTED], "other": "ok"}));
+}
+
+#[test]
+fn secret_shaped_values_are_redacted() {
+    let r = Redactor::default();
+    let v = json!({"note": "Bearer abc.def", "k": "AKIAABCDEFGHIJKLMNOP", "t": "tpk_0123"});
+    let out = r.redact(&v, &Value::Null);
+    assert_eq!(out, json!({"note": REDACTED, "k": REDACTED, "t": REDACTED}));
+    assert_eq!(r.redact_text("upstream said Bearer xyz failed"), "upstream said Bearer [REDACTED] failed");
+    assert!(!r.redact_text("-----BEGIN RSA PRIVATE KEY----- abc").contains("abc"));
+}

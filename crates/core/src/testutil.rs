@@ -1,0 +1,82 @@
+//! Builders for tests across the workspace.
+
+use chrono::Utc;
+use rust_decimal::Decimal;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::model::*;
+
+/// A valid HTTP tool spec with a small object schema.
+pub fn tool_spec(name: &str) -> ToolSpec {
+    ToolSpec {
+        name: name.to_owned(),
+        category: "analysis".to_owned(),
+        description: "Counts words in a text".to_owned(),
+        input_schema: json!({"type": "object", "required": ["text"],
+            "properties": {"text": {"type": "string"}, "lang": {"type": "string"}}}),
+        output_schema: json!({"type": "object", "properties": {"words": {"type": "integer"}}}),
+        examples: vec![ToolExample {
+            description: "two words".to_owned(),
+            input: json!({"text": "hello world"}),
+            expected_output: json!({"words": 2}),
+        }],
+        capabilities: vec!["analyze".to_owned()],
+        requirements: ToolRequirements {
+            authentication: AuthType::None,
+            rate_limit_rpm: 0,
+            timeout_ms: 5000,
+            required_agent_skills: vec![],
+            data_sensitivity: DataSensitivity::Internal,
+        },
+        provider: "internal".to_owned(),
+        endpoint: "http://127.0.0.1:9/word_count".to_owned(),
+        protocol: ToolProtocol::Http,
+        reliability_score: 0.9,
+        average_latency_ms: 10,
+        cost_per_call: Decimal::new(20, 4),
+        enabled: true,
+        side_effects: SideEffects::None,
+        idempotent: true,
+        cacheable: false,
+        cache_ttl_seconds: 0,
+        remote_name: String::new(),
+    }
+}
+
+pub fn tool(name: &str) -> Tool {
+    let now = Utc::now();
+    Tool {
+        id: Uuid::new_v4(),
+        version: 1,
+        spec: tool_spec(name),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+pub fn agent(name: &str) -> Agent {
+    Agent {
+        id: Uuid::new_v4(),
+        name: name.to_owned(),
+        skills: vec![],
+        team: String::new(),
+        created_at: Utc::now(),
+    }
+}
+
+pub fn grant(agent: &Agent, tool: &Tool, kind: PermissionType) -> Permission {
+    Permission {
+        id: Uuid::new_v4(),
+        agent_id: agent.id,
+        tool_id: tool.id,
+        kind,
+        max_invocations_per_day: 0,
+        allowed_hours: vec![],
+        time_zone: String::new(),
+        max_sensitivity: None,
+        granted_at: Utc::now(),
+        expires_at: None,
+        granted_by: "test".to_owned(),
+    }
+}
