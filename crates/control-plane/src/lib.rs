@@ -1,1 +1,10 @@
+//! The toolplane control plane: the source of truth for tools, agents, tokens and
+//! grants, the sink of every sidecar's audit events and results, behind gRPC.
 
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod services;
+pub mod state;
+pub mod storage;

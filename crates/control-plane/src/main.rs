@@ -1,1 +1,25 @@
-fn main(){}
+//! `toolplane-control-plane`: config → telemetry → storage → serve → drain.
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use toolplane_control_plane::{config::Config, server, storage};
+use toolplane_runtime::{lifecycle, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init(config.log_format);
+    config.admin_token()?;
+    let store = storage::open(config.database_url.as_deref(), config.db_pool_size).await?;
+    tracing::info!(
+        backend = if config.database_url.is_some() {
+            "postgres"
+        } else {
+            "memory"
+        },
+        "storage ready"
+    );
+    let listener = TcpListener::bind(config.listen).await?;
+    lifecycle::announce("toolplane-control-plane", listener.local_addr()?);
+    server::serve(&config, store, listener, lifecycle::first_signal()).await
+}

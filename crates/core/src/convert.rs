@@ -38,7 +38,11 @@ pub fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Violations> {
 
 /// An empty string means "none"; anything else must be a UUID.
 pub fn parse_opt_uuid(field: &str, s: &str) -> Result<Option<Uuid>, Violations> {
-    if s.is_empty() { Ok(None) } else { parse_uuid(field, s).map(Some) }
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_uuid(field, s).map(Some)
+    }
 }
 
 pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, Violations> {
@@ -253,7 +257,9 @@ pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
             .map(|e| ToolExample {
                 description: e.description,
                 input: e.input.map_or(serde_json::Value::Null, value_from_pb),
-                expected_output: e.expected_output.map_or(serde_json::Value::Null, value_from_pb),
+                expected_output: e
+                    .expected_output
+                    .map_or(serde_json::Value::Null, value_from_pb),
             })
             .collect(),
         capabilities: t.capabilities,
@@ -411,7 +417,8 @@ pub fn token_from_pb(t: pb::TokenDigest) -> Result<TokenRecord, Violations> {
     Ok(TokenRecord {
         id: parse_uuid("token.token_id", &t.token_id)?,
         sha256: t.sha256,
-        role: role_from_pb(t.role).ok_or_else(|| Violations::single("token.role", "is required"))?,
+        role: role_from_pb(t.role)
+            .ok_or_else(|| Violations::single("token.role", "is required"))?,
         agent_id: parse_opt_uuid("token.agent_id", &t.agent_id)?,
         description: String::new(),
         created_at: DateTime::<Utc>::default(),
@@ -438,14 +445,26 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
 pub fn snapshot_from_pb(s: pb::Snapshot) -> Result<Snapshot, Violations> {
     Ok(Snapshot {
         revision: s.revision,
-        tools: s.tools.into_iter().map(tool_from_pb).collect::<Result<_, _>>()?,
+        tools: s
+            .tools
+            .into_iter()
+            .map(tool_from_pb)
+            .collect::<Result<_, _>>()?,
         permissions: s
             .permissions
             .into_iter()
             .map(permission_from_pb)
             .collect::<Result<_, _>>()?,
-        agents: s.agents.into_iter().map(agent_from_pb).collect::<Result<_, _>>()?,
-        tokens: s.tokens.into_iter().map(token_from_pb).collect::<Result<_, _>>()?,
+        agents: s
+            .agents
+            .into_iter()
+            .map(agent_from_pb)
+            .collect::<Result<_, _>>()?,
+        tokens: s
+            .tokens
+            .into_iter()
+            .map(token_from_pb)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -477,7 +496,11 @@ pub fn result_from_pb(r: pb::ToolResult) -> Result<ToolResult, Violations> {
         duration_ms: r.duration_ms,
         tokens_used: r.tokens_used,
         cost: parse_decimal("result.cost", &r.cost)?,
-        completed_at: r.completed_at.as_ref().and_then(from_ts).unwrap_or_default(),
+        completed_at: r
+            .completed_at
+            .as_ref()
+            .and_then(from_ts)
+            .unwrap_or_default(),
         cache_hit: r.cache_hit,
         attempts: r.attempts,
     })

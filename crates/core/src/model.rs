@@ -111,7 +111,11 @@ impl Tool {
     pub fn required_params(&self) -> Vec<String> {
         self.spec.input_schema["required"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -119,7 +123,12 @@ impl Tool {
         let required = self.required_params();
         self.spec.input_schema["properties"]
             .as_object()
-            .map(|p| p.keys().filter(|k| !required.contains(k)).cloned().collect())
+            .map(|p| {
+                p.keys()
+                    .filter(|k| !required.contains(k))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -83,7 +83,10 @@ pub fn evaluate<'a>(
         }
     }
     if refusals.is_empty() {
-        Decision::deny(format!("agent {} has no grant for tool {}", agent.name, tool.spec.name))
+        Decision::deny(format!(
+            "agent {} has no grant for tool {}",
+            agent.name, tool.spec.name
+        ))
     } else {
         Decision::deny(refusals.join("; "))
     }

@@ -20,7 +20,10 @@ fn schema_annotations_redact_innocent_names() {
         "items": {"type": "array", "items": {"type": "string", "x-sensitive": true}}}});
     let v = json!({"pin": "1234", "inner": {"code": "abc"}, "items": ["a", "b"], "other": "ok"});
     let out = Redactor::default().redact(&v, &schema);
-    assert_eq!(out, json!({"pin": REDACTED, "inner": {"code": REDACTED}, "items": [REDACTED, REDACTED], "other": "ok"}));
+    assert_eq!(
+        out,
+        json!({"pin": REDACTED, "inner": {"code": REDACTED}, "items": [REDACTED, REDACTED], "other": "ok"})
+    );
 }
 
 #[test]
@@ -29,6 +32,12 @@ fn secret_shaped_values_are_redacted() {
     let v = json!({"note": "Bearer abc.def", "k": "AKIAABCDEFGHIJKLMNOP", "t": "tpk_0123"});
     let out = r.redact(&v, &Value::Null);
     assert_eq!(out, json!({"note": REDACTED, "k": REDACTED, "t": REDACTED}));
-    assert_eq!(r.redact_text("upstream said Bearer xyz failed"), "upstream said Bearer [REDACTED] failed");
-    assert!(!r.redact_text("-----BEGIN RSA PRIVATE KEY----- abc").contains("abc"));
+    assert_eq!(
+        r.redact_text("upstream said Bearer xyz failed"),
+        "upstream said Bearer [REDACTED] failed"
+    );
+    assert!(
+        !r.redact_text("-----BEGIN RSA PRIVATE KEY----- abc")
+            .contains("abc")
+    );
 }

@@ -4,10 +4,18 @@ use super::*;
 
 #[test]
 fn malformed_schema_is_refused_with_its_pointer() {
-    let err = compile("tool.schema.input_schema", &json!({"type": "object", "properties": {"q": {"type": "strnig"}}}))
-        .unwrap_err();
+    let err = compile(
+        "tool.schema.input_schema",
+        &json!({"type": "object", "properties": {"q": {"type": "strnig"}}}),
+    )
+    .unwrap_err();
     assert_eq!(err.0.len(), 1);
-    assert!(err.0[0].field.starts_with("tool.schema.input_schema/properties/q"), "{err}");
+    assert!(
+        err.0[0]
+            .field
+            .starts_with("tool.schema.input_schema/properties/q"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -20,7 +20,12 @@ fn every_problem_is_reported_with_its_field() {
     assert!(fields.contains(&"tool.endpoint"), "{err}");
     assert!(fields.contains(&"tool.description"), "{err}");
     assert!(err.to_string().contains("8192"), "{err}");
-    assert!(fields.iter().any(|f| f.starts_with("tool.schema.input_schema/properties/text")), "{err}");
+    assert!(
+        fields
+            .iter()
+            .any(|f| f.starts_with("tool.schema.input_schema/properties/text")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -30,7 +35,13 @@ fn an_example_that_breaks_its_schema_is_refused() {
     s.examples[0].expected_output = json!({"words": "two"});
     let err = check_tool_spec(&s, ToolPolicy::default()).unwrap_err();
     let fields: Vec<&str> = err.0.iter().map(|v| v.field.as_str()).collect();
-    assert_eq!(fields, ["tool.schema.examples[0].input/", "tool.schema.examples[0].expected_output/words"]);
+    assert_eq!(
+        fields,
+        [
+            "tool.schema.examples[0].input/",
+            "tool.schema.examples[0].expected_output/words"
+        ]
+    );
 }
 
 #[test]

@@ -1,0 +1,96 @@
+//! Control plane configuration: flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use toolplane_runtime::telemetry::LogFormat;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "toolplane-control-plane",
+    version,
+    about = "toolplane control plane (gRPC)"
+)]
+pub struct Config {
+    /// gRPC listen address; port 0 picks a free port (printed on stdout).
+    #[arg(long, env = "TOOLPLANE_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL URL; without it all state is kept in memory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    #[arg(long, env = "TOOLPLANE_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// Bootstrap admin token. Prefer --admin-token-file in production.
+    #[arg(long, env = "TOOLPLANE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// File holding the bootstrap admin token (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "TOOLPLANE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Allow tool endpoints on link-local and cloud-metadata addresses.
+    #[arg(
+        long,
+        env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS",
+        default_value_t = false
+    )]
+    pub allow_link_local_endpoints: bool,
+
+    /// How long in-flight calls may take to finish after a shutdown signal.
+    #[arg(long, env = "TOOLPLANE_SHUTDOWN_GRACE", value_parser = parse_secs, default_value = "10")]
+    pub shutdown_grace: Duration,
+
+    #[arg(long, env = "TOOLPLANE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim_end_matches('s')
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a number of seconds"))
+}
+
+impl Config {
+    /// The bootstrap admin token, from the flag/env or the file.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(t), _) => t.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot read admin token file {}: {e}", path.display())
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => anyhow::bail!(
+                "set TOOLPLANE_ADMIN_TOKEN or TOOLPLANE_ADMIN_TOKEN_FILE (the bootstrap admin token)"
+            ),
+        };
+        if token.len() < 32 {
+            anyhow::bail!("the admin token must be at least 32 characters");
+        }
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = Config::try_parse_from(["cp"]).unwrap();
+        assert_eq!(c.listen.port(), 50051);
+        assert!(c.database_url.is_none() || std::env::var_os("DATABASE_URL").is_some());
+        let c = Config::try_parse_from(["cp", "--listen", "127.0.0.1:0", "--admin-token", "short"])
+            .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert!(c.admin_token().is_err());
+        assert!(Config::try_parse_from(["cp", "--shutdown-grace", "x"]).is_err());
+    }
+}

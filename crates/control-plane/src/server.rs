@@ -1,0 +1,110 @@
+//! Builds the control plane's gRPC server: every service behind the auth layer, plus
+//! open health and reflection, with staged shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use toolplane_core::validate::ToolPolicy;
+use toolplane_proto::v1 as pb;
+use toolplane_runtime::auth::AuthLayer;
+use toolplane_runtime::lifecycle::with_grace;
+
+use crate::auth::StoreAuthenticator;
+use crate::config::Config;
+use crate::services::identity::IdentityService;
+use crate::services::not_yet::{AuditService, LearningService, SelectorService};
+use crate::services::permissions::PermissionsService;
+use crate::services::registry::RegistryService;
+use crate::services::sync::SyncService;
+use crate::state::AppState;
+use crate::storage::Store;
+
+/// Every toolplane.v1 service this server answers, as health-check names.
+const SERVICES: &[&str] = &[
+    "toolplane.v1.ToolRegistry",
+    "toolplane.v1.ToolSelector",
+    "toolplane.v1.Permissions",
+    "toolplane.v1.Identity",
+    "toolplane.v1.Audit",
+    "toolplane.v1.Learning",
+    "toolplane.v1.SidecarSync",
+];
+
+/// Serves on `listener` until `stop` resolves, then reports NOT_SERVING, stops
+/// accepting and drains in-flight calls within the configured grace period.
+pub async fn serve(
+    config: &Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let admin_token = config.admin_token()?;
+    let state = AppState::new(
+        store.clone(),
+        ToolPolicy {
+            allow_link_local_endpoints: config.allow_link_local_endpoints,
+        },
+    );
+    let authn = Arc::new(StoreAuthenticator::new(store, &admin_token));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in SERVICES.iter().chain(std::iter::once(&"")) {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl 1.8 only speaks v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (draining_tx, draining) = watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        for name in SERVICES.iter().chain(std::iter::once(&"")) {
+            health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        let _ = draining_tx.send(true);
+    });
+    let mut drained = draining.clone();
+    let server = Server::builder()
+        .layer(AuthLayer::new(authn))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::tool_registry_server::ToolRegistryServer::new(
+            RegistryService::new(state.clone()),
+        ))
+        .add_service(pb::identity_server::IdentityServer::new(
+            IdentityService::new(state.clone()),
+        ))
+        .add_service(pb::permissions_server::PermissionsServer::new(
+            PermissionsService::new(state.clone()),
+        ))
+        .add_service(pb::sidecar_sync_server::SidecarSyncServer::new(
+            SyncService::new(state.clone()),
+        ))
+        .add_service(pb::tool_selector_server::ToolSelectorServer::new(
+            SelectorService,
+        ))
+        .add_service(pb::audit_server::AuditServer::new(AuditService))
+        .add_service(pb::learning_server::LearningServer::new(LearningService))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = drained.wait_for(|d| *d).await;
+        });
+    with_grace(server, draining, config.shutdown_grace).await?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! `Identity`: agents and bearer tokens. Tokens are shown once and stored as digests.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use tonic::{Request, Response, Status};
+use toolplane_core::convert::{agent_to_pb, role_from_pb, ts};
+use toolplane_core::model::{Agent, AuditAction, Principal, Role, TokenRecord};
+use toolplane_core::validate::is_valid_name;
+use toolplane_core::{Violations, token};
+use toolplane_proto::v1 as pb;
+use toolplane_proto::v1::identity_server::Identity;
+use toolplane_runtime::auth::{PrincipalExt, principal};
+use uuid::Uuid;
+
+use super::uuid_field;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+pub const DEFAULT_TOKEN_TTL_SECS: u32 = 30 * 24 * 3600;
+pub const MAX_TOKEN_TTL_SECS: u32 = 366 * 24 * 3600;
+const MAX_SKILLS: usize = 64;
+
+pub struct IdentityService {
+    state: Arc<AppState>,
+}
+
+impl IdentityService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    async fn create_agent(&self, who: &Principal, req: pb::CreateAgentRequest) -> ApiResult<Agent> {
+        let mut v = Violations::default();
+        if !is_valid_name(&req.name) {
+            v.push(
+                "name",
+                "must match ^[a-z][a-z0-9_.-]*$ and be at most 128 characters",
+            );
+        }
+        if req.skills.len() > MAX_SKILLS {
+            v.push(
+                "skills",
+                format!("has more than the limit of {MAX_SKILLS} items"),
+            );
+        }
+        if req.team.len() > 128 {
+            v.push("team", "is longer than the limit of 128 characters");
+        }
+        v.into_result()?;
+        let agent = Agent {
+            id: Uuid::now_v7(),
+            name: req.name,
+            skills: req.skills,
+            team: req.team,
+            created_at: Utc::now(),
+        };
+        self.state.store.create_agent(&agent).await?;
+        self.state.changed();
+        tracing::info!(agent = %agent.name, id = %agent.id, actor = %who.actor_id(), "agent created");
+        Ok(agent)
+    }
+
+    async fn issue(
+        &self,
+        who: &Principal,
+        req: pb::IssueTokenRequest,
+    ) -> ApiResult<pb::IssueTokenResponse> {
+        let role =
+            role_from_pb(req.role).ok_or_else(|| Violations::single("role", "is required"))?;
+        let agent_id = match role {
+            Role::Agent => {
+                let id = uuid_field("agent_id", &req.agent_id)?;
+                if self.state.store.get_agent(id).await?.is_none() {
+                    return Err(ApiError::NotFound(format!("agent {id} not found")));
+                }
+                Some(id)
+            }
+            _ if !req.agent_id.is_empty() => {
+                return Err(Violations::single(
+                    "agent_id",
+                    "only tokens of ROLE_AGENT name an agent",
+                )
+                .into());
+            }
+            _ => None,
+        };
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL_SECS,
+            n if n > MAX_TOKEN_TTL_SECS => {
+                return Err(Violations::single(
+                    "ttl_seconds",
+                    format!("must be at most {MAX_TOKEN_TTL_SECS}"),
+                )
+                .into());
+            }
+            n => n,
+        };
+        let secret = token::generate();
+        let now = Utc::now();
+        let record = TokenRecord {
+            id: Uuid::now_v7(),
+            sha256: token::digest(&secret),
+            role,
+            agent_id,
+            description: req.description,
+            created_at: now,
+            expires_at: now + Duration::seconds(i64::from(ttl)),
+            revoked_at: None,
+        };
+        self.state.store.create_token(&record).await?;
+        self.state
+            .audit_admin(
+                who,
+                AuditAction::TokenIssued,
+                agent_id,
+                None,
+                format!("issued {role} token {}", record.id),
+            )
+            .await?;
+        self.state.changed();
+        Ok(pb::IssueTokenResponse {
+            token_id: record.id.to_string(),
+            token: secret,
+            expires_at: Some(ts(record.expires_at)),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn create_agent(
+        &self,
+        request: Request<pb::CreateAgentRequest>,
+    ) -> Result<Response<pb::CreateAgentResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "CreateAgent")?;
+        let agent = IdentityService::create_agent(self, &who, request.into_inner()).await?;
+        Ok(Response::new(pb::CreateAgentResponse {
+            agent: Some(agent_to_pb(&agent)),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin, Role::Sidecar], "ListAgents")?;
+        let team = request.into_inner().team;
+        let agents = self
+            .state
+            .store
+            .list_agents()
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents
+                .iter()
+                .filter(|a| team.is_empty() || a.team == team)
+                .map(agent_to_pb)
+                .collect(),
+        }))
+    }
+
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "IssueToken")?;
+        Ok(Response::new(self.issue(&who, request.into_inner()).await?))
+    }
+
+    async fn revoke_token(
+        &self,
+        _: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        Err(ApiError::Unimplemented("Identity.RevokeToken").into())
+    }
+}

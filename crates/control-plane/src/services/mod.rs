@@ -1,0 +1,21 @@
+//! gRPC service implementations, one file per service of `toolplane.v1`.
+
+pub mod identity;
+pub mod not_yet;
+pub mod permissions;
+pub mod registry;
+pub mod sync;
+
+use toolplane_core::Violations;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Parses a required UUID field of a request.
+pub(crate) fn uuid_field(field: &str, value: &str) -> Result<Uuid, ApiError> {
+    Ok(toolplane_core::convert::parse_uuid(field, value)?)
+}
+
+pub(crate) fn required<T>(field: &str, v: Option<T>) -> Result<T, ApiError> {
+    v.ok_or_else(|| Violations::single(field, "is required").into())
+}

@@ -1,0 +1,134 @@
+//! `SidecarSync.Connect`: pushes a snapshot on connect and after every change; stores
+//! the events a sidecar sends and acks their ids only after the database commit.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use toolplane_core::convert::{snapshot_to_pb, sync_event_from_pb};
+use toolplane_core::model::Role;
+use toolplane_proto::v1 as pb;
+use toolplane_proto::v1::sidecar_sync_server::SidecarSync;
+use toolplane_runtime::auth::{PrincipalExt, principal};
+
+use crate::state::AppState;
+
+/// A sidecar that says nothing for this long after connecting is dropped.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct SyncService {
+    state: Arc<AppState>,
+}
+
+impl SyncService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+type Out = Result<pb::ConnectResponse, Status>;
+
+async fn send_snapshot(state: &AppState, tx: &mpsc::Sender<Out>) -> bool {
+    let msg = match state.snapshot().await {
+        Ok(s) => Ok(pb::ConnectResponse {
+            message: Some(pb::connect_response::Message::Snapshot(snapshot_to_pb(&s))),
+        }),
+        Err(e) => Err(Status::from(e)),
+    };
+    let ok = msg.is_ok();
+    tx.send(msg).await.is_ok() && ok
+}
+
+/// Stores a batch and answers with the ids now durably stored. Events that cannot be
+/// parsed are logged and acked, so one bad event cannot wedge a sidecar's queue.
+async fn store_batch(state: &AppState, batch: pb::EventBatch) -> Result<Vec<String>, Status> {
+    let mut ids = Vec::with_capacity(batch.events.len());
+    let mut events = Vec::with_capacity(batch.events.len());
+    for e in batch.events {
+        ids.push(e.event_id.clone());
+        let id = e.event_id.clone();
+        match sync_event_from_pb(e) {
+            Ok(ev) => events.push(ev),
+            Err(v) => tracing::error!(event_id = %id, error = %v, "dropping malformed sync event"),
+        }
+    }
+    state
+        .store
+        .append_events(&events)
+        .await
+        .map_err(|e| Status::from(crate::error::ApiError::from(e)))?;
+    Ok(ids)
+}
+
+async fn session(
+    state: Arc<AppState>,
+    mut inbound: Streaming<pb::ConnectRequest>,
+    tx: mpsc::Sender<Out>,
+) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
+        Ok(Some(Ok(pb::ConnectRequest {
+            message: Some(pb::connect_request::Message::Hello(h)),
+        }))) => h,
+        _ => {
+            let _ = tx
+                .send(Err(Status::invalid_argument(
+                    "the first message must be SidecarHello",
+                )))
+                .await;
+            return;
+        }
+    };
+    let sidecar = hello.sidecar_id.clone();
+    tracing::info!(sidecar = %sidecar, version = %hello.version, known_revision = hello.known_revision, "sidecar connected");
+    let mut changes = state.subscribe();
+    changes.mark_unchanged();
+    if !send_snapshot(&state, &tx).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            msg = inbound.next() => match msg {
+                Some(Ok(pb::ConnectRequest { message: Some(pb::connect_request::Message::Events(batch)) })) => {
+                    match store_batch(&state, batch).await {
+                        Ok(ids) => {
+                            let ack = pb::ConnectResponse { message: Some(pb::connect_response::Message::Ack(pb::EventAck { event_ids: ids })) };
+                            if tx.send(Ok(ack)).await.is_err() { break; }
+                        }
+                        // Not acked: the sidecar keeps the events and resends them.
+                        Err(status) => tracing::warn!(sidecar = %sidecar, error = %status.message(), "could not store events; not acking"),
+                    }
+                }
+                Some(Ok(_)) => tracing::debug!(sidecar = %sidecar, "ignoring unexpected message"),
+                Some(Err(status)) => {
+                    tracing::info!(sidecar = %sidecar, error = %status.message(), "sidecar stream error");
+                    break;
+                }
+                None => break,
+            },
+            changed = changes.changed() => {
+                if changed.is_err() || !send_snapshot(&state, &tx).await { break; }
+            }
+        }
+    }
+    tracing::info!(sidecar = %sidecar, "sidecar disconnected");
+}
+
+#[tonic::async_trait]
+impl SidecarSync for SyncService {
+    type ConnectStream = Pin<Box<dyn Stream<Item = Out> + Send>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        principal(&request)?.require(&[Role::Sidecar, Role::Admin], "SidecarSync.Connect")?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(session(self.state.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

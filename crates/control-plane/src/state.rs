@@ -1,0 +1,98 @@
+//! What every service shares: the store, the registration policy and the change
+//! counter that tells connected sidecars a new snapshot is due.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::watch;
+use toolplane_core::model::{AuditAction, AuditEvent, Principal, Snapshot, SyncEvent};
+use toolplane_core::validate::ToolPolicy;
+use uuid::Uuid;
+
+use crate::error::ApiResult;
+use crate::storage::Store;
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub policy: ToolPolicy,
+    revision: watch::Sender<u64>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, policy: ToolPolicy) -> Arc<Self> {
+        // Start from the wall clock so revisions keep growing across restarts.
+        let start = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
+        Arc::new(Self {
+            store,
+            policy,
+            revision: watch::Sender::new(start),
+        })
+    }
+
+    /// Called after every write that sidecars must see.
+    pub fn changed(&self) {
+        self.revision.send_modify(|r| *r += 1);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    pub async fn snapshot(&self) -> ApiResult<Snapshot> {
+        let revision = *self.revision.borrow();
+        let mut tools = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_tools(&Default::default(), after.as_deref(), 1000)
+                .await?;
+            let done = page.len() < 1000;
+            after = page.last().map(|t| t.spec.name.clone());
+            tools.extend(page);
+            if done {
+                break;
+            }
+        }
+        Ok(Snapshot {
+            revision,
+            tools,
+            permissions: self.store.list_permissions(None, None).await?,
+            agents: self.store.list_agents().await?,
+            tokens: self.store.active_tokens(Utc::now()).await?,
+        })
+    }
+
+    /// Records an administrative action in the audit trail.
+    pub async fn audit_admin(
+        &self,
+        actor: &Principal,
+        action: AuditAction,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+        detail: String,
+    ) -> ApiResult<()> {
+        let event = AuditEvent {
+            event_id: Uuid::now_v7(),
+            action,
+            invocation_id: None,
+            actor_id: actor.actor_id(),
+            agent_id,
+            tool_id,
+            tool_version: 0,
+            task_id: String::new(),
+            occurred_at: Utc::now(),
+            sanitized_parameters: Value::Null,
+            result: None,
+            success: true,
+            detail,
+            compliance_frameworks: Vec::new(),
+            data_classification: None,
+            sidecar_id: String::new(),
+            permission_id: None,
+        };
+        self.store.append_events(&[SyncEvent::Audit(event)]).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! The embedded default: all state in process, lost on restart.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use chrono::{DateTime, Utc};
+use toolplane_core::model::{
+    Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool,
+};
+use uuid::Uuid;
+
+use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter};
+
+#[derive(Default)]
+struct State {
+    tools: HashMap<Uuid, Tool>,
+    /// Live tool names, ordered for listing.
+    names: BTreeMap<String, Uuid>,
+    agents: HashMap<Uuid, Agent>,
+    tokens: HashMap<String, TokenRecord>,
+    permissions: Vec<Permission>,
+    audit: Vec<AuditEvent>,
+    audit_ids: HashSet<Uuid>,
+    invocations: HashMap<Uuid, InvocationRecord>,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: RwLock<State>,
+}
+
+impl MemoryStore {
+    // A panic while holding the lock cannot leave State half-written in a way later
+    // readers could misread (every write is a single insert), so poisoning is ignored.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn matches(tool: &Tool, f: &ToolFilter) -> bool {
+    let s = &tool.spec;
+    f.category.as_ref().is_none_or(|c| &s.category == c)
+        && f.capability
+            .as_ref()
+            .is_none_or(|c| s.capabilities.contains(c))
+        && f.enabled.is_none_or(|e| s.enabled == e)
+        && f.provider.as_ref().is_none_or(|p| &s.provider == p)
+        && f.text.as_ref().is_none_or(|t| {
+            let t = t.to_lowercase();
+            s.name.to_lowercase().contains(&t) || s.description.to_lowercase().contains(&t)
+        })
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn create_tool(&self, tool: &Tool) -> StoreResult<()> {
+        let mut st = self.write();
+        if st.names.contains_key(&tool.spec.name) {
+            return Err(StoreError::Conflict(format!(
+                "a tool named {:?} already exists",
+                tool.spec.name
+            )));
+        }
+        st.names.insert(tool.spec.name.clone(), tool.id);
+        st.tools.insert(tool.id, tool.clone());
+        Ok(())
+    }
+
+    async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>> {
+        Ok(self.read().tools.get(&id).cloned())
+    }
+
+    async fn get_tool_by_name(&self, name: &str) -> StoreResult<Option<Tool>> {
+        let st = self.read();
+        Ok(st.names.get(name).and_then(|id| st.tools.get(id)).cloned())
+    }
+
+    async fn list_tools(
+        &self,
+        filter: &ToolFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Tool>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let st = self.read();
+        let lower = after.map_or(Unbounded, |a| Excluded(a.to_owned()));
+        Ok(st
+            .names
+            .range((lower, Unbounded))
+            .filter_map(|(_, id)| st.tools.get(id))
+            .filter(|t| matches(t, filter))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn create_agent(&self, agent: &Agent) -> StoreResult<()> {
+        let mut st = self.write();
+        if st.agents.values().any(|a| a.name == agent.name) {
+            return Err(StoreError::Conflict(format!(
+                "an agent named {:?} already exists",
+                agent.name
+            )));
+        }
+        st.agents.insert(agent.id, agent.clone());
+        Ok(())
+    }
+
+    async fn get_agent(&self, id: Uuid) -> StoreResult<Option<Agent>> {
+        Ok(self.read().agents.get(&id).cloned())
+    }
+
+    async fn list_agents(&self) -> StoreResult<Vec<Agent>> {
+        let mut agents: Vec<Agent> = self.read().agents.values().cloned().collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(agents)
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let mut st = self.write();
+        if st.tokens.contains_key(&token.sha256) {
+            return Err(StoreError::Conflict("token digest collision".to_owned()));
+        }
+        st.tokens.insert(token.sha256.clone(), token.clone());
+        Ok(())
+    }
+
+    async fn token_by_digest(&self, sha256: &str) -> StoreResult<Option<TokenRecord>> {
+        Ok(self.read().tokens.get(sha256).cloned())
+    }
+
+    async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>> {
+        Ok(self
+            .read()
+            .tokens
+            .values()
+            .filter(|t| t.is_active(now))
+            .cloned()
+            .collect())
+    }
+
+    async fn create_permission(&self, permission: &Permission) -> StoreResult<()> {
+        let mut st = self.write();
+        if !st.agents.contains_key(&permission.agent_id) {
+            return Err(StoreError::NotFound(format!(
+                "agent {}",
+                permission.agent_id
+            )));
+        }
+        if !st.tools.contains_key(&permission.tool_id) {
+            return Err(StoreError::NotFound(format!("tool {}", permission.tool_id)));
+        }
+        st.permissions.push(permission.clone());
+        Ok(())
+    }
+
+    async fn list_permissions(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+    ) -> StoreResult<Vec<Permission>> {
+        Ok(self
+            .read()
+            .permissions
+            .iter()
+            .filter(|p| {
+                agent_id.is_none_or(|a| p.agent_id == a) && tool_id.is_none_or(|t| p.tool_id == t)
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn append_events(&self, events: &[SyncEvent]) -> StoreResult<()> {
+        let mut st = self.write();
+        for e in events {
+            match e {
+                SyncEvent::Audit(a) => {
+                    if st.audit_ids.insert(a.event_id) {
+                        st.audit.push(a.clone());
+                    }
+                }
+                SyncEvent::Invocation(i) => {
+                    st.invocations
+                        .entry(i.invocation_id)
+                        .or_insert_with(|| i.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+        Ok(self
+            .read()
+            .audit
+            .iter()
+            .filter(|e| {
+                f.invocation_id.is_none_or(|i| e.invocation_id == Some(i))
+                    && f.agent_id.is_none_or(|a| e.agent_id == Some(a))
+                    && f.tool_id.is_none_or(|t| e.tool_id == Some(t))
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>> {
+        Ok(self.read().invocations.get(&invocation_id).cloned())
+    }
+}

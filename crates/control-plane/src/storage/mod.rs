@@ -1,0 +1,101 @@
+//! One storage trait for the control plane's state, with an in-memory backend (the
+//! embedded default) and a PostgreSQL backend. Both pass the same conformance suite
+//! (`tests/storage_conformance.rs`).
+
+mod memory;
+mod migrate;
+mod postgres;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use toolplane_core::model::{
+    Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool,
+};
+use uuid::Uuid;
+
+pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken; the message names what collided.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The database cannot be reached right now; callers may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Default)]
+pub struct ToolFilter {
+    pub category: Option<String>,
+    pub capability: Option<String>,
+    pub enabled: Option<bool>,
+    pub provider: Option<String>,
+    /// Case-insensitive substring of name or description.
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub invocation_id: Option<Uuid>,
+    pub agent_id: Option<Uuid>,
+    pub tool_id: Option<Uuid>,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `Conflict` when a live tool already has the name.
+    async fn create_tool(&self, tool: &Tool) -> StoreResult<()>;
+    /// Live (not deleted) tools only.
+    async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>>;
+    async fn get_tool_by_name(&self, name: &str) -> StoreResult<Option<Tool>>;
+    /// Live tools matching `filter`, ordered by name, names strictly after `after`.
+    async fn list_tools(
+        &self,
+        filter: &ToolFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Tool>>;
+
+    /// `Conflict` when the name is taken.
+    async fn create_agent(&self, agent: &Agent) -> StoreResult<()>;
+    async fn get_agent(&self, id: Uuid) -> StoreResult<Option<Agent>>;
+    async fn list_agents(&self) -> StoreResult<Vec<Agent>>;
+
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    async fn token_by_digest(&self, sha256: &str) -> StoreResult<Option<TokenRecord>>;
+    /// Unrevoked, unexpired tokens.
+    async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>>;
+
+    async fn create_permission(&self, permission: &Permission) -> StoreResult<()>;
+    /// Unrevoked grants, optionally narrowed to one agent and/or tool.
+    async fn list_permissions(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+    ) -> StoreResult<Vec<Permission>>;
+
+    /// Stores events atomically and idempotently: an event whose id is already stored
+    /// is skipped, so sidecars can resend after a lost ack.
+    async fn append_events(&self, events: &[SyncEvent]) -> StoreResult<()>;
+    /// Ordered by the sequence in which they were recorded.
+    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>>;
+    async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>>;
+}
+
+/// Opens the backend `database_url` names (PostgreSQL, migrated) or, without one, the
+/// in-memory backend.
+pub async fn open(database_url: Option<&str>, pool_size: usize) -> anyhow::Result<Arc<dyn Store>> {
+    match database_url {
+        Some(url) => Ok(Arc::new(PostgresStore::connect(url, pool_size).await?)),
+        None => Ok(Arc::new(MemoryStore::default())),
+    }
+}

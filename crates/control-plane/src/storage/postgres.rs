@@ -1,0 +1,587 @@
+//! PostgreSQL backend (tokio-postgres over a deadpool pool). SQL lives next to the
+//! code that binds its parameters; the schema lives in `migrations/`.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Pool, Runtime};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use tokio_postgres::{NoTls, Row, error::SqlState};
+use toolplane_core::model::*;
+use uuid::Uuid;
+
+use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter, migrate};
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl PostgresStore {
+    /// Connects, checks the database answers, and applies pending migrations.
+    pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
+        migrate::run(url).await?;
+        let mut cfg = deadpool_postgres::Config::new();
+        cfg.url = Some(url.to_owned());
+        cfg.pool = Some(deadpool_postgres::PoolConfig::new(pool_size.max(1)));
+        let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls)?;
+        pool.get().await?.execute("SELECT 1", &[]).await?;
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+fn db_err(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(
+            e.as_db_error()
+                .and_then(|d| d.detail())
+                .unwrap_or("already exists")
+                .to_owned(),
+        ),
+        Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => StoreError::NotFound(
+            e.as_db_error()
+                .and_then(|d| d.detail())
+                .unwrap_or("referenced row")
+                .to_owned(),
+        ),
+        Some(_) => StoreError::Backend(e.to_string()),
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn u32_of(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn parse_text<T>(field: &str, s: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+    parse(s).ok_or_else(|| StoreError::Backend(format!("unknown {field} {s:?} in database")))
+}
+
+const TOOL_COLUMNS: &str = "id, name, category, description, version, input_schema, output_schema, \
+    examples, capabilities, auth_type, rate_limit_rpm, timeout_ms, required_skills, data_sensitivity, \
+    provider, endpoint, protocol, reliability_score, average_latency_ms, cost_per_call, enabled, \
+    side_effects, idempotent, cacheable, cache_ttl_seconds, remote_name, created_at, updated_at";
+
+fn tool_from_row(r: &Row) -> StoreResult<Tool> {
+    let examples: Value = r.get("examples");
+    Ok(Tool {
+        id: r.get("id"),
+        version: u32_of(r.get("version")),
+        spec: ToolSpec {
+            name: r.get("name"),
+            category: r.get("category"),
+            description: r.get("description"),
+            input_schema: r.get("input_schema"),
+            output_schema: r.get("output_schema"),
+            examples: serde_json::from_value(examples)
+                .map_err(|e| StoreError::Backend(e.to_string()))?,
+            capabilities: r.get("capabilities"),
+            requirements: ToolRequirements {
+                authentication: parse_text("auth_type", r.get("auth_type"), AuthType::parse)?,
+                rate_limit_rpm: u32_of(r.get("rate_limit_rpm")),
+                timeout_ms: u32_of(r.get("timeout_ms")),
+                required_agent_skills: r.get("required_skills"),
+                data_sensitivity: parse_text(
+                    "data_sensitivity",
+                    r.get("data_sensitivity"),
+                    DataSensitivity::parse,
+                )?,
+            },
+            provider: r.get("provider"),
+            endpoint: r.get("endpoint"),
+            protocol: parse_text("protocol", r.get("protocol"), ToolProtocol::parse)?,
+            reliability_score: r.get("reliability_score"),
+            average_latency_ms: u32_of(r.get("average_latency_ms")),
+            cost_per_call: r.get::<_, Decimal>("cost_per_call"),
+            enabled: r.get("enabled"),
+            side_effects: parse_text("side_effects", r.get("side_effects"), SideEffects::parse)?,
+            idempotent: r.get("idempotent"),
+            cacheable: r.get("cacheable"),
+            cache_ttl_seconds: u32_of(r.get("cache_ttl_seconds")),
+            remote_name: r.get("remote_name"),
+        },
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+fn agent_from_row(r: &Row) -> Agent {
+    Agent {
+        id: r.get("id"),
+        name: r.get("name"),
+        skills: r.get("skills"),
+        team: r.get("team"),
+        created_at: r.get("created_at"),
+    }
+}
+
+fn token_from_row(r: &Row) -> StoreResult<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.get("id"),
+        sha256: r.get("sha256"),
+        role: parse_text("role", r.get("role"), Role::parse)?,
+        agent_id: r.get("agent_id"),
+        description: r.get("description"),
+        created_at: r.get("created_at"),
+        expires_at: r.get("expires_at"),
+        revoked_at: r.get("revoked_at"),
+    })
+}
+
+fn permission_from_row(r: &Row) -> StoreResult<Permission> {
+    let hours: Vec<i32> = r.get("allowed_hours");
+    let max: Option<String> = r.get("max_sensitivity");
+    Ok(Permission {
+        id: r.get("id"),
+        agent_id: r.get("agent_id"),
+        tool_id: r.get("tool_id"),
+        kind: parse_text("permission kind", r.get("kind"), PermissionType::parse)?,
+        max_invocations_per_day: u32_of(r.get("max_invocations_per_day")),
+        allowed_hours: hours
+            .into_iter()
+            .filter_map(|h| u32::try_from(h).ok())
+            .collect(),
+        time_zone: r.get("time_zone"),
+        max_sensitivity: max
+            .as_deref()
+            .map(|s| parse_text("max_sensitivity", s, DataSensitivity::parse))
+            .transpose()?,
+        granted_at: r.get("granted_at"),
+        expires_at: r.get("expires_at"),
+        granted_by: r.get("granted_by"),
+    })
+}
+
+fn audit_from_row(r: &Row) -> StoreResult<AuditEvent> {
+    let status: Option<String> = r.get("result_status");
+    let result = match status {
+        Some(s) => Some(ResultSummary {
+            size_bytes: u64::try_from(r.get::<_, Option<i64>>("result_size_bytes").unwrap_or(0))
+                .unwrap_or(0),
+            status: parse_text("result_status", &s, ExecutionStatus::parse)?,
+            digest: r
+                .get::<_, Option<String>>("result_digest")
+                .unwrap_or_default(),
+        }),
+        None => None,
+    };
+    let class: Option<String> = r.get("data_classification");
+    Ok(AuditEvent {
+        event_id: r.get("event_id"),
+        action: parse_text("action", r.get("action"), AuditAction::parse)?,
+        invocation_id: r.get("invocation_id"),
+        actor_id: r.get("actor_id"),
+        agent_id: r.get("agent_id"),
+        tool_id: r.get("tool_id"),
+        tool_version: u32_of(r.get("tool_version")),
+        task_id: r.get("task_id"),
+        occurred_at: r.get("occurred_at"),
+        sanitized_parameters: r.get("sanitized_parameters"),
+        result,
+        success: r.get("success"),
+        detail: r.get("detail"),
+        compliance_frameworks: r.get("compliance_frameworks"),
+        data_classification: class.as_deref().and_then(DataSensitivity::parse),
+        sidecar_id: r.get("sidecar_id"),
+        permission_id: r.get("permission_id"),
+    })
+}
+
+fn invocation_from_row(r: &Row) -> StoreResult<InvocationRecord> {
+    Ok(InvocationRecord {
+        invocation_id: r.get("invocation_id"),
+        agent_id: r.get("agent_id"),
+        task_id: r.get("task_id"),
+        requested_tool_id: r.get("requested_tool_id"),
+        parameters: r.get("parameters"),
+        invoked_at: r.get("invoked_at"),
+        sidecar_id: r.get("sidecar_id"),
+        result: ToolResult {
+            invocation_id: r.get("invocation_id"),
+            tool_id: r.get("tool_id"),
+            tool_version: u32_of(r.get("tool_version")),
+            status: parse_text("status", r.get("status"), ExecutionStatus::parse)?,
+            output: r.get("output"),
+            error: r.get("error"),
+            duration_ms: u32_of(r.get("duration_ms")),
+            tokens_used: u32_of(r.get("tokens_used")),
+            cost: r.get("cost"),
+            completed_at: r.get("completed_at"),
+            cache_hit: r.get("cache_hit"),
+            attempts: u32_of(r.get("attempts")),
+        },
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn create_tool(&self, t: &Tool) -> StoreResult<()> {
+        let s = &t.spec;
+        let examples =
+            serde_json::to_value(&s.examples).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let sql = format!(
+            "INSERT INTO tools ({TOOL_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,\
+             $15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28)"
+        );
+        let r = &s.requirements;
+        self.client()
+            .await?
+            .execute(
+                &sql,
+                &[
+                    &t.id,
+                    &s.name,
+                    &s.category,
+                    &s.description,
+                    &i64::from(t.version),
+                    &s.input_schema,
+                    &s.output_schema,
+                    &examples,
+                    &s.capabilities,
+                    &r.authentication.as_str(),
+                    &i64::from(r.rate_limit_rpm),
+                    &i64::from(r.timeout_ms),
+                    &r.required_agent_skills,
+                    &r.data_sensitivity.as_str(),
+                    &s.provider,
+                    &s.endpoint,
+                    &s.protocol.as_str(),
+                    &s.reliability_score,
+                    &i64::from(s.average_latency_ms),
+                    &s.cost_per_call,
+                    &s.enabled,
+                    &s.side_effects.as_str(),
+                    &s.idempotent,
+                    &s.cacheable,
+                    &i64::from(s.cache_ttl_seconds),
+                    &s.remote_name,
+                    &t.created_at,
+                    &t.updated_at,
+                ],
+            )
+            .await
+            .map_err(|e| match db_err(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("a tool named {:?} already exists", s.name))
+                }
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>> {
+        let sql = format!("SELECT {TOOL_COLUMNS} FROM tools WHERE id = $1 AND deleted_at IS NULL");
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&id])
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(tool_from_row).transpose()
+    }
+
+    async fn get_tool_by_name(&self, name: &str) -> StoreResult<Option<Tool>> {
+        let sql =
+            format!("SELECT {TOOL_COLUMNS} FROM tools WHERE name = $1 AND deleted_at IS NULL");
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&name])
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(tool_from_row).transpose()
+    }
+
+    async fn list_tools(
+        &self,
+        f: &ToolFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Tool>> {
+        let text = f.text.as_ref().map(|t| {
+            format!(
+                "%{}%",
+                t.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        });
+        let caps: Option<Vec<String>> = f.capability.clone().map(|c| vec![c]);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {TOOL_COLUMNS} FROM tools WHERE deleted_at IS NULL \
+             AND ($1::text IS NULL OR category = $1) \
+             AND ($2::text[] IS NULL OR capabilities @> $2) \
+             AND ($3::bool IS NULL OR enabled = $3) \
+             AND ($4::text IS NULL OR provider = $4) \
+             AND ($5::text IS NULL OR name ILIKE $5 OR description ILIKE $5) \
+             AND ($6::text IS NULL OR name > $6) \
+             ORDER BY name LIMIT $7"
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &sql,
+                &[
+                    &f.category,
+                    &caps,
+                    &f.enabled,
+                    &f.provider,
+                    &text,
+                    &after,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(tool_from_row).collect()
+    }
+
+    async fn create_agent(&self, a: &Agent) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO agents (id, name, skills, team, created_at) VALUES ($1,$2,$3,$4,$5)",
+                &[&a.id, &a.name, &a.skills, &a.team, &a.created_at],
+            )
+            .await
+            .map_err(|e| match db_err(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("an agent named {:?} already exists", a.name))
+                }
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn get_agent(&self, id: Uuid) -> StoreResult<Option<Agent>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT * FROM agents WHERE id = $1", &[&id])
+            .await
+            .map_err(db_err)?;
+        Ok(row.as_ref().map(agent_from_row))
+    }
+
+    async fn list_agents(&self) -> StoreResult<Vec<Agent>> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT * FROM agents ORDER BY name", &[])
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(agent_from_row).collect())
+    }
+
+    async fn create_token(&self, t: &TokenRecord) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO tokens (id, sha256, role, agent_id, description, created_at, expires_at, revoked_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                &[&t.id, &t.sha256, &t.role.as_str(), &t.agent_id, &t.description, &t.created_at, &t.expires_at, &t.revoked_at],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn token_by_digest(&self, sha256: &str) -> StoreResult<Option<TokenRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT * FROM tokens WHERE sha256 = $1", &[&sha256])
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT * FROM tokens WHERE revoked_at IS NULL AND expires_at > $1",
+                &[&now],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn create_permission(&self, p: &Permission) -> StoreResult<()> {
+        let hours: Vec<i32> = p
+            .allowed_hours
+            .iter()
+            .filter_map(|h| i32::try_from(*h).ok())
+            .collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO permissions (id, agent_id, tool_id, kind, max_invocations_per_day, allowed_hours, \
+                 time_zone, max_sensitivity, granted_at, expires_at, granted_by) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+                &[
+                    &p.id,
+                    &p.agent_id,
+                    &p.tool_id,
+                    &p.kind.as_str(),
+                    &i64::from(p.max_invocations_per_day),
+                    &hours,
+                    &p.time_zone,
+                    &p.max_sensitivity.map(DataSensitivity::as_str),
+                    &p.granted_at,
+                    &p.expires_at,
+                    &p.granted_by,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn list_permissions(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+    ) -> StoreResult<Vec<Permission>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT * FROM permissions WHERE revoked_at IS NULL \
+                 AND ($1::uuid IS NULL OR agent_id = $1) AND ($2::uuid IS NULL OR tool_id = $2) \
+                 ORDER BY granted_at, id",
+                &[&agent_id, &tool_id],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(permission_from_row).collect()
+    }
+
+    async fn append_events(&self, events: &[SyncEvent]) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let audit = tx
+            .prepare(
+                "INSERT INTO audit_events (event_id, action, invocation_id, actor_id, agent_id, tool_id, \
+                 tool_version, task_id, occurred_at, sanitized_parameters, result_size_bytes, result_status, \
+                 result_digest, success, detail, compliance_frameworks, data_classification, sidecar_id, \
+                 permission_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .await
+            .map_err(db_err)?;
+        let invocation = tx
+            .prepare(
+                "INSERT INTO invocations (invocation_id, agent_id, task_id, requested_tool_id, tool_id, \
+                 tool_version, parameters, invoked_at, status, output, error, duration_ms, tokens_used, cost, \
+                 completed_at, cache_hit, attempts, sidecar_id) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18) \
+                 ON CONFLICT (invocation_id) DO NOTHING",
+            )
+            .await
+            .map_err(db_err)?;
+        for e in events {
+            match e {
+                SyncEvent::Audit(a) => {
+                    let size = a
+                        .result
+                        .as_ref()
+                        .map(|r| i64::try_from(r.size_bytes).unwrap_or(i64::MAX));
+                    let status = a.result.as_ref().map(|r| r.status.as_str());
+                    let digest = a.result.as_ref().map(|r| r.digest.as_str());
+                    tx.execute(
+                        &audit,
+                        &[
+                            &a.event_id,
+                            &a.action.as_str(),
+                            &a.invocation_id,
+                            &a.actor_id,
+                            &a.agent_id,
+                            &a.tool_id,
+                            &i64::from(a.tool_version),
+                            &a.task_id,
+                            &a.occurred_at,
+                            &a.sanitized_parameters,
+                            &size,
+                            &status,
+                            &digest,
+                            &a.success,
+                            &a.detail,
+                            &a.compliance_frameworks,
+                            &a.data_classification.map(DataSensitivity::as_str),
+                            &a.sidecar_id,
+                            &a.permission_id,
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                }
+                SyncEvent::Invocation(i) => {
+                    let r = &i.result;
+                    tx.execute(
+                        &invocation,
+                        &[
+                            &i.invocation_id,
+                            &i.agent_id,
+                            &i.task_id,
+                            &i.requested_tool_id,
+                            &r.tool_id,
+                            &i64::from(r.tool_version),
+                            &i.parameters,
+                            &i.invoked_at,
+                            &r.status.as_str(),
+                            &r.output,
+                            &r.error,
+                            &i64::from(r.duration_ms),
+                            &i64::from(r.tokens_used),
+                            &r.cost,
+                            &r.completed_at,
+                            &r.cache_hit,
+                            &i64::from(r.attempts),
+                            &i.sidecar_id,
+                        ],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT * FROM audit_events WHERE ($1::uuid IS NULL OR invocation_id = $1) \
+                 AND ($2::uuid IS NULL OR agent_id = $2) AND ($3::uuid IS NULL OR tool_id = $3) ORDER BY seq",
+                &[&f.invocation_id, &f.agent_id, &f.tool_id],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT * FROM invocations WHERE invocation_id = $1",
+                &[&invocation_id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(invocation_from_row).transpose()
+    }
+}

@@ -1,0 +1,6 @@
+//! Server plumbing shared by the control plane and the sidecar, so both authenticate,
+//! log and shut down the same way.
+
+pub mod auth;
+pub mod lifecycle;
+pub mod telemetry;
