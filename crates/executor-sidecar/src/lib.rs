@@ -1,1 +1,13 @@
+//! The toolplane executor sidecar: serves `Executor` to the agent beside it, from the
+//! latest snapshot the control plane pushed, and streams every result and audit event
+//! back, acked and at least once.
 
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod http_client;
+pub mod outbox;
+pub mod server;
+pub mod snapshot;
+pub mod sync;

@@ -1,1 +1,16 @@
-fn main() {}
+//! `toolplane-sidecar`: config → telemetry → serve (sync in the background) → drain.
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use toolplane_runtime::{lifecycle, telemetry};
+use toolplane_sidecar::{config::Config, server};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    telemetry::init(config.log_format);
+    config.token()?;
+    let listener = TcpListener::bind(config.listen).await?;
+    lifecycle::announce("toolplane-sidecar", listener.local_addr()?);
+    server::serve(&config, listener, lifecycle::first_signal()).await
+}

@@ -99,8 +99,13 @@ async fn session(
                             let ack = pb::ConnectResponse { message: Some(pb::connect_response::Message::Ack(pb::EventAck { event_ids: ids })) };
                             if tx.send(Ok(ack)).await.is_err() { break; }
                         }
-                        // Not acked: the sidecar keeps the events and resends them.
-                        Err(status) => tracing::warn!(sidecar = %sidecar, error = %status.message(), "could not store events; not acking"),
+                        // Not acked: end the stream so the sidecar requeues its in-flight
+                        // events and resends them after reconnecting with backoff.
+                        Err(status) => {
+                            tracing::warn!(sidecar = %sidecar, error = %status.message(), "could not store events; closing stream");
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
                     }
                 }
                 Some(Ok(_)) => tracing::debug!(sidecar = %sidecar, "ignoring unexpected message"),

@@ -1,0 +1,67 @@
+//! Sidecar configuration: flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use toolplane_runtime::telemetry::LogFormat;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "toolplane-sidecar", version, about = "toolplane executor sidecar (gRPC)")]
+pub struct Config {
+    /// Agent-facing gRPC address; port 0 picks a free port (printed on stdout).
+    #[arg(long, env = "TOOLPLANE_SIDECAR_LISTEN", default_value = "127.0.0.1:50061")]
+    pub listen: SocketAddr,
+
+    /// Control plane URL.
+    #[arg(long, env = "TOOLPLANE_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
+    pub control_plane: String,
+
+    /// This sidecar's token (ROLE_SIDECAR). Prefer --token-file in production.
+    #[arg(long, env = "TOOLPLANE_SIDECAR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    #[arg(long, env = "TOOLPLANE_SIDECAR_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Names this sidecar in audit events; defaults to a random id.
+    #[arg(long, env = "TOOLPLANE_SIDECAR_ID")]
+    pub sidecar_id: Option<String>,
+
+    /// Allow calls to link-local and cloud-metadata addresses.
+    #[arg(long, env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS", default_value_t = false)]
+    pub allow_link_local_endpoints: bool,
+
+    #[arg(long, env = "TOOLPLANE_SHUTDOWN_GRACE", value_parser = parse_secs, default_value = "10")]
+    pub shutdown_grace: Duration,
+
+    #[arg(long, env = "TOOLPLANE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim_end_matches('s')
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a number of seconds"))
+}
+
+impl Config {
+    pub fn token(&self) -> anyhow::Result<String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) => Ok(t.trim().to_owned()),
+            (None, Some(path)) => Ok(std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?
+                .trim()
+                .to_owned()),
+            (None, None) => anyhow::bail!("set TOOLPLANE_SIDECAR_TOKEN or TOOLPLANE_SIDECAR_TOKEN_FILE (a ROLE_SIDECAR token)"),
+        }
+    }
+
+    pub fn sidecar_id(&self) -> String {
+        self.sidecar_id
+            .clone()
+            .unwrap_or_else(|| format!("sidecar-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
+    }
+}

@@ -1,0 +1,30 @@
+//! The sidecar's caller-facing errors and their one mapping to gRPC status codes.
+//! What goes wrong at the tool itself is not an error: it is a `ToolResult` status.
+
+use toolplane_core::Violations;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    InvalidArgument(#[from] Violations),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("no snapshot from the control plane yet; retry shortly")]
+    NoSnapshot,
+    #[error("{0} is not implemented yet (see README: not implemented yet)")]
+    Unimplemented(&'static str),
+}
+
+impl From<ExecError> for tonic::Status {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::InvalidArgument(v) => v.to_status(),
+            ExecError::NotFound(m) => tonic::Status::not_found(m),
+            ExecError::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            e @ ExecError::NoSnapshot => tonic::Status::unavailable(e.to_string()),
+            e @ ExecError::Unimplemented(_) => tonic::Status::unimplemented(e.to_string()),
+        }
+    }
+}

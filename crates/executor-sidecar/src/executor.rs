@@ -1,0 +1,299 @@
+//! `Executor`: authenticate (done by the auth layer) → resolve the tool → check the
+//! permission → validate the parameters → call the tool within its timeout and the
+//! caller's deadline → validate the output → record the result and audit events.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::Stream;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+use toolplane_core::convert::{parse_uuid, result_to_pb};
+use toolplane_core::json::{canonical, digest, struct_to_json};
+use toolplane_core::model::*;
+use toolplane_core::permission::evaluate;
+use toolplane_core::redact::Redactor;
+use toolplane_core::schema;
+use toolplane_proto::v1 as pb;
+use toolplane_proto::v1::executor_server::Executor;
+use toolplane_runtime::auth::principal;
+use uuid::Uuid;
+
+use crate::error::ExecError;
+use crate::http_client::{CallError, ToolHttpClient};
+use crate::outbox::Outbox;
+use crate::snapshot::{CompiledTool, SharedSnapshot};
+
+/// Most calls one BatchInvoke may carry.
+pub const MAX_BATCH_CALLS: usize = 100;
+/// Kept back from the caller's deadline so the answer can still reach it.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
+pub struct ExecutorService {
+    pub snapshot: SharedSnapshot,
+    pub outbox: Arc<Outbox>,
+    pub http: ToolHttpClient,
+    pub redactor: Redactor,
+    pub sidecar_id: String,
+}
+
+/// Parses the `grpc-timeout` header (e.g. `250m`, `5S`) the client's deadline arrives in.
+pub fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+struct Call {
+    agent_id: Uuid,
+    tool: Option<pb::invoke_request::Tool>,
+    parameters: Value,
+    task_id: String,
+    deadline: Option<Duration>,
+}
+
+impl ExecutorService {
+    fn audit(&self, action: AuditAction, agent: Uuid, tool: &Tool, invocation_id: Uuid, task_id: &str, params: &Value) -> AuditEvent {
+        AuditEvent {
+            event_id: Uuid::now_v7(),
+            action,
+            invocation_id: Some(invocation_id),
+            actor_id: agent.to_string(),
+            agent_id: Some(agent),
+            tool_id: Some(tool.id),
+            tool_version: tool.version,
+            task_id: task_id.to_owned(),
+            occurred_at: Utc::now(),
+            sanitized_parameters: params.clone(),
+            result: None,
+            success: false,
+            detail: String::new(),
+            compliance_frameworks: Vec::new(),
+            data_classification: Some(tool.spec.requirements.data_sensitivity),
+            sidecar_id: self.sidecar_id.clone(),
+            permission_id: None,
+        }
+    }
+
+    async fn run_call(&self, call: Call) -> Result<ToolResult, ExecError> {
+        let started = Instant::now();
+        let snap = self.snapshot.current().ok_or(ExecError::NoSnapshot)?;
+        let compiled: Arc<CompiledTool> = match &call.tool {
+            Some(pb::invoke_request::Tool::ToolId(id)) => {
+                let id = parse_uuid("tool_id", id)?;
+                snap.tool(id).cloned().ok_or_else(|| ExecError::NotFound(format!("tool {id} not found")))?
+            }
+            Some(pb::invoke_request::Tool::ToolName(name)) => snap
+                .tool_by_name(name)
+                .cloned()
+                .ok_or_else(|| ExecError::NotFound(format!("tool {name:?} not found")))?,
+            None => return Err(toolplane_core::Violations::single("tool", "set tool_id or tool_name").into()),
+        };
+        let tool = &compiled.tool;
+        let agent = snap
+            .agent(call.agent_id)
+            .ok_or_else(|| ExecError::PermissionDenied("the calling agent is not registered".to_owned()))?;
+        let invocation_id = Uuid::now_v7();
+        let sanitized = self.redactor.redact(&call.parameters, &tool.spec.input_schema);
+
+        let decision = evaluate(agent, tool, snap.grants(agent.id, tool.id), Utc::now());
+        if !decision.allowed {
+            let mut e = self.audit(AuditAction::PermissionChecked, agent.id, tool, invocation_id, &call.task_id, &sanitized);
+            e.detail = self.redactor.redact_text(&decision.reason);
+            self.outbox.push(SyncEvent::Audit(e));
+            tracing::info!(agent = %agent.name, tool = %tool.spec.name, reason = %decision.reason, "permission denied");
+            return Err(ExecError::PermissionDenied(decision.reason));
+        }
+
+        if let Err(violations) = schema::check(&compiled.input, "parameters", &call.parameters) {
+            let mut e = self.audit(AuditAction::ErrorOccurred, agent.id, tool, invocation_id, &call.task_id, &sanitized);
+            e.detail = format!("parameters break the input schema: {violations}");
+            e.permission_id = decision.permission_id;
+            self.outbox.push(SyncEvent::Audit(e));
+            return Err(violations.into());
+        }
+
+        let timeout = match call.deadline {
+            Some(d) => tool.timeout().min(d.saturating_sub(DEADLINE_MARGIN + started.elapsed())),
+            None => tool.timeout(),
+        };
+        let (status, output, error) = self.call_tool(&compiled, &call.parameters, timeout).await;
+        let result = ToolResult {
+            invocation_id,
+            tool_id: tool.id,
+            tool_version: tool.version,
+            status,
+            output,
+            error: self.redactor.redact_text(&error),
+            duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            tokens_used: 0,
+            cost: if status == ExecutionStatus::Success { tool.spec.cost_per_call } else { Decimal::ZERO },
+            completed_at: Utc::now(),
+            cache_hit: false,
+            attempts: 1,
+        };
+        let mut e = self.audit(AuditAction::ToolInvoked, agent.id, tool, invocation_id, &call.task_id, &sanitized);
+        e.success = status == ExecutionStatus::Success;
+        e.permission_id = decision.permission_id;
+        e.detail = result.error.clone();
+        e.result = Some(ResultSummary {
+            size_bytes: canonical(&result.output).len() as u64,
+            status,
+            digest: digest(&result.output),
+        });
+        self.outbox.push(SyncEvent::Audit(e));
+        self.outbox.push(SyncEvent::Invocation(InvocationRecord {
+            invocation_id,
+            agent_id: agent.id,
+            task_id: call.task_id,
+            requested_tool_id: tool.id,
+            parameters: sanitized,
+            invoked_at: Utc::now() - chrono::Duration::milliseconds(i64::from(result.duration_ms)),
+            result: ToolResult {
+                // The output stays with the caller; the control plane keeps its digest.
+                output: Value::Null,
+                ..result.clone()
+            },
+            sidecar_id: self.sidecar_id.clone(),
+        }));
+        Ok(result)
+    }
+
+    /// Calls the tool; failures at the tool become a status and a message, not an RPC error.
+    async fn call_tool(&self, compiled: &CompiledTool, params: &Value, timeout: Duration) -> (ExecutionStatus, Value, String) {
+        let tool = &compiled.tool;
+        if tool.spec.protocol == ToolProtocol::Mcp {
+            return (ExecutionStatus::ExecutionError, Value::Null, "MCP tools are not supported by this version".to_owned());
+        }
+        if timeout.is_zero() {
+            return (ExecutionStatus::Timeout, Value::Null, "the caller's deadline left no time for the call".to_owned());
+        }
+        match self.http.post_json(&tool.spec.endpoint, canonical(params).into_bytes(), timeout).await {
+            Ok(output) => match &compiled.output {
+                Some(v) => match schema::check(v, "output", &output) {
+                    Ok(()) => (ExecutionStatus::Success, output, String::new()),
+                    Err(violations) => (
+                        ExecutionStatus::ValidationError,
+                        Value::Null,
+                        format!("the tool's output breaks its output schema: {violations}"),
+                    ),
+                },
+                None => (ExecutionStatus::Success, output, String::new()),
+            },
+            Err(e @ CallError::Timeout(_)) => (ExecutionStatus::Timeout, Value::Null, e.to_string()),
+            Err(CallError::Status { status, retry_after, body }) if status.as_u16() == 429 => {
+                let after = retry_after.map(|d| format!("; retry after {}s", d.as_secs())).unwrap_or_default();
+                (ExecutionStatus::RateLimited, json!(null), format!("the tool is rate limiting (HTTP 429{after}): {body}"))
+            }
+            Err(CallError::Status { status, body, .. }) => {
+                (ExecutionStatus::ExecutionError, Value::Null, format!("the tool answered HTTP {status}: {body}"))
+            }
+            Err(e) => (ExecutionStatus::ExecutionError, Value::Null, e.to_string()),
+        }
+    }
+
+    fn agent_of<T>(req: &Request<T>) -> Result<Uuid, Status> {
+        match principal(req)? {
+            Principal::Agent { agent_id, .. } => Ok(agent_id),
+            _ => Err(Status::permission_denied("only agent tokens may invoke tools")),
+        }
+    }
+}
+
+fn call_of(agent_id: Uuid, r: pb::InvokeRequest, deadline: Option<Duration>) -> Call {
+    let parameters = match struct_to_json(r.parameters) {
+        Value::Null => Value::Object(Default::default()),
+        v => v,
+    };
+    Call {
+        agent_id,
+        tool: r.tool,
+        parameters,
+        task_id: r.task_id,
+        deadline,
+    }
+}
+
+/// A batch item's refusal, reported in its result rather than failing the batch.
+fn refused(err: ExecError) -> pb::ToolResult {
+    let status = match &err {
+        ExecError::InvalidArgument(_) => ExecutionStatus::ValidationError,
+        ExecError::PermissionDenied(_) => ExecutionStatus::PermissionDenied,
+        _ => ExecutionStatus::ExecutionError,
+    };
+    pb::ToolResult {
+        status: toolplane_core::convert::status_to_pb(status),
+        error: err.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The gRPC face of [`ExecutorService`]; batch calls share the service across tasks.
+#[derive(Clone)]
+pub struct ExecutorGrpc(pub Arc<ExecutorService>);
+
+#[tonic::async_trait]
+impl Executor for ExecutorGrpc {
+    async fn invoke(&self, request: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+        let agent_id = ExecutorService::agent_of(&request)?;
+        let deadline = grpc_timeout(request.metadata());
+        let call = call_of(agent_id, request.into_inner(), deadline);
+        let result = self.0.run_call(call).await?;
+        Ok(Response::new(pb::InvokeResponse { result: Some(result_to_pb(&result)) }))
+    }
+
+    type BatchInvokeStream = Pin<Box<dyn Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send>>;
+
+    async fn batch_invoke(&self, request: Request<pb::BatchInvokeRequest>) -> Result<Response<Self::BatchInvokeStream>, Status> {
+        let agent_id = ExecutorService::agent_of(&request)?;
+        let deadline = grpc_timeout(request.metadata());
+        let calls = request.into_inner().calls;
+        if calls.len() > MAX_BATCH_CALLS {
+            return Err(toolplane_core::Violations::single("calls", format!("has more than the limit of {MAX_BATCH_CALLS} calls")).into());
+        }
+        let stream = async_stream(self.0.clone(), agent_id, calls, deadline);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn execute_task(&self, _: Request<pb::ExecuteTaskRequest>) -> Result<Response<pb::ExecuteTaskResponse>, Status> {
+        Err(ExecError::Unimplemented("Executor.ExecuteTask").into())
+    }
+}
+
+/// Runs the calls concurrently and yields each result as it completes.
+fn async_stream(
+    svc: Arc<ExecutorService>,
+    agent_id: Uuid,
+    calls: Vec<pb::InvokeRequest>,
+    deadline: Option<Duration>,
+) -> impl Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send {
+    let futs: FuturesUnordered<_> = calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let svc = svc.clone();
+            async move {
+                let index = u32::try_from(i).unwrap_or(u32::MAX);
+                let result = match svc.run_call(call_of(agent_id, c, deadline)).await {
+                    Ok(r) => result_to_pb(&r),
+                    Err(e) => refused(e),
+                };
+                Ok(pb::BatchInvokeResponse { index, result: Some(result) })
+            }
+        })
+        .collect();
+    futs.boxed()
+}

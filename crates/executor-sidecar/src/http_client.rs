@@ -1,0 +1,140 @@
+//! The pooled HTTP client tools are called with. Its resolver drops link-local and
+//! metadata addresses (unless allowed), so a host name cannot be pointed at instance
+//! metadata after registration (DNS rebinding); literal addresses are checked before
+//! the call.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use toolplane_core::endpoint::is_forbidden_ip;
+
+/// Largest response body accepted from a tool.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct GuardedResolver {
+    allow_link_local: bool,
+}
+
+impl tower::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let allow = self.allow_link_local;
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| allow || !is_forbidden_ip(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{} resolves only to link-local or metadata addresses; refused", name.as_str()),
+                ));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the tool did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("endpoint refused by policy: {0}")]
+    Forbidden(String),
+    #[error("cannot reach the tool: {0}")]
+    Connect(String),
+    #[error("the tool answered HTTP {status}")]
+    Status { status: StatusCode, retry_after: Option<Duration>, body: String },
+    #[error("the tool's response is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("the tool's response is larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+}
+
+#[derive(Clone)]
+pub struct ToolHttpClient {
+    client: Client<HttpConnector<GuardedResolver>, Full<Bytes>>,
+    allow_link_local: bool,
+}
+
+impl ToolHttpClient {
+    pub fn new(allow_link_local: bool) -> Self {
+        let mut connector = HttpConnector::new_with_resolver(GuardedResolver { allow_link_local });
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self { client, allow_link_local }
+    }
+
+    /// POSTs `body` as JSON and parses the JSON answer, within `timeout`.
+    pub async fn post_json(&self, endpoint: &str, body: Vec<u8>, timeout: Duration) -> Result<Value, CallError> {
+        let uri: Uri = endpoint.parse().map_err(|_| CallError::Connect(format!("{endpoint:?} is not a URL")))?;
+        if !self.allow_link_local
+            && let Some(ip) = uri.host().and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+            && is_forbidden_ip(ip)
+        {
+            return Err(CallError::Forbidden(format!("{ip} is a link-local or metadata address")));
+        }
+        let req = Request::post(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| CallError::Connect(e.to_string()))?;
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                let msg = format!("{e:?}");
+                if msg.contains("PermissionDenied") {
+                    CallError::Forbidden("endpoint resolves only to link-local or metadata addresses".to_owned())
+                } else {
+                    CallError::Connect(e.to_string())
+                }
+            })?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                        CallError::TooLarge
+                    } else {
+                        CallError::Connect(e.to_string())
+                    }
+                })?
+                .to_bytes();
+            if !status.is_success() {
+                let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+                return Err(CallError::Status { status, retry_after, body });
+            }
+            serde_json::from_slice(&bytes).map_err(|e| CallError::InvalidJson(e.to_string()))
+        };
+        tokio::time::timeout(timeout, call).await.map_err(|_| CallError::Timeout(timeout))?
+    }
+}

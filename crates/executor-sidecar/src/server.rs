@@ -1,0 +1,90 @@
+//! Builds the sidecar: sync client in the background, `Executor` behind the auth layer,
+//! open health and reflection, staged shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use toolplane_core::redact::Redactor;
+use toolplane_proto::v1 as pb;
+use toolplane_runtime::auth::AuthLayer;
+use toolplane_runtime::lifecycle::with_grace;
+
+use crate::auth::SnapshotAuthenticator;
+use crate::config::Config;
+use crate::executor::{ExecutorGrpc, ExecutorService};
+use crate::http_client::ToolHttpClient;
+use crate::outbox::Outbox;
+use crate::snapshot::SharedSnapshot;
+use crate::sync::SyncClient;
+
+const EXECUTOR: &str = "toolplane.v1.Executor";
+
+pub async fn serve(config: &Config, listener: TcpListener, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let snapshot = SharedSnapshot::default();
+    let outbox = Arc::new(Outbox::default());
+    let sidecar_id = config.sidecar_id();
+    tokio::spawn(
+        SyncClient {
+            control_plane: config.control_plane.clone(),
+            token: config.token()?,
+            sidecar_id: sidecar_id.clone(),
+            snapshot: snapshot.clone(),
+            outbox: outbox.clone(),
+        }
+        .run(),
+    );
+    let executor = Arc::new(ExecutorService {
+        snapshot: snapshot.clone(),
+        outbox: outbox.clone(),
+        http: ToolHttpClient::new(config.allow_link_local_endpoints),
+        redactor: Redactor::default(),
+        sidecar_id,
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status(EXECUTOR, ServingStatus::Serving).await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (draining_tx, draining) = watch::channel(false);
+    let drain_outbox = outbox.clone();
+    tokio::spawn(async move {
+        stop.await;
+        health.set_service_status(EXECUTOR, ServingStatus::NotServing).await;
+        health.set_service_status("", ServingStatus::NotServing).await;
+        let _ = draining_tx.send(true);
+        tracing::info!(pending_events = drain_outbox.pending(), "draining");
+    });
+    let mut drained = draining.clone();
+    let server = Server::builder()
+        .layer(AuthLayer::new(Arc::new(SnapshotAuthenticator::new(snapshot))))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::executor_server::ExecutorServer::new(ExecutorGrpc(executor)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = drained.wait_for(|d| *d).await;
+        });
+    with_grace(server, draining, config.shutdown_grace).await?;
+    // Give the sync client a moment to deliver what the last calls produced.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    while outbox.pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if outbox.pending() > 0 {
+        tracing::warn!(pending_events = outbox.pending(), "exiting with undelivered events");
+    }
+    Ok(())
+}

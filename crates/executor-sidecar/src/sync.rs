@@ -1,0 +1,143 @@
+//! The sidecar's end of `SidecarSync.Connect`: installs snapshots, sends outbox batches,
+//! removes acked events, and reconnects with capped exponential backoff and jitter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+use toolplane_core::convert::{snapshot_from_pb, sync_event_to_pb};
+use toolplane_proto::v1 as pb;
+use toolplane_proto::v1::sidecar_sync_client::SidecarSyncClient;
+use uuid::Uuid;
+
+use crate::outbox::Outbox;
+use crate::snapshot::{SharedSnapshot, SnapshotIndex};
+
+const MAX_BATCH: usize = 256;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Sends what is queued at least this often even without a wake-up.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+pub struct SyncClient {
+    pub control_plane: String,
+    pub token: String,
+    pub sidecar_id: String,
+    pub snapshot: SharedSnapshot,
+    pub outbox: Arc<Outbox>,
+}
+
+/// `base * 2^attempt`, capped, with full jitter so a fleet does not reconnect in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let exp = MIN_BACKOFF.saturating_mul(2u32.saturating_pow(attempt.min(16)));
+    let cap = exp.min(MAX_BACKOFF);
+    let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+}
+
+impl SyncClient {
+    /// Runs until the process ends.
+    pub async fn run(self) {
+        let mut attempt = 0u32;
+        loop {
+            match self.session().await {
+                Ok(()) => {
+                    tracing::info!("control plane closed the sync stream");
+                    attempt = 0;
+                }
+                Err(e) => tracing::warn!(error = %e, attempt, "sync with control plane failed"),
+            }
+            self.outbox.requeue_in_flight();
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn session(&self) -> anyhow::Result<()> {
+        let channel = Endpoint::from_shared(self.control_plane.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let auth: MetadataValue<_> = format!("Bearer {}", self.token).parse()?;
+        let mut client = SidecarSyncClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", auth.clone());
+            Ok(req)
+        });
+        let (tx, rx) = mpsc::channel::<pb::ConnectRequest>(8);
+        let known = self.snapshot.current().map_or(0, |s| s.revision);
+        tx.send(pb::ConnectRequest {
+            message: Some(pb::connect_request::Message::Hello(pb::SidecarHello {
+                sidecar_id: self.sidecar_id.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                known_revision: known,
+            })),
+        })
+        .await?;
+        let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+        tracing::info!(control_plane = %self.control_plane, "connected to control plane");
+        let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        loop {
+            tokio::select! {
+                msg = inbound.next() => match msg {
+                    Some(Ok(m)) => self.handle(m),
+                    Some(Err(status)) => anyhow::bail!("stream error: {}", status.message()),
+                    None => return Ok(()),
+                },
+                _ = self.outbox.notified() => self.flush(&tx).await?,
+                _ = tick.tick() => self.flush(&tx).await?,
+            }
+        }
+    }
+
+    fn handle(&self, msg: pb::ConnectResponse) {
+        match msg.message {
+            Some(pb::connect_response::Message::Snapshot(s)) => match snapshot_from_pb(s) {
+                Ok(snap) => {
+                    let index = SnapshotIndex::build(snap);
+                    tracing::info!(revision = index.revision, tools = index.tool_count(), "installed snapshot");
+                    self.snapshot.install(index);
+                }
+                Err(e) => tracing::error!(error = %e, "ignoring malformed snapshot; keeping the previous one"),
+            },
+            Some(pb::connect_response::Message::Ack(ack)) => {
+                self.outbox.ack(ack.event_ids.iter().filter_map(|id| Uuid::parse_str(id).ok()));
+            }
+            None => {}
+        }
+    }
+
+    async fn flush(&self, tx: &mpsc::Sender<pb::ConnectRequest>) -> anyhow::Result<()> {
+        loop {
+            let batch = self.outbox.take_batch(MAX_BATCH);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let events = batch.iter().map(sync_event_to_pb).collect();
+            tx.send(pb::ConnectRequest {
+                message: Some(pb::connect_request::Message::Events(pb::EventBatch { events })),
+            })
+            .await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for attempt in 0..30 {
+            let d = backoff(attempt);
+            assert!(d <= MAX_BACKOFF, "{attempt}: {d:?}");
+            assert!(d >= MIN_BACKOFF / 2);
+        }
+        assert!(backoff(3) >= Duration::from_millis(400));
+        assert!(backoff(20) >= MAX_BACKOFF / 2);
+    }
+}
