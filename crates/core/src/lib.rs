@@ -2,6 +2,7 @@
 //! conversions between the wire contract and the domain, JSON Schema checks, canonical
 //! JSON and digests, redaction, tokens and permission evaluation.
 
+pub mod client;
 pub mod convert;
 pub mod endpoint;
 pub mod error;

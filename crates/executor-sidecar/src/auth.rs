@@ -22,7 +22,9 @@ impl SnapshotAuthenticator {
 impl Authenticate for SnapshotAuthenticator {
     async fn authenticate(&self, bearer: &str) -> Result<Option<Principal>, tonic::Status> {
         let Some(snap) = self.snapshot.current() else {
-            return Err(tonic::Status::unavailable("no snapshot from the control plane yet; retry shortly"));
+            return Err(tonic::Status::unavailable(
+                "no snapshot from the control plane yet; retry shortly",
+            ));
         };
         let Some(record) = snap.token(&token::digest(bearer)) else {
             return Ok(None);
@@ -31,9 +33,16 @@ impl Authenticate for SnapshotAuthenticator {
             return Ok(None);
         }
         Ok(match (record.role, record.agent_id) {
-            (Role::Agent, Some(agent_id)) => Some(Principal::Agent { agent_id, token_id: record.id }),
-            (Role::Admin, _) => Some(Principal::Admin { token_id: Some(record.id) }),
-            (Role::Sidecar, _) => Some(Principal::Sidecar { token_id: record.id }),
+            (Role::Agent, Some(agent_id)) => Some(Principal::Agent {
+                agent_id,
+                token_id: record.id,
+            }),
+            (Role::Admin, _) => Some(Principal::Admin {
+                token_id: Some(record.id),
+            }),
+            (Role::Sidecar, _) => Some(Principal::Sidecar {
+                token_id: record.id,
+            }),
             (Role::Agent, None) => None,
         })
     }

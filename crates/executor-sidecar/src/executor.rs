@@ -66,7 +66,15 @@ struct Call {
 }
 
 impl ExecutorService {
-    fn audit(&self, action: AuditAction, agent: Uuid, tool: &Tool, invocation_id: Uuid, task_id: &str, params: &Value) -> AuditEvent {
+    fn audit(
+        &self,
+        action: AuditAction,
+        agent: Uuid,
+        tool: &Tool,
+        invocation_id: Uuid,
+        task_id: &str,
+        params: &Value,
+    ) -> AuditEvent {
         AuditEvent {
             event_id: Uuid::now_v7(),
             action,
@@ -94,24 +102,39 @@ impl ExecutorService {
         let compiled: Arc<CompiledTool> = match &call.tool {
             Some(pb::invoke_request::Tool::ToolId(id)) => {
                 let id = parse_uuid("tool_id", id)?;
-                snap.tool(id).cloned().ok_or_else(|| ExecError::NotFound(format!("tool {id} not found")))?
+                snap.tool(id)
+                    .cloned()
+                    .ok_or_else(|| ExecError::NotFound(format!("tool {id} not found")))?
             }
             Some(pb::invoke_request::Tool::ToolName(name)) => snap
                 .tool_by_name(name)
                 .cloned()
                 .ok_or_else(|| ExecError::NotFound(format!("tool {name:?} not found")))?,
-            None => return Err(toolplane_core::Violations::single("tool", "set tool_id or tool_name").into()),
+            None => {
+                return Err(
+                    toolplane_core::Violations::single("tool", "set tool_id or tool_name").into(),
+                );
+            }
         };
         let tool = &compiled.tool;
-        let agent = snap
-            .agent(call.agent_id)
-            .ok_or_else(|| ExecError::PermissionDenied("the calling agent is not registered".to_owned()))?;
+        let agent = snap.agent(call.agent_id).ok_or_else(|| {
+            ExecError::PermissionDenied("the calling agent is not registered".to_owned())
+        })?;
         let invocation_id = Uuid::now_v7();
-        let sanitized = self.redactor.redact(&call.parameters, &tool.spec.input_schema);
+        let sanitized = self
+            .redactor
+            .redact(&call.parameters, &tool.spec.input_schema);
 
         let decision = evaluate(agent, tool, snap.grants(agent.id, tool.id), Utc::now());
         if !decision.allowed {
-            let mut e = self.audit(AuditAction::PermissionChecked, agent.id, tool, invocation_id, &call.task_id, &sanitized);
+            let mut e = self.audit(
+                AuditAction::PermissionChecked,
+                agent.id,
+                tool,
+                invocation_id,
+                &call.task_id,
+                &sanitized,
+            );
             e.detail = self.redactor.redact_text(&decision.reason);
             self.outbox.push(SyncEvent::Audit(e));
             tracing::info!(agent = %agent.name, tool = %tool.spec.name, reason = %decision.reason, "permission denied");
@@ -119,7 +142,14 @@ impl ExecutorService {
         }
 
         if let Err(violations) = schema::check(&compiled.input, "parameters", &call.parameters) {
-            let mut e = self.audit(AuditAction::ErrorOccurred, agent.id, tool, invocation_id, &call.task_id, &sanitized);
+            let mut e = self.audit(
+                AuditAction::ErrorOccurred,
+                agent.id,
+                tool,
+                invocation_id,
+                &call.task_id,
+                &sanitized,
+            );
             e.detail = format!("parameters break the input schema: {violations}");
             e.permission_id = decision.permission_id;
             self.outbox.push(SyncEvent::Audit(e));
@@ -127,7 +157,9 @@ impl ExecutorService {
         }
 
         let timeout = match call.deadline {
-            Some(d) => tool.timeout().min(d.saturating_sub(DEADLINE_MARGIN + started.elapsed())),
+            Some(d) => tool
+                .timeout()
+                .min(d.saturating_sub(DEADLINE_MARGIN + started.elapsed())),
             None => tool.timeout(),
         };
         let (status, output, error) = self.call_tool(&compiled, &call.parameters, timeout).await;
@@ -140,12 +172,23 @@ impl ExecutorService {
             error: self.redactor.redact_text(&error),
             duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
             tokens_used: 0,
-            cost: if status == ExecutionStatus::Success { tool.spec.cost_per_call } else { Decimal::ZERO },
+            cost: if status == ExecutionStatus::Success {
+                tool.spec.cost_per_call
+            } else {
+                Decimal::ZERO
+            },
             completed_at: Utc::now(),
             cache_hit: false,
             attempts: 1,
         };
-        let mut e = self.audit(AuditAction::ToolInvoked, agent.id, tool, invocation_id, &call.task_id, &sanitized);
+        let mut e = self.audit(
+            AuditAction::ToolInvoked,
+            agent.id,
+            tool,
+            invocation_id,
+            &call.task_id,
+            &sanitized,
+        );
         e.success = status == ExecutionStatus::Success;
         e.permission_id = decision.permission_id;
         e.detail = result.error.clone();
@@ -173,15 +216,32 @@ impl ExecutorService {
     }
 
     /// Calls the tool; failures at the tool become a status and a message, not an RPC error.
-    async fn call_tool(&self, compiled: &CompiledTool, params: &Value, timeout: Duration) -> (ExecutionStatus, Value, String) {
+    async fn call_tool(
+        &self,
+        compiled: &CompiledTool,
+        params: &Value,
+        timeout: Duration,
+    ) -> (ExecutionStatus, Value, String) {
         let tool = &compiled.tool;
         if tool.spec.protocol == ToolProtocol::Mcp {
-            return (ExecutionStatus::ExecutionError, Value::Null, "MCP tools are not supported by this version".to_owned());
+            return (
+                ExecutionStatus::ExecutionError,
+                Value::Null,
+                "MCP tools are not supported by this version".to_owned(),
+            );
         }
         if timeout.is_zero() {
-            return (ExecutionStatus::Timeout, Value::Null, "the caller's deadline left no time for the call".to_owned());
+            return (
+                ExecutionStatus::Timeout,
+                Value::Null,
+                "the caller's deadline left no time for the call".to_owned(),
+            );
         }
-        match self.http.post_json(&tool.spec.endpoint, canonical(params).into_bytes(), timeout).await {
+        match self
+            .http
+            .post_json(&tool.spec.endpoint, canonical(params).into_bytes(), timeout)
+            .await
+        {
             Ok(output) => match &compiled.output {
                 Some(v) => match schema::check(v, "output", &output) {
                     Ok(()) => (ExecutionStatus::Success, output, String::new()),
@@ -193,14 +253,28 @@ impl ExecutorService {
                 },
                 None => (ExecutionStatus::Success, output, String::new()),
             },
-            Err(e @ CallError::Timeout(_)) => (ExecutionStatus::Timeout, Value::Null, e.to_string()),
-            Err(CallError::Status { status, retry_after, body }) if status.as_u16() == 429 => {
-                let after = retry_after.map(|d| format!("; retry after {}s", d.as_secs())).unwrap_or_default();
-                (ExecutionStatus::RateLimited, json!(null), format!("the tool is rate limiting (HTTP 429{after}): {body}"))
+            Err(e @ CallError::Timeout(_)) => {
+                (ExecutionStatus::Timeout, Value::Null, e.to_string())
             }
-            Err(CallError::Status { status, body, .. }) => {
-                (ExecutionStatus::ExecutionError, Value::Null, format!("the tool answered HTTP {status}: {body}"))
+            Err(CallError::Status {
+                status,
+                retry_after,
+                body,
+            }) if status.as_u16() == 429 => {
+                let after = retry_after
+                    .map(|d| format!("; retry after {}s", d.as_secs()))
+                    .unwrap_or_default();
+                (
+                    ExecutionStatus::RateLimited,
+                    json!(null),
+                    format!("the tool is rate limiting (HTTP 429{after}): {body}"),
+                )
             }
+            Err(CallError::Status { status, body, .. }) => (
+                ExecutionStatus::ExecutionError,
+                Value::Null,
+                format!("the tool answered HTTP {status}: {body}"),
+            ),
             Err(e) => (ExecutionStatus::ExecutionError, Value::Null, e.to_string()),
         }
     }
@@ -208,7 +282,9 @@ impl ExecutorService {
     fn agent_of<T>(req: &Request<T>) -> Result<Uuid, Status> {
         match principal(req)? {
             Principal::Agent { agent_id, .. } => Ok(agent_id),
-            _ => Err(Status::permission_denied("only agent tokens may invoke tools")),
+            _ => Err(Status::permission_denied(
+                "only agent tokens may invoke tools",
+            )),
         }
     }
 }
@@ -247,28 +323,44 @@ pub struct ExecutorGrpc(pub Arc<ExecutorService>);
 
 #[tonic::async_trait]
 impl Executor for ExecutorGrpc {
-    async fn invoke(&self, request: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
+    async fn invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
         let agent_id = ExecutorService::agent_of(&request)?;
         let deadline = grpc_timeout(request.metadata());
         let call = call_of(agent_id, request.into_inner(), deadline);
         let result = self.0.run_call(call).await?;
-        Ok(Response::new(pb::InvokeResponse { result: Some(result_to_pb(&result)) }))
+        Ok(Response::new(pb::InvokeResponse {
+            result: Some(result_to_pb(&result)),
+        }))
     }
 
-    type BatchInvokeStream = Pin<Box<dyn Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send>>;
+    type BatchInvokeStream =
+        Pin<Box<dyn Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send>>;
 
-    async fn batch_invoke(&self, request: Request<pb::BatchInvokeRequest>) -> Result<Response<Self::BatchInvokeStream>, Status> {
+    async fn batch_invoke(
+        &self,
+        request: Request<pb::BatchInvokeRequest>,
+    ) -> Result<Response<Self::BatchInvokeStream>, Status> {
         let agent_id = ExecutorService::agent_of(&request)?;
         let deadline = grpc_timeout(request.metadata());
         let calls = request.into_inner().calls;
         if calls.len() > MAX_BATCH_CALLS {
-            return Err(toolplane_core::Violations::single("calls", format!("has more than the limit of {MAX_BATCH_CALLS} calls")).into());
+            return Err(toolplane_core::Violations::single(
+                "calls",
+                format!("has more than the limit of {MAX_BATCH_CALLS} calls"),
+            )
+            .into());
         }
         let stream = async_stream(self.0.clone(), agent_id, calls, deadline);
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn execute_task(&self, _: Request<pb::ExecuteTaskRequest>) -> Result<Response<pb::ExecuteTaskResponse>, Status> {
+    async fn execute_task(
+        &self,
+        _: Request<pb::ExecuteTaskRequest>,
+    ) -> Result<Response<pb::ExecuteTaskResponse>, Status> {
         Err(ExecError::Unimplemented("Executor.ExecuteTask").into())
     }
 }
@@ -291,7 +383,10 @@ fn async_stream(
                     Ok(r) => result_to_pb(&r),
                     Err(e) => refused(e),
                 };
-                Ok(pb::BatchInvokeResponse { index, result: Some(result) })
+                Ok(pb::BatchInvokeResponse {
+                    index,
+                    result: Some(result),
+                })
             }
         })
         .collect();

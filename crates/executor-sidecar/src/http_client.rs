@@ -46,7 +46,10 @@ impl tower::Service<Name> for GuardedResolver {
             if addrs.is_empty() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
-                    format!("{} resolves only to link-local or metadata addresses; refused", name.as_str()),
+                    format!(
+                        "{} resolves only to link-local or metadata addresses; refused",
+                        name.as_str()
+                    ),
                 ));
             }
             Ok(addrs.into_iter())
@@ -63,7 +66,11 @@ pub enum CallError {
     #[error("cannot reach the tool: {0}")]
     Connect(String),
     #[error("the tool answered HTTP {status}")]
-    Status { status: StatusCode, retry_after: Option<Duration>, body: String },
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: String,
+    },
     #[error("the tool's response is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("the tool's response is larger than {MAX_RESPONSE_BYTES} bytes")]
@@ -84,29 +91,48 @@ impl ToolHttpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self { client, allow_link_local }
+        Self {
+            client,
+            allow_link_local,
+        }
     }
 
     /// POSTs `body` as JSON and parses the JSON answer, within `timeout`.
-    pub async fn post_json(&self, endpoint: &str, body: Vec<u8>, timeout: Duration) -> Result<Value, CallError> {
-        let uri: Uri = endpoint.parse().map_err(|_| CallError::Connect(format!("{endpoint:?} is not a URL")))?;
+    pub async fn post_json(
+        &self,
+        endpoint: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let uri: Uri = endpoint
+            .parse()
+            .map_err(|_| CallError::Connect(format!("{endpoint:?} is not a URL")))?;
         if !self.allow_link_local
-            && let Some(ip) = uri.host().and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+            && let Some(ip) = uri
+                .host()
+                .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
             && is_forbidden_ip(ip)
         {
-            return Err(CallError::Forbidden(format!("{ip} is a link-local or metadata address")));
+            return Err(CallError::Forbidden(format!(
+                "{ip} is a link-local or metadata address"
+            )));
         }
         let req = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
-            .header(header::USER_AGENT, concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")))
+            .header(
+                header::USER_AGENT,
+                concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| CallError::Connect(e.to_string()))?;
         let call = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 let msg = format!("{e:?}");
                 if msg.contains("PermissionDenied") {
-                    CallError::Forbidden("endpoint resolves only to link-local or metadata addresses".to_owned())
+                    CallError::Forbidden(
+                        "endpoint resolves only to link-local or metadata addresses".to_owned(),
+                    )
                 } else {
                     CallError::Connect(e.to_string())
                 }
@@ -122,7 +148,9 @@ impl ToolHttpClient {
                 .collect()
                 .await
                 .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
                         CallError::TooLarge
                     } else {
                         CallError::Connect(e.to_string())
@@ -131,10 +159,16 @@ impl ToolHttpClient {
                 .to_bytes();
             if !status.is_success() {
                 let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
-                return Err(CallError::Status { status, retry_after, body });
+                return Err(CallError::Status {
+                    status,
+                    retry_after,
+                    body,
+                });
             }
             serde_json::from_slice(&bytes).map_err(|e| CallError::InvalidJson(e.to_string()))
         };
-        tokio::time::timeout(timeout, call).await.map_err(|_| CallError::Timeout(timeout))?
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| CallError::Timeout(timeout))?
     }
 }

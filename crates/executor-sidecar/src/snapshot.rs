@@ -44,7 +44,14 @@ impl SnapshotIndex {
                 schema::compile("output_schema", &tool.spec.output_schema).ok()
             };
             names.insert(tool.spec.name.clone(), tool.id);
-            tools.insert(tool.id, Arc::new(CompiledTool { tool, input, output }));
+            tools.insert(
+                tool.id,
+                Arc::new(CompiledTool {
+                    tool,
+                    input,
+                    output,
+                }),
+            );
         }
         let mut grants: HashMap<(Uuid, Uuid), Vec<Permission>> = HashMap::new();
         for p in s.permissions {
@@ -55,7 +62,11 @@ impl SnapshotIndex {
             tools,
             names,
             agents: s.agents.into_iter().map(|a| (a.id, a)).collect(),
-            tokens: s.tokens.into_iter().map(|t| (t.sha256.clone(), t)).collect(),
+            tokens: s
+                .tokens
+                .into_iter()
+                .map(|t| (t.sha256.clone(), t))
+                .collect(),
             grants,
         }
     }

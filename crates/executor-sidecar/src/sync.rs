@@ -8,8 +8,8 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
+use toolplane_core::client::Bearer;
 use toolplane_core::convert::{snapshot_from_pb, sync_event_to_pb};
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::sidecar_sync_client::SidecarSyncClient;
@@ -63,11 +63,10 @@ impl SyncClient {
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await?;
-        let auth: MetadataValue<_> = format!("Bearer {}", self.token).parse()?;
-        let mut client = SidecarSyncClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", auth.clone());
-            Ok(req)
-        });
+        let bearer = Bearer::new(Some(&self.token)).ok_or_else(|| {
+            anyhow::anyhow!("the sidecar token has characters a header cannot carry")
+        })?;
+        let mut client = SidecarSyncClient::with_interceptor(channel, bearer);
         let (tx, rx) = mpsc::channel::<pb::ConnectRequest>(8);
         let known = self.snapshot.current().map_or(0, |s| s.revision);
         tx.send(pb::ConnectRequest {
@@ -99,13 +98,23 @@ impl SyncClient {
             Some(pb::connect_response::Message::Snapshot(s)) => match snapshot_from_pb(s) {
                 Ok(snap) => {
                     let index = SnapshotIndex::build(snap);
-                    tracing::info!(revision = index.revision, tools = index.tool_count(), "installed snapshot");
+                    tracing::info!(
+                        revision = index.revision,
+                        tools = index.tool_count(),
+                        "installed snapshot"
+                    );
                     self.snapshot.install(index);
                 }
-                Err(e) => tracing::error!(error = %e, "ignoring malformed snapshot; keeping the previous one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "ignoring malformed snapshot; keeping the previous one")
+                }
             },
             Some(pb::connect_response::Message::Ack(ack)) => {
-                self.outbox.ack(ack.event_ids.iter().filter_map(|id| Uuid::parse_str(id).ok()));
+                self.outbox.ack(
+                    ack.event_ids
+                        .iter()
+                        .filter_map(|id| Uuid::parse_str(id).ok()),
+                );
             }
             None => {}
         }
@@ -119,7 +128,9 @@ impl SyncClient {
             }
             let events = batch.iter().map(sync_event_to_pb).collect();
             tx.send(pb::ConnectRequest {
-                message: Some(pb::connect_request::Message::Events(pb::EventBatch { events })),
+                message: Some(pb::connect_request::Message::Events(pb::EventBatch {
+                    events,
+                })),
             })
             .await?;
         }
