@@ -21,7 +21,8 @@ CREATE TABLE tools (
     protocol           TEXT NOT NULL,
     reliability_score  DOUBLE PRECISION NOT NULL DEFAULT 0,
     average_latency_ms BIGINT NOT NULL DEFAULT 0,
-    cost_per_call      NUMERIC(20, 6) NOT NULL DEFAULT 0,
+    -- Unconstrained NUMERIC keeps the scale the admin wrote ("0.0020" stays "0.0020").
+    cost_per_call      NUMERIC NOT NULL DEFAULT 0,
     enabled            BOOLEAN NOT NULL,
     side_effects       TEXT NOT NULL,
     idempotent         BOOLEAN NOT NULL,
@@ -91,7 +92,7 @@ CREATE TABLE invocations (
     error             TEXT NOT NULL DEFAULT '',
     duration_ms       BIGINT NOT NULL,
     tokens_used       BIGINT NOT NULL DEFAULT 0,
-    cost              NUMERIC(20, 6) NOT NULL DEFAULT 0,
+    cost              NUMERIC NOT NULL DEFAULT 0,
     completed_at      TIMESTAMPTZ NOT NULL,
     cache_hit         BOOLEAN NOT NULL DEFAULT FALSE,
     attempts          BIGINT NOT NULL DEFAULT 1,

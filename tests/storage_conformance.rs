@@ -1,0 +1,281 @@
+//! One conformance suite, run against both storage backends: the in-memory default and
+//! PostgreSQL (each test in its own database).
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use serde_json::json;
+use toolplane_control_plane::storage::{AuditFilter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter};
+use toolplane_core::model::*;
+use toolplane_core::testutil;
+use toolplane_tests::pg::TestDb;
+use uuid::Uuid;
+
+/// A backend under test; keeps its database alive for the test's duration.
+struct Backend {
+    store: Arc<dyn Store>,
+    _db: Option<TestDb>,
+}
+
+async fn memory() -> Backend {
+    Backend { store: Arc::new(MemoryStore::default()), _db: None }
+}
+
+async fn postgres() -> Backend {
+    let db = TestDb::create().await;
+    let store = PostgresStore::connect(&db.url, 4).await.unwrap();
+    Backend { store: Arc::new(store), _db: Some(db) }
+}
+
+macro_rules! conformance {
+    ($($test:ident),+ $(,)?) => {
+        mod memory_backend {
+            $(#[tokio::test] async fn $test() { super::$test(super::memory().await.store).await })+
+        }
+        mod postgres_backend {
+            $(#[tokio::test] async fn $test() { let b = super::postgres().await; super::$test(b.store.clone()).await })+
+        }
+    };
+}
+
+conformance!(
+    tools_round_trip_by_id_and_name,
+    duplicate_tool_names_conflict,
+    list_filters_and_pages_by_name,
+    agents_round_trip_and_names_are_unique,
+    tokens_by_digest_and_only_active_listed,
+    permissions_need_agent_and_tool_and_filter,
+    events_are_stored_once_and_in_order,
+);
+
+async fn tools_round_trip_by_id_and_name(s: Arc<dyn Store>) {
+    let mut t = testutil::tool("word_count");
+    t.spec.cost_per_call = "0.0020".parse().unwrap();
+    t.spec.examples[0].expected_output = json!({"words": 2});
+    // Postgres keeps microseconds.
+    t.created_at = t.created_at.with_timezone(&Utc);
+    s.create_tool(&t).await.unwrap();
+    let by_id = s.get_tool(t.id).await.unwrap().unwrap();
+    assert_eq!(by_id.spec, t.spec);
+    assert_eq!(by_id.spec.cost_per_call.to_string(), "0.0020");
+    assert_eq!(by_id.version, 1);
+    let by_name = s.get_tool_by_name("word_count").await.unwrap().unwrap();
+    assert_eq!(by_name.id, t.id);
+    assert!(s.get_tool(Uuid::new_v4()).await.unwrap().is_none());
+    assert!(s.get_tool_by_name("nope").await.unwrap().is_none());
+}
+
+async fn duplicate_tool_names_conflict(s: Arc<dyn Store>) {
+    s.create_tool(&testutil::tool("dup")).await.unwrap();
+    match s.create_tool(&testutil::tool("dup")).await {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("dup"), "{m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+async fn list_filters_and_pages_by_name(s: Arc<dyn Store>) {
+    for (name, cat, caps, enabled, provider) in [
+        ("b_search", "web_search", vec!["search"], true, "acme"),
+        ("a_fetch", "data_retrieval", vec!["retrieve", "search"], true, "acme"),
+        ("c_calc", "analysis", vec!["analyze"], false, "internal"),
+        ("d_mail", "communication", vec!["integrate"], true, "internal"),
+    ] {
+        let mut t = testutil::tool(name);
+        t.spec.category = cat.to_owned();
+        t.spec.capabilities = caps.into_iter().map(str::to_owned).collect();
+        t.spec.enabled = enabled;
+        t.spec.provider = provider.to_owned();
+        t.spec.description = format!("The {name} Tool");
+        s.create_tool(&t).await.unwrap();
+    }
+    let names = |v: Vec<Tool>| v.into_iter().map(|t| t.spec.name).collect::<Vec<_>>();
+    let all = ToolFilter::default();
+    assert_eq!(names(s.list_tools(&all, None, 10).await.unwrap()), ["a_fetch", "b_search", "c_calc", "d_mail"]);
+    assert_eq!(names(s.list_tools(&all, None, 2).await.unwrap()), ["a_fetch", "b_search"]);
+    assert_eq!(names(s.list_tools(&all, Some("b_search"), 2).await.unwrap()), ["c_calc", "d_mail"]);
+    let f = ToolFilter { capability: Some("search".into()), ..Default::default() };
+    assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["a_fetch", "b_search"]);
+    let f = ToolFilter { category: Some("analysis".into()), ..Default::default() };
+    assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["c_calc"]);
+    let f = ToolFilter { enabled: Some(false), ..Default::default() };
+    assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["c_calc"]);
+    let f = ToolFilter { provider: Some("internal".into()), enabled: Some(true), ..Default::default() };
+    assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["d_mail"]);
+    let f = ToolFilter { text: Some("MAIL".into()), ..Default::default() };
+    assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["d_mail"]);
+    let f = ToolFilter { text: Some("%".into()), ..Default::default() };
+    assert!(s.list_tools(&f, None, 10).await.unwrap().is_empty(), "% is matched literally");
+}
+
+async fn agents_round_trip_and_names_are_unique(s: Arc<dyn Store>) {
+    let mut a = testutil::agent("planner");
+    a.skills = vec!["sql".into()];
+    a.created_at = chrono::DateTime::from_timestamp(a.created_at.timestamp(), 0).unwrap();
+    s.create_agent(&a).await.unwrap();
+    assert_eq!(s.get_agent(a.id).await.unwrap().unwrap(), a);
+    assert!(matches!(s.create_agent(&testutil::agent("planner")).await, Err(StoreError::Conflict(_))));
+    s.create_agent(&testutil::agent("analyst")).await.unwrap();
+    let names: Vec<String> = s.list_agents().await.unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["analyst", "planner"]);
+}
+
+fn token(role: Role, agent: Option<Uuid>, expires_in: Duration, revoked: bool) -> TokenRecord {
+    let now = Utc::now();
+    TokenRecord {
+        id: Uuid::new_v4(),
+        sha256: toolplane_core::token::digest(&toolplane_core::token::generate()),
+        role,
+        agent_id: agent,
+        description: String::new(),
+        created_at: now,
+        expires_at: now + expires_in,
+        revoked_at: revoked.then_some(now),
+    }
+}
+
+async fn tokens_by_digest_and_only_active_listed(s: Arc<dyn Store>) {
+    let a = testutil::agent("a");
+    s.create_agent(&a).await.unwrap();
+    let live = token(Role::Agent, Some(a.id), Duration::hours(1), false);
+    let expired = token(Role::Sidecar, None, Duration::hours(-1), false);
+    let revoked = token(Role::Admin, None, Duration::hours(1), true);
+    for t in [&live, &expired, &revoked] {
+        s.create_token(t).await.unwrap();
+    }
+    let found = s.token_by_digest(&live.sha256).await.unwrap().unwrap();
+    assert_eq!((found.id, found.role, found.agent_id), (live.id, Role::Agent, Some(a.id)));
+    assert!(s.token_by_digest("0".repeat(64).as_str()).await.unwrap().is_none());
+    let active: Vec<Uuid> = s.active_tokens(Utc::now()).await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(active, [live.id]);
+}
+
+async fn permissions_need_agent_and_tool_and_filter(s: Arc<dyn Store>) {
+    let a = testutil::agent("a");
+    let b = testutil::agent("b");
+    let t = testutil::tool("t");
+    let u = testutil::tool("u");
+    for ag in [&a, &b] {
+        s.create_agent(ag).await.unwrap();
+    }
+    for tl in [&t, &u] {
+        s.create_tool(tl).await.unwrap();
+    }
+    let mut g1 = testutil::grant(&a, &t, PermissionType::DataRestricted);
+    g1.max_sensitivity = Some(DataSensitivity::Confidential);
+    g1.expires_at = Some(Utc::now() + Duration::days(1));
+    let g2 = testutil::grant(&a, &u, PermissionType::FullAccess);
+    let g3 = testutil::grant(&b, &t, PermissionType::ReadOnly);
+    for g in [&g1, &g2, &g3] {
+        s.create_permission(g).await.unwrap();
+    }
+    let ids = |v: Vec<Permission>| {
+        let mut v: Vec<Uuid> = v.into_iter().map(|p| p.id).collect();
+        v.sort();
+        v
+    };
+    let mut expect = vec![g1.id, g2.id];
+    expect.sort();
+    assert_eq!(ids(s.list_permissions(Some(a.id), None).await.unwrap()), expect);
+    assert_eq!(ids(s.list_permissions(Some(a.id), Some(t.id)).await.unwrap()), [g1.id]);
+    assert_eq!(s.list_permissions(None, None).await.unwrap().len(), 3);
+    let got = s.list_permissions(Some(a.id), Some(t.id)).await.unwrap().remove(0);
+    assert_eq!(got.kind, PermissionType::DataRestricted);
+    assert_eq!(got.max_sensitivity, Some(DataSensitivity::Confidential));
+    assert!(got.expires_at.is_some());
+
+    let stray = testutil::grant(&testutil::agent("ghost"), &t, PermissionType::FullAccess);
+    assert!(matches!(s.create_permission(&stray).await, Err(StoreError::NotFound(_))));
+}
+
+fn audit(invocation: Uuid, action: AuditAction) -> AuditEvent {
+    AuditEvent {
+        event_id: Uuid::now_v7(),
+        action,
+        invocation_id: Some(invocation),
+        actor_id: "agent".into(),
+        agent_id: Some(Uuid::new_v4()),
+        tool_id: Some(Uuid::new_v4()),
+        tool_version: 3,
+        task_id: "task".into(),
+        occurred_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
+        sanitized_parameters: json!({"q": "x", "api_key": "[REDACTED]"}),
+        result: Some(ResultSummary { size_bytes: 12, status: ExecutionStatus::Success, digest: "ab".repeat(32) }),
+        success: true,
+        detail: String::new(),
+        compliance_frameworks: vec!["soc2".into()],
+        data_classification: Some(DataSensitivity::Confidential),
+        sidecar_id: "s1".into(),
+        permission_id: Some(Uuid::new_v4()),
+    }
+}
+
+async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
+    let inv = Uuid::now_v7();
+    let first = audit(inv, AuditAction::PermissionChecked);
+    let second = audit(inv, AuditAction::ToolInvoked);
+    let ts = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let record = InvocationRecord {
+        invocation_id: inv,
+        agent_id: Uuid::new_v4(),
+        task_id: "task".into(),
+        requested_tool_id: Uuid::new_v4(),
+        parameters: json!({"q": "x"}),
+        invoked_at: ts,
+        sidecar_id: "s1".into(),
+        result: ToolResult {
+            invocation_id: inv,
+            tool_id: Uuid::new_v4(),
+            tool_version: 2,
+            status: ExecutionStatus::Timeout,
+            output: serde_json::Value::Null,
+            error: "slow".into(),
+            duration_ms: 1500,
+            tokens_used: 7,
+            cost: "0.0020".parse().unwrap(),
+            completed_at: ts,
+            cache_hit: false,
+            attempts: 2,
+        },
+    };
+    let batch = vec![SyncEvent::Audit(first.clone()), SyncEvent::Invocation(record.clone()), SyncEvent::Audit(second.clone())];
+    s.append_events(&batch).await.unwrap();
+    // A resend after a lost ack stores nothing twice.
+    s.append_events(&batch).await.unwrap();
+    s.append_events(&[SyncEvent::Audit(audit(Uuid::now_v7(), AuditAction::CacheHit))]).await.unwrap();
+
+    let got = s.audit_events(&AuditFilter { invocation_id: Some(inv), ..Default::default() }).await.unwrap();
+    assert_eq!(got, vec![first.clone(), second]);
+    assert_eq!(s.audit_events(&AuditFilter::default()).await.unwrap().len(), 3);
+    let by_agent = s.audit_events(&AuditFilter { agent_id: first.agent_id, ..Default::default() }).await.unwrap();
+    assert_eq!(by_agent, vec![first]);
+    assert_eq!(s.get_invocation(inv).await.unwrap().unwrap(), record);
+    assert!(s.get_invocation(Uuid::new_v4()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn postgres_audit_log_refuses_update_and_delete() {
+    let db = TestDb::create().await;
+    let store = PostgresStore::connect(&db.url, 2).await.unwrap();
+    store.append_events(&[SyncEvent::Audit(audit(Uuid::now_v7(), AuditAction::ToolInvoked))]).await.unwrap();
+    let c = db.client().await;
+    let upd = c.execute("UPDATE audit_events SET success = false", &[]).await.unwrap_err();
+    assert!(upd.to_string().contains("append-only") || format!("{upd:?}").contains("append-only"), "{upd:?}");
+    let del = c.execute("DELETE FROM audit_events", &[]).await.unwrap_err();
+    assert!(format!("{del:?}").contains("append-only"), "{del:?}");
+    let n: i64 = c.query_one("SELECT count(*) FROM audit_events", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn postgres_replicas_starting_together_migrate_once() {
+    let db = TestDb::create().await;
+    let (a, b, c) = tokio::join!(PostgresStore::connect(&db.url, 1), PostgresStore::connect(&db.url, 1), PostgresStore::connect(&db.url, 1));
+    a.unwrap();
+    b.unwrap();
+    c.unwrap();
+    let client = db.client().await;
+    let n: i64 = client.query_one("SELECT count(*) FROM refinery_schema_history", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}

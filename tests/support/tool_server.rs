@@ -1,0 +1,88 @@
+//! A real HTTP tool server for tests: well-behaved and misbehaving routes, and a count
+//! of the calls each route received (to prove when no upstream call was made).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Default)]
+pub struct ToolServer {
+    pub addr: Option<SocketAddr>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    bodies: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl ToolServer {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut server = Self::default();
+        server.addr = Some(listener.local_addr().unwrap());
+        let state = server.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { state.handle(req).await }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr.unwrap())
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Parameters each call received, in order.
+    pub fn bodies(&self, path: &str) -> Vec<Value> {
+        self.bodies.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, b)| b.clone()).collect()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path().to_owned();
+        *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let params: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        self.bodies.lock().unwrap().push((path.clone(), params.clone()));
+        let (status, body) = match path.as_str() {
+            "/word_count" => {
+                let text = params["text"].as_str().unwrap_or_default();
+                (StatusCode::OK, json!({"words": text.split_whitespace().count()}).to_string())
+            }
+            "/echo" => (StatusCode::OK, params.to_string()),
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                (StatusCode::OK, "{}".to_owned())
+            }
+            "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"boom"}"#.to_owned()),
+            "/bad_json" => (StatusCode::OK, "this is not json".to_owned()),
+            "/bad_output" => (StatusCode::OK, json!({"words": "many"}).to_string()),
+            _ => (StatusCode::NOT_FOUND, "{}".to_owned()),
+        };
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = status;
+        Ok(resp)
+    }
+}
