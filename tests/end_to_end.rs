@@ -1,0 +1,365 @@
+//! End to end: the real control plane and sidecar binaries, real PostgreSQL, a real HTTP
+//! tool server, generated gRPC clients, and grpcurl.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic_types::StatusExt;
+use toolplane_core::json::value_from_pb;
+use toolplane_proto::v1 as pb;
+use toolplane_tests::eventually;
+use toolplane_tests::grpc::{Admin, executor, http_tool, invoke_request};
+use toolplane_tests::pg::TestDb;
+use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar};
+use toolplane_tests::tool_server::ToolServer;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running system: control plane (on Postgres), sidecar, one granted agent.
+struct System {
+    db: TestDb,
+    tools: ToolServer,
+    cp: Proc,
+    sidecar: Proc,
+    admin: Admin,
+    agent: pb::Agent,
+    agent_token: String,
+    sidecar_token: String,
+}
+
+impl System {
+    /// Registers `word_count` (granted) and `secret_tool` (not granted), starts a sidecar
+    /// and waits until it serves.
+    async fn start() -> Self {
+        let db = TestDb::create().await;
+        let tools = ToolServer::start().await;
+        let cp = control_plane(Some(&db.url)).await;
+        let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+        let tool = admin.register(http_tool("word_count", &tools.url("/word_count"))).await.unwrap();
+        admin.register(http_tool("secret_tool", &tools.url("/echo"))).await.unwrap();
+        let agent = admin.agent("agent-007").await;
+        admin.grant_full(&agent.id, &tool.id).await;
+        let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
+        let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+        let sidecar = sidecar(&cp, &sidecar_token).await;
+        let url = sidecar.url();
+        let token = agent_token.clone();
+        eventually("the sidecar to serve from a snapshot", WAIT, || {
+            let (url, token) = (url.clone(), token.clone());
+            async move {
+                let mut ex = executor(&url, Some(&token)).await;
+                match ex.invoke(invoke_request("word_count", &json!({"text": "warm up"}))).await {
+                    Err(s) if s.code() == Code::Unavailable => None,
+                    _ => Some(()),
+                }
+            }
+        })
+        .await;
+        Self { db, tools, cp, sidecar, admin, agent, agent_token, sidecar_token }
+    }
+
+    async fn executor(&self) -> pb::executor_client::ExecutorClient<toolplane_tests::grpc::Authed> {
+        executor(&self.sidecar.url(), Some(&self.agent_token)).await
+    }
+
+    /// Waits for the audit rows of one invocation to reach PostgreSQL.
+    async fn audit_rows(&self, invocation_id: &str, expected: usize) -> Vec<tokio_postgres::Row> {
+        let client = self.db.client().await;
+        let id = uuid::Uuid::parse_str(invocation_id).unwrap();
+        eventually("audit rows in PostgreSQL", WAIT, || {
+            let client = &client;
+            async move {
+                let rows = client
+                    .query("SELECT * FROM audit_events WHERE invocation_id = $1 ORDER BY seq", &[&id])
+                    .await
+                    .unwrap();
+                (rows.len() >= expected).then_some(rows)
+            }
+        })
+        .await
+    }
+}
+
+fn output(r: &pb::ToolResult) -> Value {
+    r.output.clone().map_or(Value::Null, value_from_pb)
+}
+
+#[tokio::test]
+async fn agent_token_to_tool_to_audit_row_in_postgres() {
+    let sys = System::start().await;
+    let mut ex = sys.executor().await;
+    let before = sys.tools.hits("/word_count");
+    let r = ex
+        .invoke(invoke_request("word_count", &json!({"text": "the quick brown fox", "api_key": "sk-live-SECRET123"})))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{}", r.error);
+    assert_eq!(output(&r), json!({"words": 4}));
+    assert_eq!(r.cost, "0.0020");
+    assert_eq!(r.tool_version, 1);
+    assert_eq!(sys.tools.hits("/word_count"), before + 1);
+    // The tool itself receives the parameters as sent.
+    assert_eq!(sys.tools.bodies("/word_count").last().unwrap()["api_key"], "sk-live-SECRET123");
+
+    let rows = sys.audit_rows(&r.invocation_id, 1).await;
+    let row = &rows[0];
+    assert_eq!(row.get::<_, String>("action"), "tool_invoked");
+    assert!(row.get::<_, bool>("success"));
+    assert_eq!(row.get::<_, uuid::Uuid>("agent_id").to_string(), sys.agent.id);
+    assert_eq!(row.get::<_, String>("task_id"), "task-1");
+    assert_eq!(row.get::<_, String>("sidecar_id"), "test-sidecar");
+    assert!(row.get::<_, Option<uuid::Uuid>>("permission_id").is_some());
+    let params: Value = row.get("sanitized_parameters");
+    assert_eq!(params, json!({"text": "the quick brown fox", "api_key": "[REDACTED]"}));
+    assert_eq!(row.get::<_, Option<String>>("result_digest").unwrap(), toolplane_core::json::digest(&json!({"words": 4})));
+
+    let client = sys.db.client().await;
+    let inv = uuid::Uuid::parse_str(&r.invocation_id).unwrap();
+    let rec = eventually("the invocation row", WAIT, || {
+        let client = &client;
+        async move { client.query_opt("SELECT * FROM invocations WHERE invocation_id = $1", &[&inv]).await.unwrap() }
+    })
+    .await;
+    assert_eq!(rec.get::<_, String>("status"), "success");
+    assert_eq!(rec.get::<_, Value>("parameters")["api_key"], "[REDACTED]");
+    assert_eq!(rec.get::<_, rust_decimal::Decimal>("cost").to_string(), "0.0020");
+
+    for logs in [sys.cp.logs(), sys.sidecar.logs()] {
+        assert!(!logs.contains("SECRET123"), "a secret reached the logs:\n{logs}");
+        assert!(!logs.contains(&sys.agent_token), "a token reached the logs");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_no_upstream_call() {
+    let mut sys = System::start().await;
+    let mut ex = sys.executor().await;
+    let hits = sys.tools.hits("/word_count");
+
+    let e = ex.invoke(invoke_request("no_such_tool", &json!({}))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    let e = ex.invoke(invoke_request("word_count", &json!({"text": 42}))).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let fields: Vec<String> = e.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["parameters/text"], "{e:?}");
+    let e = ex.invoke(invoke_request("word_count", &json!({"text": "x".repeat(101)}))).await.unwrap_err();
+    assert!(e.message().contains("parameters/text"), "{e:?}");
+    let e = ex.invoke(invoke_request("word_count", &json!({}))).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(sys.tools.hits("/word_count"), hits, "no upstream call for invalid parameters");
+
+    // No grant: refused, and the refusal is audited.
+    let e = ex.invoke(invoke_request("secret_tool", &json!({"text": "hi"}))).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("no grant"), "{e:?}");
+    assert_eq!(sys.tools.hits("/echo"), 0);
+    let client = sys.db.client().await;
+    let agent = uuid::Uuid::parse_str(&sys.agent.id).unwrap();
+    eventually("the denial in the audit trail", WAIT, || {
+        let client = &client;
+        async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM audit_events WHERE action = 'permission_checked' AND NOT success AND agent_id = $1",
+                    &[&agent],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+
+    // Tokens: missing, wrong, or of the wrong role.
+    let mut anon = executor(&sys.sidecar.url(), None).await;
+    let e = anon.invoke(invoke_request("word_count", &json!({"text": "a"}))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut forged = executor(&sys.sidecar.url(), Some(&toolplane_core::token::generate())).await;
+    let e = forged.invoke(invoke_request("word_count", &json!({"text": "a"}))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut as_sidecar = executor(&sys.sidecar.url(), Some(&sys.sidecar_token)).await;
+    let e = as_sidecar.invoke(invoke_request("word_count", &json!({"text": "a"}))).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let mut cp_anon = Admin::connect(&sys.cp.url(), "tpk_wrong_token_wrong_token_wrong_token").await;
+    let e = cp_anon.register(http_tool("x", &sys.tools.url("/echo"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut as_agent = Admin::connect(&sys.cp.url(), &sys.agent_token).await;
+    let e = as_agent.register(http_tool("x", &sys.tools.url("/echo"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // Registration: malformed schema, duplicate name, metadata endpoint.
+    let mut bad = http_tool("bad_schema", &sys.tools.url("/echo"));
+    bad.schema.as_mut().unwrap().input_schema =
+        toolplane_core::json::json_to_struct(&json!({"type": "object", "properties": {"q": {"type": "strnig"}}}));
+    let e = sys.admin.register(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let field = &e.get_details_bad_request().unwrap().field_violations[0].field;
+    assert!(field.starts_with("tool.schema.input_schema/properties/q"), "{field}");
+    let e = sys.admin.register(http_tool("word_count", &sys.tools.url("/echo"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let e = sys.admin.register(http_tool("metadata", "http://169.254.169.254/latest/meta-data")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("tool.endpoint"), "{e:?}");
+
+    // An agent may check only its own permissions.
+    let mut perms = pb::permissions_client::PermissionsClient::new(
+        toolplane_tests::grpc::channel(&sys.cp.url(), Some(&sys.agent_token)).await,
+    );
+    let own = perms
+        .check(pb::CheckRequest { agent_id: String::new(), tool: Some(pb::check_request::Tool::ToolName("word_count".into())) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(own.allowed, "{}", own.reason);
+    let other = sys.admin.agent("someone-else").await;
+    let e = perms
+        .check(pb::CheckRequest { agent_id: other.id, tool: Some(pb::check_request::Tool::ToolName("word_count".into())) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn tool_failures_come_back_as_result_statuses() {
+    let mut sys = System::start().await;
+    let mut ids = Vec::new();
+    for (name, path) in [("slow", "/slow"), ("failing", "/fail"), ("garbled", "/bad_json"), ("off_schema", "/bad_output")] {
+        let t = sys.admin.register(http_tool(name, &sys.tools.url(path))).await.unwrap();
+        sys.admin.grant_full(&sys.agent.id, &t.id).await;
+        ids.push(name);
+    }
+    let mut ex = sys.executor().await;
+    // Wait for the snapshot carrying the new grants.
+    eventually("grants to reach the sidecar", WAIT, || {
+        let mut ex = ex.clone();
+        async move { ex.invoke(invoke_request("failing", &json!({"text": "a"}))).await.ok() }
+    })
+    .await;
+
+    let status = |r: &pb::ToolResult| pb::ToolExecutionStatus::try_from(r.status).unwrap();
+    let call = |name: &'static str| {
+        let mut ex = ex.clone();
+        async move { ex.invoke(invoke_request(name, &json!({"text": "a b"}))).await.unwrap().into_inner().result.unwrap() }
+    };
+    let r = call("slow").await;
+    assert_eq!(status(&r), pb::ToolExecutionStatus::Timeout, "{}", r.error);
+    assert!(r.duration_ms >= 1000 && r.duration_ms < 2500, "tool timeout is 1 s: {}", r.duration_ms);
+    let r = call("failing").await;
+    assert_eq!(status(&r), pb::ToolExecutionStatus::ExecutionError);
+    assert!(r.error.contains("500"), "{}", r.error);
+    let r = call("garbled").await;
+    assert_eq!(status(&r), pb::ToolExecutionStatus::ExecutionError);
+    assert!(r.error.contains("not valid JSON"), "{}", r.error);
+    let r = call("off_schema").await;
+    assert_eq!(status(&r), pb::ToolExecutionStatus::ValidationError);
+    assert!(r.error.contains("output/words"), "{}", r.error);
+
+    // The caller's deadline caps the tool's timeout.
+    let mut req = tonic::Request::new(invoke_request("slow", &json!({"text": "a"})));
+    req.set_timeout(Duration::from_millis(400));
+    let started = Instant::now();
+    let r = ex.invoke(req).await.unwrap().into_inner().result.unwrap();
+    assert_eq!(status(&r), pb::ToolExecutionStatus::Timeout);
+    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+
+    // Batch: results stream back, each with its index; refusals are per item.
+    let batch = pb::BatchInvokeRequest {
+        calls: vec![
+            invoke_request("word_count", &json!({"text": "one two"})),
+            invoke_request("secret_tool", &json!({"text": "x"})),
+            invoke_request("word_count", &json!({"text": 1})),
+        ],
+    };
+    let mut stream = ex.batch_invoke(batch).await.unwrap().into_inner();
+    let mut got = std::collections::BTreeMap::new();
+    while let Some(item) = stream.message().await.unwrap() {
+        got.insert(item.index, item.result.unwrap());
+    }
+    assert_eq!(got.len(), 3);
+    assert_eq!(output(&got[&0]), json!({"words": 2}));
+    assert_eq!(status(&got[&1]), pb::ToolExecutionStatus::PermissionDenied);
+    assert_eq!(status(&got[&2]), pb::ToolExecutionStatus::ValidationError);
+}
+
+#[tokio::test]
+async fn no_audit_event_is_lost_while_the_control_plane_is_down() {
+    let sys = System::start().await;
+    let System { db, cp, sidecar, agent_token, .. } = sys;
+    let addr = cp.addr;
+    assert!(cp.stop().await.success(), "control plane exits cleanly on SIGTERM");
+
+    // The sidecar keeps serving from its snapshot.
+    let mut ex = executor(&sidecar.url(), Some(&agent_token)).await;
+    let mut invocations = Vec::new();
+    for i in 0..5 {
+        let r = ex.invoke(invoke_request("word_count", &json!({"text": format!("call {i}")}))).await.unwrap();
+        invocations.push(uuid::Uuid::parse_str(&r.into_inner().result.unwrap().invocation_id).unwrap());
+    }
+
+    // Same address, same database: the sidecar reconnects and resends.
+    let url = db.url.clone();
+    let _cp = Proc::start(
+        "toolplane-control-plane",
+        &["--listen", &addr.to_string()],
+        &[("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN), ("DATABASE_URL", &url)],
+    )
+    .await;
+    let client = db.client().await;
+    eventually("every invocation audited exactly once", Duration::from_secs(30), || {
+        let (client, invocations) = (&client, &invocations);
+        async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM audit_events WHERE action = 'tool_invoked' AND invocation_id = ANY($1)",
+                    &[invocations],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 5).then_some(())
+        }
+    })
+    .await;
+    let dup: i64 = client
+        .query_one("SELECT count(*) - count(DISTINCT invocation_id) FROM invocations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dup, 0);
+}
+
+/// grpcurl 1.8.6 (the one installable here) lists the services through reflection.
+#[tokio::test]
+async fn grpcurl_lists_services_and_checks_health() {
+    let grpcurl = std::env::var("TOOLPLANE_GRPCURL").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/grpcurl").to_owned()
+    });
+    assert!(std::path::Path::new(&grpcurl).exists(), "{grpcurl} is missing: `make tools` installs it");
+    let cp = control_plane(None).await;
+    let out = tokio::process::Command::new(&grpcurl).args(["-plaintext", &cp.addr.to_string(), "list"]).output().await.unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for svc in ["toolplane.v1.ToolRegistry", "toolplane.v1.Identity", "toolplane.v1.Permissions", "toolplane.v1.SidecarSync", "grpc.health.v1.Health"] {
+        assert!(listed.lines().any(|l| l == svc), "{svc} not listed:\n{listed}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = tokio::process::Command::new(&grpcurl)
+        .args(["-plaintext", "-d", r#"{"service":"toolplane.v1.ToolRegistry"}"#, &cp.addr.to_string(), "grpc.health.v1.Health/Check"])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"), "{out:?}");
+    // Without a token the API itself stays closed.
+    let out = tokio::process::Command::new(&grpcurl)
+        .args(["-plaintext", "-d", r#"{"name":"x"}"#, &cp.addr.to_string(), "toolplane.v1.ToolRegistry/GetTool"])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"), "{out:?}");
+}
