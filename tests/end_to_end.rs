@@ -38,8 +38,14 @@ impl System {
         let tools = ToolServer::start().await;
         let cp = control_plane(Some(&db.url)).await;
         let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
-        let tool = admin.register(http_tool("word_count", &tools.url("/word_count"))).await.unwrap();
-        admin.register(http_tool("secret_tool", &tools.url("/echo"))).await.unwrap();
+        let tool = admin
+            .register(http_tool("word_count", &tools.url("/word_count")))
+            .await
+            .unwrap();
+        admin
+            .register(http_tool("secret_tool", &tools.url("/echo")))
+            .await
+            .unwrap();
         let agent = admin.agent("agent-007").await;
         admin.grant_full(&agent.id, &tool.id).await;
         let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
@@ -51,14 +57,26 @@ impl System {
             let (url, token) = (url.clone(), token.clone());
             async move {
                 let mut ex = executor(&url, Some(&token)).await;
-                match ex.invoke(invoke_request("word_count", &json!({"text": "warm up"}))).await {
+                match ex
+                    .invoke(invoke_request("word_count", &json!({"text": "warm up"})))
+                    .await
+                {
                     Err(s) if s.code() == Code::Unavailable => None,
                     _ => Some(()),
                 }
             }
         })
         .await;
-        Self { db, tools, cp, sidecar, admin, agent, agent_token, sidecar_token }
+        Self {
+            db,
+            tools,
+            cp,
+            sidecar,
+            admin,
+            agent,
+            agent_token,
+            sidecar_token,
+        }
     }
 
     async fn executor(&self) -> pb::executor_client::ExecutorClient<toolplane_tests::grpc::Authed> {
@@ -73,7 +91,10 @@ impl System {
             let client = &client;
             async move {
                 let rows = client
-                    .query("SELECT * FROM audit_events WHERE invocation_id = $1 ORDER BY seq", &[&id])
+                    .query(
+                        "SELECT * FROM audit_events WHERE invocation_id = $1 ORDER BY seq",
+                        &[&id],
+                    )
                     .await
                     .unwrap();
                 (rows.len() >= expected).then_some(rows)
@@ -93,45 +114,79 @@ async fn agent_token_to_tool_to_audit_row_in_postgres() {
     let mut ex = sys.executor().await;
     let before = sys.tools.hits("/word_count");
     let r = ex
-        .invoke(invoke_request("word_count", &json!({"text": "the quick brown fox", "api_key": "sk-live-SECRET123"})))
+        .invoke(invoke_request(
+            "word_count",
+            &json!({"text": "the quick brown fox", "api_key": "sk-live-SECRET123"}),
+        ))
         .await
         .unwrap()
         .into_inner()
         .result
         .unwrap();
-    assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{}", r.error);
+    assert_eq!(
+        r.status,
+        pb::ToolExecutionStatus::Success as i32,
+        "{}",
+        r.error
+    );
     assert_eq!(output(&r), json!({"words": 4}));
     assert_eq!(r.cost, "0.0020");
     assert_eq!(r.tool_version, 1);
     assert_eq!(sys.tools.hits("/word_count"), before + 1);
     // The tool itself receives the parameters as sent.
-    assert_eq!(sys.tools.bodies("/word_count").last().unwrap()["api_key"], "sk-live-SECRET123");
+    assert_eq!(
+        sys.tools.bodies("/word_count").last().unwrap()["api_key"],
+        "sk-live-SECRET123"
+    );
 
     let rows = sys.audit_rows(&r.invocation_id, 1).await;
     let row = &rows[0];
     assert_eq!(row.get::<_, String>("action"), "tool_invoked");
     assert!(row.get::<_, bool>("success"));
-    assert_eq!(row.get::<_, uuid::Uuid>("agent_id").to_string(), sys.agent.id);
+    assert_eq!(
+        row.get::<_, uuid::Uuid>("agent_id").to_string(),
+        sys.agent.id
+    );
     assert_eq!(row.get::<_, String>("task_id"), "task-1");
     assert_eq!(row.get::<_, String>("sidecar_id"), "test-sidecar");
     assert!(row.get::<_, Option<uuid::Uuid>>("permission_id").is_some());
     let params: Value = row.get("sanitized_parameters");
-    assert_eq!(params, json!({"text": "the quick brown fox", "api_key": "[REDACTED]"}));
-    assert_eq!(row.get::<_, Option<String>>("result_digest").unwrap(), toolplane_core::json::digest(&json!({"words": 4})));
+    assert_eq!(
+        params,
+        json!({"text": "the quick brown fox", "api_key": "[REDACTED]"})
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>("result_digest").unwrap(),
+        toolplane_core::json::digest(&json!({"words": 4}))
+    );
 
     let client = sys.db.client().await;
     let inv = uuid::Uuid::parse_str(&r.invocation_id).unwrap();
     let rec = eventually("the invocation row", WAIT, || {
         let client = &client;
-        async move { client.query_opt("SELECT * FROM invocations WHERE invocation_id = $1", &[&inv]).await.unwrap() }
+        async move {
+            client
+                .query_opt(
+                    "SELECT * FROM invocations WHERE invocation_id = $1",
+                    &[&inv],
+                )
+                .await
+                .unwrap()
+        }
     })
     .await;
     assert_eq!(rec.get::<_, String>("status"), "success");
     assert_eq!(rec.get::<_, Value>("parameters")["api_key"], "[REDACTED]");
-    assert_eq!(rec.get::<_, rust_decimal::Decimal>("cost").to_string(), "0.0020");
+    assert_eq!(
+        rec.get::<_, rust_decimal::Decimal>("cost").to_string(),
+        "0.0020"
+    );
 
     for logs in [sys.cp.logs(), sys.sidecar.logs()] {
-        assert!(!logs.contains("SECRET123"), "a secret reached the logs:\n{logs}");
+        assert!(
+            !logs.contains("SECRET123"),
+            "a secret reached the logs:\n{logs}"
+        );
         assert!(!logs.contains(&sys.agent_token), "a token reached the logs");
     }
 }
@@ -142,21 +197,49 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
     let mut ex = sys.executor().await;
     let hits = sys.tools.hits("/word_count");
 
-    let e = ex.invoke(invoke_request("no_such_tool", &json!({}))).await.unwrap_err();
+    let e = ex
+        .invoke(invoke_request("no_such_tool", &json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
-    let e = ex.invoke(invoke_request("word_count", &json!({"text": 42}))).await.unwrap_err();
+    let e = ex
+        .invoke(invoke_request("word_count", &json!({"text": 42})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let fields: Vec<String> = e.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    let fields: Vec<String> = e
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
     assert_eq!(fields, ["parameters/text"], "{e:?}");
-    let e = ex.invoke(invoke_request("word_count", &json!({"text": "x".repeat(101)}))).await.unwrap_err();
+    let e = ex
+        .invoke(invoke_request(
+            "word_count",
+            &json!({"text": "x".repeat(101)}),
+        ))
+        .await
+        .unwrap_err();
     assert!(e.message().contains("parameters/text"), "{e:?}");
-    let e = ex.invoke(invoke_request("word_count", &json!({}))).await.unwrap_err();
+    let e = ex
+        .invoke(invoke_request("word_count", &json!({})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert_eq!(sys.tools.hits("/word_count"), hits, "no upstream call for invalid parameters");
+    assert_eq!(
+        sys.tools.hits("/word_count"),
+        hits,
+        "no upstream call for invalid parameters"
+    );
 
     // No grant: refused, and the refusal is audited.
-    let e = ex.invoke(invoke_request("secret_tool", &json!({"text": "hi"}))).await.unwrap_err();
+    let e = ex
+        .invoke(invoke_request("secret_tool", &json!({"text": "hi"})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("no grant"), "{e:?}");
     assert_eq!(sys.tools.hits("/echo"), 0);
@@ -180,32 +263,63 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
 
     // Tokens: missing, wrong, or of the wrong role.
     let mut anon = executor(&sys.sidecar.url(), None).await;
-    let e = anon.invoke(invoke_request("word_count", &json!({"text": "a"}))).await.unwrap_err();
+    let e = anon
+        .invoke(invoke_request("word_count", &json!({"text": "a"})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut forged = executor(&sys.sidecar.url(), Some(&toolplane_core::token::generate())).await;
-    let e = forged.invoke(invoke_request("word_count", &json!({"text": "a"}))).await.unwrap_err();
+    let e = forged
+        .invoke(invoke_request("word_count", &json!({"text": "a"})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut as_sidecar = executor(&sys.sidecar.url(), Some(&sys.sidecar_token)).await;
-    let e = as_sidecar.invoke(invoke_request("word_count", &json!({"text": "a"}))).await.unwrap_err();
+    let e = as_sidecar
+        .invoke(invoke_request("word_count", &json!({"text": "a"})))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let mut cp_anon = Admin::connect(&sys.cp.url(), "tpk_wrong_token_wrong_token_wrong_token").await;
-    let e = cp_anon.register(http_tool("x", &sys.tools.url("/echo"))).await.unwrap_err();
+    let mut cp_anon =
+        Admin::connect(&sys.cp.url(), "tpk_wrong_token_wrong_token_wrong_token").await;
+    let e = cp_anon
+        .register(http_tool("x", &sys.tools.url("/echo")))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
     let mut as_agent = Admin::connect(&sys.cp.url(), &sys.agent_token).await;
-    let e = as_agent.register(http_tool("x", &sys.tools.url("/echo"))).await.unwrap_err();
+    let e = as_agent
+        .register(http_tool("x", &sys.tools.url("/echo")))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
 
     // Registration: malformed schema, duplicate name, metadata endpoint.
     let mut bad = http_tool("bad_schema", &sys.tools.url("/echo"));
-    bad.schema.as_mut().unwrap().input_schema =
-        toolplane_core::json::json_to_struct(&json!({"type": "object", "properties": {"q": {"type": "strnig"}}}));
+    bad.schema.as_mut().unwrap().input_schema = toolplane_core::json::json_to_struct(
+        &json!({"type": "object", "properties": {"q": {"type": "strnig"}}}),
+    );
     let e = sys.admin.register(bad).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let field = &e.get_details_bad_request().unwrap().field_violations[0].field;
-    assert!(field.starts_with("tool.schema.input_schema/properties/q"), "{field}");
-    let e = sys.admin.register(http_tool("word_count", &sys.tools.url("/echo"))).await.unwrap_err();
+    assert!(
+        field.starts_with("tool.schema.input_schema/properties/q"),
+        "{field}"
+    );
+    let e = sys
+        .admin
+        .register(http_tool("word_count", &sys.tools.url("/echo")))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
-    let e = sys.admin.register(http_tool("metadata", "http://169.254.169.254/latest/meta-data")).await.unwrap_err();
+    let e = sys
+        .admin
+        .register(http_tool(
+            "metadata",
+            "http://169.254.169.254/latest/meta-data",
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("tool.endpoint"), "{e:?}");
 
@@ -214,14 +328,20 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
         toolplane_tests::grpc::channel(&sys.cp.url(), Some(&sys.agent_token)).await,
     );
     let own = perms
-        .check(pb::CheckRequest { agent_id: String::new(), tool: Some(pb::check_request::Tool::ToolName("word_count".into())) })
+        .check(pb::CheckRequest {
+            agent_id: String::new(),
+            tool: Some(pb::check_request::Tool::ToolName("word_count".into())),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(own.allowed, "{}", own.reason);
     let other = sys.admin.agent("someone-else").await;
     let e = perms
-        .check(pb::CheckRequest { agent_id: other.id, tool: Some(pb::check_request::Tool::ToolName("word_count".into())) })
+        .check(pb::CheckRequest {
+            agent_id: other.id,
+            tool: Some(pb::check_request::Tool::ToolName("word_count".into())),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -231,8 +351,17 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
 async fn tool_failures_come_back_as_result_statuses() {
     let mut sys = System::start().await;
     let mut ids = Vec::new();
-    for (name, path) in [("slow", "/slow"), ("failing", "/fail"), ("garbled", "/bad_json"), ("off_schema", "/bad_output")] {
-        let t = sys.admin.register(http_tool(name, &sys.tools.url(path))).await.unwrap();
+    for (name, path) in [
+        ("slow", "/slow"),
+        ("failing", "/fail"),
+        ("garbled", "/bad_json"),
+        ("off_schema", "/bad_output"),
+    ] {
+        let t = sys
+            .admin
+            .register(http_tool(name, &sys.tools.url(path)))
+            .await
+            .unwrap();
         sys.admin.grant_full(&sys.agent.id, &t.id).await;
         ids.push(name);
     }
@@ -240,18 +369,33 @@ async fn tool_failures_come_back_as_result_statuses() {
     // Wait for the snapshot carrying the new grants.
     eventually("grants to reach the sidecar", WAIT, || {
         let mut ex = ex.clone();
-        async move { ex.invoke(invoke_request("failing", &json!({"text": "a"}))).await.ok() }
+        async move {
+            ex.invoke(invoke_request("failing", &json!({"text": "a"})))
+                .await
+                .ok()
+        }
     })
     .await;
 
     let status = |r: &pb::ToolResult| pb::ToolExecutionStatus::try_from(r.status).unwrap();
     let call = |name: &'static str| {
         let mut ex = ex.clone();
-        async move { ex.invoke(invoke_request(name, &json!({"text": "a b"}))).await.unwrap().into_inner().result.unwrap() }
+        async move {
+            ex.invoke(invoke_request(name, &json!({"text": "a b"})))
+                .await
+                .unwrap()
+                .into_inner()
+                .result
+                .unwrap()
+        }
     };
     let r = call("slow").await;
     assert_eq!(status(&r), pb::ToolExecutionStatus::Timeout, "{}", r.error);
-    assert!(r.duration_ms >= 1000 && r.duration_ms < 2500, "tool timeout is 1 s: {}", r.duration_ms);
+    assert!(
+        r.duration_ms >= 1000 && r.duration_ms < 2500,
+        "tool timeout is 1 s: {}",
+        r.duration_ms
+    );
     let r = call("failing").await;
     assert_eq!(status(&r), pb::ToolExecutionStatus::ExecutionError);
     assert!(r.error.contains("500"), "{}", r.error);
@@ -268,7 +412,11 @@ async fn tool_failures_come_back_as_result_statuses() {
     let started = Instant::now();
     let r = ex.invoke(req).await.unwrap().into_inner().result.unwrap();
     assert_eq!(status(&r), pb::ToolExecutionStatus::Timeout);
-    assert!(started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Batch: results stream back, each with its index; refusals are per item.
     let batch = pb::BatchInvokeRequest {
@@ -292,16 +440,32 @@ async fn tool_failures_come_back_as_result_statuses() {
 #[tokio::test]
 async fn no_audit_event_is_lost_while_the_control_plane_is_down() {
     let sys = System::start().await;
-    let System { db, cp, sidecar, agent_token, .. } = sys;
+    let System {
+        db,
+        cp,
+        sidecar,
+        agent_token,
+        ..
+    } = sys;
     let addr = cp.addr;
-    assert!(cp.stop().await.success(), "control plane exits cleanly on SIGTERM");
+    assert!(
+        cp.stop().await.success(),
+        "control plane exits cleanly on SIGTERM"
+    );
 
     // The sidecar keeps serving from its snapshot.
     let mut ex = executor(&sidecar.url(), Some(&agent_token)).await;
     let mut invocations = Vec::new();
     for i in 0..5 {
-        let r = ex.invoke(invoke_request("word_count", &json!({"text": format!("call {i}")}))).await.unwrap();
-        invocations.push(uuid::Uuid::parse_str(&r.into_inner().result.unwrap().invocation_id).unwrap());
+        let r = ex
+            .invoke(invoke_request(
+                "word_count",
+                &json!({"text": format!("call {i}")}),
+            ))
+            .await
+            .unwrap();
+        invocations
+            .push(uuid::Uuid::parse_str(&r.into_inner().result.unwrap().invocation_id).unwrap());
     }
 
     // Same address, same database: the sidecar reconnects and resends.
@@ -309,7 +473,10 @@ async fn no_audit_event_is_lost_while_the_control_plane_is_down() {
     let _cp = Proc::start(
         "toolplane-control-plane",
         &["--listen", &addr.to_string()],
-        &[("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN), ("DATABASE_URL", &url)],
+        &[
+            ("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("DATABASE_URL", &url),
+        ],
     )
     .await;
     let client = db.client().await;
@@ -329,7 +496,10 @@ async fn no_audit_event_is_lost_while_the_control_plane_is_down() {
     })
     .await;
     let dup: i64 = client
-        .query_one("SELECT count(*) - count(DISTINCT invocation_id) FROM invocations", &[])
+        .query_one(
+            "SELECT count(*) - count(DISTINCT invocation_id) FROM invocations",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -342,24 +512,59 @@ async fn grpcurl_lists_services_and_checks_health() {
     let grpcurl = std::env::var("TOOLPLANE_GRPCURL").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/grpcurl").to_owned()
     });
-    assert!(std::path::Path::new(&grpcurl).exists(), "{grpcurl} is missing: `make tools` installs it");
+    assert!(
+        std::path::Path::new(&grpcurl).exists(),
+        "{grpcurl} is missing: `make tools` installs it"
+    );
     let cp = control_plane(None).await;
-    let out = tokio::process::Command::new(&grpcurl).args(["-plaintext", &cp.addr.to_string(), "list"]).output().await.unwrap();
+    let out = tokio::process::Command::new(&grpcurl)
+        .args(["-plaintext", &cp.addr.to_string(), "list"])
+        .output()
+        .await
+        .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
-    for svc in ["toolplane.v1.ToolRegistry", "toolplane.v1.Identity", "toolplane.v1.Permissions", "toolplane.v1.SidecarSync", "grpc.health.v1.Health"] {
-        assert!(listed.lines().any(|l| l == svc), "{svc} not listed:\n{listed}\n{}", String::from_utf8_lossy(&out.stderr));
+    for svc in [
+        "toolplane.v1.ToolRegistry",
+        "toolplane.v1.Identity",
+        "toolplane.v1.Permissions",
+        "toolplane.v1.SidecarSync",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == svc),
+            "{svc} not listed:\n{listed}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = tokio::process::Command::new(&grpcurl)
-        .args(["-plaintext", "-d", r#"{"service":"toolplane.v1.ToolRegistry"}"#, &cp.addr.to_string(), "grpc.health.v1.Health/Check"])
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"service":"toolplane.v1.ToolRegistry"}"#,
+            &cp.addr.to_string(),
+            "grpc.health.v1.Health/Check",
+        ])
         .output()
         .await
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SERVING"),
+        "{out:?}"
+    );
     // Without a token the API itself stays closed.
     let out = tokio::process::Command::new(&grpcurl)
-        .args(["-plaintext", "-d", r#"{"name":"x"}"#, &cp.addr.to_string(), "toolplane.v1.ToolRegistry/GetTool"])
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"name":"x"}"#,
+            &cp.addr.to_string(),
+            "toolplane.v1.ToolRegistry/GetTool",
+        ])
         .output()
         .await
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"),
+        "{out:?}"
+    );
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use serde_json::json;
-use toolplane_control_plane::storage::{AuditFilter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter};
+use toolplane_control_plane::storage::{
+    AuditFilter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter,
+};
 use toolplane_core::model::*;
 use toolplane_core::testutil;
 use toolplane_tests::pg::TestDb;
@@ -20,13 +22,19 @@ struct Backend {
 }
 
 async fn memory() -> Backend {
-    Backend { store: Arc::new(MemoryStore::default()), _db: None }
+    Backend {
+        store: Arc::new(MemoryStore::default()),
+        _db: None,
+    }
 }
 
 async fn postgres() -> Backend {
     let db = TestDb::create().await;
     let store = PostgresStore::connect(&db.url, 4).await.unwrap();
-    Backend { store: Arc::new(store), _db: Some(db) }
+    Backend {
+        store: Arc::new(store),
+        _db: Some(db),
+    }
 }
 
 macro_rules! conformance {
@@ -78,9 +86,21 @@ async fn duplicate_tool_names_conflict(s: Arc<dyn Store>) {
 async fn list_filters_and_pages_by_name(s: Arc<dyn Store>) {
     for (name, cat, caps, enabled, provider) in [
         ("b_search", "web_search", vec!["search"], true, "acme"),
-        ("a_fetch", "data_retrieval", vec!["retrieve", "search"], true, "acme"),
+        (
+            "a_fetch",
+            "data_retrieval",
+            vec!["retrieve", "search"],
+            true,
+            "acme",
+        ),
         ("c_calc", "analysis", vec!["analyze"], false, "internal"),
-        ("d_mail", "communication", vec!["integrate"], true, "internal"),
+        (
+            "d_mail",
+            "communication",
+            vec!["integrate"],
+            true,
+            "internal",
+        ),
     ] {
         let mut t = testutil::tool(name);
         t.spec.category = cat.to_owned();
@@ -92,21 +112,55 @@ async fn list_filters_and_pages_by_name(s: Arc<dyn Store>) {
     }
     let names = |v: Vec<Tool>| v.into_iter().map(|t| t.spec.name).collect::<Vec<_>>();
     let all = ToolFilter::default();
-    assert_eq!(names(s.list_tools(&all, None, 10).await.unwrap()), ["a_fetch", "b_search", "c_calc", "d_mail"]);
-    assert_eq!(names(s.list_tools(&all, None, 2).await.unwrap()), ["a_fetch", "b_search"]);
-    assert_eq!(names(s.list_tools(&all, Some("b_search"), 2).await.unwrap()), ["c_calc", "d_mail"]);
-    let f = ToolFilter { capability: Some("search".into()), ..Default::default() };
-    assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["a_fetch", "b_search"]);
-    let f = ToolFilter { category: Some("analysis".into()), ..Default::default() };
+    assert_eq!(
+        names(s.list_tools(&all, None, 10).await.unwrap()),
+        ["a_fetch", "b_search", "c_calc", "d_mail"]
+    );
+    assert_eq!(
+        names(s.list_tools(&all, None, 2).await.unwrap()),
+        ["a_fetch", "b_search"]
+    );
+    assert_eq!(
+        names(s.list_tools(&all, Some("b_search"), 2).await.unwrap()),
+        ["c_calc", "d_mail"]
+    );
+    let f = ToolFilter {
+        capability: Some("search".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(s.list_tools(&f, None, 10).await.unwrap()),
+        ["a_fetch", "b_search"]
+    );
+    let f = ToolFilter {
+        category: Some("analysis".into()),
+        ..Default::default()
+    };
     assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["c_calc"]);
-    let f = ToolFilter { enabled: Some(false), ..Default::default() };
+    let f = ToolFilter {
+        enabled: Some(false),
+        ..Default::default()
+    };
     assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["c_calc"]);
-    let f = ToolFilter { provider: Some("internal".into()), enabled: Some(true), ..Default::default() };
+    let f = ToolFilter {
+        provider: Some("internal".into()),
+        enabled: Some(true),
+        ..Default::default()
+    };
     assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["d_mail"]);
-    let f = ToolFilter { text: Some("MAIL".into()), ..Default::default() };
+    let f = ToolFilter {
+        text: Some("MAIL".into()),
+        ..Default::default()
+    };
     assert_eq!(names(s.list_tools(&f, None, 10).await.unwrap()), ["d_mail"]);
-    let f = ToolFilter { text: Some("%".into()), ..Default::default() };
-    assert!(s.list_tools(&f, None, 10).await.unwrap().is_empty(), "% is matched literally");
+    let f = ToolFilter {
+        text: Some("%".into()),
+        ..Default::default()
+    };
+    assert!(
+        s.list_tools(&f, None, 10).await.unwrap().is_empty(),
+        "% is matched literally"
+    );
 }
 
 async fn agents_round_trip_and_names_are_unique(s: Arc<dyn Store>) {
@@ -115,9 +169,18 @@ async fn agents_round_trip_and_names_are_unique(s: Arc<dyn Store>) {
     a.created_at = chrono::DateTime::from_timestamp(a.created_at.timestamp(), 0).unwrap();
     s.create_agent(&a).await.unwrap();
     assert_eq!(s.get_agent(a.id).await.unwrap().unwrap(), a);
-    assert!(matches!(s.create_agent(&testutil::agent("planner")).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.create_agent(&testutil::agent("planner")).await,
+        Err(StoreError::Conflict(_))
+    ));
     s.create_agent(&testutil::agent("analyst")).await.unwrap();
-    let names: Vec<String> = s.list_agents().await.unwrap().into_iter().map(|a| a.name).collect();
+    let names: Vec<String> = s
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
     assert_eq!(names, ["analyst", "planner"]);
 }
 
@@ -145,9 +208,23 @@ async fn tokens_by_digest_and_only_active_listed(s: Arc<dyn Store>) {
         s.create_token(t).await.unwrap();
     }
     let found = s.token_by_digest(&live.sha256).await.unwrap().unwrap();
-    assert_eq!((found.id, found.role, found.agent_id), (live.id, Role::Agent, Some(a.id)));
-    assert!(s.token_by_digest("0".repeat(64).as_str()).await.unwrap().is_none());
-    let active: Vec<Uuid> = s.active_tokens(Utc::now()).await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(
+        (found.id, found.role, found.agent_id),
+        (live.id, Role::Agent, Some(a.id))
+    );
+    assert!(
+        s.token_by_digest("0".repeat(64).as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let active: Vec<Uuid> = s
+        .active_tokens(Utc::now())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
     assert_eq!(active, [live.id]);
 }
 
@@ -177,16 +254,29 @@ async fn permissions_need_agent_and_tool_and_filter(s: Arc<dyn Store>) {
     };
     let mut expect = vec![g1.id, g2.id];
     expect.sort();
-    assert_eq!(ids(s.list_permissions(Some(a.id), None).await.unwrap()), expect);
-    assert_eq!(ids(s.list_permissions(Some(a.id), Some(t.id)).await.unwrap()), [g1.id]);
+    assert_eq!(
+        ids(s.list_permissions(Some(a.id), None).await.unwrap()),
+        expect
+    );
+    assert_eq!(
+        ids(s.list_permissions(Some(a.id), Some(t.id)).await.unwrap()),
+        [g1.id]
+    );
     assert_eq!(s.list_permissions(None, None).await.unwrap().len(), 3);
-    let got = s.list_permissions(Some(a.id), Some(t.id)).await.unwrap().remove(0);
+    let got = s
+        .list_permissions(Some(a.id), Some(t.id))
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(got.kind, PermissionType::DataRestricted);
     assert_eq!(got.max_sensitivity, Some(DataSensitivity::Confidential));
     assert!(got.expires_at.is_some());
 
     let stray = testutil::grant(&testutil::agent("ghost"), &t, PermissionType::FullAccess);
-    assert!(matches!(s.create_permission(&stray).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.create_permission(&stray).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 fn audit(invocation: Uuid, action: AuditAction) -> AuditEvent {
@@ -201,7 +291,11 @@ fn audit(invocation: Uuid, action: AuditAction) -> AuditEvent {
         task_id: "task".into(),
         occurred_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
         sanitized_parameters: json!({"q": "x", "api_key": "[REDACTED]"}),
-        result: Some(ResultSummary { size_bytes: 12, status: ExecutionStatus::Success, digest: "ab".repeat(32) }),
+        result: Some(ResultSummary {
+            size_bytes: 12,
+            status: ExecutionStatus::Success,
+            digest: "ab".repeat(32),
+        }),
         success: true,
         detail: String::new(),
         compliance_frameworks: vec!["soc2".into()],
@@ -239,16 +333,40 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
             attempts: 2,
         },
     };
-    let batch = vec![SyncEvent::Audit(first.clone()), SyncEvent::Invocation(record.clone()), SyncEvent::Audit(second.clone())];
+    let batch = vec![
+        SyncEvent::Audit(first.clone()),
+        SyncEvent::Invocation(record.clone()),
+        SyncEvent::Audit(second.clone()),
+    ];
     s.append_events(&batch).await.unwrap();
     // A resend after a lost ack stores nothing twice.
     s.append_events(&batch).await.unwrap();
-    s.append_events(&[SyncEvent::Audit(audit(Uuid::now_v7(), AuditAction::CacheHit))]).await.unwrap();
+    s.append_events(&[SyncEvent::Audit(audit(
+        Uuid::now_v7(),
+        AuditAction::CacheHit,
+    ))])
+    .await
+    .unwrap();
 
-    let got = s.audit_events(&AuditFilter { invocation_id: Some(inv), ..Default::default() }).await.unwrap();
+    let got = s
+        .audit_events(&AuditFilter {
+            invocation_id: Some(inv),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(got, vec![first.clone(), second]);
-    assert_eq!(s.audit_events(&AuditFilter::default()).await.unwrap().len(), 3);
-    let by_agent = s.audit_events(&AuditFilter { agent_id: first.agent_id, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        s.audit_events(&AuditFilter::default()).await.unwrap().len(),
+        3
+    );
+    let by_agent = s
+        .audit_events(&AuditFilter {
+            agent_id: first.agent_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(by_agent, vec![first]);
     assert_eq!(s.get_invocation(inv).await.unwrap().unwrap(), record);
     assert!(s.get_invocation(Uuid::new_v4()).await.unwrap().is_none());
@@ -258,24 +376,51 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
 async fn postgres_audit_log_refuses_update_and_delete() {
     let db = TestDb::create().await;
     let store = PostgresStore::connect(&db.url, 2).await.unwrap();
-    store.append_events(&[SyncEvent::Audit(audit(Uuid::now_v7(), AuditAction::ToolInvoked))]).await.unwrap();
+    store
+        .append_events(&[SyncEvent::Audit(audit(
+            Uuid::now_v7(),
+            AuditAction::ToolInvoked,
+        ))])
+        .await
+        .unwrap();
     let c = db.client().await;
-    let upd = c.execute("UPDATE audit_events SET success = false", &[]).await.unwrap_err();
-    assert!(upd.to_string().contains("append-only") || format!("{upd:?}").contains("append-only"), "{upd:?}");
-    let del = c.execute("DELETE FROM audit_events", &[]).await.unwrap_err();
+    let upd = c
+        .execute("UPDATE audit_events SET success = false", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        upd.to_string().contains("append-only") || format!("{upd:?}").contains("append-only"),
+        "{upd:?}"
+    );
+    let del = c
+        .execute("DELETE FROM audit_events", &[])
+        .await
+        .unwrap_err();
     assert!(format!("{del:?}").contains("append-only"), "{del:?}");
-    let n: i64 = c.query_one("SELECT count(*) FROM audit_events", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM audit_events", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }
 
 #[tokio::test]
 async fn postgres_replicas_starting_together_migrate_once() {
     let db = TestDb::create().await;
-    let (a, b, c) = tokio::join!(PostgresStore::connect(&db.url, 1), PostgresStore::connect(&db.url, 1), PostgresStore::connect(&db.url, 1));
+    let (a, b, c) = tokio::join!(
+        PostgresStore::connect(&db.url, 1),
+        PostgresStore::connect(&db.url, 1),
+        PostgresStore::connect(&db.url, 1)
+    );
     a.unwrap();
     b.unwrap();
     c.unwrap();
     let client = db.client().await;
-    let n: i64 = client.query_one("SELECT count(*) FROM refinery_schema_history", &[]).await.unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }

@@ -14,7 +14,11 @@ use toolplane_proto::v1::tool_registry_client::ToolRegistryClient;
 pub type Authed = InterceptedService<Channel, Bearer>;
 
 pub async fn channel(url: &str, token: Option<&str>) -> Authed {
-    let ch = Endpoint::from_shared(url.to_owned()).unwrap().connect().await.unwrap();
+    let ch = Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     InterceptedService::new(ch, Bearer::new(token).unwrap())
 }
 
@@ -35,14 +39,20 @@ impl Admin {
     }
 
     pub async fn register(&mut self, tool: pb::Tool) -> Result<pb::Tool, tonic::Status> {
-        let r = self.registry.register_tool(pb::RegisterToolRequest { tool: Some(tool) }).await?;
+        let r = self
+            .registry
+            .register_tool(pb::RegisterToolRequest { tool: Some(tool) })
+            .await?;
         Ok(r.into_inner().tool.unwrap())
     }
 
     pub async fn agent(&mut self, name: &str) -> pb::Agent {
         let r = self
             .identity
-            .create_agent(pb::CreateAgentRequest { name: name.to_owned(), ..Default::default() })
+            .create_agent(pb::CreateAgentRequest {
+                name: name.to_owned(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         r.into_inner().agent.unwrap()
@@ -51,7 +61,11 @@ impl Admin {
     pub async fn token(&mut self, role: pb::Role, agent_id: &str) -> String {
         let r = self
             .identity
-            .issue_token(pb::IssueTokenRequest { role: role as i32, agent_id: agent_id.to_owned(), ..Default::default() })
+            .issue_token(pb::IssueTokenRequest {
+                role: role as i32,
+                agent_id: agent_id.to_owned(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         r.into_inner().token
@@ -80,7 +94,8 @@ pub fn http_tool(name: &str, endpoint: &str) -> pb::Tool {
         "type": "object", "required": ["text"],
         "properties": {"text": {"type": "string", "maxLength": 100}, "api_key": {"type": "string"}}
     });
-    let output = serde_json::json!({"type": "object", "properties": {"words": {"type": "integer"}}});
+    let output =
+        serde_json::json!({"type": "object", "properties": {"words": {"type": "integer"}}});
     pb::Tool {
         name: name.to_owned(),
         category: "analysis".to_owned(),

@@ -16,7 +16,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (make test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (make test does)",
+        path.display()
+    );
     path
 }
 
@@ -39,7 +43,9 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let logs = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
@@ -61,7 +67,10 @@ impl Proc {
                 .unwrap_or_else(|| panic!("{name} printed an unexpected first line: {l}")),
             other => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                panic!("{name} did not start ({other:?}); logs:\n{}", logs.lock().unwrap())
+                panic!(
+                    "{name} did not start ({other:?}); logs:\n{}",
+                    logs.lock().unwrap()
+                )
             }
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -80,7 +89,10 @@ impl Proc {
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
         tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
@@ -97,14 +109,28 @@ pub async fn control_plane(database_url: Option<&str>) -> Proc {
     if let Some(url) = database_url {
         env.push(("DATABASE_URL", url));
     }
-    Proc::start("toolplane-control-plane", &["--listen", "127.0.0.1:0", "--shutdown-grace", "5"], &env).await
+    Proc::start(
+        "toolplane-control-plane",
+        &["--listen", "127.0.0.1:0", "--shutdown-grace", "5"],
+        &env,
+    )
+    .await
 }
 
 pub async fn sidecar(control_plane: &Proc, token: &str) -> Proc {
     let url = control_plane.url();
     Proc::start(
         "toolplane-sidecar",
-        &["--listen", "127.0.0.1:0", "--control-plane", &url, "--sidecar-id", "test-sidecar", "--shutdown-grace", "5"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--control-plane",
+            &url,
+            "--sidecar-id",
+            "test-sidecar",
+            "--shutdown-grace",
+            "5",
+        ],
         &[("TOOLPLANE_SIDECAR_TOKEN", token)],
     )
     .await

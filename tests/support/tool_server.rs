@@ -26,11 +26,16 @@ pub struct ToolServer {
 impl ToolServer {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = Self { addr: Some(listener.local_addr().unwrap()), ..Self::default() };
+        let server = Self {
+            addr: Some(listener.local_addr().unwrap()),
+            ..Self::default()
+        };
         let state = server.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -56,26 +61,46 @@ impl ToolServer {
 
     /// Parameters each call received, in order.
     pub fn bodies(&self, path: &str) -> Vec<Value> {
-        self.bodies.lock().unwrap().iter().filter(|(p, _)| p == path).map(|(_, b)| b.clone()).collect()
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path().to_owned();
         *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let params: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        self.bodies.lock().unwrap().push((path.clone(), params.clone()));
+        self.bodies
+            .lock()
+            .unwrap()
+            .push((path.clone(), params.clone()));
         let (status, body) = match path.as_str() {
             "/word_count" => {
                 let text = params["text"].as_str().unwrap_or_default();
-                (StatusCode::OK, json!({"words": text.split_whitespace().count()}).to_string())
+                (
+                    StatusCode::OK,
+                    json!({"words": text.split_whitespace().count()}).to_string(),
+                )
             }
             "/echo" => (StatusCode::OK, params.to_string()),
             "/slow" => {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 (StatusCode::OK, "{}".to_owned())
             }
-            "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"boom"}"#.to_owned()),
+            "/fail" => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":"boom"}"#.to_owned(),
+            ),
             "/bad_json" => (StatusCode::OK, "this is not json".to_owned()),
             "/bad_output" => (StatusCode::OK, json!({"words": "many"}).to_string()),
             _ => (StatusCode::NOT_FOUND, "{}".to_owned()),

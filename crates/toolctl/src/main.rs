@@ -241,7 +241,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .collect::<Vec<_>>()
                         .join("\n");
                     print(out, &v, &ids, || {
-                        println!("{:<28} {:<8} {:<18} CAPABILITIES", "NAME", "VERSION", "CATEGORY");
+                        println!(
+                            "{:<28} {:<8} {:<18} CAPABILITIES",
+                            "NAME", "VERSION", "CATEGORY"
+                        );
                         for t in &all {
                             println!(
                                 "{:<28} {:<8} {:<18} {}",
