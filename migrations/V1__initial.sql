@@ -40,6 +40,15 @@ CREATE INDEX tools_category ON tools (category, name) WHERE deleted_at IS NULL;
 -- Containment queries (capabilities @> ARRAY[...]) need GIN, not the sketch's btree.
 CREATE INDEX tools_capabilities ON tools USING GIN (capabilities);
 
+-- Every version of every tool, immutable; `tools` holds the current one.
+CREATE TABLE tool_versions (
+    tool_id    UUID NOT NULL REFERENCES tools (id),
+    version    BIGINT NOT NULL,
+    spec       JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tool_id, version)
+);
+
 CREATE TABLE agents (
     id         UUID PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,

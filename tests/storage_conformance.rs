@@ -56,7 +56,46 @@ conformance!(
     tokens_by_digest_and_only_active_listed,
     permissions_need_agent_and_tool_and_filter,
     events_are_stored_once_and_in_order,
+    versions_are_immutable_and_outlive_deletion,
 );
+
+async fn versions_are_immutable_and_outlive_deletion(s: Arc<dyn Store>) {
+    let v1 = testutil::tool("versioned");
+    s.create_tool(&v1).await.unwrap();
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.spec.description = "second".into();
+    v2.updated_at = Utc::now();
+    s.update_tool(&v2).await.unwrap();
+    // A stale writer (also proposing version 2) loses.
+    let mut stale = v1.clone();
+    stale.version = 2;
+    stale.spec.description = "stale".into();
+    assert!(matches!(s.update_tool(&stale).await, Err(StoreError::Conflict(_))));
+    assert_eq!(s.get_tool(v1.id).await.unwrap().unwrap().spec.description, "second");
+    assert_eq!(s.get_tool_by_name("versioned").await.unwrap().unwrap().version, 2);
+    assert_eq!(s.get_tool_version(v1.id, 1).await.unwrap().unwrap().spec.description, v1.spec.description);
+    assert_eq!(s.get_tool_version(v1.id, 2).await.unwrap().unwrap().spec.description, "second");
+    assert!(s.get_tool_version(v1.id, 3).await.unwrap().is_none());
+
+    let off = s.set_tool_enabled(v1.id, false, Utc::now()).await.unwrap().unwrap();
+    assert!(!off.spec.enabled);
+    assert_eq!(off.version, 2, "enabling and disabling do not make versions");
+    assert!(!s.get_tool_version(v1.id, 1).await.unwrap().unwrap().spec.enabled);
+
+    assert!(s.delete_tool(v1.id, Utc::now()).await.unwrap());
+    assert!(!s.delete_tool(v1.id, Utc::now()).await.unwrap());
+    assert!(s.get_tool(v1.id).await.unwrap().is_none());
+    assert!(s.get_tool_by_name("versioned").await.unwrap().is_none());
+    assert!(s.list_tools(&ToolFilter::default(), None, 10).await.unwrap().is_empty());
+    assert!(s.set_tool_enabled(v1.id, true, Utc::now()).await.unwrap().is_none());
+    let mut v3 = v2.clone();
+    v3.version = 3;
+    assert!(matches!(s.update_tool(&v3).await, Err(StoreError::NotFound(_))));
+    // History outlives deletion, and the name can be registered again.
+    assert_eq!(s.get_tool_version(v1.id, 2).await.unwrap().unwrap().spec.description, "second");
+    s.create_tool(&testutil::tool("versioned")).await.unwrap();
+}
 
 async fn tools_round_trip_by_id_and_name(s: Arc<dyn Store>) {
     let mut t = testutil::tool("word_count");

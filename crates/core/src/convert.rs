@@ -216,6 +216,8 @@ pub fn action_from_pb(v: i32) -> Option<AuditAction> {
         A::AccessReviewed => AuditAction::AccessReviewed,
         A::TokenIssued => AuditAction::TokenIssued,
         A::TokenRevoked => AuditAction::TokenRevoked,
+        A::ToolDeleted => AuditAction::ToolDeleted,
+        A::CredentialSet => AuditAction::CredentialSet,
     })
 }
 
@@ -238,6 +240,8 @@ pub fn action_to_pb(v: AuditAction) -> i32 {
         AuditAction::AccessReviewed => A::AccessReviewed,
         AuditAction::TokenIssued => A::TokenIssued,
         AuditAction::TokenRevoked => A::TokenRevoked,
+        AuditAction::ToolDeleted => A::ToolDeleted,
+        AuditAction::CredentialSet => A::CredentialSet,
     }) as i32
 }
 

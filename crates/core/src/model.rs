@@ -20,6 +20,11 @@ macro_rules! text_enum {
                 match self { $(Self::$variant => $text),+ }
             }
 
+            /// A `&&'static str`, which database drivers can bind as a parameter.
+            pub fn as_str_ref(self) -> &'static &'static str {
+                match self { $(Self::$variant => &$text),+ }
+            }
+
             pub fn parse(s: &str) -> Option<Self> {
                 match s { $($text => Some(Self::$variant),)+ _ => None }
             }
@@ -56,7 +61,7 @@ pub struct ToolExample {
     pub expected_output: Value,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolRequirements {
     pub authentication: AuthType,
     pub rate_limit_rpm: u32,
@@ -66,8 +71,8 @@ pub struct ToolRequirements {
 }
 
 /// What an admin supplies to register or update a tool: everything but identity,
-/// version and timestamps.
-#[derive(Debug, Clone, PartialEq)]
+/// version and timestamps. Serialised whole into the version history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolSpec {
     pub name: String,
     pub category: String,
@@ -81,7 +86,9 @@ pub struct ToolSpec {
     pub provider: String,
     pub endpoint: String,
     pub protocol: ToolProtocol,
+    /// Learned from real outcomes; what a caller sends is ignored.
     pub reliability_score: f64,
+    /// Learned from real outcomes; what a caller sends is ignored.
     pub average_latency_ms: u32,
     pub cost_per_call: Decimal,
     pub enabled: bool,
@@ -221,6 +228,8 @@ text_enum!(AuditAction {
     AccessReviewed = "access_reviewed",
     TokenIssued = "token_issued",
     TokenRevoked = "token_revoked",
+    ToolDeleted = "tool_deleted",
+    CredentialSet = "credential_set",
 });
 text_enum!(ExecutionStatus {
     Success = "success",

@@ -31,8 +31,11 @@ impl RegistryService {
     }
 
     async fn register(&self, who: &Principal, req: pb::RegisterToolRequest) -> ApiResult<Tool> {
-        let spec = tool_spec_from_pb(required("tool", req.tool)?)?;
+        let mut spec = tool_spec_from_pb(required("tool", req.tool)?)?;
         check_tool_spec(&spec, self.state.policy)?;
+        // Learned from outcomes only, never taken from the caller.
+        spec.reliability_score = 0.0;
+        spec.average_latency_ms = 0;
         let now = Utc::now();
         let tool = Tool {
             id: Uuid::now_v7(),

@@ -13,7 +13,10 @@ use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter};
 
 #[derive(Default)]
 struct State {
+    /// Live tools at their current version.
     tools: HashMap<Uuid, Tool>,
+    /// Every version ever stored, deleted tools included.
+    versions: HashMap<(Uuid, u32), Tool>,
     /// Live tool names, ordered for listing.
     names: BTreeMap<String, Uuid>,
     agents: HashMap<Uuid, Agent>,
@@ -67,7 +70,63 @@ impl Store for MemoryStore {
         }
         st.names.insert(tool.spec.name.clone(), tool.id);
         st.tools.insert(tool.id, tool.clone());
+        st.versions.insert((tool.id, tool.version), tool.clone());
         Ok(())
+    }
+
+    async fn update_tool(&self, tool: &Tool) -> StoreResult<()> {
+        let mut st = self.write();
+        let Some(current) = st.tools.get(&tool.id) else {
+            return Err(StoreError::NotFound(format!("tool {}", tool.id)));
+        };
+        if current.version + 1 != tool.version {
+            return Err(StoreError::Conflict(format!(
+                "tool {} is at version {}, not {}; retry",
+                tool.spec.name,
+                current.version,
+                tool.version.saturating_sub(1)
+            )));
+        }
+        if current.spec.name != tool.spec.name {
+            if st.names.contains_key(&tool.spec.name) {
+                return Err(StoreError::Conflict(format!("a tool named {:?} already exists", tool.spec.name)));
+            }
+            let old = current.spec.name.clone();
+            st.names.remove(&old);
+            st.names.insert(tool.spec.name.clone(), tool.id);
+        }
+        st.tools.insert(tool.id, tool.clone());
+        st.versions.insert((tool.id, tool.version), tool.clone());
+        Ok(())
+    }
+
+    async fn get_tool_version(&self, id: Uuid, version: u32) -> StoreResult<Option<Tool>> {
+        let st = self.read();
+        Ok(st.versions.get(&(id, version)).map(|v| {
+            let mut v = v.clone();
+            v.spec.enabled = st.tools.get(&id).is_some_and(|t| t.spec.enabled);
+            v
+        }))
+    }
+
+    async fn set_tool_enabled(&self, id: Uuid, enabled: bool, at: DateTime<Utc>) -> StoreResult<Option<Tool>> {
+        let mut st = self.write();
+        Ok(st.tools.get_mut(&id).map(|t| {
+            t.spec.enabled = enabled;
+            t.updated_at = at;
+            t.clone()
+        }))
+    }
+
+    async fn delete_tool(&self, id: Uuid, _at: DateTime<Utc>) -> StoreResult<bool> {
+        let mut st = self.write();
+        match st.tools.remove(&id) {
+            Some(t) => {
+                st.names.remove(&t.spec.name);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>> {

@@ -54,8 +54,19 @@ pub struct AuditFilter {
 pub trait Store: Send + Sync + 'static {
     /// `Conflict` when a live tool already has the name.
     async fn create_tool(&self, tool: &Tool) -> StoreResult<()>;
+    /// Stores `tool` as the next version: `tool.version` must be the live version + 1
+    /// (`Conflict` otherwise, so concurrent updates cannot both win); `NotFound` when
+    /// the tool does not exist or was deleted.
+    async fn update_tool(&self, tool: &Tool) -> StoreResult<()>;
     /// Live (not deleted) tools only.
     async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>>;
+    /// Any recorded version, deleted tools included (history keeps working); its
+    /// `enabled` is the tool's current state.
+    async fn get_tool_version(&self, id: Uuid, version: u32) -> StoreResult<Option<Tool>>;
+    /// `None` when the tool does not exist or was deleted. Does not create a version.
+    async fn set_tool_enabled(&self, id: Uuid, enabled: bool, at: DateTime<Utc>) -> StoreResult<Option<Tool>>;
+    /// Soft delete; `false` when there was no live tool.
+    async fn delete_tool(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
     async fn get_tool_by_name(&self, name: &str) -> StoreResult<Option<Tool>>;
     /// Live tools matching `filter`, ordered by name, names strictly after `after`.
     async fn list_tools(

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, Runtime};
 use rust_decimal::Decimal;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, error::SqlState};
 use toolplane_core::model::*;
 use uuid::Uuid;
@@ -108,6 +109,85 @@ fn tool_from_row(r: &Row) -> StoreResult<Tool> {
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
     })
+}
+
+const TOOL_COLUMN_COUNT: usize = 28;
+
+fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
+}
+
+/// A tool's column values, converted to the types PostgreSQL stores, in
+/// `TOOL_COLUMNS` order.
+struct ToolRow<'a> {
+    t: &'a Tool,
+    version: i64,
+    examples: Value,
+    rate_limit_rpm: i64,
+    timeout_ms: i64,
+    average_latency_ms: i64,
+    cache_ttl_seconds: i64,
+}
+
+impl<'a> ToolRow<'a> {
+    fn new(t: &'a Tool) -> StoreResult<Self> {
+        let s = &t.spec;
+        Ok(Self {
+            t,
+            version: i64::from(t.version),
+            examples: serde_json::to_value(&s.examples).map_err(|e| StoreError::Backend(e.to_string()))?,
+            rate_limit_rpm: i64::from(s.requirements.rate_limit_rpm),
+            timeout_ms: i64::from(s.requirements.timeout_ms),
+            average_latency_ms: i64::from(s.average_latency_ms),
+            cache_ttl_seconds: i64::from(s.cache_ttl_seconds),
+        })
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let (t, s) = (self.t, &self.t.spec);
+        let r = &s.requirements;
+        vec![
+            &t.id,
+            &s.name,
+            &s.category,
+            &s.description,
+            &self.version,
+            &s.input_schema,
+            &s.output_schema,
+            &self.examples,
+            &s.capabilities,
+            r.authentication.as_str_ref(),
+            &self.rate_limit_rpm,
+            &self.timeout_ms,
+            &r.required_agent_skills,
+            r.data_sensitivity.as_str_ref(),
+            &s.provider,
+            &s.endpoint,
+            s.protocol.as_str_ref(),
+            &s.reliability_score,
+            &self.average_latency_ms,
+            &s.cost_per_call,
+            &s.enabled,
+            s.side_effects.as_str_ref(),
+            &s.idempotent,
+            &s.cacheable,
+            &self.cache_ttl_seconds,
+            &s.remote_name,
+            &t.created_at,
+            &t.updated_at,
+        ]
+    }
+}
+
+async fn insert_version(tx: &deadpool_postgres::Transaction<'_>, t: &Tool) -> StoreResult<()> {
+    let spec = serde_json::to_value(&t.spec).map_err(|e| StoreError::Backend(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO tool_versions (tool_id, version, spec, created_at) VALUES ($1, $2, $3, $4)",
+        &[&t.id, &i64::from(t.version), &spec, &t.updated_at],
+    )
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 fn agent_from_row(r: &Row) -> Agent {
@@ -221,57 +301,86 @@ fn invocation_from_row(r: &Row) -> StoreResult<InvocationRecord> {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn create_tool(&self, t: &Tool) -> StoreResult<()> {
-        let s = &t.spec;
-        let examples =
-            serde_json::to_value(&s.examples).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let row = ToolRow::new(t)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let sql = format!("INSERT INTO tools ({TOOL_COLUMNS}) VALUES ({})", placeholders(TOOL_COLUMN_COUNT));
+        tx.execute(&sql, &row.params()).await.map_err(|e| match db_err(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("a tool named {:?} already exists", t.spec.name)),
+            other => other,
+        })?;
+        insert_version(&tx, t).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn update_tool(&self, t: &Tool) -> StoreResult<()> {
+        let row = ToolRow::new(t)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
         let sql = format!(
-            "INSERT INTO tools ({TOOL_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,\
-             $15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25,$26,$27,$28)"
+            "UPDATE tools SET ({TOOL_COLUMNS}) = ({}) WHERE id = $1 AND version = ${} AND deleted_at IS NULL",
+            placeholders(TOOL_COLUMN_COUNT),
+            TOOL_COLUMN_COUNT + 1
         );
-        let r = &s.requirements;
-        self.client()
+        let previous = i64::from(t.version) - 1;
+        let mut params = row.params();
+        params.push(&previous);
+        if tx.execute(&sql, &params).await.map_err(db_err)? == 0 {
+            let live: Option<i64> = tx
+                .query_opt("SELECT version FROM tools WHERE id = $1 AND deleted_at IS NULL", &[&t.id])
+                .await
+                .map_err(db_err)?
+                .map(|r| r.get(0));
+            return Err(match live {
+                None => StoreError::NotFound(format!("tool {}", t.id)),
+                Some(v) => StoreError::Conflict(format!("tool {} is at version {v}, not {previous}; retry", t.spec.name)),
+            });
+        }
+        insert_version(&tx, t).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn get_tool_version(&self, id: Uuid, version: u32) -> StoreResult<Option<Tool>> {
+        let row = self
+            .client()
             .await?
-            .execute(
-                &sql,
-                &[
-                    &t.id,
-                    &s.name,
-                    &s.category,
-                    &s.description,
-                    &i64::from(t.version),
-                    &s.input_schema,
-                    &s.output_schema,
-                    &examples,
-                    &s.capabilities,
-                    &r.authentication.as_str(),
-                    &i64::from(r.rate_limit_rpm),
-                    &i64::from(r.timeout_ms),
-                    &r.required_agent_skills,
-                    &r.data_sensitivity.as_str(),
-                    &s.provider,
-                    &s.endpoint,
-                    &s.protocol.as_str(),
-                    &s.reliability_score,
-                    &i64::from(s.average_latency_ms),
-                    &s.cost_per_call,
-                    &s.enabled,
-                    &s.side_effects.as_str(),
-                    &s.idempotent,
-                    &s.cacheable,
-                    &i64::from(s.cache_ttl_seconds),
-                    &s.remote_name,
-                    &t.created_at,
-                    &t.updated_at,
-                ],
+            .query_opt(
+                "SELECT v.spec, v.created_at AS version_at, t.created_at, t.enabled, t.deleted_at \
+                 FROM tool_versions v JOIN tools t ON t.id = v.tool_id WHERE v.tool_id = $1 AND v.version = $2",
+                &[&id, &i64::from(version)],
             )
             .await
-            .map_err(|e| match db_err(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("a tool named {:?} already exists", s.name))
-                }
-                other => other,
-            })?;
-        Ok(())
+            .map_err(db_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let mut spec: ToolSpec =
+            serde_json::from_value(r.get("spec")).map_err(|e| StoreError::Backend(format!("stored tool version: {e}")))?;
+        let deleted: Option<DateTime<Utc>> = r.get("deleted_at");
+        spec.enabled = r.get::<_, bool>("enabled") && deleted.is_none();
+        Ok(Some(Tool {
+            id,
+            version,
+            spec,
+            created_at: r.get("created_at"),
+            updated_at: r.get("version_at"),
+        }))
+    }
+
+    async fn set_tool_enabled(&self, id: Uuid, enabled: bool, at: DateTime<Utc>) -> StoreResult<Option<Tool>> {
+        let sql = format!(
+            "UPDATE tools SET enabled = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL RETURNING {TOOL_COLUMNS}"
+        );
+        let row = self.client().await?.query_opt(&sql, &[&id, &enabled, &at]).await.map_err(db_err)?;
+        row.as_ref().map(tool_from_row).transpose()
+    }
+
+    async fn delete_tool(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute("UPDATE tools SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL", &[&id, &at])
+            .await
+            .map_err(db_err)?;
+        Ok(n == 1)
     }
 
     async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>> {
