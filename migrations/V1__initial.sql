@@ -49,6 +49,17 @@ CREATE TABLE tool_versions (
     PRIMARY KEY (tool_id, version)
 );
 
+-- Tool credentials, AES-256-GCM sealed under the master key `key_id` names.
+CREATE TABLE credentials (
+    tool_id     UUID PRIMARY KEY REFERENCES tools (id),
+    auth_type   TEXT NOT NULL,
+    header_name TEXT NOT NULL DEFAULT '',
+    key_id      TEXT NOT NULL,
+    nonce       BYTEA NOT NULL,
+    ciphertext  BYTEA NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL
+);
+
 CREATE TABLE agents (
     id         UUID PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,

@@ -32,6 +32,7 @@ wait_listening() {
 }
 
 export TOOLPLANE_ADMIN_TOKEN="tpk_admin_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export TOOLPLANE_MASTER_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TOOLPLANE_TOKEN="$TOOLPLANE_ADMIN_TOKEN" TOOLPLANE_SERVER="http://$CP_ADDR"
 
 "$BIN/toolplane-demo-tools" --listen "$TOOLS_ADDR" >"$STATE/tools.out" 2>"$STATE/tools.log" & pids+=($!)

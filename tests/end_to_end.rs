@@ -123,12 +123,7 @@ async fn agent_token_to_tool_to_audit_row_in_postgres() {
         .into_inner()
         .result
         .unwrap();
-    assert_eq!(
-        r.status,
-        pb::ToolExecutionStatus::Success as i32,
-        "{}",
-        r.error
-    );
+    assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{}", r.error);
     assert_eq!(output(&r), json!({"words": 4}));
     assert_eq!(r.cost, "0.0020");
     assert_eq!(r.tool_version, 1);
@@ -143,18 +138,12 @@ async fn agent_token_to_tool_to_audit_row_in_postgres() {
     let row = &rows[0];
     assert_eq!(row.get::<_, String>("action"), "tool_invoked");
     assert!(row.get::<_, bool>("success"));
-    assert_eq!(
-        row.get::<_, uuid::Uuid>("agent_id").to_string(),
-        sys.agent.id
-    );
+    assert_eq!(row.get::<_, uuid::Uuid>("agent_id").to_string(), sys.agent.id);
     assert_eq!(row.get::<_, String>("task_id"), "task-1");
     assert_eq!(row.get::<_, String>("sidecar_id"), "test-sidecar");
     assert!(row.get::<_, Option<uuid::Uuid>>("permission_id").is_some());
     let params: Value = row.get("sanitized_parameters");
-    assert_eq!(
-        params,
-        json!({"text": "the quick brown fox", "api_key": "[REDACTED]"})
-    );
+    assert_eq!(params, json!({"text": "the quick brown fox", "api_key": "[REDACTED]"}));
     assert_eq!(
         row.get::<_, Option<String>>("result_digest").unwrap(),
         toolplane_core::json::digest(&json!({"words": 4}))
@@ -166,10 +155,7 @@ async fn agent_token_to_tool_to_audit_row_in_postgres() {
         let client = &client;
         async move {
             client
-                .query_opt(
-                    "SELECT * FROM invocations WHERE invocation_id = $1",
-                    &[&inv],
-                )
+                .query_opt("SELECT * FROM invocations WHERE invocation_id = $1", &[&inv])
                 .await
                 .unwrap()
         }
@@ -177,16 +163,10 @@ async fn agent_token_to_tool_to_audit_row_in_postgres() {
     .await;
     assert_eq!(rec.get::<_, String>("status"), "success");
     assert_eq!(rec.get::<_, Value>("parameters")["api_key"], "[REDACTED]");
-    assert_eq!(
-        rec.get::<_, rust_decimal::Decimal>("cost").to_string(),
-        "0.0020"
-    );
+    assert_eq!(rec.get::<_, rust_decimal::Decimal>("cost").to_string(), "0.0020");
 
     for logs in [sys.cp.logs(), sys.sidecar.logs()] {
-        assert!(
-            !logs.contains("SECRET123"),
-            "a secret reached the logs:\n{logs}"
-        );
+        assert!(!logs.contains("SECRET123"), "a secret reached the logs:\n{logs}");
         assert!(!logs.contains(&sys.agent_token), "a token reached the logs");
     }
 }
@@ -197,10 +177,7 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
     let mut ex = sys.executor().await;
     let hits = sys.tools.hits("/word_count");
 
-    let e = ex
-        .invoke(invoke_request("no_such_tool", &json!({})))
-        .await
-        .unwrap_err();
+    let e = ex.invoke(invoke_request("no_such_tool", &json!({}))).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
     let e = ex
@@ -217,17 +194,11 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
         .collect();
     assert_eq!(fields, ["parameters/text"], "{e:?}");
     let e = ex
-        .invoke(invoke_request(
-            "word_count",
-            &json!({"text": "x".repeat(101)}),
-        ))
+        .invoke(invoke_request("word_count", &json!({"text": "x".repeat(101)})))
         .await
         .unwrap_err();
     assert!(e.message().contains("parameters/text"), "{e:?}");
-    let e = ex
-        .invoke(invoke_request("word_count", &json!({})))
-        .await
-        .unwrap_err();
+    let e = ex.invoke(invoke_request("word_count", &json!({}))).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(
         sys.tools.hits("/word_count"),
@@ -280,8 +251,7 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    let mut cp_anon =
-        Admin::connect(&sys.cp.url(), "tpk_wrong_token_wrong_token_wrong_token").await;
+    let mut cp_anon = Admin::connect(&sys.cp.url(), "tpk_wrong_token_wrong_token_wrong_token").await;
     let e = cp_anon
         .register(http_tool("x", &sys.tools.url("/echo")))
         .await
@@ -296,16 +266,12 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
 
     // Registration: malformed schema, duplicate name, metadata endpoint.
     let mut bad = http_tool("bad_schema", &sys.tools.url("/echo"));
-    bad.schema.as_mut().unwrap().input_schema = toolplane_core::json::json_to_struct(
-        &json!({"type": "object", "properties": {"q": {"type": "strnig"}}}),
-    );
+    bad.schema.as_mut().unwrap().input_schema =
+        toolplane_core::json::json_to_struct(&json!({"type": "object", "properties": {"q": {"type": "strnig"}}}));
     let e = sys.admin.register(bad).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let field = &e.get_details_bad_request().unwrap().field_violations[0].field;
-    assert!(
-        field.starts_with("tool.schema.input_schema/properties/q"),
-        "{field}"
-    );
+    assert!(field.starts_with("tool.schema.input_schema/properties/q"), "{field}");
     let e = sys
         .admin
         .register(http_tool("word_count", &sys.tools.url("/echo")))
@@ -314,10 +280,7 @@ async fn bad_input_gets_the_right_status_and_no_upstream_call() {
     assert_eq!(e.code(), Code::AlreadyExists);
     let e = sys
         .admin
-        .register(http_tool(
-            "metadata",
-            "http://169.254.169.254/latest/meta-data",
-        ))
+        .register(http_tool("metadata", "http://169.254.169.254/latest/meta-data"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -357,11 +320,7 @@ async fn tool_failures_come_back_as_result_statuses() {
         ("garbled", "/bad_json"),
         ("off_schema", "/bad_output"),
     ] {
-        let t = sys
-            .admin
-            .register(http_tool(name, &sys.tools.url(path)))
-            .await
-            .unwrap();
+        let t = sys.admin.register(http_tool(name, &sys.tools.url(path))).await.unwrap();
         sys.admin.grant_full(&sys.agent.id, &t.id).await;
         ids.push(name);
     }
@@ -369,11 +328,7 @@ async fn tool_failures_come_back_as_result_statuses() {
     // Wait for the snapshot carrying the new grants.
     eventually("grants to reach the sidecar", WAIT, || {
         let mut ex = ex.clone();
-        async move {
-            ex.invoke(invoke_request("failing", &json!({"text": "a"})))
-                .await
-                .ok()
-        }
+        async move { ex.invoke(invoke_request("failing", &json!({"text": "a"}))).await.ok() }
     })
     .await;
 
@@ -448,24 +403,17 @@ async fn no_audit_event_is_lost_while_the_control_plane_is_down() {
         ..
     } = sys;
     let addr = cp.addr;
-    assert!(
-        cp.stop().await.success(),
-        "control plane exits cleanly on SIGTERM"
-    );
+    assert!(cp.stop().await.success(), "control plane exits cleanly on SIGTERM");
 
     // The sidecar keeps serving from its snapshot.
     let mut ex = executor(&sidecar.url(), Some(&agent_token)).await;
     let mut invocations = Vec::new();
     for i in 0..5 {
         let r = ex
-            .invoke(invoke_request(
-                "word_count",
-                &json!({"text": format!("call {i}")}),
-            ))
+            .invoke(invoke_request("word_count", &json!({"text": format!("call {i}")})))
             .await
             .unwrap();
-        invocations
-            .push(uuid::Uuid::parse_str(&r.into_inner().result.unwrap().invocation_id).unwrap());
+        invocations.push(uuid::Uuid::parse_str(&r.into_inner().result.unwrap().invocation_id).unwrap());
     }
 
     // Same address, same database: the sidecar reconnects and resends.
@@ -473,10 +421,7 @@ async fn no_audit_event_is_lost_while_the_control_plane_is_down() {
     let _cp = Proc::start(
         "toolplane-control-plane",
         &["--listen", &addr.to_string()],
-        &[
-            ("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("DATABASE_URL", &url),
-        ],
+        &[("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN), ("DATABASE_URL", &url)],
     )
     .await;
     let client = db.client().await;
@@ -496,10 +441,7 @@ async fn no_audit_event_is_lost_while_the_control_plane_is_down() {
     })
     .await;
     let dup: i64 = client
-        .query_one(
-            "SELECT count(*) - count(DISTINCT invocation_id) FROM invocations",
-            &[],
-        )
+        .query_one("SELECT count(*) - count(DISTINCT invocation_id) FROM invocations", &[])
         .await
         .unwrap()
         .get(0);
@@ -509,9 +451,8 @@ async fn no_audit_event_is_lost_while_the_control_plane_is_down() {
 /// grpcurl 1.8.6 (the one installable here) lists the services through reflection.
 #[tokio::test]
 async fn grpcurl_lists_services_and_checks_health() {
-    let grpcurl = std::env::var("TOOLPLANE_GRPCURL").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/grpcurl").to_owned()
-    });
+    let grpcurl = std::env::var("TOOLPLANE_GRPCURL")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/grpcurl").to_owned());
     assert!(
         std::path::Path::new(&grpcurl).exists(),
         "{grpcurl} is missing: `make tools` installs it"
@@ -547,10 +488,7 @@ async fn grpcurl_lists_services_and_checks_health() {
         .output()
         .await
         .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SERVING"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"), "{out:?}");
     // Without a token the API itself stays closed.
     let out = tokio::process::Command::new(&grpcurl)
         .args([
@@ -567,4 +505,80 @@ async fn grpcurl_lists_services_and_checks_health() {
         String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"),
         "{out:?}"
     );
+}
+
+#[tokio::test]
+async fn a_credential_reaches_the_tool_and_nothing_else() {
+    let mut sys = System::start().await;
+    const SECRET: &str = "sk-cred-7f3a9b1c2d4e";
+    let tool = sys
+        .admin
+        .registry
+        .get_tool(pb::GetToolRequest {
+            key: Some(pb::get_tool_request::Key::Name("word_count".into())),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tool
+        .unwrap();
+    sys.admin
+        .registry
+        .set_credential(pb::SetCredentialRequest {
+            tool_id: tool.id.clone(),
+            auth_type: pb::AuthType::ApiKey as i32,
+            header_name: "X-Api-Key".into(),
+            secret: SECRET.into(),
+        })
+        .await
+        .unwrap();
+    let ex = sys.executor().await;
+    let tools = sys.tools.clone();
+    let responses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    eventually("the credential to reach the tool as a header", WAIT, || {
+        let (mut ex, tools, responses) = (ex.clone(), tools.clone(), responses.clone());
+        async move {
+            let r = ex
+                .invoke(invoke_request("word_count", &json!({"text": "hello"})))
+                .await
+                .unwrap();
+            responses.lock().unwrap().push(format!("{r:?}"));
+            let last = tools.headers("/word_count").pop()?;
+            (last.get("x-api-key")?.to_str().ok()? == SECRET).then_some(())
+        }
+    })
+    .await;
+
+    // Nowhere else: RPC responses, logs, audit and invocation records, the stored row.
+    let mut seen = responses.lock().unwrap().clone();
+    seen.push(format!("{tool:?}"));
+    let listed = sys
+        .admin
+        .registry
+        .list_tools(pb::ListToolsRequest::default())
+        .await
+        .unwrap();
+    seen.push(format!("{listed:?}"));
+    seen.push(sys.cp.logs());
+    seen.push(sys.sidecar.logs());
+    let client = sys.db.client().await;
+    for table in ["audit_events", "invocations", "credentials", "tools", "tool_versions"] {
+        for row in client
+            .query(&format!("SELECT row_to_json(t)::text FROM {table} t"), &[])
+            .await
+            .unwrap()
+        {
+            seen.push(row.get::<_, String>(0));
+        }
+    }
+    for text in &seen {
+        assert!(!text.contains(SECRET), "the credential leaked into: {text}");
+    }
+    let sealed: Vec<u8> = client
+        .query_one("SELECT ciphertext FROM credentials", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!sealed.is_empty());
 }

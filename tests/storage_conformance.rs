@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use serde_json::json;
-use toolplane_control_plane::storage::{
-    AuditFilter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter,
-};
+use toolplane_control_plane::storage::{AuditFilter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter};
 use toolplane_core::model::*;
 use toolplane_core::testutil;
 use toolplane_tests::pg::TestDb;
@@ -74,8 +72,14 @@ async fn versions_are_immutable_and_outlive_deletion(s: Arc<dyn Store>) {
     assert!(matches!(s.update_tool(&stale).await, Err(StoreError::Conflict(_))));
     assert_eq!(s.get_tool(v1.id).await.unwrap().unwrap().spec.description, "second");
     assert_eq!(s.get_tool_by_name("versioned").await.unwrap().unwrap().version, 2);
-    assert_eq!(s.get_tool_version(v1.id, 1).await.unwrap().unwrap().spec.description, v1.spec.description);
-    assert_eq!(s.get_tool_version(v1.id, 2).await.unwrap().unwrap().spec.description, "second");
+    assert_eq!(
+        s.get_tool_version(v1.id, 1).await.unwrap().unwrap().spec.description,
+        v1.spec.description
+    );
+    assert_eq!(
+        s.get_tool_version(v1.id, 2).await.unwrap().unwrap().spec.description,
+        "second"
+    );
     assert!(s.get_tool_version(v1.id, 3).await.unwrap().is_none());
 
     let off = s.set_tool_enabled(v1.id, false, Utc::now()).await.unwrap().unwrap();
@@ -93,7 +97,10 @@ async fn versions_are_immutable_and_outlive_deletion(s: Arc<dyn Store>) {
     v3.version = 3;
     assert!(matches!(s.update_tool(&v3).await, Err(StoreError::NotFound(_))));
     // History outlives deletion, and the name can be registered again.
-    assert_eq!(s.get_tool_version(v1.id, 2).await.unwrap().unwrap().spec.description, "second");
+    assert_eq!(
+        s.get_tool_version(v1.id, 2).await.unwrap().unwrap().spec.description,
+        "second"
+    );
     s.create_tool(&testutil::tool("versioned")).await.unwrap();
 }
 
@@ -125,21 +132,9 @@ async fn duplicate_tool_names_conflict(s: Arc<dyn Store>) {
 async fn list_filters_and_pages_by_name(s: Arc<dyn Store>) {
     for (name, cat, caps, enabled, provider) in [
         ("b_search", "web_search", vec!["search"], true, "acme"),
-        (
-            "a_fetch",
-            "data_retrieval",
-            vec!["retrieve", "search"],
-            true,
-            "acme",
-        ),
+        ("a_fetch", "data_retrieval", vec!["retrieve", "search"], true, "acme"),
         ("c_calc", "analysis", vec!["analyze"], false, "internal"),
-        (
-            "d_mail",
-            "communication",
-            vec!["integrate"],
-            true,
-            "internal",
-        ),
+        ("d_mail", "communication", vec!["integrate"], true, "internal"),
     ] {
         let mut t = testutil::tool(name);
         t.spec.category = cat.to_owned();
@@ -213,13 +208,7 @@ async fn agents_round_trip_and_names_are_unique(s: Arc<dyn Store>) {
         Err(StoreError::Conflict(_))
     ));
     s.create_agent(&testutil::agent("analyst")).await.unwrap();
-    let names: Vec<String> = s
-        .list_agents()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.name)
-        .collect();
+    let names: Vec<String> = s.list_agents().await.unwrap().into_iter().map(|a| a.name).collect();
     assert_eq!(names, ["analyst", "planner"]);
 }
 
@@ -251,12 +240,7 @@ async fn tokens_by_digest_and_only_active_listed(s: Arc<dyn Store>) {
         (found.id, found.role, found.agent_id),
         (live.id, Role::Agent, Some(a.id))
     );
-    assert!(
-        s.token_by_digest("0".repeat(64).as_str())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(s.token_by_digest("0".repeat(64).as_str()).await.unwrap().is_none());
     let active: Vec<Uuid> = s
         .active_tokens(Utc::now())
         .await
@@ -293,20 +277,10 @@ async fn permissions_need_agent_and_tool_and_filter(s: Arc<dyn Store>) {
     };
     let mut expect = vec![g1.id, g2.id];
     expect.sort();
-    assert_eq!(
-        ids(s.list_permissions(Some(a.id), None).await.unwrap()),
-        expect
-    );
-    assert_eq!(
-        ids(s.list_permissions(Some(a.id), Some(t.id)).await.unwrap()),
-        [g1.id]
-    );
+    assert_eq!(ids(s.list_permissions(Some(a.id), None).await.unwrap()), expect);
+    assert_eq!(ids(s.list_permissions(Some(a.id), Some(t.id)).await.unwrap()), [g1.id]);
     assert_eq!(s.list_permissions(None, None).await.unwrap().len(), 3);
-    let got = s
-        .list_permissions(Some(a.id), Some(t.id))
-        .await
-        .unwrap()
-        .remove(0);
+    let got = s.list_permissions(Some(a.id), Some(t.id)).await.unwrap().remove(0);
     assert_eq!(got.kind, PermissionType::DataRestricted);
     assert_eq!(got.max_sensitivity, Some(DataSensitivity::Confidential));
     assert!(got.expires_at.is_some());
@@ -380,12 +354,9 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
     s.append_events(&batch).await.unwrap();
     // A resend after a lost ack stores nothing twice.
     s.append_events(&batch).await.unwrap();
-    s.append_events(&[SyncEvent::Audit(audit(
-        Uuid::now_v7(),
-        AuditAction::CacheHit,
-    ))])
-    .await
-    .unwrap();
+    s.append_events(&[SyncEvent::Audit(audit(Uuid::now_v7(), AuditAction::CacheHit))])
+        .await
+        .unwrap();
 
     let got = s
         .audit_events(&AuditFilter {
@@ -395,10 +366,7 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(got, vec![first.clone(), second]);
-    assert_eq!(
-        s.audit_events(&AuditFilter::default()).await.unwrap().len(),
-        3
-    );
+    assert_eq!(s.audit_events(&AuditFilter::default()).await.unwrap().len(), 3);
     let by_agent = s
         .audit_events(&AuditFilter {
             agent_id: first.agent_id,
@@ -416,10 +384,7 @@ async fn postgres_audit_log_refuses_update_and_delete() {
     let db = TestDb::create().await;
     let store = PostgresStore::connect(&db.url, 2).await.unwrap();
     store
-        .append_events(&[SyncEvent::Audit(audit(
-            Uuid::now_v7(),
-            AuditAction::ToolInvoked,
-        ))])
+        .append_events(&[SyncEvent::Audit(audit(Uuid::now_v7(), AuditAction::ToolInvoked))])
         .await
         .unwrap();
     let c = db.client().await;
@@ -431,10 +396,7 @@ async fn postgres_audit_log_refuses_update_and_delete() {
         upd.to_string().contains("append-only") || format!("{upd:?}").contains("append-only"),
         "{upd:?}"
     );
-    let del = c
-        .execute("DELETE FROM audit_events", &[])
-        .await
-        .unwrap_err();
+    let del = c.execute("DELETE FROM audit_events", &[]).await.unwrap_err();
     assert!(format!("{del:?}").contains("append-only"), "{del:?}");
     let n: i64 = c
         .query_one("SELECT count(*) FROM audit_events", &[])

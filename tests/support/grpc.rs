@@ -14,11 +14,7 @@ use toolplane_proto::v1::tool_registry_client::ToolRegistryClient;
 pub type Authed = InterceptedService<Channel, Bearer>;
 
 pub async fn channel(url: &str, token: Option<&str>) -> Authed {
-    let ch = Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = Endpoint::from_shared(url.to_owned()).unwrap().connect().await.unwrap();
     InterceptedService::new(ch, Bearer::new(token).unwrap())
 }
 
@@ -94,8 +90,7 @@ pub fn http_tool(name: &str, endpoint: &str) -> pb::Tool {
         "type": "object", "required": ["text"],
         "properties": {"text": {"type": "string", "maxLength": 100}, "api_key": {"type": "string"}}
     });
-    let output =
-        serde_json::json!({"type": "object", "properties": {"words": {"type": "integer"}}});
+    let output = serde_json::json!({"type": "object", "properties": {"words": {"type": "integer"}}});
     pb::Tool {
         name: name.to_owned(),
         category: "analysis".to_owned(),

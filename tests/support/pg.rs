@@ -6,8 +6,7 @@ use uuid::Uuid;
 
 /// Server-level URL; each test creates its own database on it.
 pub fn admin_url() -> String {
-    std::env::var("TOOLPLANE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TOOLPLANE_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 pub struct TestDb {
@@ -20,17 +19,10 @@ impl TestDb {
         let admin = admin_url();
         let (client, conn) = tokio_postgres::connect(&admin, NoTls)
             .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL at {admin} must answer for this test (make test starts one): {e}"
-                )
-            });
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} must answer for this test (make test starts one): {e}"));
         tokio::spawn(conn);
         let name = format!("tp_test_{}", Uuid::new_v4().simple());
-        client
-            .execute(&format!("CREATE DATABASE {name}"), &[])
-            .await
-            .unwrap();
+        client.execute(&format!("CREATE DATABASE {name}"), &[]).await.unwrap();
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         Self {
             url: format!("{base}/{name}"),
@@ -50,9 +42,7 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop cannot be async: a short-lived thread with its own runtime cleans up.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     if let Ok((client, conn)) = tokio_postgres::connect(&admin_url(), NoTls).await {

@@ -43,9 +43,7 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let logs = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
@@ -67,10 +65,7 @@ impl Proc {
                 .unwrap_or_else(|| panic!("{name} printed an unexpected first line: {l}")),
             other => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                panic!(
-                    "{name} did not start ({other:?}); logs:\n{}",
-                    logs.lock().unwrap()
-                )
+                panic!("{name} did not start ({other:?}); logs:\n{}", logs.lock().unwrap())
             }
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -102,10 +97,15 @@ impl Proc {
 }
 
 pub const ADMIN_TOKEN: &str = "tpk_test_admin_0123456789abcdef0123456789abcdef";
+/// The master key test control planes seal credentials with.
+pub const MASTER_KEY: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
 
 /// The control plane on a random port; PostgreSQL when `database_url` is given.
 pub async fn control_plane(database_url: Option<&str>) -> Proc {
-    let mut env = vec![("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let mut env = vec![
+        ("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("TOOLPLANE_MASTER_KEY", MASTER_KEY),
+    ];
     if let Some(url) = database_url {
         env.push(("DATABASE_URL", url));
     }

@@ -21,6 +21,7 @@ pub struct ToolServer {
     pub addr: Option<SocketAddr>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
     bodies: Arc<Mutex<Vec<(String, Value)>>>,
+    headers: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
 }
 
 impl ToolServer {
@@ -70,8 +71,20 @@ impl ToolServer {
             .collect()
     }
 
+    /// Request headers each call carried, in order.
+    pub fn headers(&self, path: &str) -> Vec<http::HeaderMap> {
+        self.headers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path().to_owned();
+        self.headers.lock().unwrap().push((path.clone(), req.headers().clone()));
         *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
         let body = req
             .into_body()
@@ -80,10 +93,7 @@ impl ToolServer {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let params: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        self.bodies
-            .lock()
-            .unwrap()
-            .push((path.clone(), params.clone()));
+        self.bodies.lock().unwrap().push((path.clone(), params.clone()));
         let (status, body) = match path.as_str() {
             "/word_count" => {
                 let text = params["text"].as_str().unwrap_or_default();
@@ -97,10 +107,7 @@ impl ToolServer {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 (StatusCode::OK, "{}".to_owned())
             }
-            "/fail" => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                r#"{"error":"boom"}"#.to_owned(),
-            ),
+            "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"boom"}"#.to_owned()),
             "/bad_json" => (StatusCode::OK, "this is not json".to_owned()),
             "/bad_output" => (StatusCode::OK, json!({"words": "many"}).to_string()),
             _ => (StatusCode::NOT_FOUND, "{}".to_owned()),

@@ -32,12 +32,7 @@ impl Authenticate for StoreAuthenticator {
         if token::digests_equal(&digest, &self.admin_digest) {
             return Ok(Some(Principal::Admin { token_id: None }));
         }
-        let Some(record) = self
-            .store
-            .token_by_digest(&digest)
-            .await
-            .map_err(ApiError::from)?
-        else {
+        let Some(record) = self.store.token_by_digest(&digest).await.map_err(ApiError::from)? else {
             return Ok(None);
         };
         if !record.is_active(Utc::now()) {
@@ -52,9 +47,7 @@ impl Authenticate for StoreAuthenticator {
                 token_id: record.id,
             }),
             (Role::Agent, None) => None,
-            (Role::Sidecar, _) => Some(Principal::Sidecar {
-                token_id: record.id,
-            }),
+            (Role::Sidecar, _) => Some(Principal::Sidecar { token_id: record.id }),
         })
     }
 }

@@ -5,14 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use toolplane_core::crypto::Keyring;
 use toolplane_runtime::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "toolplane-control-plane",
-    version,
-    about = "toolplane control plane (gRPC)"
-)]
+#[command(name = "toolplane-control-plane", version, about = "toolplane control plane (gRPC)")]
 pub struct Config {
     /// gRPC listen address; port 0 picks a free port (printed on stdout).
     #[arg(long, env = "TOOLPLANE_LISTEN", default_value = "0.0.0.0:50051")]
@@ -33,12 +30,26 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
-    /// Allow tool endpoints on link-local and cloud-metadata addresses.
+    /// Master key (64 hex characters) that seals tool credentials with AES-256-GCM.
+    #[arg(long, env = "TOOLPLANE_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+
+    /// File holding the master key (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "TOOLPLANE_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// Earlier master keys, comma-separated, kept to open credentials sealed before a
+    /// rotation.
     #[arg(
         long,
-        env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS",
-        default_value_t = false
+        env = "TOOLPLANE_RETIRED_MASTER_KEYS",
+        hide_env_values = true,
+        value_delimiter = ','
     )]
+    pub retired_master_keys: Vec<String>,
+
+    /// Allow tool endpoints on link-local and cloud-metadata addresses.
+    #[arg(long, env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS", default_value_t = false)]
     pub allow_link_local_endpoints: bool,
 
     /// How long in-flight calls may take to finish after a shutdown signal.
@@ -62,19 +73,40 @@ impl Config {
         let token = match (&self.admin_token, &self.admin_token_file) {
             (Some(t), _) => t.trim().to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot read admin token file {}: {e}", path.display())
-                })?
+                .map_err(|e| anyhow::anyhow!("cannot read admin token file {}: {e}", path.display()))?
                 .trim()
                 .to_owned(),
-            (None, None) => anyhow::bail!(
-                "set TOOLPLANE_ADMIN_TOKEN or TOOLPLANE_ADMIN_TOKEN_FILE (the bootstrap admin token)"
-            ),
+            (None, None) => {
+                anyhow::bail!("set TOOLPLANE_ADMIN_TOKEN or TOOLPLANE_ADMIN_TOKEN_FILE (the bootstrap admin token)")
+            }
         };
         if token.len() < 32 {
             anyhow::bail!("the admin token must be at least 32 characters");
         }
         Ok(token)
+    }
+}
+
+impl Config {
+    /// The credential keyring, or `None` when no master key is configured (then
+    /// SetCredential answers FAILED_PRECONDITION).
+    pub fn keyring(&self) -> anyhow::Result<Option<Keyring>> {
+        let current = match (&self.master_key, &self.master_key_file) {
+            (Some(k), _) => k.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read master key file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Ok(None),
+        };
+        let retired = self
+            .retired_master_keys
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !k.is_empty());
+        Ok(Some(
+            Keyring::new(&current, retired).map_err(|e| anyhow::anyhow!("TOOLPLANE_MASTER_KEY: {e}"))?,
+        ))
     }
 }
 
@@ -87,8 +119,7 @@ mod tests {
         let c = Config::try_parse_from(["cp"]).unwrap();
         assert_eq!(c.listen.port(), 50051);
         assert!(c.database_url.is_none() || std::env::var_os("DATABASE_URL").is_some());
-        let c = Config::try_parse_from(["cp", "--listen", "127.0.0.1:0", "--admin-token", "short"])
-            .unwrap();
+        let c = Config::try_parse_from(["cp", "--listen", "127.0.0.1:0", "--admin-token", "short"]).unwrap();
         assert_eq!(c.listen.port(), 0);
         assert!(c.admin_token().is_err());
         assert!(Config::try_parse_from(["cp", "--shutdown-grace", "x"]).is_err());

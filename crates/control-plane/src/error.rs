@@ -34,9 +34,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             e @ ApiError::Unimplemented(_) => tonic::Status::unimplemented(e.to_string()),
             ApiError::Storage(StoreError::Conflict(m)) => tonic::Status::already_exists(m),
-            ApiError::Storage(StoreError::NotFound(m)) => {
-                tonic::Status::not_found(format!("{m} not found"))
-            }
+            ApiError::Storage(StoreError::NotFound(m)) => tonic::Status::not_found(format!("{m} not found")),
             ApiError::Storage(StoreError::Unavailable(m)) => {
                 tracing::warn!(error = %m, "storage unavailable");
                 tonic::Status::unavailable("storage is unavailable; retry later")

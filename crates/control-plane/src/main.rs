@@ -10,6 +10,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(config.log_format);
     config.admin_token()?;
+    config.keyring()?;
     let store = storage::open(config.database_url.as_deref(), config.db_pool_size).await?;
     tracing::info!(
         backend = if config.database_url.is_some() {

@@ -49,14 +49,13 @@ pub async fn serve(
         ToolPolicy {
             allow_link_local_endpoints: config.allow_link_local_endpoints,
         },
+        config.keyring()?,
     );
     let authn = Arc::new(StoreAuthenticator::new(store, &admin_token));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICES.iter().chain(std::iter::once(&"")) {
-        health
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
+        health.set_service_status(*name, ServingStatus::Serving).await;
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
@@ -72,9 +71,7 @@ pub async fn serve(
     tokio::spawn(async move {
         stop.await;
         for name in SERVICES.iter().chain(std::iter::once(&"")) {
-            health
-                .set_service_status(*name, ServingStatus::NotServing)
-                .await;
+            health.set_service_status(*name, ServingStatus::NotServing).await;
         }
         let _ = draining_tx.send(true);
     });
@@ -84,21 +81,19 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::tool_registry_server::ToolRegistryServer::new(
-            RegistryService::new(state.clone()),
-        ))
-        .add_service(pb::identity_server::IdentityServer::new(
-            IdentityService::new(state.clone()),
-        ))
-        .add_service(pb::permissions_server::PermissionsServer::new(
-            PermissionsService::new(state.clone()),
-        ))
-        .add_service(pb::sidecar_sync_server::SidecarSyncServer::new(
-            SyncService::new(state.clone()),
-        ))
-        .add_service(pb::tool_selector_server::ToolSelectorServer::new(
-            SelectorService,
-        ))
+        .add_service(pb::tool_registry_server::ToolRegistryServer::new(RegistryService::new(
+            state.clone(),
+        )))
+        .add_service(pb::identity_server::IdentityServer::new(IdentityService::new(
+            state.clone(),
+        )))
+        .add_service(pb::permissions_server::PermissionsServer::new(PermissionsService::new(
+            state.clone(),
+        )))
+        .add_service(pb::sidecar_sync_server::SidecarSyncServer::new(SyncService::new(
+            state.clone(),
+        )))
+        .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService))
         .add_service(pb::audit_server::AuditServer::new(AuditService))
         .add_service(pb::learning_server::LearningServer::new(LearningService))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::Value;
 use tokio::sync::watch;
-use toolplane_core::model::{AuditAction, AuditEvent, Principal, Snapshot, SyncEvent};
+use toolplane_core::crypto::Keyring;
+use toolplane_core::model::{AuditAction, AuditEvent, Credential, Principal, Snapshot, SyncEvent};
 use toolplane_core::validate::ToolPolicy;
 use uuid::Uuid;
 
@@ -16,18 +17,52 @@ use crate::storage::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub policy: ToolPolicy,
+    /// Seals and opens tool credentials; `None` when no master key is configured.
+    pub keyring: Option<Keyring>,
     revision: watch::Sender<u64>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, policy: ToolPolicy) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, policy: ToolPolicy, keyring: Option<Keyring>) -> Arc<Self> {
         // Start from the wall clock so revisions keep growing across restarts.
         let start = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
         Arc::new(Self {
             store,
             policy,
+            keyring,
             revision: watch::Sender::new(start),
         })
+    }
+
+    /// Credentials of live tools, decrypted for the sync stream. One that does not
+    /// decrypt (a retired key was dropped, or the row was tampered with) is left out
+    /// and logged, so its tool is called without it rather than not at all.
+    async fn credentials(&self) -> ApiResult<Vec<Credential>> {
+        let stored = self.store.list_credentials().await?;
+        let Some(keyring) = &self.keyring else {
+            if !stored.is_empty() {
+                tracing::error!(
+                    count = stored.len(),
+                    "credentials are stored but no master key is configured"
+                );
+            }
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(stored.len());
+        for c in stored {
+            match keyring.open(&c.sealed, c.tool_id.as_bytes()) {
+                Ok(secret) => out.push(Credential {
+                    tool_id: c.tool_id,
+                    auth_type: c.auth_type,
+                    header_name: c.header_name,
+                    secret: String::from_utf8_lossy(&secret).into_owned(),
+                }),
+                Err(e) => {
+                    tracing::error!(tool_id = %c.tool_id, key_id = %c.sealed.key_id, error = %e, "cannot open credential")
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Called after every write that sidecars must see.
@@ -61,6 +96,7 @@ impl AppState {
             permissions: self.store.list_permissions(None, None).await?,
             agents: self.store.list_agents().await?,
             tokens: self.store.active_tokens(Utc::now()).await?,
+            credentials: self.credentials().await?,
         })
     }
 

@@ -49,8 +49,7 @@ pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, Violations> {
     if s.is_empty() {
         return Ok(Decimal::ZERO);
     }
-    let d = Decimal::from_str(s)
-        .map_err(|_| Violations::single(field, format!("{s:?} is not a decimal number")))?;
+    let d = Decimal::from_str(s).map_err(|_| Violations::single(field, format!("{s:?} is not a decimal number")))?;
     if d.is_sign_negative() {
         return Err(Violations::single(field, "must not be negative"));
     }
@@ -98,7 +97,7 @@ fn side_effects_to_pb(v: SideEffects) -> i32 {
     }) as i32
 }
 
-fn auth_from_pb(v: i32) -> AuthType {
+pub fn auth_from_pb(v: i32) -> AuthType {
     match pb::AuthType::try_from(v) {
         Ok(pb::AuthType::ApiKey) => AuthType::ApiKey,
         Ok(pb::AuthType::Oauth2) => AuthType::OAuth2,
@@ -261,9 +260,7 @@ pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
             .map(|e| ToolExample {
                 description: e.description,
                 input: e.input.map_or(serde_json::Value::Null, value_from_pb),
-                expected_output: e
-                    .expected_output
-                    .map_or(serde_json::Value::Null, value_from_pb),
+                expected_output: e.expected_output.map_or(serde_json::Value::Null, value_from_pb),
             })
             .collect(),
         capabilities: t.capabilities,
@@ -272,8 +269,7 @@ pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
             rate_limit_rpm: req.rate_limit_rpm,
             timeout_ms: req.timeout_ms,
             required_agent_skills: req.required_agent_skills,
-            data_sensitivity: sensitivity_from_pb(req.data_sensitivity)
-                .unwrap_or(DataSensitivity::Internal),
+            data_sensitivity: sensitivity_from_pb(req.data_sensitivity).unwrap_or(DataSensitivity::Internal),
         },
         provider: t.provider,
         endpoint: t.endpoint,
@@ -395,8 +391,7 @@ pub fn permission_from_pb(p: pb::Permission) -> Result<Permission, Violations> {
         id: parse_uuid("permission.id", &p.id)?,
         agent_id: parse_uuid("permission.agent_id", &p.agent_id)?,
         tool_id: parse_uuid("permission.tool_id", &p.tool_id)?,
-        kind: permission_type_from_pb(p.r#type)
-            .ok_or_else(|| Violations::single("permission.type", "is required"))?,
+        kind: permission_type_from_pb(p.r#type).ok_or_else(|| Violations::single("permission.type", "is required"))?,
         max_invocations_per_day: p.max_invocations_per_day,
         allowed_hours: p.allowed_hours,
         time_zone: p.time_zone,
@@ -421,8 +416,7 @@ pub fn token_from_pb(t: pb::TokenDigest) -> Result<TokenRecord, Violations> {
     Ok(TokenRecord {
         id: parse_uuid("token.token_id", &t.token_id)?,
         sha256: t.sha256,
-        role: role_from_pb(t.role)
-            .ok_or_else(|| Violations::single("token.role", "is required"))?,
+        role: role_from_pb(t.role).ok_or_else(|| Violations::single("token.role", "is required"))?,
         agent_id: parse_opt_uuid("token.agent_id", &t.agent_id)?,
         description: String::new(),
         created_at: DateTime::<Utc>::default(),
@@ -443,32 +437,42 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
         agents: s.agents.iter().map(agent_to_pb).collect(),
         tokens: s.tokens.iter().map(token_to_pb).collect(),
         generated_at: Some(ts(Utc::now())),
+        credentials: s
+            .credentials
+            .iter()
+            .map(|c| pb::ToolCredential {
+                tool_id: c.tool_id.to_string(),
+                auth_type: auth_to_pb(c.auth_type),
+                header_name: c.header_name.clone(),
+                secret: c.secret.clone(),
+            })
+            .collect(),
     }
 }
 
 pub fn snapshot_from_pb(s: pb::Snapshot) -> Result<Snapshot, Violations> {
     Ok(Snapshot {
         revision: s.revision,
-        tools: s
-            .tools
-            .into_iter()
-            .map(tool_from_pb)
-            .collect::<Result<_, _>>()?,
+        tools: s.tools.into_iter().map(tool_from_pb).collect::<Result<_, _>>()?,
         permissions: s
             .permissions
             .into_iter()
             .map(permission_from_pb)
             .collect::<Result<_, _>>()?,
-        agents: s
-            .agents
+        agents: s.agents.into_iter().map(agent_from_pb).collect::<Result<_, _>>()?,
+        tokens: s.tokens.into_iter().map(token_from_pb).collect::<Result<_, _>>()?,
+        credentials: s
+            .credentials
             .into_iter()
-            .map(agent_from_pb)
-            .collect::<Result<_, _>>()?,
-        tokens: s
-            .tokens
-            .into_iter()
-            .map(token_from_pb)
-            .collect::<Result<_, _>>()?,
+            .map(|c| {
+                Ok(Credential {
+                    tool_id: parse_uuid("credential.tool_id", &c.tool_id)?,
+                    auth_type: auth_from_pb(c.auth_type),
+                    header_name: c.header_name,
+                    secret: c.secret,
+                })
+            })
+            .collect::<Result<_, Violations>>()?,
     })
 }
 
@@ -500,11 +504,7 @@ pub fn result_from_pb(r: pb::ToolResult) -> Result<ToolResult, Violations> {
         duration_ms: r.duration_ms,
         tokens_used: r.tokens_used,
         cost: parse_decimal("result.cost", &r.cost)?,
-        completed_at: r
-            .completed_at
-            .as_ref()
-            .and_then(from_ts)
-            .unwrap_or_default(),
+        completed_at: r.completed_at.as_ref().and_then(from_ts).unwrap_or_default(),
         cache_hit: r.cache_hit,
         attempts: r.attempts,
     })
@@ -539,8 +539,7 @@ pub fn audit_event_to_pb(e: &AuditEvent) -> pb::AuditEvent {
 pub fn audit_event_from_pb(e: pb::AuditEvent) -> Result<AuditEvent, Violations> {
     Ok(AuditEvent {
         event_id: parse_uuid("audit.event_id", &e.event_id)?,
-        action: action_from_pb(e.action)
-            .ok_or_else(|| Violations::single("audit.action", "is required"))?,
+        action: action_from_pb(e.action).ok_or_else(|| Violations::single("audit.action", "is required"))?,
         invocation_id: parse_opt_uuid("audit.invocation_id", &e.invocation_id)?,
         actor_id: e.actor_id,
         agent_id: parse_opt_uuid("audit.agent_id", &e.agent_id)?,
@@ -610,9 +609,7 @@ pub fn sync_event_to_pb(e: &SyncEvent) -> pb::SyncEvent {
 pub fn sync_event_from_pb(e: pb::SyncEvent) -> Result<SyncEvent, Violations> {
     match e.payload {
         Some(pb::sync_event::Payload::Audit(a)) => audit_event_from_pb(a).map(SyncEvent::Audit),
-        Some(pb::sync_event::Payload::Invocation(i)) => {
-            invocation_from_pb(i).map(SyncEvent::Invocation)
-        }
+        Some(pb::sync_event::Payload::Invocation(i)) => invocation_from_pb(i).map(SyncEvent::Invocation),
         None => Err(Violations::single("event.payload", "is required")),
     }
 }

@@ -34,21 +34,14 @@ fn is_forbidden_v4(v4: Ipv4Addr) -> bool {
 
 /// Checks an endpoint URL at registration: http(s), a host, and (unless
 /// `allow_link_local`) no literal link-local or metadata address.
-pub fn check_endpoint(
-    field: &str,
-    endpoint: &str,
-    allow_link_local: bool,
-) -> Result<Uri, Violations> {
+pub fn check_endpoint(field: &str, endpoint: &str, allow_link_local: bool) -> Result<Uri, Violations> {
     let uri: Uri = endpoint
         .parse()
         .map_err(|_| Violations::single(field, format!("{endpoint:?} is not a URL")))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => {
-            return Err(Violations::single(
-                field,
-                "must be an http:// or https:// URL",
-            ));
+            return Err(Violations::single(field, "must be an http:// or https:// URL"));
         }
     }
     let host = uri
@@ -58,14 +51,11 @@ pub fn check_endpoint(
         .trim_end_matches(']')
         .to_ascii_lowercase();
     if !allow_link_local {
-        let forbidden = METADATA_HOSTS.contains(&host.as_str())
-            || host.parse::<IpAddr>().is_ok_and(is_forbidden_ip);
+        let forbidden = METADATA_HOSTS.contains(&host.as_str()) || host.parse::<IpAddr>().is_ok_and(is_forbidden_ip);
         if forbidden {
             return Err(Violations::single(
                 field,
-                format!(
-                    "{host} is a link-local or metadata address; refused (see allow_link_local_endpoints)"
-                ),
+                format!("{host} is a link-local or metadata address; refused (see allow_link_local_endpoints)"),
             ));
         }
     }

@@ -27,10 +27,7 @@ fn number(n: f64) -> Value {
 }
 
 pub fn map_from_struct(s: Struct) -> Map<String, Value> {
-    s.fields
-        .into_iter()
-        .map(|(k, v)| (k, value_from_pb(v)))
-        .collect()
+    s.fields.into_iter().map(|(k, v)| (k, value_from_pb(v))).collect()
 }
 
 pub fn struct_to_json(s: Option<Struct>) -> Value {

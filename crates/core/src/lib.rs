@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod crypto;
 pub mod endpoint;
 pub mod error;
 pub mod json;

@@ -118,11 +118,7 @@ impl Tool {
     pub fn required_params(&self) -> Vec<String> {
         self.spec.input_schema["required"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     }
 
@@ -130,12 +126,7 @@ impl Tool {
         let required = self.required_params();
         self.spec.input_schema["properties"]
             .as_object()
-            .map(|p| {
-                p.keys()
-                    .filter(|k| !required.contains(k))
-                    .cloned()
-                    .collect()
-            })
+            .map(|p| p.keys().filter(|k| !required.contains(k)).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -319,6 +310,48 @@ impl SyncEvent {
     }
 }
 
+/// A tool's credential in the clear: only in control plane memory while building a
+/// snapshot, on the sync stream, and in sidecar memory. Debug never shows the secret.
+#[derive(Clone, PartialEq)]
+pub struct Credential {
+    pub tool_id: Uuid,
+    pub auth_type: AuthType,
+    /// Empty: sent as `authorization: Bearer <secret>`.
+    pub header_name: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("tool_id", &self.tool_id)
+            .field("auth_type", &self.auth_type)
+            .field("header_name", &self.header_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// The header the sidecar adds to calls of the tool.
+    pub fn header(&self) -> (String, String) {
+        if self.header_name.is_empty() {
+            ("authorization".to_owned(), format!("Bearer {}", self.secret))
+        } else {
+            (self.header_name.to_ascii_lowercase(), self.secret.clone())
+        }
+    }
+}
+
+/// A credential as stored: encrypted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCredential {
+    pub tool_id: Uuid,
+    pub auth_type: AuthType,
+    pub header_name: String,
+    pub sealed: crate::crypto::Sealed,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// The state a sidecar serves from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -327,4 +360,5 @@ pub struct Snapshot {
     pub permissions: Vec<Permission>,
     pub agents: Vec<Agent>,
     pub tokens: Vec<TokenRecord>,
+    pub credentials: Vec<Credential>,
 }

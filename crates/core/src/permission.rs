@@ -83,10 +83,7 @@ pub fn evaluate<'a>(
         }
     }
     if refusals.is_empty() {
-        Decision::deny(format!(
-            "agent {} has no grant for tool {}",
-            agent.name, tool.spec.name
-        ))
+        Decision::deny(format!("agent {} has no grant for tool {}", agent.name, tool.spec.name))
     } else {
         Decision::deny(refusals.join("; "))
     }
@@ -100,8 +97,9 @@ fn refusal(g: &Permission, tool: &Tool, now: DateTime<Utc>) -> Option<String> {
     }
     match g.kind {
         PermissionType::FullAccess => None,
-        PermissionType::ReadOnly => (tool.spec.side_effects == SideEffects::Write)
-            .then(|| "read-only grant, and the tool writes".to_owned()),
+        PermissionType::ReadOnly => {
+            (tool.spec.side_effects == SideEffects::Write).then(|| "read-only grant, and the tool writes".to_owned())
+        }
         PermissionType::DataRestricted => match g.max_sensitivity {
             Some(max) if tool.spec.requirements.data_sensitivity <= max => None,
             Some(max) => Some(format!(

@@ -76,12 +76,7 @@ impl Redactor {
                 }
                 Value::Object(out)
             }
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|v| self.redact(v, &schema["items"]))
-                    .collect(),
-            ),
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.redact(v, &schema["items"])).collect()),
             Value::String(s) if looks_like_secret(s) => Value::String(REDACTED.to_owned()),
             other => other.clone(),
         }
@@ -131,8 +126,7 @@ fn looks_like_secret(s: &str) -> bool {
 fn is_aws_key_id(s: &str) -> bool {
     s.len() == 20
         && (s.starts_with("AKIA") || s.starts_with("ASIA"))
-        && s.chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 #[cfg(test)]

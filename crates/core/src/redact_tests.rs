@@ -36,8 +36,5 @@ fn secret_shaped_values_are_redacted() {
         r.redact_text("upstream said Bearer xyz failed"),
         "upstream said Bearer [REDACTED] failed"
     );
-    assert!(
-        !r.redact_text("-----BEGIN RSA PRIVATE KEY----- abc")
-            .contains("abc")
-    );
+    assert!(!r.redact_text("-----BEGIN RSA PRIVATE KEY----- abc").contains("abc"));
 }

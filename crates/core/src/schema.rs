@@ -34,11 +34,7 @@ pub fn compile(field: &str, schema: &Value) -> Result<Validator, Violations> {
 
 /// Validates a document. The error message never echoes the offending value, which
 /// may be a secret.
-pub fn check(
-    validator: &Validator,
-    field_prefix: &str,
-    instance: &Value,
-) -> Result<(), Violations> {
+pub fn check(validator: &Validator, field_prefix: &str, instance: &Value) -> Result<(), Violations> {
     let mut violations = Violations::default();
     for e in validator.iter_errors(instance).take(MAX_REPORTED) {
         let pointer = e.instance_path().as_str();

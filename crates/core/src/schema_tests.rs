@@ -11,9 +11,7 @@ fn malformed_schema_is_refused_with_its_pointer() {
     .unwrap_err();
     assert_eq!(err.0.len(), 1);
     assert!(
-        err.0[0]
-            .field
-            .starts_with("tool.schema.input_schema/properties/q"),
+        err.0[0].field.starts_with("tool.schema.input_schema/properties/q"),
         "{err}"
     );
 }

@@ -24,26 +24,19 @@ pub struct ToolPolicy {
 pub fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
         && name.len() <= MAX_NAME_LEN
 }
 
 fn check_len(v: &mut Violations, field: &str, value: &str, max: usize) {
     if value.chars().count() > max {
-        v.push(
-            field,
-            format!("is longer than the limit of {max} characters"),
-        );
+        v.push(field, format!("is longer than the limit of {max} characters"));
     }
 }
 
 fn check_list(v: &mut Violations, field: &str, items: &[String]) {
     if items.len() > MAX_LIST_ITEMS {
-        v.push(
-            field,
-            format!("has more than the limit of {MAX_LIST_ITEMS} items"),
-        );
+        v.push(field, format!("has more than the limit of {MAX_LIST_ITEMS} items"));
     }
     for (i, item) in items.iter().enumerate() {
         if item.is_empty() {
@@ -63,12 +56,7 @@ pub fn check_tool_spec(spec: &ToolSpec, policy: ToolPolicy) -> Result<(), Violat
             format!("must match ^[a-z][a-z0-9_.-]*$ and be at most {MAX_NAME_LEN} characters"),
         );
     }
-    check_len(
-        &mut v,
-        "tool.description",
-        &spec.description,
-        MAX_DESCRIPTION_LEN,
-    );
+    check_len(&mut v, "tool.description", &spec.description, MAX_DESCRIPTION_LEN);
     check_len(&mut v, "tool.category", &spec.category, MAX_SHORT_TEXT_LEN);
     check_len(&mut v, "tool.provider", &spec.provider, MAX_SHORT_TEXT_LEN);
     check_len(&mut v, "tool.remote_name", &spec.remote_name, MAX_NAME_LEN);
@@ -85,21 +73,14 @@ pub fn check_tool_spec(spec: &ToolSpec, policy: ToolPolicy) -> Result<(), Violat
             "tool.endpoint",
             format!("is longer than the limit of {MAX_ENDPOINT_LEN} characters"),
         );
-    } else if let Err(e) = check_endpoint(
-        "tool.endpoint",
-        &spec.endpoint,
-        policy.allow_link_local_endpoints,
-    ) {
+    } else if let Err(e) = check_endpoint("tool.endpoint", &spec.endpoint, policy.allow_link_local_endpoints) {
         v.0.extend(e.0);
     }
     if !(0.0..=1.0).contains(&spec.reliability_score) {
         v.push("tool.reliability_score", "must be between 0 and 1");
     }
     if spec.cacheable && spec.side_effects != SideEffects::None {
-        v.push(
-            "tool.cacheable",
-            "only tools whose side_effects is NONE may be cached",
-        );
+        v.push("tool.cacheable", "only tools whose side_effects is NONE may be cached");
     }
     if spec.cacheable && spec.cache_ttl_seconds == 0 {
         v.push("tool.cache_ttl_seconds", "is required for a cacheable tool");
@@ -111,15 +92,9 @@ pub fn check_tool_spec(spec: &ToolSpec, policy: ToolPolicy) -> Result<(), Violat
 fn check_schemas(v: &mut Violations, spec: &ToolSpec) {
     let input_field = "tool.schema.input_schema";
     let output_field = "tool.schema.output_schema";
-    for (field, s) in [
-        (input_field, &spec.input_schema),
-        (output_field, &spec.output_schema),
-    ] {
+    for (field, s) in [(input_field, &spec.input_schema), (output_field, &spec.output_schema)] {
         if crate::json::canonical(s).len() > MAX_SCHEMA_BYTES {
-            v.push(
-                field,
-                format!("is larger than the limit of {MAX_SCHEMA_BYTES} bytes"),
-            );
+            v.push(field, format!("is larger than the limit of {MAX_SCHEMA_BYTES} bytes"));
             return;
         }
     }
@@ -147,11 +122,7 @@ fn check_schemas(v: &mut Violations, spec: &ToolSpec) {
     }
     for (i, ex) in spec.examples.iter().enumerate() {
         if let Some(input) = &input
-            && let Err(e) = schema::check(
-                input,
-                &format!("tool.schema.examples[{i}].input"),
-                &ex.input,
-            )
+            && let Err(e) = schema::check(input, &format!("tool.schema.examples[{i}].input"), &ex.input)
         {
             v.0.extend(e.0);
         }

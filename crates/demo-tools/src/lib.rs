@@ -45,9 +45,7 @@ fn sha256(p: &Value) -> Answer {
 
 /// Converts between units of one dimension through its base unit.
 fn unit_convert(p: &Value) -> Answer {
-    let value = p["value"]
-        .as_f64()
-        .ok_or_else(|| bad("value must be a number"))?;
+    let value = p["value"].as_f64().ok_or_else(|| bad("value must be a number"))?;
     let from = text_param(p, "from")?;
     let to = text_param(p, "to")?;
     let temp = |u: &str, v: f64, to_base: bool| -> Option<f64> {
@@ -88,9 +86,7 @@ fn unit_convert(p: &Value) -> Answer {
 
 fn calculator(p: &Value) -> Answer {
     let expr = text_param(p, "expression")?;
-    calc::evaluate(&expr)
-        .map(|v| json!({"result": v}))
-        .map_err(bad)
+    calc::evaluate(&expr).map(|v| json!({"result": v})).map_err(bad)
 }
 
 fn route(path: &str, params: &Value) -> Answer {
@@ -106,10 +102,7 @@ fn route(path: &str, params: &Value) -> Answer {
 async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let answer = if req.method() != Method::POST {
-        Err((
-            StatusCode::METHOD_NOT_ALLOWED,
-            "POST JSON parameters".to_owned(),
-        ))
+        Err((StatusCode::METHOD_NOT_ALLOWED, "POST JSON parameters".to_owned()))
     } else {
         match req.into_body().collect().await {
             Ok(body) => match serde_json::from_slice::<Value>(&body.to_bytes()) {
@@ -138,9 +131,7 @@ pub async fn serve(listener: TcpListener) -> anyhow::Result<()> {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service_fn(handle))
-                .await;
+            let _ = builder.serve_connection(TokioIo::new(stream), service_fn(handle)).await;
         });
     }
 }
@@ -174,10 +165,7 @@ mod tests {
             13.0
         );
         assert_eq!(
-            sha256(&json!({"text": ""})).unwrap()["sha256"]
-                .as_str()
-                .unwrap()
-                .len(),
+            sha256(&json!({"text": ""})).unwrap()["sha256"].as_str().unwrap().len(),
             64
         );
     }

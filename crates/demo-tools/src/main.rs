@@ -10,9 +10,6 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:50071".to_owned())
         .parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!(
-        "toolplane-demo-tools listening http={}",
-        listener.local_addr()?
-    );
+    println!("toolplane-demo-tools listening http={}", listener.local_addr()?);
     toolplane_demo_tools::serve(listener).await
 }

@@ -40,9 +40,7 @@ impl Authenticate for SnapshotAuthenticator {
             (Role::Admin, _) => Some(Principal::Admin {
                 token_id: Some(record.id),
             }),
-            (Role::Sidecar, _) => Some(Principal::Sidecar {
-                token_id: record.id,
-            }),
+            (Role::Sidecar, _) => Some(Principal::Sidecar { token_id: record.id }),
             (Role::Agent, None) => None,
         })
     }

@@ -8,26 +8,14 @@ use clap::Parser;
 use toolplane_runtime::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "toolplane-sidecar",
-    version,
-    about = "toolplane executor sidecar (gRPC)"
-)]
+#[command(name = "toolplane-sidecar", version, about = "toolplane executor sidecar (gRPC)")]
 pub struct Config {
     /// Agent-facing gRPC address; port 0 picks a free port (printed on stdout).
-    #[arg(
-        long,
-        env = "TOOLPLANE_SIDECAR_LISTEN",
-        default_value = "127.0.0.1:50061"
-    )]
+    #[arg(long, env = "TOOLPLANE_SIDECAR_LISTEN", default_value = "127.0.0.1:50061")]
     pub listen: SocketAddr,
 
     /// Control plane URL.
-    #[arg(
-        long,
-        env = "TOOLPLANE_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "TOOLPLANE_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
     pub control_plane: String,
 
     /// This sidecar's token (ROLE_SIDECAR). Prefer --token-file in production.
@@ -42,11 +30,7 @@ pub struct Config {
     pub sidecar_id: Option<String>,
 
     /// Allow calls to link-local and cloud-metadata addresses.
-    #[arg(
-        long,
-        env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS",
-        default_value_t = false
-    )]
+    #[arg(long, env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS", default_value_t = false)]
     pub allow_link_local_endpoints: bool,
 
     #[arg(long, env = "TOOLPLANE_SHUTDOWN_GRACE", value_parser = parse_secs, default_value = "10")]
@@ -71,18 +55,15 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?
                 .trim()
                 .to_owned()),
-            (None, None) => anyhow::bail!(
-                "set TOOLPLANE_SIDECAR_TOKEN or TOOLPLANE_SIDECAR_TOKEN_FILE (a ROLE_SIDECAR token)"
-            ),
+            (None, None) => {
+                anyhow::bail!("set TOOLPLANE_SIDECAR_TOKEN or TOOLPLANE_SIDECAR_TOKEN_FILE (a ROLE_SIDECAR token)")
+            }
         }
     }
 
     pub fn sidecar_id(&self) -> String {
-        self.sidecar_id.clone().unwrap_or_else(|| {
-            format!(
-                "sidecar-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            )
-        })
+        self.sidecar_id
+            .clone()
+            .unwrap_or_else(|| format!("sidecar-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
     }
 }

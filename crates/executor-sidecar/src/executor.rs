@@ -111,19 +111,15 @@ impl ExecutorService {
                 .cloned()
                 .ok_or_else(|| ExecError::NotFound(format!("tool {name:?} not found")))?,
             None => {
-                return Err(
-                    toolplane_core::Violations::single("tool", "set tool_id or tool_name").into(),
-                );
+                return Err(toolplane_core::Violations::single("tool", "set tool_id or tool_name").into());
             }
         };
         let tool = &compiled.tool;
-        let agent = snap.agent(call.agent_id).ok_or_else(|| {
-            ExecError::PermissionDenied("the calling agent is not registered".to_owned())
-        })?;
+        let agent = snap
+            .agent(call.agent_id)
+            .ok_or_else(|| ExecError::PermissionDenied("the calling agent is not registered".to_owned()))?;
         let invocation_id = Uuid::now_v7();
-        let sanitized = self
-            .redactor
-            .redact(&call.parameters, &tool.spec.input_schema);
+        let sanitized = self.redactor.redact(&call.parameters, &tool.spec.input_schema);
 
         let decision = evaluate(agent, tool, snap.grants(agent.id, tool.id), Utc::now());
         if !decision.allowed {
@@ -162,7 +158,13 @@ impl ExecutorService {
                 .min(d.saturating_sub(DEADLINE_MARGIN + started.elapsed())),
             None => tool.timeout(),
         };
-        let (status, output, error) = self.call_tool(&compiled, &call.parameters, timeout).await;
+        let credential = snap.credential(tool.id);
+        let (status, output, error) = self.call_tool(&compiled, credential, &call.parameters, timeout).await;
+        // An upstream that echoes its credential must not leak it through our errors.
+        let error = match credential {
+            Some(c) if !c.secret.is_empty() => error.replace(&c.secret, toolplane_core::redact::REDACTED),
+            _ => error,
+        };
         let result = ToolResult {
             invocation_id,
             tool_id: tool.id,
@@ -219,6 +221,7 @@ impl ExecutorService {
     async fn call_tool(
         &self,
         compiled: &CompiledTool,
+        credential: Option<&Credential>,
         params: &Value,
         timeout: Duration,
     ) -> (ExecutionStatus, Value, String) {
@@ -230,6 +233,7 @@ impl ExecutorService {
                 "MCP tools are not supported by this version".to_owned(),
             );
         }
+        let headers: Vec<(String, String)> = credential.map(Credential::header).into_iter().collect();
         if timeout.is_zero() {
             return (
                 ExecutionStatus::Timeout,
@@ -239,7 +243,7 @@ impl ExecutorService {
         }
         match self
             .http
-            .post_json(&tool.spec.endpoint, canonical(params).into_bytes(), timeout)
+            .post_json(&tool.spec.endpoint, canonical(params).into_bytes(), &headers, timeout)
             .await
         {
             Ok(output) => match &compiled.output {
@@ -253,9 +257,7 @@ impl ExecutorService {
                 },
                 None => (ExecutionStatus::Success, output, String::new()),
             },
-            Err(e @ CallError::Timeout(_)) => {
-                (ExecutionStatus::Timeout, Value::Null, e.to_string())
-            }
+            Err(e @ CallError::Timeout(_)) => (ExecutionStatus::Timeout, Value::Null, e.to_string()),
             Err(CallError::Status {
                 status,
                 retry_after,
@@ -282,9 +284,7 @@ impl ExecutorService {
     fn agent_of<T>(req: &Request<T>) -> Result<Uuid, Status> {
         match principal(req)? {
             Principal::Agent { agent_id, .. } => Ok(agent_id),
-            _ => Err(Status::permission_denied(
-                "only agent tokens may invoke tools",
-            )),
+            _ => Err(Status::permission_denied("only agent tokens may invoke tools")),
         }
     }
 }
@@ -323,10 +323,7 @@ pub struct ExecutorGrpc(pub Arc<ExecutorService>);
 
 #[tonic::async_trait]
 impl Executor for ExecutorGrpc {
-    async fn invoke(
-        &self,
-        request: Request<pb::InvokeRequest>,
-    ) -> Result<Response<pb::InvokeResponse>, Status> {
+    async fn invoke(&self, request: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
         let agent_id = ExecutorService::agent_of(&request)?;
         let deadline = grpc_timeout(request.metadata());
         let call = call_of(agent_id, request.into_inner(), deadline);
@@ -336,8 +333,7 @@ impl Executor for ExecutorGrpc {
         }))
     }
 
-    type BatchInvokeStream =
-        Pin<Box<dyn Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send>>;
+    type BatchInvokeStream = Pin<Box<dyn Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send>>;
 
     async fn batch_invoke(
         &self,

@@ -102,6 +102,7 @@ impl ToolHttpClient {
         &self,
         endpoint: &str,
         body: Vec<u8>,
+        headers: &[(String, String)],
         timeout: Duration,
     ) -> Result<Value, CallError> {
         let uri: Uri = endpoint
@@ -117,22 +118,24 @@ impl ToolHttpClient {
                 "{ip} is a link-local or metadata address"
             )));
         }
-        let req = Request::post(uri)
+        let mut builder = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .header(
                 header::USER_AGENT,
                 concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")),
-            )
+            );
+        for (name, value) in headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let req = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| CallError::Connect(e.to_string()))?;
         let call = async {
             let resp = self.client.request(req).await.map_err(|e| {
                 let msg = format!("{e:?}");
                 if msg.contains("PermissionDenied") {
-                    CallError::Forbidden(
-                        "endpoint resolves only to link-local or metadata addresses".to_owned(),
-                    )
+                    CallError::Forbidden("endpoint resolves only to link-local or metadata addresses".to_owned())
                 } else {
                     CallError::Connect(e.to_string())
                 }
@@ -148,9 +151,7 @@ impl ToolHttpClient {
                 .collect()
                 .await
                 .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some()
-                    {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                         CallError::TooLarge
                     } else {
                         CallError::Connect(e.to_string())

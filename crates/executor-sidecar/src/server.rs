@@ -51,9 +51,7 @@ pub async fn serve(
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(EXECUTOR, ServingStatus::Serving)
-        .await;
+    health.set_service_status(EXECUTOR, ServingStatus::Serving).await;
     health.set_service_status("", ServingStatus::Serving).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
@@ -68,26 +66,18 @@ pub async fn serve(
     let drain_outbox = outbox.clone();
     tokio::spawn(async move {
         stop.await;
-        health
-            .set_service_status(EXECUTOR, ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        health.set_service_status(EXECUTOR, ServingStatus::NotServing).await;
+        health.set_service_status("", ServingStatus::NotServing).await;
         let _ = draining_tx.send(true);
         tracing::info!(pending_events = drain_outbox.pending(), "draining");
     });
     let mut drained = draining.clone();
     let server = Server::builder()
-        .layer(AuthLayer::new(Arc::new(SnapshotAuthenticator::new(
-            snapshot,
-        ))))
+        .layer(AuthLayer::new(Arc::new(SnapshotAuthenticator::new(snapshot))))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::executor_server::ExecutorServer::new(ExecutorGrpc(
-            executor,
-        )))
+        .add_service(pb::executor_server::ExecutorServer::new(ExecutorGrpc(executor)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = drained.wait_for(|d| *d).await;
         });
@@ -98,10 +88,7 @@ pub async fn serve(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     if outbox.pending() > 0 {
-        tracing::warn!(
-            pending_events = outbox.pending(),
-            "exiting with undelivered events"
-        );
+        tracing::warn!(pending_events = outbox.pending(), "exiting with undelivered events");
     }
     Ok(())
 }

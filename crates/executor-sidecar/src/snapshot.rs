@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use jsonschema::Validator;
-use toolplane_core::model::{Agent, Permission, Snapshot, TokenRecord, Tool};
+use toolplane_core::model::{Agent, Credential, Permission, Snapshot, TokenRecord, Tool};
 use toolplane_core::schema;
 use uuid::Uuid;
 
@@ -22,6 +22,7 @@ pub struct SnapshotIndex {
     agents: HashMap<Uuid, Agent>,
     tokens: HashMap<String, TokenRecord>,
     grants: HashMap<(Uuid, Uuid), Vec<Permission>>,
+    credentials: HashMap<Uuid, Credential>,
 }
 
 impl SnapshotIndex {
@@ -44,14 +45,7 @@ impl SnapshotIndex {
                 schema::compile("output_schema", &tool.spec.output_schema).ok()
             };
             names.insert(tool.spec.name.clone(), tool.id);
-            tools.insert(
-                tool.id,
-                Arc::new(CompiledTool {
-                    tool,
-                    input,
-                    output,
-                }),
-            );
+            tools.insert(tool.id, Arc::new(CompiledTool { tool, input, output }));
         }
         let mut grants: HashMap<(Uuid, Uuid), Vec<Permission>> = HashMap::new();
         for p in s.permissions {
@@ -62,12 +56,9 @@ impl SnapshotIndex {
             tools,
             names,
             agents: s.agents.into_iter().map(|a| (a.id, a)).collect(),
-            tokens: s
-                .tokens
-                .into_iter()
-                .map(|t| (t.sha256.clone(), t))
-                .collect(),
+            tokens: s.tokens.into_iter().map(|t| (t.sha256.clone(), t)).collect(),
             grants,
+            credentials: s.credentials.into_iter().map(|c| (c.tool_id, c)).collect(),
         }
     }
 
@@ -89,6 +80,10 @@ impl SnapshotIndex {
 
     pub fn grants(&self, agent: Uuid, tool: Uuid) -> &[Permission] {
         self.grants.get(&(agent, tool)).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn credential(&self, tool: Uuid) -> Option<&Credential> {
+        self.credentials.get(&tool)
     }
 
     pub fn tool_count(&self) -> usize {

@@ -63,9 +63,8 @@ impl SyncClient {
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await?;
-        let bearer = Bearer::new(Some(&self.token)).ok_or_else(|| {
-            anyhow::anyhow!("the sidecar token has characters a header cannot carry")
-        })?;
+        let bearer = Bearer::new(Some(&self.token))
+            .ok_or_else(|| anyhow::anyhow!("the sidecar token has characters a header cannot carry"))?;
         let mut client = SidecarSyncClient::with_interceptor(channel, bearer);
         let (tx, rx) = mpsc::channel::<pb::ConnectRequest>(8);
         let known = self.snapshot.current().map_or(0, |s| s.revision);
@@ -110,11 +109,8 @@ impl SyncClient {
                 }
             },
             Some(pb::connect_response::Message::Ack(ack)) => {
-                self.outbox.ack(
-                    ack.event_ids
-                        .iter()
-                        .filter_map(|id| Uuid::parse_str(id).ok()),
-                );
+                self.outbox
+                    .ack(ack.event_ids.iter().filter_map(|id| Uuid::parse_str(id).ok()));
             }
             None => {}
         }
@@ -128,9 +124,7 @@ impl SyncClient {
             }
             let events = batch.iter().map(sync_event_to_pb).collect();
             tx.send(pb::ConnectRequest {
-                message: Some(pb::connect_request::Message::Events(pb::EventBatch {
-                    events,
-                })),
+                message: Some(pb::connect_request::Message::Events(pb::EventBatch { events })),
             })
             .await?;
         }

@@ -92,9 +92,7 @@ where
                 )),
                 Some(token) => match auth.authenticate(&token).await {
                     Ok(Some(p)) => Ok(p),
-                    Ok(None) => Err(tonic::Status::unauthenticated(
-                        "invalid, expired or revoked token",
-                    )),
+                    Ok(None) => Err(tonic::Status::unauthenticated("invalid, expired or revoked token")),
                     Err(status) => Err(status),
                 },
             };

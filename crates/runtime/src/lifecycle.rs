@@ -48,11 +48,7 @@ pub async fn first_signal() {
 
 /// Awaits `server` (which stops accepting and drains once `draining` turns true), but
 /// no longer than `grace` after draining began.
-pub async fn with_grace<F, E>(
-    server: F,
-    mut draining: watch::Receiver<bool>,
-    grace: Duration,
-) -> Result<(), E>
+pub async fn with_grace<F, E>(server: F, mut draining: watch::Receiver<bool>, grace: Duration) -> Result<(), E>
 where
     F: Future<Output = Result<(), E>>,
 {

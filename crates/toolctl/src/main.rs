@@ -17,11 +17,7 @@ use toolplane_core::json::{json_to_struct, value_from_pb};
 use toolplane_proto::v1 as pb;
 
 #[derive(Parser)]
-#[command(
-    name = "toolctl",
-    version,
-    about = "Operate toolplane over its gRPC API"
-)]
+#[command(name = "toolctl", version, about = "Operate toolplane over its gRPC API")]
 struct Cli {
     /// Control plane URL.
     #[arg(
@@ -69,11 +65,7 @@ enum Command {
         /// Parameters as a JSON object.
         #[arg(long, default_value = "{}")]
         params: String,
-        #[arg(
-            long,
-            env = "TOOLPLANE_SIDECAR",
-            default_value = "http://127.0.0.1:50061"
-        )]
+        #[arg(long, env = "TOOLPLANE_SIDECAR", default_value = "http://127.0.0.1:50061")]
         sidecar: String,
     },
 }
@@ -157,11 +149,8 @@ impl From<anyhow::Error> for Failure {
 type Authed = InterceptedService<Channel, Bearer>;
 
 async fn channel(url: &str, token: Option<&str>) -> Result<Authed, Failure> {
-    let bearer = Bearer::new(token).ok_or_else(|| {
-        Failure::Usage(anyhow::anyhow!(
-            "the token has characters a header cannot carry"
-        ))
-    })?;
+    let bearer = Bearer::new(token)
+        .ok_or_else(|| Failure::Usage(anyhow::anyhow!("the token has characters a header cannot carry")))?;
     let ch = Endpoint::from_shared(url.to_owned())
         .map_err(|e| Failure::Usage(anyhow::anyhow!("bad URL {url:?}: {e}")))?
         .connect()
@@ -180,10 +169,7 @@ fn tool_json(t: &pb::Tool) -> Value {
 
 fn print(out: Output, value: &Value, single: &str, table: impl FnOnce()) {
     match out {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
         Output::Value => println!("{single}"),
         Output::Table => table(),
     }
@@ -194,9 +180,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let token = cli.token.as_deref();
     match cli.command {
         Command::Tools(cmd) => {
-            let mut c = pb::tool_registry_client::ToolRegistryClient::new(
-                channel(&cli.server, token).await?,
-            );
+            let mut c = pb::tool_registry_client::ToolRegistryClient::new(channel(&cli.server, token).await?);
             match cmd {
                 ToolsCmd::Register { files } => {
                     for f in files {
@@ -212,10 +196,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         });
                     }
                 }
-                ToolsCmd::List {
-                    category,
-                    capability,
-                } => {
+                ToolsCmd::List { category, capability } => {
                     let mut page_token = String::new();
                     let mut all = Vec::new();
                     loop {
@@ -235,16 +216,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         page_token = r.next_page_token;
                     }
                     let v = Value::Array(all.iter().map(tool_json).collect());
-                    let ids = all
-                        .iter()
-                        .map(|t| t.id.clone())
-                        .collect::<Vec<_>>()
-                        .join("\n");
+                    let ids = all.iter().map(|t| t.id.clone()).collect::<Vec<_>>().join("\n");
                     print(out, &v, &ids, || {
-                        println!(
-                            "{:<28} {:<8} {:<18} CAPABILITIES",
-                            "NAME", "VERSION", "CATEGORY"
-                        );
+                        println!("{:<28} {:<8} {:<18} CAPABILITIES", "NAME", "VERSION", "CATEGORY");
                         for t in &all {
                             println!(
                                 "{:<28} {:<8} {:<18} {}",
@@ -274,8 +248,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Agents(cmd) => {
-            let mut c =
-                pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
+            let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
             match cmd {
                 AgentsCmd::Create { name, skills, team } => {
                     let a = c
@@ -285,9 +258,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .agent
                         .unwrap_or_default();
                     let v = json!({"id": a.id, "name": a.name, "skills": a.skills, "team": a.team});
-                    print(out, &v, &a.id, || {
-                        println!("created agent {}\t{}", a.name, a.id)
-                    });
+                    print(out, &v, &a.id, || println!("created agent {}\t{}", a.name, a.id));
                 }
                 AgentsCmd::List => {
                     let agents = c
@@ -301,11 +272,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             .map(|a| json!({"id": a.id, "name": a.name, "skills": a.skills}))
                             .collect(),
                     );
-                    let ids = agents
-                        .iter()
-                        .map(|a| a.id.clone())
-                        .collect::<Vec<_>>()
-                        .join("\n");
+                    let ids = agents.iter().map(|a| a.id.clone()).collect::<Vec<_>>().join("\n");
                     print(out, &v, &ids, || {
                         for a in &agents {
                             println!("{:<28} {}", a.name, a.id);
@@ -319,8 +286,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             agent,
             ttl_seconds,
         }) => {
-            let mut c =
-                pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
+            let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
             let role = match role.as_str() {
                 "admin" => pb::Role::Admin,
                 "agent" => pb::Role::Agent,
@@ -370,10 +336,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .unwrap_or_default();
                     let v = json!({"id": p.id, "agent_id": p.agent_id, "tool_id": p.tool_id});
                     print(out, &v, &p.id, || {
-                        println!(
-                            "granted FULL_ACCESS on {} to {}\t{}",
-                            t.name, p.agent_id, p.id
-                        )
+                        println!("granted FULL_ACCESS on {} to {}\t{}", t.name, p.agent_id, p.id)
                     });
                 }
                 PermissionsCmd::Check { agent, tool } => {
@@ -386,20 +349,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         .into_inner();
                     let v = json!({"allowed": r.allowed, "reason": r.reason, "permission_id": r.permission_id});
                     print(out, &v, &r.allowed.to_string(), || {
-                        println!(
-                            "{}: {}",
-                            if r.allowed { "allowed" } else { "denied" },
-                            r.reason
-                        )
+                        println!("{}: {}", if r.allowed { "allowed" } else { "denied" }, r.reason)
                     });
                 }
             }
         }
-        Command::Invoke {
-            tool,
-            params,
-            sidecar,
-        } => {
+        Command::Invoke { tool, params, sidecar } => {
             let params: Value = serde_json::from_str(&params)
                 .map_err(|e| Failure::Usage(anyhow::anyhow!("--params is not JSON: {e}")))?;
             let mut c = pb::executor_client::ExecutorClient::new(channel(&sidecar, token).await?);
@@ -419,15 +374,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .unwrap_or("UNKNOWN");
             let v = json!({"invocation_id": r.invocation_id, "status": status, "output": output, "error": r.error, "duration_ms": r.duration_ms});
             print(out, &v, &output.to_string(), || {
-                println!(
-                    "{status} in {} ms (invocation {})",
-                    r.duration_ms, r.invocation_id
-                );
+                println!("{status} in {} ms (invocation {})", r.duration_ms, r.invocation_id);
                 if r.error.is_empty() {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&output).unwrap_or_default()
-                    );
+                    println!("{}", serde_json::to_string_pretty(&output).unwrap_or_default());
                 } else {
                     println!("error: {}", r.error);
                 }

@@ -88,19 +88,14 @@ fn pick(field: &str, value: &str, options: &[(&str, i32)]) -> anyhow::Result<i32
         Some((_, v)) => Ok(*v),
         None => bail!(
             "{field}: {value:?} is not one of {}",
-            options
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
+            options.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
         ),
     }
 }
 
 impl ToolFile {
     pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 

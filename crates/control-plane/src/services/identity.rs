@@ -33,16 +33,10 @@ impl IdentityService {
     async fn create_agent(&self, who: &Principal, req: pb::CreateAgentRequest) -> ApiResult<Agent> {
         let mut v = Violations::default();
         if !is_valid_name(&req.name) {
-            v.push(
-                "name",
-                "must match ^[a-z][a-z0-9_.-]*$ and be at most 128 characters",
-            );
+            v.push("name", "must match ^[a-z][a-z0-9_.-]*$ and be at most 128 characters");
         }
         if req.skills.len() > MAX_SKILLS {
-            v.push(
-                "skills",
-                format!("has more than the limit of {MAX_SKILLS} items"),
-            );
+            v.push("skills", format!("has more than the limit of {MAX_SKILLS} items"));
         }
         if req.team.len() > 128 {
             v.push("team", "is longer than the limit of 128 characters");
@@ -61,13 +55,8 @@ impl IdentityService {
         Ok(agent)
     }
 
-    async fn issue(
-        &self,
-        who: &Principal,
-        req: pb::IssueTokenRequest,
-    ) -> ApiResult<pb::IssueTokenResponse> {
-        let role =
-            role_from_pb(req.role).ok_or_else(|| Violations::single("role", "is required"))?;
+    async fn issue(&self, who: &Principal, req: pb::IssueTokenRequest) -> ApiResult<pb::IssueTokenResponse> {
+        let role = role_from_pb(req.role).ok_or_else(|| Violations::single("role", "is required"))?;
         let agent_id = match role {
             Role::Agent => {
                 let id = uuid_field("agent_id", &req.agent_id)?;
@@ -77,22 +66,14 @@ impl IdentityService {
                 Some(id)
             }
             _ if !req.agent_id.is_empty() => {
-                return Err(Violations::single(
-                    "agent_id",
-                    "only tokens of ROLE_AGENT name an agent",
-                )
-                .into());
+                return Err(Violations::single("agent_id", "only tokens of ROLE_AGENT name an agent").into());
             }
             _ => None,
         };
         let ttl = match req.ttl_seconds {
             0 => DEFAULT_TOKEN_TTL_SECS,
             n if n > MAX_TOKEN_TTL_SECS => {
-                return Err(Violations::single(
-                    "ttl_seconds",
-                    format!("must be at most {MAX_TOKEN_TTL_SECS}"),
-                )
-                .into());
+                return Err(Violations::single("ttl_seconds", format!("must be at most {MAX_TOKEN_TTL_SECS}")).into());
             }
             n => n,
         };
@@ -148,12 +129,7 @@ impl Identity for IdentityService {
         let who = principal(&request)?;
         who.require(&[Role::Admin, Role::Sidecar], "ListAgents")?;
         let team = request.into_inner().team;
-        let agents = self
-            .state
-            .store
-            .list_agents()
-            .await
-            .map_err(ApiError::from)?;
+        let agents = self.state.store.list_agents().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents
                 .iter()

@@ -19,10 +19,7 @@ pub struct SelectorService;
 
 #[tonic::async_trait]
 impl pb::tool_selector_server::ToolSelector for SelectorService {
-    async fn select_tool(
-        &self,
-        _: Request<pb::SelectToolRequest>,
-    ) -> Result<Response<pb::SelectToolResponse>, Status> {
+    async fn select_tool(&self, _: Request<pb::SelectToolRequest>) -> Result<Response<pb::SelectToolResponse>, Status> {
         later("ToolSelector.SelectTool")
     }
 }
@@ -32,8 +29,7 @@ pub struct AuditService;
 
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {
-    type QueryAuditTrailStream =
-        Pin<Box<dyn Stream<Item = Result<pb::QueryAuditTrailResponse, Status>> + Send>>;
+    type QueryAuditTrailStream = Pin<Box<dyn Stream<Item = Result<pb::QueryAuditTrailResponse, Status>> + Send>>;
 
     async fn query_audit_trail(
         &self,

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 use toolplane_core::Violations;
-use toolplane_core::convert::{
-    from_ts, permission_to_pb, permission_type_from_pb, sensitivity_from_pb,
-};
+use toolplane_core::convert::{from_ts, permission_to_pb, permission_type_from_pb, sensitivity_from_pb};
 use toolplane_core::model::{AuditAction, Permission, PermissionType, Principal, Role};
 use toolplane_core::permission::{evaluate, is_enforced};
 use toolplane_proto::v1 as pb;
@@ -32,8 +30,8 @@ impl PermissionsService {
         let p = required("permission", req.permission)?;
         let agent_id = uuid_field("permission.agent_id", &p.agent_id)?;
         let tool_id = uuid_field("permission.tool_id", &p.tool_id)?;
-        let kind = permission_type_from_pb(p.r#type)
-            .ok_or_else(|| Violations::single("permission.type", "is required"))?;
+        let kind =
+            permission_type_from_pb(p.r#type).ok_or_else(|| Violations::single("permission.type", "is required"))?;
         if !is_enforced(kind) {
             return Err(ApiError::Unimplemented(
                 "this permission type (only FULL_ACCESS, READ_ONLY and DATA_RESTRICTED are enforced)",
@@ -41,11 +39,7 @@ impl PermissionsService {
         }
         let max_sensitivity = sensitivity_from_pb(p.max_sensitivity);
         if kind == PermissionType::DataRestricted && max_sensitivity.is_none() {
-            return Err(Violations::single(
-                "permission.max_sensitivity",
-                "is required for DATA_RESTRICTED",
-            )
-            .into());
+            return Err(Violations::single("permission.max_sensitivity", "is required for DATA_RESTRICTED").into());
         }
         let now = Utc::now();
         let expires_at = match p.expires_at.as_ref() {
@@ -53,11 +47,7 @@ impl PermissionsService {
             Some(t) => match from_ts(t) {
                 Some(t) if t > now => Some(t),
                 _ => {
-                    return Err(Violations::single(
-                        "permission.expires_at",
-                        "must be in the future",
-                    )
-                    .into());
+                    return Err(Violations::single("permission.expires_at", "must be in the future").into());
                 }
             },
         };
@@ -119,17 +109,11 @@ impl PermissionsService {
                 let id = uuid_field("tool_id", &id)?;
                 self.state.store.get_tool(id).await?
             }
-            Some(pb::check_request::Tool::ToolName(name)) => {
-                self.state.store.get_tool_by_name(&name).await?
-            }
+            Some(pb::check_request::Tool::ToolName(name)) => self.state.store.get_tool_by_name(&name).await?,
             None => return Err(Violations::single("tool", "set tool_id or tool_name").into()),
         }
         .ok_or_else(|| ApiError::NotFound("tool not found".to_owned()))?;
-        let grants = self
-            .state
-            .store
-            .list_permissions(Some(agent.id), Some(tool.id))
-            .await?;
+        let grants = self.state.store.list_permissions(Some(agent.id), Some(tool.id)).await?;
         let d = evaluate(&agent, &tool, &grants, Utc::now());
         Ok(pb::CheckResponse {
             allowed: d.allowed,
@@ -145,10 +129,7 @@ fn later(rpc: &'static str) -> Status {
 
 #[tonic::async_trait]
 impl Permissions for PermissionsService {
-    async fn grant(
-        &self,
-        request: Request<pb::GrantRequest>,
-    ) -> Result<Response<pb::GrantResponse>, Status> {
+    async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
         let who = principal(&request)?;
         who.require(&[Role::Admin], "Grant")?;
         let p = PermissionsService::grant(self, &who, request.into_inner()).await?;
@@ -157,17 +138,11 @@ impl Permissions for PermissionsService {
         }))
     }
 
-    async fn revoke(
-        &self,
-        _: Request<pb::RevokeRequest>,
-    ) -> Result<Response<pb::RevokeResponse>, Status> {
+    async fn revoke(&self, _: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
         Err(later("Permissions.Revoke"))
     }
 
-    async fn check(
-        &self,
-        request: Request<pb::CheckRequest>,
-    ) -> Result<Response<pb::CheckResponse>, Status> {
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let who = principal(&request)?;
         Ok(Response::new(
             PermissionsService::check(self, &who, request.into_inner()).await?,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 use toolplane_core::Violations;
-use toolplane_core::convert::{tool_spec_from_pb, tool_to_pb};
-use toolplane_core::model::{AuditAction, Principal, Role, Tool};
+use toolplane_core::convert::{auth_from_pb, tool_spec_from_pb, tool_to_pb};
+use toolplane_core::model::{AuditAction, Principal, Role, StoredCredential, Tool};
 use toolplane_core::validate::check_tool_spec;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::tool_registry_server::ToolRegistry;
@@ -20,6 +20,7 @@ use crate::storage::ToolFilter;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
+pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 
 pub struct RegistryService {
     state: Arc<AppState>,
@@ -59,54 +60,165 @@ impl RegistryService {
         Ok(tool)
     }
 
-    async fn get(&self, req: pb::GetToolRequest) -> ApiResult<Tool> {
-        let tool = match req.key {
-            Some(pb::get_tool_request::Key::Id(id)) => {
-                let id = uuid_field("id", &id)?;
+    /// The live tool a request names by id or by name.
+    async fn live(&self, id_field: &str, id: Option<&str>, name: Option<&str>) -> ApiResult<Tool> {
+        match (id, name) {
+            (Some(id), _) if !id.is_empty() => {
+                let id = uuid_field(id_field, id)?;
                 self.state
                     .store
                     .get_tool(id)
                     .await?
-                    .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))?
+                    .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))
             }
-            Some(pb::get_tool_request::Key::Name(name)) => self
+            (_, Some(name)) if !name.is_empty() => self
                 .state
                 .store
-                .get_tool_by_name(&name)
+                .get_tool_by_name(name)
                 .await?
-                .ok_or_else(|| ApiError::NotFound(format!("tool {name:?} not found")))?,
-            None => return Err(Violations::single("key", "set id or name").into()),
-        };
-        if req.version != 0 && req.version != tool.version {
-            return Err(ApiError::NotFound(format!(
-                "version {} of tool {:?} not found (current is {})",
-                req.version, tool.spec.name, tool.version
-            )));
+                .ok_or_else(|| ApiError::NotFound(format!("tool {name:?} not found"))),
+            _ => Err(Violations::single(id_field, "set the tool's id or name").into()),
         }
+    }
+
+    async fn get(&self, req: pb::GetToolRequest) -> ApiResult<Tool> {
+        let (id, name) = match &req.key {
+            Some(pb::get_tool_request::Key::Id(id)) => (Some(id.as_str()), None),
+            Some(pb::get_tool_request::Key::Name(name)) => (None, Some(name.as_str())),
+            None => (None, None),
+        };
+        if req.version == 0 {
+            return self.live("id", id, name).await;
+        }
+        // Old versions stay readable, of deleted tools too when asked by id.
+        let tool_id = match id {
+            Some(id) => uuid_field("id", id)?,
+            None => self.live("id", None, name).await?.id,
+        };
+        self.state
+            .store
+            .get_tool_version(tool_id, req.version)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("version {} of tool {tool_id} not found", req.version)))
+    }
+
+    async fn update(&self, who: &Principal, req: pb::UpdateToolRequest) -> ApiResult<Tool> {
+        let wire = required("tool", req.tool)?;
+        let current = self.live("tool.id", Some(&wire.id), Some(&wire.name)).await?;
+        let mut spec = tool_spec_from_pb(wire)?;
+        if spec.name.is_empty() {
+            spec.name.clone_from(&current.spec.name);
+        }
+        if spec.name != current.spec.name {
+            return Err(Violations::single("tool.name", "cannot change; register a new tool instead").into());
+        }
+        check_tool_spec(&spec, self.state.policy)?;
+        spec.reliability_score = current.spec.reliability_score;
+        spec.average_latency_ms = current.spec.average_latency_ms;
+        let tool = Tool {
+            id: current.id,
+            version: current.version + 1,
+            spec,
+            created_at: current.created_at,
+            updated_at: Utc::now(),
+        };
+        self.state.store.update_tool(&tool).await?;
+        let detail = format!("{} is now version {}", tool.spec.name, tool.version);
+        self.state
+            .audit_admin(who, AuditAction::ToolUpdated, None, Some(tool.id), detail)
+            .await?;
+        self.state.changed();
         Ok(tool)
+    }
+
+    async fn set_enabled(&self, who: &Principal, req: pb::SetToolEnabledRequest) -> ApiResult<Tool> {
+        let id = uuid_field("tool_id", &req.tool_id)?;
+        let tool = self
+            .state
+            .store
+            .set_tool_enabled(id, req.enabled, Utc::now())
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))?;
+        let (action, verb) = if req.enabled {
+            (AuditAction::ToolUpdated, "enabled")
+        } else {
+            (AuditAction::ToolDisabled, "disabled")
+        };
+        self.state
+            .audit_admin(who, action, None, Some(id), format!("{verb} {}", tool.spec.name))
+            .await?;
+        self.state.changed();
+        Ok(tool)
+    }
+
+    async fn delete(&self, who: &Principal, req: pb::DeleteToolRequest) -> ApiResult<()> {
+        let id = uuid_field("tool_id", &req.tool_id)?;
+        if !self.state.store.delete_tool(id, Utc::now()).await? {
+            return Err(ApiError::NotFound(format!("tool {id} not found")));
+        }
+        self.state
+            .audit_admin(who, AuditAction::ToolDeleted, None, Some(id), format!("deleted {id}"))
+            .await?;
+        self.state.changed();
+        Ok(())
+    }
+
+    async fn store_credential(&self, who: &Principal, req: pb::SetCredentialRequest) -> ApiResult<()> {
+        let tool_id = uuid_field("tool_id", &req.tool_id)?;
+        let mut v = Violations::default();
+        if req.secret.is_empty() {
+            v.push("secret", "is required");
+        } else if req.secret.len() > MAX_SECRET_BYTES {
+            v.push(
+                "secret",
+                format!("is larger than the limit of {MAX_SECRET_BYTES} bytes"),
+            );
+        }
+        if req.header_name.len() > 128 || !req.header_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            v.push(
+                "header_name",
+                "must be an HTTP header name (letters, digits and -), at most 128 characters",
+            );
+        }
+        v.into_result()?;
+        let keyring = self.state.keyring.as_ref().ok_or_else(|| {
+            ApiError::FailedPrecondition(
+                "no master key is configured (TOOLPLANE_MASTER_KEY); credentials cannot be stored".to_owned(),
+            )
+        })?;
+        let credential = StoredCredential {
+            tool_id,
+            auth_type: auth_from_pb(req.auth_type),
+            header_name: req.header_name,
+            sealed: keyring.seal(req.secret.as_bytes(), tool_id.as_bytes()),
+            updated_at: Utc::now(),
+        };
+        self.state.store.set_credential(&credential).await?;
+        let detail = format!("credential set (key {})", credential.sealed.key_id);
+        self.state
+            .audit_admin(who, AuditAction::CredentialSet, None, Some(tool_id), detail)
+            .await?;
+        self.state.changed();
+        Ok(())
     }
 
     async fn list(&self, req: pb::ListToolsRequest) -> ApiResult<pb::ListToolsResponse> {
         let size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n > MAX_PAGE_SIZE => {
-                return Err(Violations::single(
-                    "page_size",
-                    format!("must be at most {MAX_PAGE_SIZE}"),
-                )
-                .into());
+                return Err(Violations::single("page_size", format!("must be at most {MAX_PAGE_SIZE}")).into());
             }
             n => n,
         } as usize;
         let after = if req.page_token.is_empty() {
             None
         } else {
-            let bytes = hex::decode(&req.page_token).map_err(|_| {
-                Violations::single("page_token", "is not a token this server issued")
-            })?;
-            Some(String::from_utf8(bytes).map_err(|_| {
-                Violations::single("page_token", "is not a token this server issued")
-            })?)
+            let bytes = hex::decode(&req.page_token)
+                .map_err(|_| Violations::single("page_token", "is not a token this server issued"))?;
+            Some(
+                String::from_utf8(bytes)
+                    .map_err(|_| Violations::single("page_token", "is not a token this server issued"))?,
+            )
         };
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         let filter = ToolFilter {
@@ -116,17 +228,10 @@ impl RegistryService {
             provider: non_empty(req.provider),
             text: non_empty(req.text),
         };
-        let mut tools = self
-            .state
-            .store
-            .list_tools(&filter, after.as_deref(), size + 1)
-            .await?;
+        let mut tools = self.state.store.list_tools(&filter, after.as_deref(), size + 1).await?;
         let next_page_token = if tools.len() > size {
             tools.truncate(size);
-            tools
-                .last()
-                .map(|t| hex::encode(&t.spec.name))
-                .unwrap_or_default()
+            tools.last().map(|t| hex::encode(&t.spec.name)).unwrap_or_default()
         } else {
             String::new()
         };
@@ -155,10 +260,7 @@ impl ToolRegistry for RegistryService {
         }))
     }
 
-    async fn get_tool(
-        &self,
-        request: Request<pb::GetToolRequest>,
-    ) -> Result<Response<pb::GetToolResponse>, Status> {
+    async fn get_tool(&self, request: Request<pb::GetToolRequest>) -> Result<Response<pb::GetToolResponse>, Status> {
         let tool = self.get(request.into_inner()).await?;
         Ok(Response::new(pb::GetToolResponse {
             tool: Some(tool_to_pb(&tool)),
@@ -174,23 +276,36 @@ impl ToolRegistry for RegistryService {
 
     async fn update_tool(
         &self,
-        _: Request<pb::UpdateToolRequest>,
+        request: Request<pb::UpdateToolRequest>,
     ) -> Result<Response<pb::UpdateToolResponse>, Status> {
-        Err(later("ToolRegistry.UpdateTool"))
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "UpdateTool")?;
+        let tool = self.update(&who, request.into_inner()).await?;
+        Ok(Response::new(pb::UpdateToolResponse {
+            tool: Some(tool_to_pb(&tool)),
+        }))
     }
 
     async fn set_tool_enabled(
         &self,
-        _: Request<pb::SetToolEnabledRequest>,
+        request: Request<pb::SetToolEnabledRequest>,
     ) -> Result<Response<pb::SetToolEnabledResponse>, Status> {
-        Err(later("ToolRegistry.SetToolEnabled"))
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "SetToolEnabled")?;
+        let tool = self.set_enabled(&who, request.into_inner()).await?;
+        Ok(Response::new(pb::SetToolEnabledResponse {
+            tool: Some(tool_to_pb(&tool)),
+        }))
     }
 
     async fn delete_tool(
         &self,
-        _: Request<pb::DeleteToolRequest>,
+        request: Request<pb::DeleteToolRequest>,
     ) -> Result<Response<pb::DeleteToolResponse>, Status> {
-        Err(later("ToolRegistry.DeleteTool"))
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "DeleteTool")?;
+        self.delete(&who, request.into_inner()).await?;
+        Ok(Response::new(pb::DeleteToolResponse {}))
     }
 
     async fn import_mcp_tools(
@@ -202,9 +317,12 @@ impl ToolRegistry for RegistryService {
 
     async fn set_credential(
         &self,
-        _: Request<pb::SetCredentialRequest>,
+        request: Request<pb::SetCredentialRequest>,
     ) -> Result<Response<pb::SetCredentialResponse>, Status> {
-        Err(later("ToolRegistry.SetCredential"))
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "SetCredential")?;
+        self.store_credential(&who, request.into_inner()).await?;
+        Ok(Response::new(pb::SetCredentialResponse {}))
     }
 
     async fn set_fallback_strategy(

@@ -65,20 +65,14 @@ async fn store_batch(state: &AppState, batch: pb::EventBatch) -> Result<Vec<Stri
     Ok(ids)
 }
 
-async fn session(
-    state: Arc<AppState>,
-    mut inbound: Streaming<pb::ConnectRequest>,
-    tx: mpsc::Sender<Out>,
-) {
+async fn session(state: Arc<AppState>, mut inbound: Streaming<pb::ConnectRequest>, tx: mpsc::Sender<Out>) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
         Ok(Some(Ok(pb::ConnectRequest {
             message: Some(pb::connect_request::Message::Hello(h)),
         }))) => h,
         _ => {
             let _ = tx
-                .send(Err(Status::invalid_argument(
-                    "the first message must be SidecarHello",
-                )))
+                .send(Err(Status::invalid_argument("the first message must be SidecarHello")))
                 .await;
             return;
         }

@@ -4,9 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
-use toolplane_core::model::{
-    Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool,
-};
+use toolplane_core::model::StoredCredential;
+use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
 use uuid::Uuid;
 
 use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter};
@@ -19,6 +18,7 @@ struct State {
     versions: HashMap<(Uuid, u32), Tool>,
     /// Live tool names, ordered for listing.
     names: BTreeMap<String, Uuid>,
+    credentials: HashMap<Uuid, StoredCredential>,
     agents: HashMap<Uuid, Agent>,
     tokens: HashMap<String, TokenRecord>,
     permissions: Vec<Permission>,
@@ -47,9 +47,7 @@ impl MemoryStore {
 fn matches(tool: &Tool, f: &ToolFilter) -> bool {
     let s = &tool.spec;
     f.category.as_ref().is_none_or(|c| &s.category == c)
-        && f.capability
-            .as_ref()
-            .is_none_or(|c| s.capabilities.contains(c))
+        && f.capability.as_ref().is_none_or(|c| s.capabilities.contains(c))
         && f.enabled.is_none_or(|e| s.enabled == e)
         && f.provider.as_ref().is_none_or(|p| &s.provider == p)
         && f.text.as_ref().is_none_or(|t| {
@@ -89,7 +87,10 @@ impl Store for MemoryStore {
         }
         if current.spec.name != tool.spec.name {
             if st.names.contains_key(&tool.spec.name) {
-                return Err(StoreError::Conflict(format!("a tool named {:?} already exists", tool.spec.name)));
+                return Err(StoreError::Conflict(format!(
+                    "a tool named {:?} already exists",
+                    tool.spec.name
+                )));
             }
             let old = current.spec.name.clone();
             st.names.remove(&old);
@@ -138,12 +139,7 @@ impl Store for MemoryStore {
         Ok(st.names.get(name).and_then(|id| st.tools.get(id)).cloned())
     }
 
-    async fn list_tools(
-        &self,
-        filter: &ToolFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<Tool>> {
+    async fn list_tools(&self, filter: &ToolFilter, after: Option<&str>, limit: usize) -> StoreResult<Vec<Tool>> {
         use std::ops::Bound::{Excluded, Unbounded};
         let st = self.read();
         let lower = after.map_or(Unbounded, |a| Excluded(a.to_owned()));
@@ -153,6 +149,25 @@ impl Store for MemoryStore {
             .filter_map(|(_, id)| st.tools.get(id))
             .filter(|t| matches(t, filter))
             .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn set_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+        let mut st = self.write();
+        if !st.tools.contains_key(&credential.tool_id) {
+            return Err(StoreError::NotFound(format!("tool {}", credential.tool_id)));
+        }
+        st.credentials.insert(credential.tool_id, credential.clone());
+        Ok(())
+    }
+
+    async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>> {
+        let st = self.read();
+        Ok(st
+            .credentials
+            .values()
+            .filter(|c| st.tools.contains_key(&c.tool_id))
             .cloned()
             .collect())
     }
@@ -205,10 +220,7 @@ impl Store for MemoryStore {
     async fn create_permission(&self, permission: &Permission) -> StoreResult<()> {
         let mut st = self.write();
         if !st.agents.contains_key(&permission.agent_id) {
-            return Err(StoreError::NotFound(format!(
-                "agent {}",
-                permission.agent_id
-            )));
+            return Err(StoreError::NotFound(format!("agent {}", permission.agent_id)));
         }
         if !st.tools.contains_key(&permission.tool_id) {
             return Err(StoreError::NotFound(format!("tool {}", permission.tool_id)));
@@ -217,18 +229,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list_permissions(
-        &self,
-        agent_id: Option<Uuid>,
-        tool_id: Option<Uuid>,
-    ) -> StoreResult<Vec<Permission>> {
+    async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>> {
         Ok(self
             .read()
             .permissions
             .iter()
-            .filter(|p| {
-                agent_id.is_none_or(|a| p.agent_id == a) && tool_id.is_none_or(|t| p.tool_id == t)
-            })
+            .filter(|p| agent_id.is_none_or(|a| p.agent_id == a) && tool_id.is_none_or(|t| p.tool_id == t))
             .cloned()
             .collect())
     }
@@ -243,9 +249,7 @@ impl Store for MemoryStore {
                     }
                 }
                 SyncEvent::Invocation(i) => {
-                    st.invocations
-                        .entry(i.invocation_id)
-                        .or_insert_with(|| i.clone());
+                    st.invocations.entry(i.invocation_id).or_insert_with(|| i.clone());
                 }
             }
         }

@@ -9,9 +9,8 @@ mod postgres;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use toolplane_core::model::{
-    Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool,
-};
+use toolplane_core::model::StoredCredential;
+use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
@@ -69,12 +68,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_tool(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
     async fn get_tool_by_name(&self, name: &str) -> StoreResult<Option<Tool>>;
     /// Live tools matching `filter`, ordered by name, names strictly after `after`.
-    async fn list_tools(
-        &self,
-        filter: &ToolFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<Tool>>;
+    async fn list_tools(&self, filter: &ToolFilter, after: Option<&str>, limit: usize) -> StoreResult<Vec<Tool>>;
+
+    /// Creates or replaces the tool's credential.
+    async fn set_credential(&self, credential: &StoredCredential) -> StoreResult<()>;
+    /// Credentials of live tools.
+    async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>>;
 
     /// `Conflict` when the name is taken.
     async fn create_agent(&self, agent: &Agent) -> StoreResult<()>;
@@ -88,11 +87,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_permission(&self, permission: &Permission) -> StoreResult<()>;
     /// Unrevoked grants, optionally narrowed to one agent and/or tool.
-    async fn list_permissions(
-        &self,
-        agent_id: Option<Uuid>,
-        tool_id: Option<Uuid>,
-    ) -> StoreResult<Vec<Permission>>;
+    async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>>;
 
     /// Stores events atomically and idempotently: an event whose id is already stored
     /// is skipped, so sidecars can resend after a lost ack.

@@ -79,19 +79,14 @@ fn tool_from_row(r: &Row) -> StoreResult<Tool> {
             description: r.get("description"),
             input_schema: r.get("input_schema"),
             output_schema: r.get("output_schema"),
-            examples: serde_json::from_value(examples)
-                .map_err(|e| StoreError::Backend(e.to_string()))?,
+            examples: serde_json::from_value(examples).map_err(|e| StoreError::Backend(e.to_string()))?,
             capabilities: r.get("capabilities"),
             requirements: ToolRequirements {
                 authentication: parse_text("auth_type", r.get("auth_type"), AuthType::parse)?,
                 rate_limit_rpm: u32_of(r.get("rate_limit_rpm")),
                 timeout_ms: u32_of(r.get("timeout_ms")),
                 required_agent_skills: r.get("required_skills"),
-                data_sensitivity: parse_text(
-                    "data_sensitivity",
-                    r.get("data_sensitivity"),
-                    DataSensitivity::parse,
-                )?,
+                data_sensitivity: parse_text("data_sensitivity", r.get("data_sensitivity"), DataSensitivity::parse)?,
             },
             provider: r.get("provider"),
             endpoint: r.get("endpoint"),
@@ -222,10 +217,7 @@ fn permission_from_row(r: &Row) -> StoreResult<Permission> {
         tool_id: r.get("tool_id"),
         kind: parse_text("permission kind", r.get("kind"), PermissionType::parse)?,
         max_invocations_per_day: u32_of(r.get("max_invocations_per_day")),
-        allowed_hours: hours
-            .into_iter()
-            .filter_map(|h| u32::try_from(h).ok())
-            .collect(),
+        allowed_hours: hours.into_iter().filter_map(|h| u32::try_from(h).ok()).collect(),
         time_zone: r.get("time_zone"),
         max_sensitivity: max
             .as_deref()
@@ -241,12 +233,9 @@ fn audit_from_row(r: &Row) -> StoreResult<AuditEvent> {
     let status: Option<String> = r.get("result_status");
     let result = match status {
         Some(s) => Some(ResultSummary {
-            size_bytes: u64::try_from(r.get::<_, Option<i64>>("result_size_bytes").unwrap_or(0))
-                .unwrap_or(0),
+            size_bytes: u64::try_from(r.get::<_, Option<i64>>("result_size_bytes").unwrap_or(0)).unwrap_or(0),
             status: parse_text("result_status", &s, ExecutionStatus::parse)?,
-            digest: r
-                .get::<_, Option<String>>("result_digest")
-                .unwrap_or_default(),
+            digest: r.get::<_, Option<String>>("result_digest").unwrap_or_default(),
         }),
         None => None,
     };
@@ -304,7 +293,10 @@ impl Store for PostgresStore {
         let row = ToolRow::new(t)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        let sql = format!("INSERT INTO tools ({TOOL_COLUMNS}) VALUES ({})", placeholders(TOOL_COLUMN_COUNT));
+        let sql = format!(
+            "INSERT INTO tools ({TOOL_COLUMNS}) VALUES ({})",
+            placeholders(TOOL_COLUMN_COUNT)
+        );
         tx.execute(&sql, &row.params()).await.map_err(|e| match db_err(e) {
             StoreError::Conflict(_) => StoreError::Conflict(format!("a tool named {:?} already exists", t.spec.name)),
             other => other,
@@ -327,13 +319,18 @@ impl Store for PostgresStore {
         params.push(&previous);
         if tx.execute(&sql, &params).await.map_err(db_err)? == 0 {
             let live: Option<i64> = tx
-                .query_opt("SELECT version FROM tools WHERE id = $1 AND deleted_at IS NULL", &[&t.id])
+                .query_opt(
+                    "SELECT version FROM tools WHERE id = $1 AND deleted_at IS NULL",
+                    &[&t.id],
+                )
                 .await
                 .map_err(db_err)?
                 .map(|r| r.get(0));
             return Err(match live {
                 None => StoreError::NotFound(format!("tool {}", t.id)),
-                Some(v) => StoreError::Conflict(format!("tool {} is at version {v}, not {previous}; retry", t.spec.name)),
+                Some(v) => {
+                    StoreError::Conflict(format!("tool {} is at version {v}, not {previous}; retry", t.spec.name))
+                }
             });
         }
         insert_version(&tx, t).await?;
@@ -352,8 +349,8 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         let Some(r) = row else { return Ok(None) };
-        let mut spec: ToolSpec =
-            serde_json::from_value(r.get("spec")).map_err(|e| StoreError::Backend(format!("stored tool version: {e}")))?;
+        let mut spec: ToolSpec = serde_json::from_value(r.get("spec"))
+            .map_err(|e| StoreError::Backend(format!("stored tool version: {e}")))?;
         let deleted: Option<DateTime<Utc>> = r.get("deleted_at");
         spec.enabled = r.get::<_, bool>("enabled") && deleted.is_none();
         Ok(Some(Tool {
@@ -369,7 +366,12 @@ impl Store for PostgresStore {
         let sql = format!(
             "UPDATE tools SET enabled = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL RETURNING {TOOL_COLUMNS}"
         );
-        let row = self.client().await?.query_opt(&sql, &[&id, &enabled, &at]).await.map_err(db_err)?;
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&id, &enabled, &at])
+            .await
+            .map_err(db_err)?;
         row.as_ref().map(tool_from_row).transpose()
     }
 
@@ -377,7 +379,10 @@ impl Store for PostgresStore {
         let n = self
             .client()
             .await?
-            .execute("UPDATE tools SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL", &[&id, &at])
+            .execute(
+                "UPDATE tools SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+                &[&id, &at],
+            )
             .await
             .map_err(db_err)?;
         Ok(n == 1)
@@ -385,41 +390,21 @@ impl Store for PostgresStore {
 
     async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>> {
         let sql = format!("SELECT {TOOL_COLUMNS} FROM tools WHERE id = $1 AND deleted_at IS NULL");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id])
-            .await
-            .map_err(db_err)?;
+        let row = self.client().await?.query_opt(&sql, &[&id]).await.map_err(db_err)?;
         row.as_ref().map(tool_from_row).transpose()
     }
 
     async fn get_tool_by_name(&self, name: &str) -> StoreResult<Option<Tool>> {
-        let sql =
-            format!("SELECT {TOOL_COLUMNS} FROM tools WHERE name = $1 AND deleted_at IS NULL");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&name])
-            .await
-            .map_err(db_err)?;
+        let sql = format!("SELECT {TOOL_COLUMNS} FROM tools WHERE name = $1 AND deleted_at IS NULL");
+        let row = self.client().await?.query_opt(&sql, &[&name]).await.map_err(db_err)?;
         row.as_ref().map(tool_from_row).transpose()
     }
 
-    async fn list_tools(
-        &self,
-        f: &ToolFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<Tool>> {
-        let text = f.text.as_ref().map(|t| {
-            format!(
-                "%{}%",
-                t.replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
-            )
-        });
+    async fn list_tools(&self, f: &ToolFilter, after: Option<&str>, limit: usize) -> StoreResult<Vec<Tool>> {
+        let text = f
+            .text
+            .as_ref()
+            .map(|t| format!("%{}%", t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
         let caps: Option<Vec<String>> = f.capability.clone().map(|c| vec![c]);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
@@ -437,19 +422,65 @@ impl Store for PostgresStore {
             .await?
             .query(
                 &sql,
-                &[
-                    &f.category,
-                    &caps,
-                    &f.enabled,
-                    &f.provider,
-                    &text,
-                    &after,
-                    &limit,
-                ],
+                &[&f.category, &caps, &f.enabled, &f.provider, &text, &after, &limit],
             )
             .await
             .map_err(db_err)?;
         rows.iter().map(tool_from_row).collect()
+    }
+
+    async fn set_credential(&self, c: &StoredCredential) -> StoreResult<()> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO credentials (tool_id, auth_type, header_name, key_id, nonce, ciphertext, updated_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM tools WHERE id = $1 AND deleted_at IS NULL) \
+                 ON CONFLICT (tool_id) DO UPDATE SET auth_type = $2, header_name = $3, key_id = $4, nonce = $5, \
+                 ciphertext = $6, updated_at = $7",
+                &[
+                    &c.tool_id,
+                    &c.auth_type.as_str(),
+                    &c.header_name,
+                    &c.sealed.key_id,
+                    &c.sealed.nonce,
+                    &c.sealed.ciphertext,
+                    &c.updated_at,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("tool {}", c.tool_id)));
+        }
+        Ok(())
+    }
+
+    async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT c.* FROM credentials c JOIN tools t ON t.id = c.tool_id WHERE t.deleted_at IS NULL",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredCredential {
+                    tool_id: r.get("tool_id"),
+                    auth_type: parse_text("auth_type", r.get("auth_type"), AuthType::parse)?,
+                    header_name: r.get("header_name"),
+                    sealed: toolplane_core::crypto::Sealed {
+                        key_id: r.get("key_id"),
+                        nonce: r.get("nonce"),
+                        ciphertext: r.get("ciphertext"),
+                    },
+                    updated_at: r.get("updated_at"),
+                })
+            })
+            .collect()
     }
 
     async fn create_agent(&self, a: &Agent) -> StoreResult<()> {
@@ -461,9 +492,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(|e| match db_err(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("an agent named {:?} already exists", a.name))
-                }
+                StoreError::Conflict(_) => StoreError::Conflict(format!("an agent named {:?} already exists", a.name)),
                 other => other,
             })?;
         Ok(())
@@ -495,7 +524,16 @@ impl Store for PostgresStore {
             .execute(
                 "INSERT INTO tokens (id, sha256, role, agent_id, description, created_at, expires_at, revoked_at) \
                  VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                &[&t.id, &t.sha256, &t.role.as_str(), &t.agent_id, &t.description, &t.created_at, &t.expires_at, &t.revoked_at],
+                &[
+                    &t.id,
+                    &t.sha256,
+                    &t.role.as_str(),
+                    &t.agent_id,
+                    &t.description,
+                    &t.created_at,
+                    &t.expires_at,
+                    &t.revoked_at,
+                ],
             )
             .await
             .map_err(db_err)?;
@@ -526,11 +564,7 @@ impl Store for PostgresStore {
     }
 
     async fn create_permission(&self, p: &Permission) -> StoreResult<()> {
-        let hours: Vec<i32> = p
-            .allowed_hours
-            .iter()
-            .filter_map(|h| i32::try_from(*h).ok())
-            .collect();
+        let hours: Vec<i32> = p.allowed_hours.iter().filter_map(|h| i32::try_from(*h).ok()).collect();
         self.client()
             .await?
             .execute(
@@ -556,11 +590,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn list_permissions(
-        &self,
-        agent_id: Option<Uuid>,
-        tool_id: Option<Uuid>,
-    ) -> StoreResult<Vec<Permission>> {
+    async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>> {
         let rows = self
             .client()
             .await?
@@ -685,10 +715,7 @@ impl Store for PostgresStore {
         let row = self
             .client()
             .await?
-            .query_opt(
-                "SELECT * FROM invocations WHERE invocation_id = $1",
-                &[&invocation_id],
-            )
+            .query_opt("SELECT * FROM invocations WHERE invocation_id = $1", &[&invocation_id])
             .await
             .map_err(db_err)?;
         row.as_ref().map(invocation_from_row).transpose()

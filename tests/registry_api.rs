@@ -1,0 +1,365 @@
+//! The `ToolRegistry` RPCs, through the real control plane binary, against both storage
+//! backends (in-memory and PostgreSQL): one suite, run twice.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+use tonic::Code;
+use tonic_types::StatusExt;
+use toolplane_core::json::json_to_struct;
+use toolplane_proto::v1 as pb;
+use toolplane_tests::grpc::{Admin, channel, http_tool};
+use toolplane_tests::pg::TestDb;
+use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane};
+
+struct Cp {
+    proc: Proc,
+    admin: Admin,
+    _db: Option<TestDb>,
+}
+
+async fn memory() -> Cp {
+    let proc = control_plane(None).await;
+    let admin = Admin::connect(&proc.url(), ADMIN_TOKEN).await;
+    Cp { proc, admin, _db: None }
+}
+
+async fn postgres() -> Cp {
+    let db = TestDb::create().await;
+    let proc = control_plane(Some(&db.url)).await;
+    let admin = Admin::connect(&proc.url(), ADMIN_TOKEN).await;
+    Cp {
+        proc,
+        admin,
+        _db: Some(db),
+    }
+}
+
+macro_rules! both_backends {
+    ($($test:ident),+ $(,)?) => {
+        mod memory_backend {
+            $(#[tokio::test] async fn $test() { super::$test(super::memory().await).await })+
+        }
+        mod postgres_backend {
+            $(#[tokio::test] async fn $test() { super::$test(super::postgres().await).await })+
+        }
+    };
+}
+
+both_backends!(
+    lifecycle_versions_and_soft_delete,
+    listing_filters_and_pages,
+    bad_input_is_refused_with_the_field_at_fault
+);
+
+fn field(e: &tonic::Status) -> String {
+    e.get_details_bad_request()
+        .map(|b| b.field_violations[0].field.clone())
+        .unwrap_or_default()
+}
+
+async fn get(admin: &mut Admin, key: pb::get_tool_request::Key, version: u32) -> Result<pb::Tool, tonic::Status> {
+    Ok(admin
+        .registry
+        .get_tool(pb::GetToolRequest {
+            key: Some(key),
+            version,
+        })
+        .await?
+        .into_inner()
+        .tool
+        .unwrap())
+}
+
+async fn lifecycle_versions_and_soft_delete(mut cp: Cp) {
+    let a = &mut cp.admin;
+    let mut spec = http_tool("lookup", "http://127.0.0.1:9/lookup");
+    spec.reliability_score = 0.99;
+    spec.average_latency_ms = 1;
+    let v1 = a.register(spec.clone()).await.unwrap();
+    assert_eq!(v1.version, 1);
+    assert_eq!(
+        v1.reliability_score, 0.0,
+        "statistics are learned, not taken from the caller"
+    );
+    assert_eq!(v1.schema.as_ref().unwrap().required_params, ["text"]);
+    assert_eq!(v1.schema.as_ref().unwrap().optional_params, ["api_key"]);
+    assert_eq!(v1.cost_per_call, "0.0020");
+
+    spec.description = "Looks things up, better".into();
+    spec.id = v1.id.clone();
+    let v2 = a
+        .registry
+        .update_tool(pb::UpdateToolRequest {
+            tool: Some(spec.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tool
+        .unwrap();
+    assert_eq!((v2.id.as_str(), v2.version), (v1.id.as_str(), 2));
+    use pb::get_tool_request::Key;
+    assert_eq!(get(a, Key::Name("lookup".into()), 0).await.unwrap().version, 2);
+    assert_eq!(
+        get(a, Key::Id(v1.id.clone()), 1).await.unwrap().description,
+        v1.description
+    );
+    assert_eq!(
+        get(a, Key::Name("lookup".into()), 2).await.unwrap().description,
+        "Looks things up, better"
+    );
+    assert_eq!(
+        get(a, Key::Id(v1.id.clone()), 7).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    let off = a
+        .registry
+        .set_tool_enabled(pb::SetToolEnabledRequest {
+            tool_id: v1.id.clone(),
+            enabled: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tool
+        .unwrap();
+    assert!(!off.enabled);
+    assert_eq!(off.version, 2);
+    let enabled_only = a
+        .registry
+        .list_tools(pb::ListToolsRequest {
+            enabled: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(enabled_only.tools.is_empty());
+
+    a.registry
+        .delete_tool(pb::DeleteToolRequest { tool_id: v1.id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(
+        get(a, Key::Name("lookup".into()), 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        get(a, Key::Id(v1.id.clone()), 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        get(a, Key::Id(v1.id.clone()), 2).await.unwrap().version,
+        2,
+        "history outlives deletion"
+    );
+    let e = a
+        .registry
+        .delete_tool(pb::DeleteToolRequest { tool_id: v1.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    spec.id.clear();
+    assert_ne!(a.register(spec).await.unwrap().id, v1.id, "the name is free again");
+}
+
+async fn listing_filters_and_pages(mut cp: Cp) {
+    let a = &mut cp.admin;
+    for (name, caps, category) in [
+        ("web.search", vec!["search"], "web_search"),
+        ("docs.fetch", vec!["retrieve", "search"], "data_retrieval"),
+        ("calc", vec!["analyze"], "analysis"),
+        ("mailer", vec!["integrate"], "communication"),
+        ("translate", vec!["transform"], "content_generation"),
+    ] {
+        let mut t = http_tool(name, "http://127.0.0.1:9/t");
+        t.capabilities = caps.into_iter().map(str::to_owned).collect();
+        t.category = category.into();
+        a.register(t).await.unwrap();
+    }
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = a
+            .registry
+            .list_tools(pb::ListToolsRequest {
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        names.extend(r.tools.into_iter().map(|t| t.name));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["calc", "docs.fetch", "mailer", "translate", "web.search"]);
+    let search = a
+        .registry
+        .list_tools(pb::ListToolsRequest {
+            capability: "search".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        search.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["docs.fetch", "web.search"]
+    );
+    let text = a
+        .registry
+        .list_tools(pb::ListToolsRequest {
+            text: "MAIL".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(text.tools.len(), 1);
+    let cat = a
+        .registry
+        .list_tools(pb::ListToolsRequest {
+            category: "analysis".into(),
+            provider: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cat.tools[0].name, "calc");
+}
+
+async fn bad_input_is_refused_with_the_field_at_fault(mut cp: Cp) {
+    let a = &mut cp.admin;
+    a.register(http_tool("taken", "http://127.0.0.1:9/t")).await.unwrap();
+    let e = a
+        .register(http_tool("taken", "http://127.0.0.1:9/t"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+
+    let mut t = http_tool("bad_schema", "http://127.0.0.1:9/t");
+    t.schema.as_mut().unwrap().input_schema =
+        json_to_struct(&json!({"type": "object", "properties": {"n": {"minimum": "zero"}}}));
+    let e = a.register(t).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(field(&e).starts_with("tool.schema.input_schema/properties/n"), "{e:?}");
+
+    let mut t = http_tool("bad_example", "http://127.0.0.1:9/t");
+    t.schema.as_mut().unwrap().examples = vec![pb::ToolExample {
+        description: "missing text".into(),
+        input: Some(toolplane_core::json::value_to_pb(&json!({"api_key": "k"}))),
+        expected_output: None,
+    }];
+    let e = a.register(t).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(field(&e), "tool.schema.examples[0].input/", "{e:?}");
+
+    let e = a
+        .register(http_tool("metadata", "http://169.254.169.254/latest/meta-data/"))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), field(&e).as_str()), (Code::InvalidArgument, "tool.endpoint"));
+
+    let mut t = http_tool("huge", "http://127.0.0.1:9/t");
+    t.description = "x".repeat(10_000);
+    let e = a.register(t).await.unwrap_err();
+    assert_eq!(field(&e), "tool.description");
+    assert!(e.message().contains("8192"), "the limit is in the message: {e:?}");
+    let mut t = http_tool("many_caps", "http://127.0.0.1:9/t");
+    t.capabilities = (0..100).map(|i| format!("c{i}")).collect();
+    let e = a.register(t).await.unwrap_err();
+    assert!(e.message().contains("64"), "{e:?}");
+
+    let e = a
+        .registry
+        .list_tools(pb::ListToolsRequest {
+            page_size: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(&e), "page_size");
+    let e = a
+        .registry
+        .list_tools(pb::ListToolsRequest {
+            page_token: "zz-not-hex".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(&e), "page_token");
+
+    let mut renamed = http_tool("renamed", "http://127.0.0.1:9/t");
+    renamed.id = a
+        .registry
+        .get_tool(pb::GetToolRequest {
+            key: Some(pb::get_tool_request::Key::Name("taken".into())),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tool
+        .unwrap()
+        .id;
+    let e = a
+        .registry
+        .update_tool(pb::UpdateToolRequest { tool: Some(renamed) })
+        .await
+        .unwrap_err();
+    assert_eq!(field(&e), "tool.name");
+    let e = a
+        .registry
+        .update_tool(pb::UpdateToolRequest {
+            tool: Some(http_tool("ghost", "http://127.0.0.1:9/t")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    let e = a
+        .registry
+        .set_credential(pb::SetCredentialRequest {
+            tool_id: uuid::Uuid::new_v4().to_string(),
+            secret: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = a
+        .registry
+        .set_credential(pb::SetCredentialRequest {
+            tool_id: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field(&e), "tool_id");
+
+    // Writes are admin only.
+    let agent = a.agent("reader").await;
+    let token = a.token(pb::Role::Agent, &agent.id).await;
+    let mut as_agent = pb::tool_registry_client::ToolRegistryClient::new(channel(&cp.proc.url(), Some(&token)).await);
+    let e = as_agent
+        .delete_tool(pb::DeleteToolRequest {
+            tool_id: agent.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        as_agent.list_tools(pb::ListToolsRequest::default()).await.is_ok(),
+        "reads are open to agents"
+    );
+}
