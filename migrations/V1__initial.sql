@@ -19,7 +19,9 @@ CREATE TABLE tools (
     provider           TEXT NOT NULL DEFAULT '',
     endpoint           TEXT NOT NULL,
     protocol           TEXT NOT NULL,
+    -- Learned from invocation outcomes (EWMA), never from callers.
     reliability_score  DOUBLE PRECISION NOT NULL DEFAULT 0,
+    outcomes           BIGINT NOT NULL DEFAULT 0,
     average_latency_ms BIGINT NOT NULL DEFAULT 0,
     -- Unconstrained NUMERIC keeps the scale the admin wrote ("0.0020" stays "0.0020").
     cost_per_call      NUMERIC NOT NULL DEFAULT 0,

@@ -55,7 +55,61 @@ conformance!(
     permissions_need_agent_and_tool_and_filter,
     events_are_stored_once_and_in_order,
     versions_are_immutable_and_outlive_deletion,
+    outcomes_update_tool_statistics_once,
 );
+
+fn outcome(tool: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent {
+    let id = Uuid::now_v7();
+    let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    SyncEvent::Invocation(InvocationRecord {
+        invocation_id: id,
+        agent_id: Uuid::new_v4(),
+        task_id: String::new(),
+        requested_tool_id: tool.id,
+        parameters: json!({}),
+        invoked_at: now,
+        sidecar_id: "s".into(),
+        result: ToolResult {
+            invocation_id: id,
+            tool_id: tool.id,
+            tool_version: tool.version,
+            status,
+            output: serde_json::Value::Null,
+            error: String::new(),
+            duration_ms,
+            tokens_used: 0,
+            cost: Default::default(),
+            completed_at: now,
+            cache_hit: false,
+            attempts: 1,
+        },
+    })
+}
+
+async fn outcomes_update_tool_statistics_once(s: Arc<dyn Store>) {
+    let mut t = testutil::tool("measured");
+    t.spec.reliability_score = 0.0;
+    t.spec.average_latency_ms = 0;
+    s.create_tool(&t).await.unwrap();
+    let first = outcome(&t, ExecutionStatus::Success, 100);
+    s.append_events(&[first.clone()]).await.unwrap();
+    s.append_events(&[first]).await.unwrap(); // a resend counts once
+    let got = s.get_tool(t.id).await.unwrap().unwrap();
+    assert_eq!((got.spec.reliability_score, got.spec.average_latency_ms), (1.0, 100));
+    s.append_events(&[
+        outcome(&t, ExecutionStatus::Timeout, 1100),
+        outcome(&t, ExecutionStatus::PermissionDenied, 0),
+    ])
+    .await
+    .unwrap();
+    let got = s.get_tool(t.id).await.unwrap().unwrap();
+    assert!(
+        (got.spec.reliability_score - 0.9).abs() < 1e-9,
+        "{}",
+        got.spec.reliability_score
+    );
+    assert_eq!(got.spec.average_latency_ms, 200);
+}
 
 async fn versions_are_immutable_and_outlive_deletion(s: Arc<dyn Store>) {
     let v1 = testutil::tool("versioned");

@@ -12,6 +12,7 @@ pub mod model;
 pub mod permission;
 pub mod redact;
 pub mod schema;
+pub mod stats;
 pub mod token;
 pub mod validate;
 

@@ -6,6 +6,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use chrono::{DateTime, Utc};
 use toolplane_core::model::StoredCredential;
 use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::stats::{self, ToolStats};
 use uuid::Uuid;
 
 use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter};
@@ -25,6 +26,8 @@ struct State {
     audit: Vec<AuditEvent>,
     audit_ids: HashSet<Uuid>,
     invocations: HashMap<Uuid, InvocationRecord>,
+    /// Outcomes observed per tool, for the statistics.
+    outcomes: HashMap<Uuid, u64>,
 }
 
 #[derive(Default)]
@@ -249,7 +252,30 @@ impl Store for MemoryStore {
                     }
                 }
                 SyncEvent::Invocation(i) => {
-                    st.invocations.entry(i.invocation_id).or_insert_with(|| i.clone());
+                    if st.invocations.contains_key(&i.invocation_id) {
+                        continue;
+                    }
+                    st.invocations.insert(i.invocation_id, i.clone());
+                    let r = &i.result;
+                    if !stats::counts(r.status) {
+                        continue;
+                    }
+                    let outcomes = st.outcomes.entry(r.tool_id).or_default();
+                    let prev_outcomes = *outcomes;
+                    *outcomes += 1;
+                    if let Some(t) = st.tools.get_mut(&r.tool_id) {
+                        let next = stats::observe(
+                            ToolStats {
+                                reliability_score: t.spec.reliability_score,
+                                average_latency_ms: t.spec.average_latency_ms,
+                                outcomes: prev_outcomes,
+                            },
+                            r.status,
+                            r.duration_ms,
+                        );
+                        t.spec.reliability_score = next.reliability_score;
+                        t.spec.average_latency_ms = next.average_latency_ms;
+                    }
                 }
             }
         }

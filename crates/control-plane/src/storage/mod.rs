@@ -90,7 +90,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>>;
 
     /// Stores events atomically and idempotently: an event whose id is already stored
-    /// is skipped, so sidecars can resend after a lost ack.
+    /// is skipped, so sidecars can resend after a lost ack. Each newly stored
+    /// invocation updates its tool's reliability and average latency.
     async fn append_events(&self, events: &[SyncEvent]) -> StoreResult<()>;
     /// Ordered by the sequence in which they were recorded.
     async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>>;

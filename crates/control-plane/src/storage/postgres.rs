@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, error::SqlState};
 use toolplane_core::model::*;
+use toolplane_core::stats::{self, ToolStats};
 use uuid::Uuid;
 
 use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter, migrate};
@@ -172,6 +173,39 @@ impl<'a> ToolRow<'a> {
             &t.updated_at,
         ]
     }
+}
+
+/// Folds one outcome into the tool's statistics (row-locked, so concurrent batches
+/// from several sidecars do not lose updates).
+async fn record_outcome(tx: &deadpool_postgres::Transaction<'_>, r: &ToolResult) -> StoreResult<()> {
+    let Some(row) = tx
+        .query_opt(
+            "SELECT reliability_score, average_latency_ms, outcomes FROM tools WHERE id = $1 FOR UPDATE",
+            &[&r.tool_id],
+        )
+        .await
+        .map_err(db_err)?
+    else {
+        return Ok(());
+    };
+    let prev = ToolStats {
+        reliability_score: row.get(0),
+        average_latency_ms: u32_of(row.get(1)),
+        outcomes: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+    };
+    let next = stats::observe(prev, r.status, r.duration_ms);
+    tx.execute(
+        "UPDATE tools SET reliability_score = $2, average_latency_ms = $3, outcomes = $4 WHERE id = $1",
+        &[
+            &r.tool_id,
+            &next.reliability_score,
+            &i64::from(next.average_latency_ms),
+            &i64::try_from(next.outcomes).unwrap_or(i64::MAX),
+        ],
+    )
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 async fn insert_version(tx: &deadpool_postgres::Transaction<'_>, t: &Tool) -> StoreResult<()> {
@@ -666,31 +700,35 @@ impl Store for PostgresStore {
                 }
                 SyncEvent::Invocation(i) => {
                     let r = &i.result;
-                    tx.execute(
-                        &invocation,
-                        &[
-                            &i.invocation_id,
-                            &i.agent_id,
-                            &i.task_id,
-                            &i.requested_tool_id,
-                            &r.tool_id,
-                            &i64::from(r.tool_version),
-                            &i.parameters,
-                            &i.invoked_at,
-                            &r.status.as_str(),
-                            &r.output,
-                            &r.error,
-                            &i64::from(r.duration_ms),
-                            &i64::from(r.tokens_used),
-                            &r.cost,
-                            &r.completed_at,
-                            &r.cache_hit,
-                            &i64::from(r.attempts),
-                            &i.sidecar_id,
-                        ],
-                    )
-                    .await
-                    .map_err(db_err)?;
+                    let inserted = tx
+                        .execute(
+                            &invocation,
+                            &[
+                                &i.invocation_id,
+                                &i.agent_id,
+                                &i.task_id,
+                                &i.requested_tool_id,
+                                &r.tool_id,
+                                &i64::from(r.tool_version),
+                                &i.parameters,
+                                &i.invoked_at,
+                                &r.status.as_str(),
+                                &r.output,
+                                &r.error,
+                                &i64::from(r.duration_ms),
+                                &i64::from(r.tokens_used),
+                                &r.cost,
+                                &r.completed_at,
+                                &r.cache_hit,
+                                &i64::from(r.attempts),
+                                &i.sidecar_id,
+                            ],
+                        )
+                        .await
+                        .map_err(db_err)?;
+                    if inserted == 1 && stats::counts(r.status) {
+                        record_outcome(&tx, r).await?;
+                    }
                 }
             }
         }
