@@ -582,3 +582,109 @@ async fn a_credential_reaches_the_tool_and_nothing_else() {
         .get(0);
     assert!(!sealed.is_empty());
 }
+
+/// Polls an invocation through the sidecar until `accept` likes the outcome; returns
+/// how long that took.
+async fn time_until(
+    ex: &pb::executor_client::ExecutorClient<toolplane_tests::grpc::Authed>,
+    tool: &str,
+    accept: impl Fn(&Result<pb::ToolResult, tonic::Status>) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = ex
+            .clone()
+            .invoke(invoke_request(tool, &json!({"text": "a b c"})))
+            .await
+            .map(|r| r.into_inner().result.unwrap());
+        if accept(&r) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "change never reached the sidecar; last: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_database_and_push_changes_within_a_second() {
+    let db = TestDb::create().await;
+    let tools = ToolServer::start().await;
+    let cp_a = control_plane(Some(&db.url)).await;
+    let cp_b = control_plane(Some(&db.url)).await;
+    let mut a = Admin::connect(&cp_a.url(), ADMIN_TOKEN).await;
+    let mut b = Admin::connect(&cp_b.url(), ADMIN_TOKEN).await;
+
+    let tool = a
+        .register(http_tool("word_count", &tools.url("/word_count")))
+        .await
+        .unwrap();
+    let seen_by_b = b
+        .registry
+        .get_tool(pb::GetToolRequest {
+            key: Some(pb::get_tool_request::Key::Name("word_count".into())),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tool
+        .unwrap();
+    assert_eq!(seen_by_b.id, tool.id);
+    let e = b
+        .register(http_tool("word_count", &tools.url("/echo")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "names stay unique across replicas");
+
+    let agent = a.agent("roamer").await;
+    let agent_token = a.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = a.token(pb::Role::Sidecar, "").await;
+    // The sidecar follows replica B; every change below is made through replica A.
+    let sc = sidecar(&cp_b, &sidecar_token).await;
+    let ex = executor(&sc.url(), Some(&agent_token)).await;
+    time_until(
+        &ex,
+        "word_count",
+        |r| matches!(r, Err(s) if s.code() == Code::PermissionDenied),
+    )
+    .await;
+
+    a.grant_full(&agent.id, &tool.id).await;
+    let granted = time_until(&ex, "word_count", |r| r.as_ref().is_ok_and(|r| r.tool_version == 1)).await;
+
+    let mut v2 = http_tool("word_count", &tools.url("/word_count"));
+    v2.id = tool.id.clone();
+    v2.description = "Counts words, version two".into();
+    a.registry
+        .update_tool(pb::UpdateToolRequest { tool: Some(v2) })
+        .await
+        .unwrap();
+    let updated = time_until(&ex, "word_count", |r| r.as_ref().is_ok_and(|r| r.tool_version == 2)).await;
+
+    a.registry
+        .set_tool_enabled(pb::SetToolEnabledRequest {
+            tool_id: tool.id.clone(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    let disabled = time_until(
+        &ex,
+        "word_count",
+        |r| matches!(r, Err(s) if s.code() == Code::PermissionDenied && s.message().contains("disabled")),
+    )
+    .await;
+    println!(
+        "change propagation through the other replica: grant {granted:?}, update {updated:?}, disable {disabled:?}"
+    );
+    for (what, took) in [("grant", granted), ("update", updated), ("disable", disabled)] {
+        assert!(
+            took < Duration::from_secs(1),
+            "{what} took {took:?} to reach the sidecar"
+        );
+    }
+    assert!(sc.logs().contains("installed snapshot"));
+}

@@ -92,7 +92,7 @@ async fn outcomes_update_tool_statistics_once(s: Arc<dyn Store>) {
     t.spec.average_latency_ms = 0;
     s.create_tool(&t).await.unwrap();
     let first = outcome(&t, ExecutionStatus::Success, 100);
-    s.append_events(&[first.clone()]).await.unwrap();
+    s.append_events(std::slice::from_ref(&first)).await.unwrap();
     s.append_events(&[first]).await.unwrap(); // a resend counts once
     let got = s.get_tool(t.id).await.unwrap().unwrap();
     assert_eq!((got.spec.reliability_score, got.spec.average_latency_ms), (1.0, 100));

@@ -22,7 +22,7 @@ use crate::services::permissions::PermissionsService;
 use crate::services::registry::RegistryService;
 use crate::services::sync::SyncService;
 use crate::state::AppState;
-use crate::storage::Store;
+use crate::storage::{Store, spawn_change_listener};
 
 /// Every toolplane.v1 service this server answers, as health-check names.
 const SERVICES: &[&str] = &[
@@ -52,6 +52,10 @@ pub async fn serve(
         config.keyring()?,
     );
     let authn = Arc::new(StoreAuthenticator::new(store, &admin_token));
+    if let Some(url) = &config.database_url {
+        let s = state.clone();
+        spawn_change_listener(url.clone(), state.replica_id, move || s.bump());
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in SERVICES.iter().chain(std::iter::once(&"")) {

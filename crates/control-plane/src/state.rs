@@ -19,7 +19,11 @@ pub struct AppState {
     pub policy: ToolPolicy,
     /// Seals and opens tool credentials; `None` when no master key is configured.
     pub keyring: Option<Keyring>,
+    /// Names this replica in change notifications, so it ignores its own.
+    pub replica_id: Uuid,
     revision: watch::Sender<u64>,
+    /// The latest snapshot built, shared by every sidecar session.
+    built: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl AppState {
@@ -30,7 +34,9 @@ impl AppState {
             store,
             policy,
             keyring,
+            replica_id: Uuid::now_v7(),
             revision: watch::Sender::new(start),
+            built: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -65,8 +71,20 @@ impl AppState {
         Ok(out)
     }
 
-    /// Called after every write that sidecars must see.
+    /// Called after every write that sidecars must see: wakes this replica's sidecar
+    /// sessions and tells the other replicas (PostgreSQL NOTIFY).
     pub fn changed(&self) {
+        self.bump();
+        let (store, origin) = (self.store.clone(), self.replica_id);
+        tokio::spawn(async move {
+            if let Err(e) = store.publish_change(origin).await {
+                tracing::warn!(error = %e, "could not notify other replicas of a change");
+            }
+        });
+    }
+
+    /// A change happened elsewhere (another replica): rebuild and push.
+    pub fn bump(&self) {
         self.revision.send_modify(|r| *r += 1);
     }
 
@@ -74,8 +92,19 @@ impl AppState {
         self.revision.subscribe()
     }
 
-    pub async fn snapshot(&self) -> ApiResult<Snapshot> {
+    /// The snapshot at the current revision, built once and shared.
+    pub async fn snapshot(&self) -> ApiResult<Arc<Snapshot>> {
         let revision = *self.revision.borrow();
+        let mut built = self.built.lock().await;
+        if let Some(s) = built.as_ref().filter(|s| s.revision == revision) {
+            return Ok(s.clone());
+        }
+        let snapshot = Arc::new(self.build_snapshot(revision).await?);
+        *built = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    async fn build_snapshot(&self, revision: u64) -> ApiResult<Snapshot> {
         let mut tools = Vec::new();
         let mut after: Option<String> = None;
         loop {

@@ -429,6 +429,86 @@ pub fn token_from_pb(t: pb::TokenDigest) -> Result<TokenRecord, Violations> {
     })
 }
 
+pub fn credential_to_pb(c: &Credential) -> pb::ToolCredential {
+    pb::ToolCredential {
+        tool_id: c.tool_id.to_string(),
+        auth_type: auth_to_pb(c.auth_type),
+        header_name: c.header_name.clone(),
+        secret: c.secret.clone(),
+    }
+}
+
+pub fn credential_from_pb(c: pb::ToolCredential) -> Result<Credential, Violations> {
+    Ok(Credential {
+        tool_id: parse_uuid("credential.tool_id", &c.tool_id)?,
+        auth_type: auth_from_pb(c.auth_type),
+        header_name: c.header_name,
+        secret: c.secret,
+    })
+}
+
+fn ids(v: &[Uuid]) -> Vec<String> {
+    v.iter().map(Uuid::to_string).collect()
+}
+
+fn parse_ids(field: &str, v: Vec<String>) -> Result<Vec<Uuid>, Violations> {
+    v.iter().map(|s| parse_uuid(field, s)).collect()
+}
+
+pub fn delta_to_pb(d: &crate::delta::SnapshotDelta) -> pb::SnapshotDelta {
+    pb::SnapshotDelta {
+        from_revision: d.from_revision,
+        revision: d.revision,
+        upserted_tools: d.upserted_tools.iter().map(tool_to_pb).collect(),
+        removed_tool_ids: ids(&d.removed_tools),
+        upserted_permissions: d.upserted_permissions.iter().map(permission_to_pb).collect(),
+        removed_permission_ids: ids(&d.removed_permissions),
+        upserted_agents: d.upserted_agents.iter().map(agent_to_pb).collect(),
+        removed_agent_ids: ids(&d.removed_agents),
+        upserted_tokens: d.upserted_tokens.iter().map(token_to_pb).collect(),
+        removed_token_ids: ids(&d.removed_tokens),
+        upserted_credentials: d.upserted_credentials.iter().map(credential_to_pb).collect(),
+        removed_credential_tool_ids: ids(&d.removed_credentials),
+    }
+}
+
+pub fn delta_from_pb(d: pb::SnapshotDelta) -> Result<crate::delta::SnapshotDelta, Violations> {
+    Ok(crate::delta::SnapshotDelta {
+        from_revision: d.from_revision,
+        revision: d.revision,
+        upserted_tools: d
+            .upserted_tools
+            .into_iter()
+            .map(tool_from_pb)
+            .collect::<Result<_, _>>()?,
+        removed_tools: parse_ids("delta.removed_tool_ids", d.removed_tool_ids)?,
+        upserted_permissions: d
+            .upserted_permissions
+            .into_iter()
+            .map(permission_from_pb)
+            .collect::<Result<_, _>>()?,
+        removed_permissions: parse_ids("delta.removed_permission_ids", d.removed_permission_ids)?,
+        upserted_agents: d
+            .upserted_agents
+            .into_iter()
+            .map(agent_from_pb)
+            .collect::<Result<_, _>>()?,
+        removed_agents: parse_ids("delta.removed_agent_ids", d.removed_agent_ids)?,
+        upserted_tokens: d
+            .upserted_tokens
+            .into_iter()
+            .map(token_from_pb)
+            .collect::<Result<_, _>>()?,
+        removed_tokens: parse_ids("delta.removed_token_ids", d.removed_token_ids)?,
+        upserted_credentials: d
+            .upserted_credentials
+            .into_iter()
+            .map(credential_from_pb)
+            .collect::<Result<_, _>>()?,
+        removed_credentials: parse_ids("delta.removed_credential_tool_ids", d.removed_credential_tool_ids)?,
+    })
+}
+
 pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
     pb::Snapshot {
         revision: s.revision,
@@ -437,16 +517,7 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
         agents: s.agents.iter().map(agent_to_pb).collect(),
         tokens: s.tokens.iter().map(token_to_pb).collect(),
         generated_at: Some(ts(Utc::now())),
-        credentials: s
-            .credentials
-            .iter()
-            .map(|c| pb::ToolCredential {
-                tool_id: c.tool_id.to_string(),
-                auth_type: auth_to_pb(c.auth_type),
-                header_name: c.header_name.clone(),
-                secret: c.secret.clone(),
-            })
-            .collect(),
+        credentials: s.credentials.iter().map(credential_to_pb).collect(),
     }
 }
 
@@ -464,15 +535,8 @@ pub fn snapshot_from_pb(s: pb::Snapshot) -> Result<Snapshot, Violations> {
         credentials: s
             .credentials
             .into_iter()
-            .map(|c| {
-                Ok(Credential {
-                    tool_id: parse_uuid("credential.tool_id", &c.tool_id)?,
-                    auth_type: auth_from_pb(c.auth_type),
-                    header_name: c.header_name,
-                    secret: c.secret,
-                })
-            })
-            .collect::<Result<_, Violations>>()?,
+            .map(credential_from_pb)
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod convert;
 pub mod crypto;
+pub mod delta;
 pub mod endpoint;
 pub mod error;
 pub mod json;

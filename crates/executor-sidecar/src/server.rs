@@ -39,6 +39,7 @@ pub async fn serve(
             sidecar_id: sidecar_id.clone(),
             snapshot: snapshot.clone(),
             outbox: outbox.clone(),
+            held: Default::default(),
         }
         .run(),
     );

@@ -26,10 +26,16 @@ pub struct SnapshotIndex {
 }
 
 impl SnapshotIndex {
-    pub fn build(s: Snapshot) -> Self {
+    /// Indexes `s`, reusing the compiled schemas of tools unchanged since `previous`.
+    pub fn build(s: Snapshot, previous: Option<&SnapshotIndex>) -> Self {
         let mut tools = HashMap::new();
         let mut names = HashMap::new();
         for tool in s.tools {
+            if let Some(same) = previous.and_then(|p| p.tools.get(&tool.id)).filter(|c| c.tool == tool) {
+                names.insert(tool.spec.name.clone(), tool.id);
+                tools.insert(tool.id, same.clone());
+                continue;
+            }
             // The control plane refuses invalid schemas; a tool that still fails to
             // compile here is left out (and so NOT_FOUND) rather than served unchecked.
             let input = match schema::compile("input_schema", &tool.spec.input_schema) {

@@ -10,7 +10,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use toolplane_core::client::Bearer;
-use toolplane_core::convert::{snapshot_from_pb, sync_event_to_pb};
+use toolplane_core::convert::{delta_from_pb, snapshot_from_pb, sync_event_to_pb};
+use toolplane_core::delta::apply;
+use toolplane_core::model::Snapshot;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::sidecar_sync_client::SidecarSyncClient;
 use uuid::Uuid;
@@ -30,6 +32,8 @@ pub struct SyncClient {
     pub sidecar_id: String,
     pub snapshot: SharedSnapshot,
     pub outbox: Arc<Outbox>,
+    /// The snapshot deltas apply to (the index keeps only what serving needs).
+    pub held: std::sync::Mutex<Option<Snapshot>>,
 }
 
 /// `base * 2^attempt`, capped, with full jitter so a fleet does not reconnect in step.
@@ -82,7 +86,7 @@ impl SyncClient {
         loop {
             tokio::select! {
                 msg = inbound.next() => match msg {
-                    Some(Ok(m)) => self.handle(m),
+                    Some(Ok(m)) => self.handle(m)?,
                     Some(Err(status)) => anyhow::bail!("stream error: {}", status.message()),
                     None => return Ok(()),
                 },
@@ -92,28 +96,44 @@ impl SyncClient {
         }
     }
 
-    fn handle(&self, msg: pb::ConnectResponse) {
+    fn install(&self, snapshot: Snapshot) {
+        let previous = self.snapshot.current();
+        let index = SnapshotIndex::build(snapshot, previous.as_deref());
+        tracing::info!(
+            revision = index.revision,
+            tools = index.tool_count(),
+            "installed snapshot"
+        );
+        self.snapshot.install(index);
+    }
+
+    /// Applies what the control plane sent; an error ends the session (a reconnect
+    /// brings a full snapshot).
+    fn handle(&self, msg: pb::ConnectResponse) -> anyhow::Result<()> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         match msg.message {
             Some(pb::connect_response::Message::Snapshot(s)) => match snapshot_from_pb(s) {
                 Ok(snap) => {
-                    let index = SnapshotIndex::build(snap);
-                    tracing::info!(
-                        revision = index.revision,
-                        tools = index.tool_count(),
-                        "installed snapshot"
-                    );
-                    self.snapshot.install(index);
+                    *held = Some(snap.clone());
+                    self.install(snap);
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "ignoring malformed snapshot; keeping the previous one")
-                }
+                Err(e) => tracing::error!(error = %e, "ignoring malformed snapshot; keeping the previous one"),
             },
+            Some(pb::connect_response::Message::Delta(d)) => {
+                let delta = delta_from_pb(d).map_err(|e| anyhow::anyhow!("malformed delta: {e}"))?;
+                let snap = held
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("delta before any snapshot"))?;
+                apply(snap, delta)?;
+                self.install(snap.clone());
+            }
             Some(pb::connect_response::Message::Ack(ack)) => {
                 self.outbox
                     .ack(ack.event_ids.iter().filter_map(|id| Uuid::parse_str(id).ok()));
             }
             None => {}
         }
+        Ok(())
     }
 
     async fn flush(&self, tx: &mpsc::Sender<pb::ConnectRequest>) -> anyhow::Result<()> {

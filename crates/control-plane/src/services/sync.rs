@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use toolplane_core::convert::{snapshot_to_pb, sync_event_from_pb};
+use toolplane_core::convert::{delta_to_pb, snapshot_to_pb, sync_event_from_pb};
+use toolplane_core::delta::diff;
 use toolplane_core::model::Role;
+use toolplane_core::model::Snapshot;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::sidecar_sync_server::SidecarSync;
 use toolplane_runtime::auth::{PrincipalExt, principal};
@@ -33,15 +35,29 @@ impl SyncService {
 
 type Out = Result<pb::ConnectResponse, Status>;
 
-async fn send_snapshot(state: &AppState, tx: &mpsc::Sender<Out>) -> bool {
-    let msg = match state.snapshot().await {
-        Ok(s) => Ok(pb::ConnectResponse {
-            message: Some(pb::connect_response::Message::Snapshot(snapshot_to_pb(&s))),
-        }),
-        Err(e) => Err(Status::from(e)),
+/// Sends the full snapshot when the sidecar holds nothing from this stream yet, and only
+/// what changed afterwards. Returns the snapshot the sidecar now holds, or `None` when
+/// the stream is over.
+async fn push_state(state: &AppState, tx: &mpsc::Sender<Out>, held: Option<Arc<Snapshot>>) -> Option<Arc<Snapshot>> {
+    let current = match state.snapshot().await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(Status::from(e))).await;
+            return None;
+        }
     };
-    let ok = msg.is_ok();
-    tx.send(msg).await.is_ok() && ok
+    let message = match &held {
+        None => pb::connect_response::Message::Snapshot(snapshot_to_pb(&current)),
+        Some(old) => {
+            let delta = diff(old, &current);
+            if delta.is_empty() {
+                return held;
+            }
+            pb::connect_response::Message::Delta(delta_to_pb(&delta))
+        }
+    };
+    tx.send(Ok(pb::ConnectResponse { message: Some(message) })).await.ok()?;
+    Some(current)
 }
 
 /// Stores a batch and answers with the ids now durably stored. Events that cannot be
@@ -81,9 +97,9 @@ async fn session(state: Arc<AppState>, mut inbound: Streaming<pb::ConnectRequest
     tracing::info!(sidecar = %sidecar, version = %hello.version, known_revision = hello.known_revision, "sidecar connected");
     let mut changes = state.subscribe();
     changes.mark_unchanged();
-    if !send_snapshot(&state, &tx).await {
+    let Some(mut held) = push_state(&state, &tx, None).await else {
         return;
-    }
+    };
     loop {
         tokio::select! {
             msg = inbound.next() => match msg {
@@ -110,7 +126,11 @@ async fn session(state: Arc<AppState>, mut inbound: Streaming<pb::ConnectRequest
                 None => break,
             },
             changed = changes.changed() => {
-                if changed.is_err() || !send_snapshot(&state, &tx).await { break; }
+                if changed.is_err() { break; }
+                match push_state(&state, &tx, Some(held)).await {
+                    Some(now) => held = now,
+                    None => break,
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, Syn
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, spawn_change_listener};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -96,6 +96,12 @@ pub trait Store: Send + Sync + 'static {
     /// Ordered by the sequence in which they were recorded.
     async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>>;
     async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>>;
+
+    /// Tells other control plane replicas that state changed (`origin` names the
+    /// sender). The in-memory backend has no other replicas.
+    async fn publish_change(&self, _origin: Uuid) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// Opens the backend `database_url` names (PostgreSQL, migrated) or, without one, the

@@ -13,6 +13,60 @@ use uuid::Uuid;
 
 use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter, migrate};
 
+/// The NOTIFY channel replicas announce changes on.
+const CHANGES_CHANNEL: &str = "toolplane_changes";
+
+/// Listens for other replicas' changes and calls `on_change` for each (and after every
+/// reconnect, since notifications may have been missed meanwhile). Runs until the
+/// process ends.
+pub fn spawn_change_listener(url: String, origin: Uuid, on_change: impl Fn() + Send + Sync + 'static) {
+    tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            match listen(&url, origin, &on_change).await {
+                Ok(()) => attempt = 0,
+                Err(e) => tracing::warn!(error = %e, "change listener lost its connection"),
+            }
+            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt.min(25)))).await;
+        }
+    });
+}
+
+async fn listen(url: &str, origin: Uuid, on_change: &(impl Fn() + Send + Sync)) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let pump = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(msg) = messages.next().await {
+            match msg {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "change listener connection failed");
+                    break;
+                }
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")).await?;
+    tracing::info!("listening for changes from other replicas");
+    on_change();
+    let me = origin.to_string();
+    while let Some(payload) = rx.recv().await {
+        if payload != me {
+            on_change();
+        }
+    }
+    pump.abort();
+    Ok(())
+}
+
 pub struct PostgresStore {
     pool: Pool,
 }
@@ -747,6 +801,15 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn publish_change(&self, origin: Uuid) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &origin.to_string()])
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>> {
