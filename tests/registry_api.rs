@@ -49,8 +49,85 @@ macro_rules! both_backends {
 both_backends!(
     lifecycle_versions_and_soft_delete,
     listing_filters_and_pages,
-    bad_input_is_refused_with_the_field_at_fault
+    bad_input_is_refused_with_the_field_at_fault,
+    mcp_import_registers_and_reversions_tools,
 );
+
+async fn mcp_server(variant: &str, listen: &str) -> Proc {
+    Proc::start(
+        "toolplane-test-mcp-server",
+        &["--variant", variant, "--listen", listen],
+        &[],
+    )
+    .await
+}
+
+async fn import(a: &mut Admin, endpoint: &str) -> Result<pb::ImportMcpToolsResponse, tonic::Status> {
+    let req = pb::ImportMcpToolsRequest {
+        endpoint: endpoint.to_owned(),
+        category: "analysis".into(),
+        provider: "test-mcp".into(),
+        name_prefix: "calc.".into(),
+    };
+    Ok(a.registry.import_mcp_tools(req).await?.into_inner())
+}
+
+fn names(tools: &[pb::Tool]) -> Vec<String> {
+    let mut v: Vec<String> = tools.iter().map(|t| t.name.clone()).collect();
+    v.sort();
+    v
+}
+
+async fn mcp_import_registers_and_reversions_tools(mut cp: Cp) {
+    let a = &mut cp.admin;
+    let server = mcp_server("1", "127.0.0.1:0").await;
+    let endpoint = format!("{}/mcp", server.url());
+    let first = import(a, &endpoint).await.unwrap();
+    assert_eq!(names(&first.created), ["calc.deletenote", "calc.echo", "calc.sum"]);
+    assert_eq!(first.skipped.len(), 1, "{:?}", first.skipped);
+    assert_eq!(first.skipped[0].remote_name, "broken");
+    assert!(first.skipped[0].reason.contains("input_schema"), "{:?}", first.skipped);
+
+    use pb::get_tool_request::Key;
+    let sum = get(a, Key::Name("calc.sum".into()), 0).await.unwrap();
+    assert_eq!(sum.protocol, pb::ToolProtocol::Mcp as i32);
+    assert_eq!(
+        (sum.remote_name.as_str(), sum.endpoint.as_str()),
+        ("sum", endpoint.as_str())
+    );
+    assert_eq!(sum.side_effects, pb::SideEffects::Read as i32);
+    assert!(sum.idempotent);
+    assert_eq!((sum.category.as_str(), sum.provider.as_str()), ("analysis", "test-mcp"));
+    assert_eq!(sum.schema.as_ref().unwrap().required_params, ["a", "b"]);
+    let delete = get(a, Key::Name("calc.deletenote".into()), 0).await.unwrap();
+    assert_eq!(delete.side_effects, pb::SideEffects::Write as i32);
+    assert!(delete.idempotent);
+    let echo = get(a, Key::Name("calc.echo".into()), 0).await.unwrap();
+    assert!(echo.idempotent, "read-only implies idempotent");
+
+    let again = import(a, &endpoint).await.unwrap();
+    assert!(again.created.is_empty() && again.updated.is_empty());
+    assert_eq!(again.unchanged.len(), 3);
+
+    // The server changes: same address, new catalog.
+    let addr = server.addr.to_string();
+    server.stop().await;
+    let _v2 = mcp_server("2", &addr).await;
+    let third = import(a, &endpoint).await.unwrap();
+    assert_eq!(names(&third.created), ["calc.multiply"]);
+    assert_eq!(names(&third.updated), ["calc.sum"]);
+    assert_eq!(third.updated[0].version, 2);
+    assert_eq!(third.unchanged.len(), 2);
+    assert_eq!(
+        get(a, Key::Name("calc.sum".into()), 1).await.unwrap().description,
+        "Add two numbers"
+    );
+
+    let e = import(a, "http://127.0.0.1:9/mcp").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let e = import(a, "http://169.254.169.254/mcp").await.unwrap_err();
+    assert_eq!((e.code(), field(&e).as_str()), (Code::InvalidArgument, "endpoint"));
+}
 
 fn field(e: &tonic::Status) -> String {
     e.get_details_bad_request()

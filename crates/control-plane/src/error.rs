@@ -16,6 +16,9 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Something the request depends on (e.g. an MCP server) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0} is not implemented yet (see README: not implemented yet)")]
     Unimplemented(&'static str),
     #[error(transparent)]
@@ -32,6 +35,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::AlreadyExists(m) => tonic::Status::already_exists(m),
             ApiError::PermissionDenied(m) => tonic::Status::permission_denied(m),
             ApiError::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            ApiError::Unavailable(m) => tonic::Status::unavailable(m),
             e @ ApiError::Unimplemented(_) => tonic::Status::unimplemented(e.to_string()),
             ApiError::Storage(StoreError::Conflict(m)) => tonic::Status::already_exists(m),
             ApiError::Storage(StoreError::NotFound(m)) => tonic::Status::not_found(format!("{m} not found")),

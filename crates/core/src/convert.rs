@@ -287,18 +287,29 @@ pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
 }
 
 pub fn tool_to_pb(t: &Tool) -> pb::Tool {
-    let s = &t.spec;
     pb::Tool {
         id: t.id.to_string(),
+        version: t.version,
+        created_at: Some(ts(t.created_at)),
+        updated_at: Some(ts(t.updated_at)),
+        ..spec_to_pb(t.spec.clone())
+    }
+}
+
+/// A spec on the wire, without identity, version or timestamps.
+pub fn spec_to_pb(spec: ToolSpec) -> pb::Tool {
+    let s = &spec;
+    pb::Tool {
+        id: String::new(),
         name: s.name.clone(),
         category: s.category.clone(),
         description: s.description.clone(),
-        version: t.version,
+        version: 0,
         schema: Some(pb::ToolSchema {
             input_schema: json_to_struct(&s.input_schema),
             output_schema: json_to_struct(&s.output_schema),
-            required_params: t.required_params(),
-            optional_params: t.optional_params(),
+            required_params: s.required_params(),
+            optional_params: s.optional_params(),
             examples: s
                 .examples
                 .iter()
@@ -329,8 +340,8 @@ pub fn tool_to_pb(t: &Tool) -> pb::Tool {
         cacheable: s.cacheable,
         cache_ttl_seconds: s.cache_ttl_seconds,
         remote_name: s.remote_name.clone(),
-        created_at: Some(ts(t.created_at)),
-        updated_at: Some(ts(t.updated_at)),
+        created_at: None,
+        updated_at: None,
     }
 }
 

@@ -99,6 +99,24 @@ pub struct ToolSpec {
     pub remote_name: String,
 }
 
+impl ToolSpec {
+    /// Parameter names the schema requires, derived rather than typed twice.
+    pub fn required_params(&self) -> Vec<String> {
+        self.input_schema["required"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn optional_params(&self) -> Vec<String> {
+        let required = self.required_params();
+        self.input_schema["properties"]
+            .as_object()
+            .map(|p| p.keys().filter(|k| !required.contains(k)).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// A registered tool at one version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tool {
@@ -114,20 +132,12 @@ impl Tool {
         &self.spec.name
     }
 
-    /// Parameter names the schema requires, derived rather than typed twice.
     pub fn required_params(&self) -> Vec<String> {
-        self.spec.input_schema["required"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
+        self.spec.required_params()
     }
 
     pub fn optional_params(&self) -> Vec<String> {
-        let required = self.required_params();
-        self.spec.input_schema["properties"]
-            .as_object()
-            .map(|p| p.keys().filter(|k| !required.contains(k)).cloned().collect())
-            .unwrap_or_default()
+        self.spec.optional_params()
     }
 
     /// Upstream timeout, with the documented default when unset.

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 use toolplane_core::Violations;
-use toolplane_core::convert::{auth_from_pb, tool_spec_from_pb, tool_to_pb};
+use toolplane_core::convert::{auth_from_pb, spec_to_pb, tool_spec_from_pb, tool_to_pb};
+use toolplane_core::endpoint::check_endpoint;
 use toolplane_core::model::{AuditAction, Principal, Role, StoredCredential, Tool};
 use toolplane_core::validate::check_tool_spec;
 use toolplane_proto::v1 as pb;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use super::{required, uuid_field};
 use crate::error::{ApiError, ApiResult};
+use crate::mcp_import::{self, ImportOptions};
 use crate::state::AppState;
 use crate::storage::ToolFilter;
 
@@ -161,6 +163,64 @@ impl RegistryService {
             .await?;
         self.state.changed();
         Ok(())
+    }
+
+    async fn import_mcp(
+        &self,
+        who: &Principal,
+        req: pb::ImportMcpToolsRequest,
+    ) -> ApiResult<pb::ImportMcpToolsResponse> {
+        check_endpoint("endpoint", &req.endpoint, self.state.policy.allow_link_local_endpoints)?;
+        let opts = ImportOptions {
+            endpoint: req.endpoint,
+            category: req.category,
+            provider: req.provider,
+            name_prefix: req.name_prefix,
+        };
+        let remote = mcp_import::list_tools(&opts.endpoint)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let mut out = pb::ImportMcpToolsResponse::default();
+        for t in &remote {
+            let spec = mcp_import::to_spec(t, &opts);
+            if let Err(v) = check_tool_spec(&spec, self.state.policy) {
+                out.skipped.push(pb::SkippedTool {
+                    remote_name: t.name.to_string(),
+                    reason: v.to_string(),
+                });
+                continue;
+            }
+            let existing = self.state.store.get_tool_by_name(&spec.name).await?;
+            match existing {
+                None => {
+                    let tool = self
+                        .register(
+                            who,
+                            pb::RegisterToolRequest {
+                                tool: Some(spec_to_pb(spec)),
+                            },
+                        )
+                        .await?;
+                    out.created.push(tool_to_pb(&tool));
+                }
+                Some(current) if mcp_import::changed(&current.spec, &spec) => {
+                    let mut wire = spec_to_pb(spec);
+                    wire.id = current.id.to_string();
+                    wire.enabled = current.spec.enabled;
+                    let tool = self.update(who, pb::UpdateToolRequest { tool: Some(wire) }).await?;
+                    out.updated.push(tool_to_pb(&tool));
+                }
+                Some(current) => out.unchanged.push(current.spec.name),
+            }
+        }
+        tracing::info!(
+            created = out.created.len(),
+            updated = out.updated.len(),
+            unchanged = out.unchanged.len(),
+            skipped = out.skipped.len(),
+            "imported MCP tools"
+        );
+        Ok(out)
     }
 
     async fn store_credential(&self, who: &Principal, req: pb::SetCredentialRequest) -> ApiResult<()> {
@@ -310,9 +370,11 @@ impl ToolRegistry for RegistryService {
 
     async fn import_mcp_tools(
         &self,
-        _: Request<pb::ImportMcpToolsRequest>,
+        request: Request<pb::ImportMcpToolsRequest>,
     ) -> Result<Response<pb::ImportMcpToolsResponse>, Status> {
-        Err(later("ToolRegistry.ImportMcpTools"))
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "ImportMcpTools")?;
+        Ok(Response::new(self.import_mcp(&who, request.into_inner()).await?))
     }
 
     async fn set_credential(

@@ -1,0 +1,138 @@
+//! A real MCP server (rmcp, Streamable HTTP) for tests. `--variant 2` serves a changed
+//! catalog (an edited description and one more tool), to test re-imports.
+//!
+//! Prints `toolplane-test-mcp-server listening grpc=<addr>` (the harness's format).
+
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+struct Catalog {
+    variant: u32,
+}
+
+fn schema(v: Value) -> Arc<serde_json::Map<String, Value>> {
+    Arc::new(v.as_object().cloned().unwrap_or_default())
+}
+
+impl Catalog {
+    fn tools(&self) -> Vec<Tool> {
+        let numbers = json!({"type": "object", "required": ["a", "b"],
+            "properties": {"a": {"type": "number"}, "b": {"type": "number"}}});
+        let sum_description = if self.variant >= 2 {
+            "Add two numbers (exactly)"
+        } else {
+            "Add two numbers"
+        };
+        let mut tools = vec![
+            Tool::new("sum", sum_description, schema(numbers.clone()))
+                .annotate(ToolAnnotations::new().read_only(true).idempotent(true)),
+            Tool::new(
+                "echo",
+                "Repeat a message back",
+                schema(
+                    json!({"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}}),
+                ),
+            )
+            .annotate(ToolAnnotations::new().read_only(true)),
+            Tool::new(
+                "deleteNote",
+                "Delete a note by id",
+                schema(json!({"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}})),
+            )
+            .annotate(
+                ToolAnnotations::new()
+                    .read_only(false)
+                    .destructive(true)
+                    .idempotent(true),
+            ),
+            Tool::new(
+                "broken",
+                "A tool whose schema is not valid JSON Schema",
+                schema(json!({"type": "object", "properties": {"x": {"type": "nonsense"}}})),
+            ),
+        ];
+        if self.variant >= 2 {
+            tools.push(
+                Tool::new("multiply", "Multiply two numbers", schema(numbers))
+                    .annotate(ToolAnnotations::new().read_only(true).idempotent(true)),
+            );
+        }
+        tools
+    }
+}
+
+impl ServerHandler for Catalog {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        let result = match request.name.as_ref() {
+            "sum" => CallToolResult::structured(
+                json!({"sum": args["a"].as_f64().unwrap_or(0.0) + args["b"].as_f64().unwrap_or(0.0)}),
+            ),
+            "multiply" => CallToolResult::structured(
+                json!({"product": args["a"].as_f64().unwrap_or(0.0) * args["b"].as_f64().unwrap_or(0.0)}),
+            ),
+            "echo" => CallToolResult::success(vec![ContentBlock::text(args["message"].as_str().unwrap_or_default())]),
+            "deleteNote" => CallToolResult::success(vec![ContentBlock::text("deleted")]),
+            other => CallToolResult::error(vec![ContentBlock::text(format!("no tool {other}"))]),
+        };
+        Ok(result.into())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let variant: u32 = flag("--variant").map_or(Ok(1), |v| v.parse())?;
+    let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let catalog = Catalog { variant };
+    let service: StreamableHttpService<Catalog, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(catalog.clone()),
+        Arc::default(),
+        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
+    );
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    println!("toolplane-test-mcp-server listening grpc={}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
