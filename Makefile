@@ -9,7 +9,7 @@ GRPCURL_VERSION := 1.8.6.post2
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean
+.PHONY: run test build lint fmt tools clean bench-registry
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -18,8 +18,13 @@ run: build $(VENV)/.installed
 ## The whole test suite: proto lint, unit, conformance and end-to-end tests.
 test: build $(VENV)/.installed
 	$(VENV)/bin/buf lint
-	scripts/with-services.sh $(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --benches --no-run --quiet
+	scripts/with-services.sh $(CARGO) test --workspace
 	@echo "all tests passed"
+
+## ListTools/GetTool latency with 100k tools on PostgreSQL (release build).
+bench-registry:
+	scripts/with-services.sh $(CARGO) bench -p toolplane-control-plane --bench registry
 
 build:
 	$(CARGO) build --workspace --bins

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use toolplane_core::validate::ToolPolicy;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::AuthLayer;
+use toolplane_runtime::lifecycle::incoming;
 use toolplane_runtime::lifecycle::with_grace;
 
 use crate::auth::StoreAuthenticator;
@@ -100,7 +100,7 @@ pub async fn serve(
         .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService))
         .add_service(pb::audit_server::AuditServer::new(AuditService))
         .add_service(pb::learning_server::LearningServer::new(LearningService))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             let _ = drained.wait_for(|d| *d).await;
         });
     with_grace(server, draining, config.shutdown_grace).await?;

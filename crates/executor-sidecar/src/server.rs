@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use toolplane_core::redact::Redactor;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::AuthLayer;
+use toolplane_runtime::lifecycle::incoming;
 use toolplane_runtime::lifecycle::with_grace;
 
 use crate::auth::SnapshotAuthenticator;
@@ -79,7 +79,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(pb::executor_server::ExecutorServer::new(ExecutorGrpc(executor)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             let _ = drained.wait_for(|d| *d).await;
         });
     with_grace(server, draining, config.shutdown_grace).await?;

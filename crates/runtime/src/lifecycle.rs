@@ -64,3 +64,11 @@ where
         }
     }
 }
+
+/// Accepted connections with TCP_NODELAY and keepalive: without NODELAY, small gRPC
+/// responses wait out delayed ACKs (about 40 ms a call).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+}
