@@ -688,3 +688,124 @@ async fn two_replicas_share_one_database_and_push_changes_within_a_second() {
     }
     assert!(sc.logs().contains("installed snapshot"));
 }
+
+/// Waits until each of `invocations` has exactly one `tool_invoked` audit row.
+async fn audited_exactly_once(db: &TestDb, invocations: &[uuid::Uuid]) {
+    let client = db.client().await;
+    let expected = i64::try_from(invocations.len()).unwrap();
+    eventually("every invocation audited", Duration::from_secs(30), || {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT count(*), count(DISTINCT invocation_id) FROM audit_events \
+                     WHERE action = 'tool_invoked' AND invocation_id = ANY($1)",
+                    &[&invocations],
+                )
+                .await
+                .unwrap();
+            let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
+            assert_eq!(rows, distinct, "an invocation was audited twice");
+            (distinct == expected).then_some(())
+        }
+    })
+    .await;
+    let stored: i64 = client
+        .query_one(
+            "SELECT count(*) FROM invocations WHERE invocation_id = ANY($1)",
+            &[&invocations],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
+async fn unacked_events_survive_a_sidecar_crash() {
+    let db = TestDb::create().await;
+    let tools = ToolServer::start().await;
+    let cp = control_plane(Some(&db.url)).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let tool = admin
+        .register(http_tool("word_count", &tools.url("/word_count")))
+        .await
+        .unwrap();
+    let agent = admin.agent("crasher").await;
+    admin.grant_full(&agent.id, &tool.id).await;
+    let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let spool = toolplane_tests::procs::spool_dir();
+    let sc = toolplane_tests::procs::sidecar_with_spool(&cp, &sidecar_token, &spool).await;
+    let ex = executor(&sc.url(), Some(&agent_token)).await;
+    time_until(&ex, "word_count", |r| r.is_ok()).await;
+
+    let addr = cp.addr;
+    cp.stop().await;
+    let mut invocations = Vec::new();
+    for i in 0..5 {
+        let r = ex
+            .clone()
+            .invoke(invoke_request("word_count", &json!({"text": format!("call {i}")})))
+            .await
+            .unwrap();
+        invocations.push(uuid::Uuid::parse_str(&r.into_inner().result.unwrap().invocation_id).unwrap());
+    }
+    // The sidecar dies with everything still unacked; only its spool remembers.
+    sc.kill().await;
+    let url = db.url.clone();
+    let env = [("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN), ("DATABASE_URL", url.as_str())];
+    let cp = Proc::start("toolplane-control-plane", &["--listen", &addr.to_string()], &env).await;
+    let restarted = toolplane_tests::procs::sidecar_with_spool(&cp, &sidecar_token, &spool).await;
+    audited_exactly_once(&db, &invocations).await;
+    assert!(
+        restarted.logs().contains("resending unacked events from the spool"),
+        "{}",
+        restarted.logs()
+    );
+    std::fs::remove_dir_all(&spool).ok();
+}
+
+#[tokio::test]
+async fn killing_the_control_plane_under_load_loses_no_invocation() {
+    let sys = System::start().await;
+    let System {
+        db,
+        cp,
+        sidecar,
+        agent_token,
+        ..
+    } = sys;
+    let ex = executor(&sidecar.url(), Some(&agent_token)).await;
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let ex = ex.clone();
+        workers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..40 {
+                let req = invoke_request("word_count", &json!({"text": format!("worker {w} call {i}")}));
+                let r = ex.clone().invoke(req).await.unwrap().into_inner().result.unwrap();
+                ids.push(uuid::Uuid::parse_str(&r.invocation_id).unwrap());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ids
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let addr = cp.addr;
+    cp.kill().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = db.url.clone();
+    let env = [("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN), ("DATABASE_URL", url.as_str())];
+    let _cp = Proc::start("toolplane-control-plane", &["--listen", &addr.to_string()], &env).await;
+    let mut invocations = Vec::new();
+    for w in workers {
+        invocations.extend(w.await.unwrap());
+    }
+    assert_eq!(
+        invocations.len(),
+        320,
+        "every call was served while the control plane was down"
+    );
+    audited_exactly_once(&db, &invocations).await;
+}

@@ -81,6 +81,11 @@ impl Proc {
         self.logs.lock().unwrap().clone()
     }
 
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
         if let Some(pid) = self.child.id() {
@@ -117,21 +122,32 @@ pub async fn control_plane(database_url: Option<&str>) -> Proc {
     .await
 }
 
+/// A fresh directory for one sidecar's event spool.
+pub fn spool_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("toolplane-test-spool-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub async fn sidecar(control_plane: &Proc, token: &str) -> Proc {
+    sidecar_with_spool(control_plane, token, &spool_dir()).await
+}
+
+/// A sidecar whose event spool lives in `spool` (reuse it to restart "the same" sidecar).
+pub async fn sidecar_with_spool(control_plane: &Proc, token: &str, spool: &std::path::Path) -> Proc {
     let url = control_plane.url();
-    Proc::start(
-        "toolplane-sidecar",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--control-plane",
-            &url,
-            "--sidecar-id",
-            "test-sidecar",
-            "--shutdown-grace",
-            "5",
-        ],
-        &[("TOOLPLANE_SIDECAR_TOKEN", token)],
-    )
-    .await
+    let spool = spool.to_string_lossy().into_owned();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--control-plane",
+        &url,
+        "--sidecar-id",
+        "test-sidecar",
+        "--shutdown-grace",
+        "2",
+        "--spool-dir",
+        &spool,
+    ];
+    Proc::start("toolplane-sidecar", &args, &[("TOOLPLANE_SIDECAR_TOKEN", token)]).await
 }

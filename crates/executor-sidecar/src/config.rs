@@ -29,6 +29,23 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_SIDECAR_ID")]
     pub sidecar_id: Option<String>,
 
+    /// Directory of the on-disk event spool; events not yet acked by the control plane
+    /// survive a sidecar restart there. Empty: keep them in memory only.
+    #[arg(long, env = "TOOLPLANE_SPOOL_DIR", default_value = "toolplane-spool")]
+    pub spool_dir: String,
+
+    /// Most events waiting for the control plane's ack.
+    #[arg(long, env = "TOOLPLANE_SPOOL_CAPACITY", default_value_t = crate::outbox::DEFAULT_CAPACITY)]
+    pub spool_capacity: usize,
+
+    /// When the spool is full: `reject` new calls (UNAVAILABLE) or `drop` events (counted).
+    #[arg(long, env = "TOOLPLANE_SPOOL_FULL_POLICY", default_value = "reject")]
+    pub spool_full_policy: crate::outbox::FullPolicy,
+
+    /// fsync every spooled event (survives losing the host, costs latency).
+    #[arg(long, env = "TOOLPLANE_SPOOL_FSYNC", default_value_t = false)]
+    pub spool_fsync: bool,
+
     /// Allow calls to link-local and cloud-metadata addresses.
     #[arg(long, env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS", default_value_t = false)]
     pub allow_link_local_endpoints: bool,

@@ -13,6 +13,8 @@ pub enum ExecError {
     PermissionDenied(String),
     #[error("no snapshot from the control plane yet; retry shortly")]
     NoSnapshot,
+    #[error("the audit spool is full (the control plane is not acknowledging events); retry later")]
+    SpoolFull,
     #[error("{0} is not implemented yet (see README: not implemented yet)")]
     Unimplemented(&'static str),
 }
@@ -23,7 +25,7 @@ impl From<ExecError> for tonic::Status {
             ExecError::InvalidArgument(v) => v.to_status(),
             ExecError::NotFound(m) => tonic::Status::not_found(m),
             ExecError::PermissionDenied(m) => tonic::Status::permission_denied(m),
-            e @ ExecError::NoSnapshot => tonic::Status::unavailable(e.to_string()),
+            e @ (ExecError::NoSnapshot | ExecError::SpoolFull) => tonic::Status::unavailable(e.to_string()),
             e @ ExecError::Unimplemented(_) => tonic::Status::unimplemented(e.to_string()),
         }
     }

@@ -98,6 +98,9 @@ impl ExecutorService {
 
     async fn run_call(&self, call: Call) -> Result<ToolResult, ExecError> {
         let started = Instant::now();
+        if !self.outbox.accepts_calls() {
+            return Err(ExecError::SpoolFull);
+        }
         let snap = self.snapshot.current().ok_or(ExecError::NoSnapshot)?;
         let compiled: Arc<CompiledTool> = match &call.tool {
             Some(pb::invoke_request::Tool::ToolId(id)) => {

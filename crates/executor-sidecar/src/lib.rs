@@ -10,4 +10,5 @@ pub mod http_client;
 pub mod outbox;
 pub mod server;
 pub mod snapshot;
+pub mod spool;
 pub mod sync;

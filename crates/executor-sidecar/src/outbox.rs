@@ -1,59 +1,122 @@
 //! Events waiting to reach the control plane. An event leaves the outbox only when the
 //! control plane acks its id (after its database commit); events in flight when a
-//! connection drops go back to the front of the queue and are sent again.
+//! connection drops go back to the front of the queue and are sent again. With a spool
+//! directory every event is on disk before it is queued, so a restarted sidecar resends
+//! what was never acked.
 //!
-//! This version keeps the outbox in memory: events survive control plane outages but
-//! not a sidecar restart (the on-disk spool is listed under "not implemented yet").
+//! The outbox is bounded. When it is full the configured policy applies: `reject`
+//! refuses new calls (UNAVAILABLE) until the control plane catches up, so no call goes
+//! unaudited; `drop` keeps serving and counts every event it could not keep.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
 use toolplane_core::model::SyncEvent;
 use uuid::Uuid;
 
-/// Beyond this many waiting events new ones are dropped and counted.
+use crate::spool::Spool;
+
+/// Default bound on waiting events.
 pub const DEFAULT_CAPACITY: usize = 200_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Refuse new calls while full: nothing goes unaudited.
+    #[default]
+    Reject,
+    /// Keep serving; events that do not fit are dropped and counted.
+    Drop,
+}
+
+impl std::str::FromStr for FullPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reject" => Ok(Self::Reject),
+            "drop" => Ok(Self::Drop),
+            other => Err(format!("unknown spool policy {other:?} (reject or drop)")),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Inner {
     queue: VecDeque<SyncEvent>,
     in_flight: HashMap<Uuid, SyncEvent>,
     dropped: u64,
+    spool: Option<Spool>,
+}
+
+impl Inner {
+    fn pending(&self) -> usize {
+        self.queue.len() + self.in_flight.len()
+    }
 }
 
 pub struct Outbox {
     inner: Mutex<Inner>,
     capacity: usize,
+    policy: FullPolicy,
     notify: Notify,
 }
 
 impl Default for Outbox {
     fn default() -> Self {
-        Self::new(DEFAULT_CAPACITY)
+        Self::new(DEFAULT_CAPACITY, FullPolicy::Reject)
     }
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Self {
+    /// An outbox in memory only.
+    pub fn new(capacity: usize, policy: FullPolicy) -> Self {
         Self {
             inner: Mutex::default(),
             capacity,
+            policy,
             notify: Notify::new(),
         }
+    }
+
+    /// An outbox backed by the spool in `dir`, holding what it left unacked.
+    pub fn open(dir: &Path, fsync: bool, capacity: usize, policy: FullPolicy) -> std::io::Result<Self> {
+        let (spool, pending) = Spool::open(dir, fsync)?;
+        if !pending.is_empty() {
+            tracing::info!(events = pending.len(), dir = %dir.display(), "resending unacked events from the spool");
+        }
+        let outbox = Self::new(capacity, policy);
+        {
+            let mut inner = outbox.lock();
+            inner.queue = pending.into();
+            inner.spool = Some(spool);
+        }
+        Ok(outbox)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// False when the outbox is full and the policy is to reject new calls.
+    pub fn accepts_calls(&self) -> bool {
+        self.policy == FullPolicy::Drop || self.lock().pending() < self.capacity
+    }
+
     pub fn push(&self, event: SyncEvent) {
         {
             let mut inner = self.lock();
-            if inner.queue.len() + inner.in_flight.len() >= self.capacity {
+            if inner.pending() >= self.capacity {
                 inner.dropped += 1;
                 tracing::error!(dropped = inner.dropped, "outbox full; dropping event");
                 return;
+            }
+            if let Some(spool) = inner.spool.as_mut()
+                && let Err(e) = spool.append(&event)
+            {
+                // Still queued in memory: it is sent unless the sidecar dies first.
+                tracing::error!(error = %e, "cannot write the event spool");
             }
             inner.queue.push_back(event);
         }
@@ -73,8 +136,26 @@ impl Outbox {
 
     pub fn ack(&self, ids: impl IntoIterator<Item = Uuid>) {
         let mut inner = self.lock();
-        for id in ids {
-            inner.in_flight.remove(&id);
+        let ids: Vec<Uuid> = ids
+            .into_iter()
+            .filter(|id| inner.in_flight.remove(id).is_some())
+            .collect();
+        let pending = inner.pending();
+        let Inner {
+            spool,
+            queue,
+            in_flight,
+            ..
+        } = &mut *inner;
+        if let Some(spool) = spool.as_mut() {
+            if let Err(e) = spool.ack(&ids) {
+                tracing::error!(error = %e, "cannot record acks in the spool; they may be resent");
+            }
+            if spool.wants_compaction(pending)
+                && let Err(e) = spool.compact(in_flight.values().chain(queue.iter()))
+            {
+                tracing::error!(error = %e, "cannot compact the spool");
+            }
         }
     }
 
@@ -90,8 +171,7 @@ impl Outbox {
 
     /// Events not yet acked (queued and in flight).
     pub fn pending(&self) -> usize {
-        let inner = self.lock();
-        inner.queue.len() + inner.in_flight.len()
+        self.lock().pending()
     }
 
     pub fn dropped(&self) -> u64 {

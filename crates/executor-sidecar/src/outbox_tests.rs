@@ -29,7 +29,7 @@ fn event() -> SyncEvent {
 
 #[test]
 fn only_acked_events_leave_and_unacked_are_resent_first() {
-    let o = Outbox::new(10);
+    let o = Outbox::new(10, FullPolicy::Reject);
     let (a, b, c) = (event(), event(), event());
     for e in [&a, &b, &c] {
         o.push(e.clone());
@@ -46,9 +46,65 @@ fn only_acked_events_leave_and_unacked_are_resent_first() {
 
 #[test]
 fn overflow_is_counted_not_silent() {
-    let o = Outbox::new(1);
+    let o = Outbox::new(1, FullPolicy::Drop);
     o.push(event());
     o.push(event());
     assert_eq!(o.pending(), 1);
     assert_eq!(o.dropped(), 1);
+}
+
+#[test]
+fn a_reopened_spool_holds_exactly_the_unacked_events() {
+    let dir = std::env::temp_dir().join(format!("tp-spool-{}", Uuid::new_v4()));
+    let (a, b, c) = (event(), event(), event());
+    {
+        let o = Outbox::open(&dir, false, 10, FullPolicy::Reject).unwrap();
+        for e in [&a, &b, &c] {
+            o.push(e.clone());
+        }
+        o.take_batch(2);
+        o.ack([a.event_id()]);
+    }
+    let o = Outbox::open(&dir, false, 10, FullPolicy::Reject).unwrap();
+    assert_eq!(o.take_batch(10), vec![b.clone(), c.clone()]);
+    o.ack([b.event_id(), c.event_id()]);
+    drop(o);
+    let o = Outbox::open(&dir, false, 10, FullPolicy::Reject).unwrap();
+    assert_eq!(o.pending(), 0);
+    assert_eq!(
+        std::fs::metadata(dir.join("events.log")).unwrap().len(),
+        0,
+        "compacted once all acked"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_torn_last_record_is_ignored() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("tp-spool-{}", Uuid::new_v4()));
+    let a = event();
+    {
+        let o = Outbox::open(&dir, true, 10, FullPolicy::Reject).unwrap();
+        o.push(a.clone());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("events.log"))
+        .unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    let o = Outbox::open(&dir, false, 10, FullPolicy::Reject).unwrap();
+    assert_eq!(o.take_batch(10), vec![a]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reject_policy_refuses_calls_when_full() {
+    let o = Outbox::new(1, FullPolicy::Reject);
+    assert!(o.accepts_calls());
+    o.push(event());
+    assert!(!o.accepts_calls());
+    let d = Outbox::new(1, FullPolicy::Drop);
+    d.push(event());
+    assert!(d.accepts_calls());
 }

@@ -30,7 +30,18 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let snapshot = SharedSnapshot::default();
-    let outbox = Arc::new(Outbox::default());
+    let outbox = Arc::new(if config.spool_dir.is_empty() {
+        tracing::warn!("no spool directory: unacked events are lost if the sidecar restarts");
+        Outbox::new(config.spool_capacity, config.spool_full_policy)
+    } else {
+        Outbox::open(
+            std::path::Path::new(&config.spool_dir),
+            config.spool_fsync,
+            config.spool_capacity,
+            config.spool_full_policy,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot open the event spool in {}: {e}", config.spool_dir))?
+    });
     let sidecar_id = config.sidecar_id();
     tokio::spawn(
         SyncClient {
