@@ -809,3 +809,63 @@ async fn killing_the_control_plane_under_load_loses_no_invocation() {
     );
     audited_exactly_once(&db, &invocations).await;
 }
+
+#[tokio::test]
+async fn mcp_tools_are_called_through_one_reused_session() {
+    let mut sys = System::start().await;
+    let mcp = Proc::start("toolplane-test-mcp-server", &["--listen", "127.0.0.1:0"], &[]).await;
+    let imported = sys
+        .admin
+        .registry
+        .import_mcp_tools(pb::ImportMcpToolsRequest {
+            endpoint: format!("{}/mcp", mcp.url()),
+            name_prefix: "m.".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for t in &imported.created {
+        sys.admin.grant_full(&sys.agent.id, &t.id).await;
+    }
+    let ex = sys.executor().await;
+    let call = |tool: &'static str, params: Value| {
+        let mut ex = ex.clone();
+        async move {
+            ex.invoke(invoke_request(tool, &params))
+                .await
+                .map(|r| r.into_inner().result.unwrap())
+        }
+    };
+    time_until(&ex, "m.sessions", |r| r.is_ok()).await;
+    let before = output(&call("m.sessions", json!({})).await.unwrap())["sessions"]
+        .as_u64()
+        .unwrap();
+    for i in 0..5 {
+        let r = call("m.sum", json!({"a": i, "b": 2})).await.unwrap();
+        assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{}", r.error);
+        assert_eq!(output(&r), json!({"sum": i + 2}));
+    }
+    let echo = call("m.echo", json!({"message": "hello mcp"})).await.unwrap();
+    assert_eq!(output(&echo)["content"][0]["text"], "hello mcp");
+    let after = output(&call("m.sessions", json!({})).await.unwrap())["sessions"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before, "calls reuse the sidecar's MCP session");
+
+    let e = call("m.sum", json!({"a": "two"})).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "MCP tools' input schemas are enforced too"
+    );
+
+    // The server goes away and comes back: the next call gets a fresh session.
+    let addr = mcp.addr.to_string();
+    mcp.stop().await;
+    let down = call("m.sum", json!({"a": 1, "b": 1})).await.unwrap();
+    assert_eq!(down.status, pb::ToolExecutionStatus::ExecutionError as i32);
+    let _back = Proc::start("toolplane-test-mcp-server", &["--listen", &addr], &[]).await;
+    let r = call("m.sum", json!({"a": 1, "b": 1})).await.unwrap();
+    assert_eq!(output(&r), json!({"sum": 2}), "{}", r.error);
+}

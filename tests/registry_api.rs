@@ -83,7 +83,10 @@ async fn mcp_import_registers_and_reversions_tools(mut cp: Cp) {
     let server = mcp_server("1", "127.0.0.1:0").await;
     let endpoint = format!("{}/mcp", server.url());
     let first = import(a, &endpoint).await.unwrap();
-    assert_eq!(names(&first.created), ["calc.deletenote", "calc.echo", "calc.sum"]);
+    assert_eq!(
+        names(&first.created),
+        ["calc.deletenote", "calc.echo", "calc.sessions", "calc.sum"]
+    );
     assert_eq!(first.skipped.len(), 1, "{:?}", first.skipped);
     assert_eq!(first.skipped[0].remote_name, "broken");
     assert!(first.skipped[0].reason.contains("input_schema"), "{:?}", first.skipped);
@@ -107,7 +110,7 @@ async fn mcp_import_registers_and_reversions_tools(mut cp: Cp) {
 
     let again = import(a, &endpoint).await.unwrap();
     assert!(again.created.is_empty() && again.updated.is_empty());
-    assert_eq!(again.unchanged.len(), 3);
+    assert_eq!(again.unchanged.len(), 4);
 
     // The server changes: same address, new catalog.
     let addr = server.addr.to_string();
@@ -117,7 +120,7 @@ async fn mcp_import_registers_and_reversions_tools(mut cp: Cp) {
     assert_eq!(names(&third.created), ["calc.multiply"]);
     assert_eq!(names(&third.updated), ["calc.sum"]);
     assert_eq!(third.updated[0].version, 2);
-    assert_eq!(third.unchanged.len(), 2);
+    assert_eq!(third.unchanged.len(), 3);
     assert_eq!(
         get(a, Key::Name("calc.sum".into()), 1).await.unwrap().description,
         "Add two numbers"

@@ -10,7 +10,7 @@ use chrono::Utc;
 use futures::Stream;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rust_decimal::Decimal;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tonic::{Request, Response, Status};
 use toolplane_core::convert::{parse_uuid, result_to_pb};
 use toolplane_core::json::{canonical, digest, struct_to_json};
@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::error::ExecError;
 use crate::http_client::{CallError, ToolHttpClient};
+use crate::mcp_client::{McpCallError, McpPool};
 use crate::outbox::Outbox;
 use crate::snapshot::{CompiledTool, SharedSnapshot};
 
@@ -37,6 +38,7 @@ pub struct ExecutorService {
     pub snapshot: SharedSnapshot,
     pub outbox: Arc<Outbox>,
     pub http: ToolHttpClient,
+    pub mcp: McpPool,
     pub redactor: Redactor,
     pub sidecar_id: String,
 }
@@ -229,26 +231,31 @@ impl ExecutorService {
         timeout: Duration,
     ) -> (ExecutionStatus, Value, String) {
         let tool = &compiled.tool;
-        if tool.spec.protocol == ToolProtocol::Mcp {
-            return (
-                ExecutionStatus::ExecutionError,
-                Value::Null,
-                "MCP tools are not supported by this version".to_owned(),
-            );
-        }
         let headers: Vec<(String, String)> = credential.map(Credential::header).into_iter().collect();
         if timeout.is_zero() {
-            return (
-                ExecutionStatus::Timeout,
-                Value::Null,
-                "the caller's deadline left no time for the call".to_owned(),
-            );
+            let why = "the caller's deadline left no time for the call".to_owned();
+            return (ExecutionStatus::Timeout, Value::Null, why);
         }
-        match self
-            .http
-            .post_json(&tool.spec.endpoint, canonical(params).into_bytes(), &headers, timeout)
-            .await
-        {
+        let answer = match tool.spec.protocol {
+            ToolProtocol::Http => self.call_http(&tool.spec.endpoint, params, &headers, timeout).await,
+            ToolProtocol::Mcp => {
+                let remote = if tool.spec.remote_name.is_empty() {
+                    &tool.spec.name
+                } else {
+                    &tool.spec.remote_name
+                };
+                match self
+                    .mcp
+                    .call(&tool.spec.endpoint, remote, params, &headers, timeout)
+                    .await
+                {
+                    Ok(v) => Ok(v),
+                    Err(e @ McpCallError::Timeout(_)) => Err((ExecutionStatus::Timeout, e.to_string())),
+                    Err(e) => Err((ExecutionStatus::ExecutionError, e.to_string())),
+                }
+            }
+        };
+        match answer {
             Ok(output) => match &compiled.output {
                 Some(v) => match schema::check(v, "output", &output) {
                     Ok(()) => (ExecutionStatus::Success, output, String::new()),
@@ -260,7 +267,24 @@ impl ExecutorService {
                 },
                 None => (ExecutionStatus::Success, output, String::new()),
             },
-            Err(e @ CallError::Timeout(_)) => (ExecutionStatus::Timeout, Value::Null, e.to_string()),
+            Err((status, message)) => (status, Value::Null, message),
+        }
+    }
+
+    async fn call_http(
+        &self,
+        endpoint: &str,
+        params: &Value,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Value, (ExecutionStatus, String)> {
+        match self
+            .http
+            .post_json(endpoint, canonical(params).into_bytes(), headers, timeout)
+            .await
+        {
+            Ok(output) => Ok(output),
+            Err(e @ CallError::Timeout(_)) => Err((ExecutionStatus::Timeout, e.to_string())),
             Err(CallError::Status {
                 status,
                 retry_after,
@@ -269,18 +293,16 @@ impl ExecutorService {
                 let after = retry_after
                     .map(|d| format!("; retry after {}s", d.as_secs()))
                     .unwrap_or_default();
-                (
+                Err((
                     ExecutionStatus::RateLimited,
-                    json!(null),
                     format!("the tool is rate limiting (HTTP 429{after}): {body}"),
-                )
+                ))
             }
-            Err(CallError::Status { status, body, .. }) => (
+            Err(CallError::Status { status, body, .. }) => Err((
                 ExecutionStatus::ExecutionError,
-                Value::Null,
                 format!("the tool answered HTTP {status}: {body}"),
-            ),
-            Err(e) => (ExecutionStatus::ExecutionError, Value::Null, e.to_string()),
+            )),
+            Err(e) => Err((ExecutionStatus::ExecutionError, e.to_string())),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod executor;
 pub mod http_client;
+pub mod mcp_client;
 pub mod outbox;
 pub mod server;
 pub mod snapshot;

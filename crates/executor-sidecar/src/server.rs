@@ -18,6 +18,7 @@ use crate::auth::SnapshotAuthenticator;
 use crate::config::Config;
 use crate::executor::{ExecutorGrpc, ExecutorService};
 use crate::http_client::ToolHttpClient;
+use crate::mcp_client::McpPool;
 use crate::outbox::Outbox;
 use crate::snapshot::SharedSnapshot;
 use crate::sync::SyncClient;
@@ -58,6 +59,7 @@ pub async fn serve(
         snapshot: snapshot.clone(),
         outbox: outbox.clone(),
         http: ToolHttpClient::new(config.allow_link_local_endpoints),
+        mcp: McpPool::new(config.allow_link_local_endpoints),
         redactor: Redactor::default(),
         sidecar_id,
     });

@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 #[derive(Clone)]
 struct Catalog {
     variant: u32,
+    /// MCP sessions opened so far (the service factory runs once per session).
+    sessions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn schema(v: Value) -> Arc<serde_json::Map<String, Value>> {
@@ -63,6 +65,14 @@ impl Catalog {
                 schema(json!({"type": "object", "properties": {"x": {"type": "nonsense"}}})),
             ),
         ];
+        tools.push(
+            Tool::new(
+                "sessions",
+                "How many MCP sessions this server has opened",
+                schema(json!({"type": "object"})),
+            )
+            .annotate(ToolAnnotations::new().read_only(true)),
+        );
         if self.variant >= 2 {
             tools.push(
                 Tool::new("multiply", "Multiply two numbers", schema(numbers))
@@ -101,6 +111,9 @@ impl ServerHandler for Catalog {
             ),
             "echo" => CallToolResult::success(vec![ContentBlock::text(args["message"].as_str().unwrap_or_default())]),
             "deleteNote" => CallToolResult::success(vec![ContentBlock::text("deleted")]),
+            "sessions" => {
+                CallToolResult::structured(json!({"sessions": self.sessions.load(std::sync::atomic::Ordering::SeqCst)}))
+            }
             other => CallToolResult::error(vec![ContentBlock::text(format!("no tool {other}"))]),
         };
         Ok(result.into())
@@ -118,9 +131,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let variant: u32 = flag("--variant").map_or(Ok(1), |v| v.parse())?;
     let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".to_owned());
-    let catalog = Catalog { variant };
+    let catalog = Catalog {
+        variant,
+        sessions: Arc::default(),
+    };
     let service: StreamableHttpService<Catalog, LocalSessionManager> = StreamableHttpService::new(
-        move || Ok(catalog.clone()),
+        move || {
+            catalog.sessions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(catalog.clone())
+        },
         Arc::default(),
         StreamableHttpServerConfig::default().with_sse_keep_alive(None),
     );
