@@ -52,10 +52,12 @@ impl reqwest::dns::Resolve for GuardedDns {
 }
 
 type Session = RunningService<RoleClient, ClientConfig>;
+/// A session is per server and per credential header.
+type SessionKey = (String, Vec<(String, String)>);
 
 pub struct McpPool {
     http: reqwest::Client,
-    sessions: Mutex<HashMap<(String, Vec<(String, String)>), Arc<Session>>>,
+    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
 }
 
 impl McpPool {
