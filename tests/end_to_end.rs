@@ -320,7 +320,10 @@ async fn tool_failures_come_back_as_result_statuses() {
         ("garbled", "/bad_json"),
         ("off_schema", "/bad_output"),
     ] {
-        let t = sys.admin.register(http_tool(name, &sys.tools.url(path))).await.unwrap();
+        let mut tool = http_tool(name, &sys.tools.url(path));
+        // Not idempotent: one attempt each, so the statuses show without retries.
+        tool.idempotent = false;
+        let t = sys.admin.register(tool).await.unwrap();
         sys.admin.grant_full(&sys.agent.id, &t.id).await;
         ids.push(name);
     }
@@ -868,4 +871,68 @@ async fn mcp_tools_are_called_through_one_reused_session() {
     let _back = Proc::start("toolplane-test-mcp-server", &["--listen", &addr], &[]).await;
     let r = call("m.sum", json!({"a": 1, "b": 1})).await.unwrap();
     assert_eq!(output(&r), json!({"sum": 2}), "{}", r.error);
+}
+
+#[tokio::test]
+async fn retries_backoff_and_the_circuit_breaker() {
+    let mut sys = System::start().await;
+    for (name, path, idempotent) in [
+        ("flaky", "/flaky", true),
+        ("flaky_write", "/flaky_write", false),
+        ("throttled", "/throttled", true),
+        ("broken", "/fail", true),
+    ] {
+        let mut tool = http_tool(name, &sys.tools.url(path));
+        tool.idempotent = idempotent;
+        let t = sys.admin.register(tool).await.unwrap();
+        sys.admin.grant_full(&sys.agent.id, &t.id).await;
+    }
+    let ex = sys.executor().await;
+    time_until(&ex, "throttled", |r| r.is_ok()).await;
+    let call = |name: &'static str| {
+        let mut ex = ex.clone();
+        async move {
+            ex.invoke(invoke_request(name, &json!({"text": "a"})))
+                .await
+                .unwrap()
+                .into_inner()
+                .result
+                .unwrap()
+        }
+    };
+    let status = |r: &pb::ToolResult| pb::ToolExecutionStatus::try_from(r.status).unwrap();
+
+    // 503, 503, 200: an idempotent tool gets there on the third attempt.
+    let r = call("flaky").await;
+    assert_eq!(
+        (status(&r), r.attempts),
+        (pb::ToolExecutionStatus::Success, 3),
+        "{}",
+        r.error
+    );
+    assert_eq!(sys.tools.hits("/flaky"), 3);
+    // A tool with side effects is never retried.
+    let r = call("flaky_write").await;
+    assert_eq!((status(&r), r.attempts), (pb::ToolExecutionStatus::ExecutionError, 1));
+    assert_eq!(sys.tools.hits("/flaky_write"), 1);
+
+    // 429 with Retry-After: 1 is honoured before the retry.
+    let before = sys.tools.hits("/throttled");
+    let r = call("throttled").await;
+    let attempts = sys.tools.hits("/throttled") - before;
+    if attempts == 2 {
+        assert!(r.duration_ms >= 1000, "waited out Retry-After: {} ms", r.duration_ms);
+    }
+    assert_eq!(status(&r), pb::ToolExecutionStatus::Success, "{}", r.error);
+
+    // 500 is not retryable; five failures open the circuit, and then the tool is not
+    // called at all.
+    for _ in 0..5 {
+        let r = call("broken").await;
+        assert_eq!((status(&r), r.attempts), (pb::ToolExecutionStatus::ExecutionError, 1));
+    }
+    let r = call("broken").await;
+    assert_eq!(status(&r), pb::ToolExecutionStatus::CircuitOpen, "{}", r.error);
+    assert!(r.error.contains("retry in"), "{}", r.error);
+    assert_eq!(sys.tools.hits("/fail"), 5, "an open circuit makes no upstream call");
 }

@@ -85,7 +85,12 @@ impl ToolServer {
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path().to_owned();
         self.headers.lock().unwrap().push((path.clone(), req.headers().clone()));
-        *self.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+        let hit = {
+            let mut hits = self.hits.lock().unwrap();
+            let n = hits.entry(path.clone()).or_default();
+            *n += 1;
+            *n
+        };
         let body = req
             .into_body()
             .collect()
@@ -108,6 +113,18 @@ impl ToolServer {
                 (StatusCode::OK, "{}".to_owned())
             }
             "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"boom"}"#.to_owned()),
+            // Unavailable twice, then fine, over and over.
+            "/flaky" | "/flaky_write" if hit % 3 != 0 => (StatusCode::SERVICE_UNAVAILABLE, "{}".to_owned()),
+            "/flaky" | "/flaky_write" => (StatusCode::OK, json!({"words": 1}).to_string()),
+            // Rate limited (Retry-After: 1) every other call.
+            "/throttled" if hit % 2 == 1 => {
+                let mut resp = Response::new(Full::new(Bytes::from("{}")));
+                *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                resp.headers_mut()
+                    .insert("retry-after", http::HeaderValue::from_static("1"));
+                return Ok(resp);
+            }
+            "/throttled" => (StatusCode::OK, json!({"words": 2}).to_string()),
             "/bad_json" => (StatusCode::OK, "this is not json".to_owned()),
             "/bad_output" => (StatusCode::OK, json!({"words": "many"}).to_string()),
             _ => (StatusCode::NOT_FOUND, "{}".to_owned()),

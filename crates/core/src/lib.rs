@@ -2,6 +2,7 @@
 //! conversions between the wire contract and the domain, JSON Schema checks, canonical
 //! JSON and digests, redaction, tokens and permission evaluation.
 
+pub mod circuit;
 pub mod client;
 pub mod convert;
 pub mod crypto;
@@ -12,6 +13,7 @@ pub mod json;
 pub mod model;
 pub mod permission;
 pub mod redact;
+pub mod retry;
 pub mod schema;
 pub mod stats;
 pub mod token;

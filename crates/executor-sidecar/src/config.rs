@@ -46,6 +46,14 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_SPOOL_FSYNC", default_value_t = false)]
     pub spool_fsync: bool,
 
+    /// Consecutive failures that open a tool's circuit.
+    #[arg(long, env = "TOOLPLANE_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// How long an open circuit refuses calls before letting a probe through.
+    #[arg(long, env = "TOOLPLANE_BREAKER_OPEN_SECS", value_parser = parse_secs, default_value = "30")]
+    pub breaker_open_for: Duration,
+
     /// Allow calls to link-local and cloud-metadata addresses.
     #[arg(long, env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS", default_value_t = false)]
     pub allow_link_local_endpoints: bool,

@@ -12,11 +12,13 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
+use toolplane_core::circuit::Admission;
 use toolplane_core::convert::{parse_uuid, result_to_pb};
 use toolplane_core::json::{canonical, digest, struct_to_json};
 use toolplane_core::model::*;
 use toolplane_core::permission::evaluate;
 use toolplane_core::redact::Redactor;
+use toolplane_core::retry::RetryPolicy;
 use toolplane_core::schema;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::executor_server::Executor;
@@ -24,10 +26,10 @@ use toolplane_runtime::auth::principal;
 use uuid::Uuid;
 
 use crate::error::ExecError;
-use crate::http_client::{CallError, ToolHttpClient};
-use crate::mcp_client::{McpCallError, McpPool};
 use crate::outbox::Outbox;
+use crate::reliability::Breakers;
 use crate::snapshot::{CompiledTool, SharedSnapshot};
+use crate::upstream::{Outcome, Upstream};
 
 /// Most calls one BatchInvoke may carry.
 pub const MAX_BATCH_CALLS: usize = 100;
@@ -37,8 +39,9 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 pub struct ExecutorService {
     pub snapshot: SharedSnapshot,
     pub outbox: Arc<Outbox>,
-    pub http: ToolHttpClient,
-    pub mcp: McpPool,
+    pub upstream: Upstream,
+    pub breakers: Breakers,
+    pub retry: RetryPolicy,
     pub redactor: Redactor,
     pub sidecar_id: String,
 }
@@ -157,14 +160,14 @@ impl ExecutorService {
             return Err(violations.into());
         }
 
-        let timeout = match call.deadline {
-            Some(d) => tool
-                .timeout()
-                .min(d.saturating_sub(DEADLINE_MARGIN + started.elapsed())),
-            None => tool.timeout(),
-        };
         let credential = snap.credential(tool.id);
-        let (status, output, error) = self.call_tool(&compiled, credential, &call.parameters, timeout).await;
+        let deadline = call.deadline.map(|d| started + d);
+        let (outcome, attempts) = self
+            .call_with_retries(&compiled, credential, &call.parameters, deadline)
+            .await;
+        let Outcome {
+            status, output, error, ..
+        } = outcome;
         // An upstream that echoes its credential must not leak it through our errors.
         let error = match credential {
             Some(c) if !c.secret.is_empty() => error.replace(&c.secret, toolplane_core::redact::REDACTED),
@@ -186,7 +189,7 @@ impl ExecutorService {
             },
             completed_at: Utc::now(),
             cache_hit: false,
-            attempts: 1,
+            attempts,
         };
         let mut e = self.audit(
             AuditAction::ToolInvoked,
@@ -222,87 +225,44 @@ impl ExecutorService {
         Ok(result)
     }
 
-    /// Calls the tool; failures at the tool become a status and a message, not an RPC error.
-    async fn call_tool(
+    /// Calls the tool through its circuit breaker, retrying retryable failures of
+    /// idempotent tools with backoff, never past `deadline`. Returns the last outcome
+    /// and how many calls were made.
+    async fn call_with_retries(
         &self,
         compiled: &CompiledTool,
         credential: Option<&Credential>,
         params: &Value,
-        timeout: Duration,
-    ) -> (ExecutionStatus, Value, String) {
+        deadline: Option<Instant>,
+    ) -> (Outcome, u32) {
         let tool = &compiled.tool;
-        let headers: Vec<(String, String)> = credential.map(Credential::header).into_iter().collect();
-        if timeout.is_zero() {
-            let why = "the caller's deadline left no time for the call".to_owned();
-            return (ExecutionStatus::Timeout, Value::Null, why);
-        }
-        let answer = match tool.spec.protocol {
-            ToolProtocol::Http => self.call_http(&tool.spec.endpoint, params, &headers, timeout).await,
-            ToolProtocol::Mcp => {
-                let remote = if tool.spec.remote_name.is_empty() {
-                    &tool.spec.name
-                } else {
-                    &tool.spec.remote_name
-                };
-                match self
-                    .mcp
-                    .call(&tool.spec.endpoint, remote, params, &headers, timeout)
-                    .await
-                {
-                    Ok(v) => Ok(v),
-                    Err(e @ McpCallError::Timeout(_)) => Err((ExecutionStatus::Timeout, e.to_string())),
-                    Err(e) => Err((ExecutionStatus::ExecutionError, e.to_string())),
+        let mut attempts = 0;
+        loop {
+            if let Admission::Refused { retry_after } = self.breakers.admit(tool.id) {
+                return (Outcome::circuit_open(&tool.spec.name, retry_after), attempts);
+            }
+            attempts += 1;
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = match remaining {
+                Some(left) => tool.timeout().min(left.saturating_sub(DEADLINE_MARGIN)),
+                None => tool.timeout(),
+            };
+            let outcome = self.upstream.call(compiled, credential, params, timeout).await;
+            self.breakers.record(tool.id, &outcome);
+            if outcome.status == ExecutionStatus::Success || !outcome.retryable || !tool.spec.idempotent {
+                return (outcome, attempts);
+            }
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self
+                .retry
+                .next_delay(attempts, outcome.retry_after, remaining, DEADLINE_MARGIN)
+            {
+                Some(delay) => {
+                    tracing::debug!(tool = %tool.spec.name, attempts, ?delay, error = %outcome.error, "retrying");
+                    tokio::time::sleep(delay).await;
                 }
+                None => return (outcome, attempts),
             }
-        };
-        match answer {
-            Ok(output) => match &compiled.output {
-                Some(v) => match schema::check(v, "output", &output) {
-                    Ok(()) => (ExecutionStatus::Success, output, String::new()),
-                    Err(violations) => (
-                        ExecutionStatus::ValidationError,
-                        Value::Null,
-                        format!("the tool's output breaks its output schema: {violations}"),
-                    ),
-                },
-                None => (ExecutionStatus::Success, output, String::new()),
-            },
-            Err((status, message)) => (status, Value::Null, message),
-        }
-    }
-
-    async fn call_http(
-        &self,
-        endpoint: &str,
-        params: &Value,
-        headers: &[(String, String)],
-        timeout: Duration,
-    ) -> Result<Value, (ExecutionStatus, String)> {
-        match self
-            .http
-            .post_json(endpoint, canonical(params).into_bytes(), headers, timeout)
-            .await
-        {
-            Ok(output) => Ok(output),
-            Err(e @ CallError::Timeout(_)) => Err((ExecutionStatus::Timeout, e.to_string())),
-            Err(CallError::Status {
-                status,
-                retry_after,
-                body,
-            }) if status.as_u16() == 429 => {
-                let after = retry_after
-                    .map(|d| format!("; retry after {}s", d.as_secs()))
-                    .unwrap_or_default();
-                Err((
-                    ExecutionStatus::RateLimited,
-                    format!("the tool is rate limiting (HTTP 429{after}): {body}"),
-                ))
-            }
-            Err(CallError::Status { status, body, .. }) => Err((
-                ExecutionStatus::ExecutionError,
-                format!("the tool answered HTTP {status}: {body}"),
-            )),
-            Err(e) => Err((ExecutionStatus::ExecutionError, e.to_string())),
         }
     }
 

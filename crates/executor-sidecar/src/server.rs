@@ -8,7 +8,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use toolplane_core::circuit::BreakerConfig;
 use toolplane_core::redact::Redactor;
+use toolplane_core::retry::RetryPolicy;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::AuthLayer;
 use toolplane_runtime::lifecycle::incoming;
@@ -17,11 +19,11 @@ use toolplane_runtime::lifecycle::with_grace;
 use crate::auth::SnapshotAuthenticator;
 use crate::config::Config;
 use crate::executor::{ExecutorGrpc, ExecutorService};
-use crate::http_client::ToolHttpClient;
-use crate::mcp_client::McpPool;
 use crate::outbox::Outbox;
+use crate::reliability::Breakers;
 use crate::snapshot::SharedSnapshot;
 use crate::sync::SyncClient;
+use crate::upstream::Upstream;
 
 const EXECUTOR: &str = "toolplane.v1.Executor";
 
@@ -58,8 +60,12 @@ pub async fn serve(
     let executor = Arc::new(ExecutorService {
         snapshot: snapshot.clone(),
         outbox: outbox.clone(),
-        http: ToolHttpClient::new(config.allow_link_local_endpoints),
-        mcp: McpPool::new(config.allow_link_local_endpoints),
+        upstream: Upstream::new(config.allow_link_local_endpoints),
+        breakers: Breakers::new(BreakerConfig {
+            failure_threshold: config.breaker_failures,
+            open_for: config.breaker_open_for,
+        }),
+        retry: RetryPolicy::default(),
         redactor: Redactor::default(),
         sidecar_id,
     });

@@ -1,0 +1,172 @@
+//! One call to a tool, over HTTP or MCP, turned into an [`Outcome`]: what the caller
+//! gets, and whether the failure is worth retrying.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use toolplane_core::model::{Credential, ExecutionStatus, ToolProtocol};
+use toolplane_core::schema;
+
+use crate::http_client::{CallError, ToolHttpClient};
+use crate::mcp_client::{McpCallError, McpPool};
+use crate::snapshot::CompiledTool;
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: ExecutionStatus,
+    pub output: Value,
+    pub error: String,
+    /// Timeouts, connection failures, 502/503/504 and 429: another try may work.
+    pub retryable: bool,
+    /// What the upstream asked us to wait (429 `Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl Outcome {
+    fn ok(output: Value) -> Self {
+        Self {
+            status: ExecutionStatus::Success,
+            output,
+            error: String::new(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    fn failed(status: ExecutionStatus, error: String, retryable: bool) -> Self {
+        Self {
+            status,
+            output: Value::Null,
+            error,
+            retryable,
+            retry_after: None,
+        }
+    }
+
+    pub fn circuit_open(tool: &str, retry_after: Duration) -> Self {
+        let error = format!(
+            "the circuit for tool {tool} is open after repeated failures; retry in {} ms",
+            retry_after.as_millis()
+        );
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::failed(ExecutionStatus::CircuitOpen, error, false)
+        }
+    }
+
+    /// Whether this says the tool is unhealthy (for its circuit breaker); `None` when
+    /// it says nothing either way (rate limiting, refusals before the call).
+    pub fn health(&self) -> Option<bool> {
+        match self.status {
+            ExecutionStatus::Success | ExecutionStatus::PartialSuccess => Some(true),
+            ExecutionStatus::Timeout | ExecutionStatus::ExecutionError | ExecutionStatus::ValidationError => {
+                Some(false)
+            }
+            ExecutionStatus::RateLimited | ExecutionStatus::PermissionDenied | ExecutionStatus::CircuitOpen => None,
+        }
+    }
+}
+
+pub struct Upstream {
+    pub http: ToolHttpClient,
+    pub mcp: McpPool,
+}
+
+impl Upstream {
+    pub fn new(allow_link_local: bool) -> Self {
+        Self {
+            http: ToolHttpClient::new(allow_link_local),
+            mcp: McpPool::new(allow_link_local),
+        }
+    }
+
+    /// Calls the tool once and validates its output against the output schema.
+    pub async fn call(
+        &self,
+        compiled: &CompiledTool,
+        credential: Option<&Credential>,
+        params: &Value,
+        timeout: Duration,
+    ) -> Outcome {
+        let tool = &compiled.tool;
+        if timeout.is_zero() {
+            let why = "the caller's deadline left no time for the call".to_owned();
+            return Outcome::failed(ExecutionStatus::Timeout, why, false);
+        }
+        let headers: Vec<(String, String)> = credential.map(Credential::header).into_iter().collect();
+        let outcome = match tool.spec.protocol {
+            ToolProtocol::Http => self.call_http(&tool.spec.endpoint, params, &headers, timeout).await,
+            ToolProtocol::Mcp => {
+                let remote = if tool.spec.remote_name.is_empty() {
+                    &tool.spec.name
+                } else {
+                    &tool.spec.remote_name
+                };
+                match self
+                    .mcp
+                    .call(&tool.spec.endpoint, remote, params, &headers, timeout)
+                    .await
+                {
+                    Ok(v) => Outcome::ok(v),
+                    Err(e @ McpCallError::Timeout(_)) => Outcome::failed(ExecutionStatus::Timeout, e.to_string(), true),
+                    Err(e @ McpCallError::Connect(_)) => {
+                        Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), true)
+                    }
+                    Err(e) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), false),
+                }
+            }
+        };
+        if outcome.status != ExecutionStatus::Success {
+            return outcome;
+        }
+        match &compiled.output {
+            Some(v) => match schema::check(v, "output", &outcome.output) {
+                Ok(()) => outcome,
+                Err(violations) => Outcome::failed(
+                    ExecutionStatus::ValidationError,
+                    format!("the tool's output breaks its output schema: {violations}"),
+                    false,
+                ),
+            },
+            None => outcome,
+        }
+    }
+
+    async fn call_http(
+        &self,
+        endpoint: &str,
+        params: &Value,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Outcome {
+        let body = toolplane_core::json::canonical(params).into_bytes();
+        match self.http.post_json(endpoint, body, headers, timeout).await {
+            Ok(output) => Outcome::ok(output),
+            Err(e @ CallError::Timeout(_)) => Outcome::failed(ExecutionStatus::Timeout, e.to_string(), true),
+            Err(e @ CallError::Connect(_)) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), true),
+            Err(CallError::Status {
+                status,
+                retry_after,
+                body,
+            }) if status.as_u16() == 429 => {
+                let after = retry_after
+                    .map(|d| format!("; retry after {}s", d.as_secs()))
+                    .unwrap_or_default();
+                let error = format!("the tool is rate limiting (HTTP 429{after}): {body}");
+                Outcome {
+                    retry_after,
+                    ..Outcome::failed(ExecutionStatus::RateLimited, error, true)
+                }
+            }
+            Err(CallError::Status { status, body, .. }) => {
+                let retryable = matches!(status.as_u16(), 502..=504);
+                Outcome::failed(
+                    ExecutionStatus::ExecutionError,
+                    format!("the tool answered HTTP {status}: {body}"),
+                    retryable,
+                )
+            }
+            Err(e) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), false),
+        }
+    }
+}
