@@ -936,3 +936,147 @@ async fn retries_backoff_and_the_circuit_breaker() {
     assert!(r.error.contains("retry in"), "{}", r.error);
     assert_eq!(sys.tools.hits("/fail"), 5, "an open circuit makes no upstream call");
 }
+
+/// A control plane (in memory), one rate-limited tool granted to one agent, and two
+/// sidecars configured with `env`.
+async fn rate_limited_fleet(rpm: u32, env: &[(&str, &str)]) -> (ToolServer, Proc, Vec<Proc>, String) {
+    let tools = ToolServer::start().await;
+    let cp = control_plane(None).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let mut tool = http_tool("limited", &tools.url("/word_count"));
+    tool.requirements.as_mut().unwrap().rate_limit_rpm = rpm;
+    let tool = admin.register(tool).await.unwrap();
+    let agent = admin.agent("hammer").await;
+    admin.grant_full(&agent.id, &tool.id).await;
+    let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let mut sidecars = Vec::new();
+    for _ in 0..2 {
+        let spool = toolplane_tests::procs::spool_dir();
+        sidecars.push(toolplane_tests::procs::sidecar_with(&cp, &sidecar_token, &spool, env).await);
+    }
+    (tools, cp, sidecars, agent_token)
+}
+
+/// `calls` invocations spread over the sidecars, 16 at a time; returns how many each
+/// sidecar admitted. Every call must answer (SUCCESS or RATE_LIMITED).
+async fn hammer(sidecars: &[Proc], token: &str, calls: usize) -> Vec<usize> {
+    let mut clients = Vec::new();
+    for sc in sidecars {
+        let ex = executor(&sc.url(), Some(token)).await;
+        time_until(&ex, "limited", |r| {
+            matches!(r, Err(s) if s.code() != Code::Unavailable) || r.is_ok()
+        })
+        .await;
+        clients.push(ex);
+    }
+    let admitted: Vec<std::sync::Arc<std::sync::atomic::AtomicUsize>> =
+        clients.iter().map(|_| Default::default()).collect();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (ex, counter, next) = (
+            clients[w % clients.len()].clone(),
+            admitted[w % clients.len()].clone(),
+            next.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < calls {
+                let r = ex
+                    .clone()
+                    .invoke(invoke_request("limited", &json!({"text": "x"})))
+                    .await
+                    .unwrap();
+                let r = r.into_inner().result.unwrap();
+                match pb::ToolExecutionStatus::try_from(r.status).unwrap() {
+                    pb::ToolExecutionStatus::Success => {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    pb::ToolExecutionStatus::RateLimited => {
+                        assert!(r.retry_after_ms > 0, "a rejected call says when to retry");
+                        assert!(r.error.contains("retry in"), "{}", r.error);
+                    }
+                    other => panic!("unexpected {other:?}: {}", r.error),
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    admitted
+        .iter()
+        .map(|a| a.load(std::sync::atomic::Ordering::SeqCst))
+        .collect()
+}
+
+fn test_redis() -> String {
+    std::env::var("TOOLPLANE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+#[tokio::test]
+async fn two_sidecars_share_one_rate_limit_through_redis() {
+    const N: u32 = 100;
+    let redis = test_redis();
+    let (_tools, _cp, sidecars, token) = rate_limited_fleet(N, &[("REDIS_URL", &redis)]).await;
+    // The warm-up calls in `hammer` (one per sidecar) count against the budget too.
+    let started = Instant::now();
+    let admitted: usize = hammer(&sidecars, &token, 300).await.iter().sum::<usize>() + 2;
+    println!(
+        "admitted {admitted} of 302 calls with a limit of {N}/min in {:?}",
+        started.elapsed()
+    );
+    let n = N as usize;
+    assert!(admitted.abs_diff(n) <= n / 100, "admitted {admitted}, limit {n}");
+    for sc in &sidecars {
+        assert!(!sc.logs().contains("Redis unavailable"), "{}", sc.logs());
+    }
+}
+
+#[tokio::test]
+async fn redis_going_away_fails_no_call_and_admits_only_the_local_share() {
+    const N: u32 = 100;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = tokio::process::Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server must be installed (make test names the package)");
+    let url = format!("redis://127.0.0.1:{port}");
+    eventually("the throwaway Redis", WAIT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+    })
+    .await;
+    let env = [("REDIS_URL", url.as_str()), ("TOOLPLANE_RATE_LIMIT_LOCAL_SHARE", "0.3")];
+    let (_tools, _cp, sidecars, token) = rate_limited_fleet(N, &env).await;
+    let shared: usize = hammer(&sidecars, &token, 40).await.iter().sum();
+    assert_eq!(shared + 2, 42, "well under the shared budget, everything passes");
+
+    redis.kill().await.unwrap();
+    let per_sidecar = hammer(&sidecars, &token, 200).await;
+    println!("admitted per sidecar after Redis went away: {per_sidecar:?}");
+    for (admitted, sc) in per_sidecar.iter().zip(&sidecars) {
+        // Local share: 30 of the 100 per minute for each sidecar (+1 for refill).
+        assert!(*admitted <= 31, "admitted {admitted}, local share 30");
+        assert!(*admitted >= 25, "admitted {admitted}: the local limiter still serves");
+        assert!(
+            sc.logs().contains("Redis unavailable; limiting locally"),
+            "{}",
+            sc.logs()
+        );
+    }
+}

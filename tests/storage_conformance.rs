@@ -82,6 +82,7 @@ fn outcome(tool: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent 
             completed_at: now,
             cache_hit: false,
             attempts: 1,
+            retry_after_ms: 0,
         },
     })
 }
@@ -398,6 +399,7 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
             completed_at: ts,
             cache_hit: false,
             attempts: 2,
+            retry_after_ms: 0,
         },
     };
     let batch = vec![

@@ -35,6 +35,7 @@ impl Proc {
         let mut cmd = Command::new(bin(name));
         cmd.args(args)
             .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -135,6 +136,11 @@ pub async fn sidecar(control_plane: &Proc, token: &str) -> Proc {
 
 /// A sidecar whose event spool lives in `spool` (reuse it to restart "the same" sidecar).
 pub async fn sidecar_with_spool(control_plane: &Proc, token: &str, spool: &std::path::Path) -> Proc {
+    sidecar_with(control_plane, token, spool, &[]).await
+}
+
+/// A sidecar with extra environment (e.g. `REDIS_URL`).
+pub async fn sidecar_with(control_plane: &Proc, token: &str, spool: &std::path::Path, env: &[(&str, &str)]) -> Proc {
     let url = control_plane.url();
     let spool = spool.to_string_lossy().into_owned();
     let args = [
@@ -149,5 +155,7 @@ pub async fn sidecar_with_spool(control_plane: &Proc, token: &str, spool: &std::
         "--spool-dir",
         &spool,
     ];
-    Proc::start("toolplane-sidecar", &args, &[("TOOLPLANE_SIDECAR_TOKEN", token)]).await
+    let mut all = vec![("TOOLPLANE_SIDECAR_TOKEN", token)];
+    all.extend_from_slice(env);
+    Proc::start("toolplane-sidecar", &args, &all).await
 }

@@ -565,6 +565,7 @@ pub fn result_to_pb(r: &ToolResult) -> pb::ToolResult {
         completed_at: Some(ts(r.completed_at)),
         cache_hit: r.cache_hit,
         attempts: r.attempts,
+        retry_after_ms: r.retry_after_ms,
     }
 }
 
@@ -582,6 +583,7 @@ pub fn result_from_pb(r: pb::ToolResult) -> Result<ToolResult, Violations> {
         completed_at: r.completed_at.as_ref().and_then(from_ts).unwrap_or_default(),
         cache_hit: r.cache_hit,
         attempts: r.attempts,
+        retry_after_ms: r.retry_after_ms,
     })
 }
 

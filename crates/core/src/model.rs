@@ -288,6 +288,8 @@ pub struct ToolResult {
     pub completed_at: DateTime<Utc>,
     pub cache_hit: bool,
     pub attempts: u32,
+    /// For rate-limited and circuit-open results: when a new call may succeed. Not stored.
+    pub retry_after_ms: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

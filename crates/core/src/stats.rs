@@ -14,10 +14,13 @@ pub struct ToolStats {
     pub outcomes: u64,
 }
 
-/// Whether an outcome says anything about the tool: calls refused before reaching it
-/// (permission, open circuit) do not.
+/// Whether an outcome says anything about the tool's reliability: calls refused before
+/// reaching it (permission, open circuit) and rate limiting do not.
 pub fn counts(status: ExecutionStatus) -> bool {
-    !matches!(status, ExecutionStatus::PermissionDenied | ExecutionStatus::CircuitOpen)
+    !matches!(
+        status,
+        ExecutionStatus::PermissionDenied | ExecutionStatus::CircuitOpen | ExecutionStatus::RateLimited
+    )
 }
 
 pub fn observe(prev: ToolStats, status: ExecutionStatus, duration_ms: u32) -> ToolStats {

@@ -46,6 +46,16 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_SPOOL_FSYNC", default_value_t = false)]
     pub spool_fsync: bool,
 
+    /// Redis shared by all sidecars for rate limits; without it each sidecar limits
+    /// itself.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This sidecar's share of a tool's rate limit while Redis does not answer, e.g.
+    /// 0.25 with four sidecars.
+    #[arg(long, env = "TOOLPLANE_RATE_LIMIT_LOCAL_SHARE", default_value_t = 1.0)]
+    pub rate_limit_local_share: f64,
+
     /// Consecutive failures that open a tool's circuit.
     #[arg(long, env = "TOOLPLANE_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::error::ExecError;
 use crate::outbox::Outbox;
+use crate::rate_limit::{Decision, RateLimiter};
 use crate::reliability::Breakers;
 use crate::snapshot::{CompiledTool, SharedSnapshot};
 use crate::upstream::{Outcome, Upstream};
@@ -41,6 +42,7 @@ pub struct ExecutorService {
     pub outbox: Arc<Outbox>,
     pub upstream: Upstream,
     pub breakers: Breakers,
+    pub limits: RateLimiter,
     pub retry: RetryPolicy,
     pub redactor: Redactor,
     pub sidecar_id: String,
@@ -160,13 +162,52 @@ impl ExecutorService {
             return Err(violations.into());
         }
 
+        let rpm = tool.spec.requirements.rate_limit_rpm;
+        if let Decision::Limited { retry_after } = self.limits.check(tool.id, rpm).await {
+            let mut e = self.audit(
+                AuditAction::RateLimited,
+                agent.id,
+                tool,
+                invocation_id,
+                &call.task_id,
+                &sanitized,
+            );
+            e.permission_id = decision.permission_id;
+            e.detail = format!("{rpm} calls per minute");
+            self.outbox.push(SyncEvent::Audit(e));
+            let error = format!(
+                "the rate limit of tool {} ({rpm} calls per minute) is reached; retry in {} ms",
+                tool.spec.name,
+                retry_after.as_millis()
+            );
+            return Ok(ToolResult {
+                invocation_id,
+                tool_id: tool.id,
+                tool_version: tool.version,
+                status: ExecutionStatus::RateLimited,
+                output: Value::Null,
+                error,
+                duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+                tokens_used: 0,
+                cost: Decimal::ZERO,
+                completed_at: Utc::now(),
+                cache_hit: false,
+                attempts: 0,
+                retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX).max(1),
+            });
+        }
+
         let credential = snap.credential(tool.id);
         let deadline = call.deadline.map(|d| started + d);
         let (outcome, attempts) = self
             .call_with_retries(&compiled, credential, &call.parameters, deadline)
             .await;
         let Outcome {
-            status, output, error, ..
+            status,
+            output,
+            error,
+            retry_after,
+            ..
         } = outcome;
         // An upstream that echoes its credential must not leak it through our errors.
         let error = match credential {
@@ -190,6 +231,7 @@ impl ExecutorService {
             completed_at: Utc::now(),
             cache_hit: false,
             attempts,
+            retry_after_ms: retry_after.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
         };
         let mut e = self.audit(
             AuditAction::ToolInvoked,

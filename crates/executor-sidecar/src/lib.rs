@@ -9,6 +9,7 @@ pub mod executor;
 pub mod http_client;
 pub mod mcp_client;
 pub mod outbox;
+pub mod rate_limit;
 pub mod reliability;
 pub mod server;
 pub mod snapshot;

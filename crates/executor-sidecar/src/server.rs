@@ -20,6 +20,7 @@ use crate::auth::SnapshotAuthenticator;
 use crate::config::Config;
 use crate::executor::{ExecutorGrpc, ExecutorService};
 use crate::outbox::Outbox;
+use crate::rate_limit::RateLimiter;
 use crate::reliability::Breakers;
 use crate::snapshot::SharedSnapshot;
 use crate::sync::SyncClient;
@@ -66,6 +67,10 @@ pub async fn serve(
             open_for: config.breaker_open_for,
         }),
         retry: RetryPolicy::default(),
+        limits: match &config.redis_url {
+            Some(url) => RateLimiter::shared(url, config.rate_limit_local_share)?,
+            None => RateLimiter::local(),
+        },
         redactor: Redactor::default(),
         sidecar_id,
     });

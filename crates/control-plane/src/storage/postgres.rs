@@ -371,6 +371,7 @@ fn invocation_from_row(r: &Row) -> StoreResult<InvocationRecord> {
             completed_at: r.get("completed_at"),
             cache_hit: r.get("cache_hit"),
             attempts: u32_of(r.get("attempts")),
+            retry_after_ms: 0,
         },
     })
 }

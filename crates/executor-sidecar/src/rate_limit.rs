@@ -1,0 +1,211 @@
+//! Per-tool rate limits (`rate_limit_rpm`) with GCRA. With Redis every sidecar draws
+//! from one budget: one atomic script call per decision, timed by Redis's clock. Without
+//! Redis each sidecar limits itself. When Redis stops answering, each sidecar falls back
+//! to a local limiter sized to its share of the budget (`local_share`), logs it once and
+//! counts the decisions it made that way, and returns to Redis when Redis answers again.
+//!
+//! "N per minute" is GCRA with emission interval 60 s / N and a burst of N: a full
+//! minute's budget may be used at once, then it refills at N per minute.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use uuid::Uuid;
+
+/// How long one Redis decision may take before the local limiter decides instead.
+pub const REDIS_DECISION_TIMEOUT: Duration = Duration::from_millis(100);
+/// While Redis is away, how often one decision tries it again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+const GCRA_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat or tat < now then tat = now end
+if tat - now > tolerance then
+  return {0, math.ceil((tat - tolerance - now) / 1000)}
+end
+redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil((tolerance + interval) / 1000) + 1)
+return {1, 0}
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Limited { retry_after: Duration },
+}
+
+struct Redis {
+    client: Client,
+    script: Script,
+}
+
+pub struct RateLimiter {
+    redis: Option<Redis>,
+    local: Mutex<HashMap<(Uuid, u32), Arc<DefaultDirectRateLimiter>>>,
+    /// This sidecar's share of a tool's budget while Redis is away (0..1].
+    local_share: f64,
+    degraded: AtomicBool,
+    /// While degraded, Redis is asked again at most this often, so calls do not each
+    /// wait out a timeout.
+    last_probe: Mutex<Option<std::time::Instant>>,
+    /// Decisions made locally because Redis did not answer.
+    pub degraded_decisions: AtomicU64,
+}
+
+impl RateLimiter {
+    /// In-process limits only.
+    pub fn local() -> Self {
+        Self {
+            redis: None,
+            local: Mutex::default(),
+            local_share: 1.0,
+            degraded: AtomicBool::new(false),
+            last_probe: Mutex::new(None),
+            degraded_decisions: AtomicU64::new(0),
+        }
+    }
+
+    /// Limits shared through the Redis at `url`. Connecting happens in the background;
+    /// until Redis answers, decisions are local.
+    pub fn shared(url: &str, local_share: f64) -> anyhow::Result<Self> {
+        let config = Config::from_url(url)?;
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = REDIS_DECISION_TIMEOUT)
+            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
+            .build()?;
+        let connecting = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connecting.init().await {
+                tracing::warn!(error = %e, "cannot connect to Redis yet; rate limits are local until it answers");
+            }
+        });
+        Ok(Self {
+            redis: Some(Redis {
+                client,
+                script: Script::from_lua(GCRA_LUA),
+            }),
+            local: Mutex::default(),
+            local_share: local_share.clamp(0.0001, 1.0),
+            degraded: AtomicBool::new(false),
+            last_probe: Mutex::new(None),
+            degraded_decisions: AtomicU64::new(0),
+        })
+    }
+
+    pub async fn check(&self, tool: Uuid, rpm: u32) -> Decision {
+        if rpm == 0 {
+            return Decision::Allowed;
+        }
+        let Some(redis) = &self.redis else {
+            return self.check_local(tool, rpm);
+        };
+        if self.degraded.load(Ordering::Relaxed) {
+            let mut last = self.last_probe.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < PROBE_INTERVAL) {
+                drop(last);
+                return self.check_degraded(tool, rpm);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let interval_us = 60_000_000.0 / f64::from(rpm);
+        let tolerance_us = interval_us * f64::from(rpm - 1);
+        let key = format!("toolplane:ratelimit:{tool}");
+        let call = redis.script.evalsha_with_reload::<Vec<i64>, _, _>(
+            &redis.client,
+            vec![key],
+            vec![interval_us.round().to_string(), tolerance_us.round().to_string()],
+        );
+        match tokio::time::timeout(REDIS_DECISION_TIMEOUT, call).await {
+            Ok(Ok(v)) if v.len() == 2 => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("Redis answers again; rate limits are shared again");
+                }
+                if v[0] == 1 {
+                    Decision::Allowed
+                } else {
+                    Decision::Limited {
+                        retry_after: Duration::from_millis(u64::try_from(v[1]).unwrap_or(0)),
+                    }
+                }
+            }
+            other => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(v)) => format!("unexpected reply {v:?}"),
+                        Err(_) => format!("no answer within {REDIS_DECISION_TIMEOUT:?}"),
+                    };
+                    tracing::warn!(error = %why, share = self.local_share, "Redis unavailable; limiting locally at this sidecar's share");
+                }
+                *self.last_probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+                self.check_degraded(tool, rpm)
+            }
+        }
+    }
+
+    /// Redis is away: this sidecar's share of the budget, locally.
+    fn check_degraded(&self, tool: Uuid, rpm: u32) -> Decision {
+        self.degraded_decisions.fetch_add(1, Ordering::Relaxed);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let share = (f64::from(rpm) * self.local_share).floor().max(1.0) as u32;
+        self.check_local(tool, share)
+    }
+
+    fn check_local(&self, tool: Uuid, rpm: u32) -> Decision {
+        let limiter = {
+            let mut map = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry((tool, rpm))
+                .or_insert_with(|| {
+                    let n = NonZeroU32::new(rpm).unwrap_or(NonZeroU32::MIN);
+                    Arc::new(DefaultDirectRateLimiter::direct(Quota::per_minute(n).allow_burst(n)))
+                })
+                .clone()
+        };
+        match limiter.check() {
+            Ok(()) => Decision::Allowed,
+            Err(not_until) => Decision::Limited {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_limits_admit_the_budget_then_say_when() {
+        let l = RateLimiter::local();
+        let tool = Uuid::new_v4();
+        for _ in 0..3 {
+            assert_eq!(l.check(tool, 3).await, Decision::Allowed);
+        }
+        match l.check(tool, 3).await {
+            Decision::Limited { retry_after } => {
+                assert!(
+                    retry_after > Duration::from_secs(15) && retry_after <= Duration::from_secs(20),
+                    "{retry_after:?}"
+                )
+            }
+            Decision::Allowed => panic!("over budget"),
+        }
+        assert_eq!(
+            l.check(Uuid::new_v4(), 3).await,
+            Decision::Allowed,
+            "budgets are per tool"
+        );
+        assert_eq!(l.check(tool, 0).await, Decision::Allowed, "0 means unlimited");
+    }
+}
