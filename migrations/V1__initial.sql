@@ -30,6 +30,8 @@ CREATE TABLE tools (
     idempotent         BOOLEAN NOT NULL,
     cacheable          BOOLEAN NOT NULL,
     cache_ttl_seconds  BIGINT NOT NULL DEFAULT 0,
+    cache_normalize_keys BOOLEAN NOT NULL DEFAULT FALSE,
+    cache_ignored_params TEXT[] NOT NULL DEFAULT '{}',
     remote_name        TEXT NOT NULL DEFAULT '',
     created_at         TIMESTAMPTZ NOT NULL,
     updated_at         TIMESTAMPTZ NOT NULL,

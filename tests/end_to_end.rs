@@ -1080,3 +1080,107 @@ async fn redis_going_away_fails_no_call_and_admits_only_the_local_share() {
         );
     }
 }
+
+#[tokio::test]
+async fn cacheable_tools_answer_from_cache_with_one_upstream_call() {
+    let mut sys = System::start().await;
+    let mut tool = http_tool("cached_echo", &sys.tools.url("/echo"));
+    tool.cacheable = true;
+    tool.cache_ttl_seconds = 60;
+    tool.cache_normalize_keys = true;
+    tool.cache_ignored_params = vec!["api_key".into()];
+    tool.schema.as_mut().unwrap().output_schema = None;
+    let tool = sys.admin.register(tool).await.unwrap();
+    sys.admin.grant_full(&sys.agent.id, &tool.id).await;
+    let ex = sys.executor().await;
+    time_until(&ex, "cached_echo", |r| r.is_ok()).await;
+    let warm = sys.tools.hits("/echo");
+
+    // 20 identical calls at once: one upstream call, everyone gets its answer.
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let mut ex = ex.clone();
+        calls.push(tokio::spawn(async move {
+            ex.invoke(invoke_request("cached_echo", &json!({"text": "Hello   World"})))
+                .await
+                .unwrap()
+                .into_inner()
+                .result
+                .unwrap()
+        }));
+    }
+    let mut hits = 0;
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{}", r.error);
+        assert_eq!(output(&r)["text"], "Hello   World");
+        hits += usize::from(r.cache_hit);
+    }
+    assert_eq!(
+        sys.tools.hits("/echo") - warm,
+        1,
+        "concurrent identical misses make one upstream call"
+    );
+    assert_eq!(hits, 19);
+
+    // Same request in another form (case, spacing, an ignored parameter): still a hit.
+    let r = ex
+        .clone()
+        .invoke(invoke_request(
+            "cached_echo",
+            &json!({"text": " hello world ", "api_key": "k-123"}),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert!(r.cache_hit);
+    assert_eq!(r.cost, "0", "a hit costs nothing");
+    assert_eq!(sys.tools.hits("/echo") - warm, 1);
+
+    // A different request misses.
+    let r = ex
+        .clone()
+        .invoke(invoke_request("cached_echo", &json!({"text": "other"})))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert!(!r.cache_hit);
+    assert_eq!(sys.tools.hits("/echo") - warm, 2);
+
+    // Another agent has its own scope, and a hit is still permission-checked.
+    let other = sys.admin.agent("other-agent").await;
+    let other_token = sys.admin.token(pb::Role::Agent, &other.id).await;
+    let mut other_ex = executor(&sys.sidecar.url(), Some(&other_token)).await;
+    let e = loop {
+        match other_ex
+            .invoke(invoke_request("cached_echo", &json!({"text": "Hello World"})))
+            .await
+        {
+            Err(s) if s.code() == Code::Unauthenticated => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => break other.unwrap_err(),
+        }
+    };
+    assert_eq!(e.code(), Code::PermissionDenied, "no grant, no cached answer");
+
+    let client = sys.db.client().await;
+    let tool_id = uuid::Uuid::parse_str(&tool.id).unwrap();
+    eventually("CACHE_HIT events in the audit trail", WAIT, || {
+        let client = &client;
+        async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM audit_events WHERE action = 'cache_hit' AND tool_id = $1",
+                    &[&tool_id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 20).then_some(())
+        }
+    })
+    .await;
+}

@@ -125,6 +125,8 @@ pub fn to_spec(tool: &rmcp::model::Tool, opts: &ImportOptions) -> ToolSpec {
         idempotent: hints.idempotent_hint.unwrap_or(read_only),
         cacheable: false,
         cache_ttl_seconds: 0,
+        cache_normalize_keys: false,
+        cache_ignored_params: Vec::new(),
         remote_name: tool.name.to_string(),
     }
 }

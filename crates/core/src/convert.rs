@@ -282,6 +282,8 @@ pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
         idempotent: t.idempotent,
         cacheable: t.cacheable,
         cache_ttl_seconds: t.cache_ttl_seconds,
+        cache_normalize_keys: t.cache_normalize_keys,
+        cache_ignored_params: t.cache_ignored_params,
         remote_name: t.remote_name,
     })
 }
@@ -339,6 +341,8 @@ pub fn spec_to_pb(spec: ToolSpec) -> pb::Tool {
         idempotent: s.idempotent,
         cacheable: s.cacheable,
         cache_ttl_seconds: s.cache_ttl_seconds,
+        cache_normalize_keys: s.cache_normalize_keys,
+        cache_ignored_params: s.cache_ignored_params.clone(),
         remote_name: s.remote_name.clone(),
         created_at: None,
         updated_at: None,

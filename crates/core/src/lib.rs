@@ -2,6 +2,7 @@
 //! conversions between the wire contract and the domain, JSON Schema checks, canonical
 //! JSON and digests, redaction, tokens and permission evaluation.
 
+pub mod cache_key;
 pub mod circuit;
 pub mod client;
 pub mod convert;

@@ -96,6 +96,12 @@ pub struct ToolSpec {
     pub idempotent: bool,
     pub cacheable: bool,
     pub cache_ttl_seconds: u32,
+    /// Requests that differ only in form share a cache entry.
+    #[serde(default)]
+    pub cache_normalize_keys: bool,
+    /// Top-level parameters left out of the cache key.
+    #[serde(default)]
+    pub cache_ignored_params: Vec<String>,
     pub remote_name: String,
 }
 

@@ -40,6 +40,8 @@ pub fn tool_spec(name: &str) -> ToolSpec {
         idempotent: true,
         cacheable: false,
         cache_ttl_seconds: 0,
+        cache_normalize_keys: false,
+        cache_ignored_params: vec![],
         remote_name: String::new(),
     }
 }

@@ -85,6 +85,7 @@ pub fn check_tool_spec(spec: &ToolSpec, policy: ToolPolicy) -> Result<(), Violat
     if spec.cacheable && spec.cache_ttl_seconds == 0 {
         v.push("tool.cache_ttl_seconds", "is required for a cacheable tool");
     }
+    check_list(&mut v, "tool.cache_ignored_params", &spec.cache_ignored_params);
     check_schemas(&mut v, spec);
     v.into_result()
 }

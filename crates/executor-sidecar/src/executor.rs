@@ -12,12 +12,13 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
+use toolplane_core::cache_key::cache_key;
 use toolplane_core::circuit::Admission;
 use toolplane_core::convert::{parse_uuid, result_to_pb};
 use toolplane_core::json::{canonical, digest, struct_to_json};
 use toolplane_core::model::*;
 use toolplane_core::permission::evaluate;
-use toolplane_core::redact::Redactor;
+use toolplane_core::redact::{REDACTED, Redactor};
 use toolplane_core::retry::RetryPolicy;
 use toolplane_core::schema;
 use toolplane_proto::v1 as pb;
@@ -29,6 +30,7 @@ use crate::error::ExecError;
 use crate::outbox::Outbox;
 use crate::rate_limit::{Decision, RateLimiter};
 use crate::reliability::Breakers;
+use crate::result_cache::{ResultCache, Source};
 use crate::snapshot::{CompiledTool, SharedSnapshot};
 use crate::upstream::{Outcome, Upstream};
 
@@ -43,6 +45,7 @@ pub struct ExecutorService {
     pub upstream: Upstream,
     pub breakers: Breakers,
     pub limits: RateLimiter,
+    pub cache: ResultCache,
     pub retry: RetryPolicy,
     pub redactor: Redactor,
     pub sidecar_id: String,
@@ -62,6 +65,19 @@ pub fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// What every record of one call shares.
+struct Ctx<'a> {
+    invocation_id: Uuid,
+    agent_id: Uuid,
+    tool: &'a Tool,
+    task_id: String,
+    sanitized: Value,
+    permission_id: Option<Uuid>,
+    started: Instant,
+    /// The tool's credential, scrubbed from error messages.
+    secret: String,
 }
 
 struct Call {
@@ -162,46 +178,110 @@ impl ExecutorService {
             return Err(violations.into());
         }
 
-        let rpm = tool.spec.requirements.rate_limit_rpm;
-        if let Decision::Limited { retry_after } = self.limits.check(tool.id, rpm).await {
-            let mut e = self.audit(
-                AuditAction::RateLimited,
-                agent.id,
-                tool,
-                invocation_id,
-                &call.task_id,
-                &sanitized,
-            );
-            e.permission_id = decision.permission_id;
-            e.detail = format!("{rpm} calls per minute");
-            self.outbox.push(SyncEvent::Audit(e));
-            let error = format!(
-                "the rate limit of tool {} ({rpm} calls per minute) is reached; retry in {} ms",
-                tool.spec.name,
-                retry_after.as_millis()
-            );
-            return Ok(ToolResult {
-                invocation_id,
-                tool_id: tool.id,
-                tool_version: tool.version,
-                status: ExecutionStatus::RateLimited,
-                output: Value::Null,
-                error,
-                duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
-                tokens_used: 0,
-                cost: Decimal::ZERO,
-                completed_at: Utc::now(),
-                cache_hit: false,
-                attempts: 0,
-                retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX).max(1),
-            });
-        }
-
+        let ctx = Ctx {
+            invocation_id,
+            agent_id: agent.id,
+            tool,
+            task_id: call.task_id,
+            sanitized,
+            permission_id: decision.permission_id,
+            started,
+            secret: snap.credential(tool.id).map(|c| c.secret.clone()).unwrap_or_default(),
+        };
         let credential = snap.credential(tool.id);
         let deadline = call.deadline.map(|d| started + d);
-        let (outcome, attempts) = self
-            .call_with_retries(&compiled, credential, &call.parameters, deadline)
+        let ttl = Duration::from_secs(u64::from(tool.spec.cache_ttl_seconds));
+        if !(tool.spec.cacheable && tool.spec.side_effects == SideEffects::None && !ttl.is_zero()) {
+            if let Some(limited) = self.rate_limited(&ctx).await {
+                return Ok(limited);
+            }
+            let (outcome, attempts) = self
+                .call_with_retries(&compiled, credential, &call.parameters, deadline)
+                .await;
+            return Ok(self.finish(&ctx, outcome, attempts, false));
+        }
+
+        // Cached: a hit is still authenticated, permission-checked and validated (above),
+        // and audited as CACHE_HIT; it does not use the tool's rate limit.
+        let key = cache_key(
+            tool.id,
+            tool.version,
+            &tool.spec,
+            &agent.id.to_string(),
+            &call.parameters,
+        );
+        if let Some(output) = self.cache.get(&key).await {
+            return Ok(self.finish(&ctx, Outcome::ok(output), 0, true));
+        }
+        if let Some(limited) = self.rate_limited(&ctx).await {
+            return Ok(limited);
+        }
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let fetched = self
+            .cache
+            .get_or_fetch(&key, ttl, async {
+                let (outcome, n) = self
+                    .call_with_retries(&compiled, credential, &call.parameters, deadline)
+                    .await;
+                attempts.store(n, std::sync::atomic::Ordering::Relaxed);
+                if outcome.status == ExecutionStatus::Success {
+                    Ok(outcome.output)
+                } else {
+                    Err(outcome)
+                }
+            })
             .await;
+        let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(match fetched {
+            Ok((output, Source::Upstream)) => self.finish(&ctx, Outcome::ok(output), attempts, false),
+            Ok((output, Source::Local | Source::Shared)) => self.finish(&ctx, Outcome::ok(output), 0, true),
+            Err(failed) => self.finish(&ctx, (*failed).clone(), attempts, false),
+        })
+    }
+
+    /// `Some(result)` when the tool's rate limit refuses the call (audited).
+    async fn rate_limited(&self, ctx: &Ctx<'_>) -> Option<ToolResult> {
+        let tool = ctx.tool;
+        let rpm = tool.spec.requirements.rate_limit_rpm;
+        let Decision::Limited { retry_after } = self.limits.check(tool.id, rpm).await else {
+            return None;
+        };
+        let mut e = self.audit(
+            AuditAction::RateLimited,
+            ctx.agent_id,
+            tool,
+            ctx.invocation_id,
+            &ctx.task_id,
+            &ctx.sanitized,
+        );
+        e.permission_id = ctx.permission_id;
+        e.detail = format!("{rpm} calls per minute");
+        self.outbox.push(SyncEvent::Audit(e));
+        let error = format!(
+            "the rate limit of tool {} ({rpm} calls per minute) is reached; retry in {} ms",
+            tool.spec.name,
+            retry_after.as_millis()
+        );
+        Some(ToolResult {
+            invocation_id: ctx.invocation_id,
+            tool_id: tool.id,
+            tool_version: tool.version,
+            status: ExecutionStatus::RateLimited,
+            output: Value::Null,
+            error,
+            duration_ms: u32::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            tokens_used: 0,
+            cost: Decimal::ZERO,
+            completed_at: Utc::now(),
+            cache_hit: false,
+            attempts: 0,
+            retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX).max(1),
+        })
+    }
+
+    /// Turns an outcome into the caller's result, and records it: the audit event
+    /// (TOOL_INVOKED, or CACHE_HIT) and the invocation, both redacted.
+    fn finish(&self, ctx: &Ctx<'_>, outcome: Outcome, attempts: u32, cache_hit: bool) -> ToolResult {
         let Outcome {
             status,
             output,
@@ -209,40 +289,47 @@ impl ExecutorService {
             retry_after,
             ..
         } = outcome;
+        let tool = ctx.tool;
         // An upstream that echoes its credential must not leak it through our errors.
-        let error = match credential {
-            Some(c) if !c.secret.is_empty() => error.replace(&c.secret, toolplane_core::redact::REDACTED),
-            _ => error,
+        let error = if ctx.secret.is_empty() {
+            error
+        } else {
+            error.replace(&ctx.secret, REDACTED)
         };
         let result = ToolResult {
-            invocation_id,
+            invocation_id: ctx.invocation_id,
             tool_id: tool.id,
             tool_version: tool.version,
             status,
             output,
             error: self.redactor.redact_text(&error),
-            duration_ms: u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX),
+            duration_ms: u32::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u32::MAX),
             tokens_used: 0,
-            cost: if status == ExecutionStatus::Success {
+            cost: if status == ExecutionStatus::Success && !cache_hit {
                 tool.spec.cost_per_call
             } else {
                 Decimal::ZERO
             },
             completed_at: Utc::now(),
-            cache_hit: false,
+            cache_hit,
             attempts,
             retry_after_ms: retry_after.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
         };
+        let action = if cache_hit {
+            AuditAction::CacheHit
+        } else {
+            AuditAction::ToolInvoked
+        };
         let mut e = self.audit(
-            AuditAction::ToolInvoked,
-            agent.id,
+            action,
+            ctx.agent_id,
             tool,
-            invocation_id,
-            &call.task_id,
-            &sanitized,
+            ctx.invocation_id,
+            &ctx.task_id,
+            &ctx.sanitized,
         );
         e.success = status == ExecutionStatus::Success;
-        e.permission_id = decision.permission_id;
+        e.permission_id = ctx.permission_id;
         e.detail = result.error.clone();
         e.result = Some(ResultSummary {
             size_bytes: canonical(&result.output).len() as u64,
@@ -251,11 +338,11 @@ impl ExecutorService {
         });
         self.outbox.push(SyncEvent::Audit(e));
         self.outbox.push(SyncEvent::Invocation(InvocationRecord {
-            invocation_id,
-            agent_id: agent.id,
-            task_id: call.task_id,
+            invocation_id: ctx.invocation_id,
+            agent_id: ctx.agent_id,
+            task_id: ctx.task_id.clone(),
             requested_tool_id: tool.id,
-            parameters: sanitized,
+            parameters: ctx.sanitized.clone(),
             invoked_at: Utc::now() - chrono::Duration::milliseconds(i64::from(result.duration_ms)),
             result: ToolResult {
                 // The output stays with the caller; the control plane keeps its digest.
@@ -264,7 +351,7 @@ impl ExecutorService {
             },
             sidecar_id: self.sidecar_id.clone(),
         }));
-        Ok(result)
+        result
     }
 
     /// Calls the tool through its circuit breaker, retrying retryable failures of

@@ -11,6 +11,7 @@ pub mod mcp_client;
 pub mod outbox;
 pub mod rate_limit;
 pub mod reliability;
+pub mod result_cache;
 pub mod server;
 pub mod snapshot;
 pub mod spool;

@@ -49,6 +49,24 @@ struct Redis {
     script: Script,
 }
 
+/// A Redis client for the rate limits and the shared cache. Connecting happens in the
+/// background and reconnects forever; until Redis answers, both work locally.
+pub fn redis_client(url: &str) -> anyhow::Result<Client> {
+    let config = Config::from_url(url)?;
+    let client = Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = REDIS_DECISION_TIMEOUT)
+        .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
+        .build()?;
+    let connecting = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connecting.init().await {
+            tracing::warn!(error = %e, "cannot connect to Redis yet; limits and cache are local until it answers");
+        }
+    });
+    Ok(client)
+}
+
 pub struct RateLimiter {
     redis: Option<Redis>,
     local: Mutex<HashMap<(Uuid, u32), Arc<DefaultDirectRateLimiter>>>,
@@ -75,22 +93,9 @@ impl RateLimiter {
         }
     }
 
-    /// Limits shared through the Redis at `url`. Connecting happens in the background;
-    /// until Redis answers, decisions are local.
-    pub fn shared(url: &str, local_share: f64) -> anyhow::Result<Self> {
-        let config = Config::from_url(url)?;
-        let client = Builder::from_config(config)
-            .with_performance_config(|p| p.default_command_timeout = REDIS_DECISION_TIMEOUT)
-            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
-            .build()?;
-        let connecting = client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connecting.init().await {
-                tracing::warn!(error = %e, "cannot connect to Redis yet; rate limits are local until it answers");
-            }
-        });
-        Ok(Self {
+    /// Limits shared through Redis.
+    pub fn shared(client: Client, local_share: f64) -> Self {
+        Self {
             redis: Some(Redis {
                 client,
                 script: Script::from_lua(GCRA_LUA),
@@ -100,7 +105,7 @@ impl RateLimiter {
             degraded: AtomicBool::new(false),
             last_probe: Mutex::new(None),
             degraded_decisions: AtomicU64::new(0),
-        })
+        }
     }
 
     pub async fn check(&self, tool: Uuid, rpm: u32) -> Decision {

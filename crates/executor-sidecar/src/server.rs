@@ -20,8 +20,9 @@ use crate::auth::SnapshotAuthenticator;
 use crate::config::Config;
 use crate::executor::{ExecutorGrpc, ExecutorService};
 use crate::outbox::Outbox;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{RateLimiter, redis_client};
 use crate::reliability::Breakers;
+use crate::result_cache::ResultCache;
 use crate::snapshot::SharedSnapshot;
 use crate::sync::SyncClient;
 use crate::upstream::Upstream;
@@ -58,6 +59,7 @@ pub async fn serve(
         }
         .run(),
     );
+    let redis = config.redis_url.as_deref().map(redis_client).transpose()?;
     let executor = Arc::new(ExecutorService {
         snapshot: snapshot.clone(),
         outbox: outbox.clone(),
@@ -67,10 +69,11 @@ pub async fn serve(
             open_for: config.breaker_open_for,
         }),
         retry: RetryPolicy::default(),
-        limits: match &config.redis_url {
-            Some(url) => RateLimiter::shared(url, config.rate_limit_local_share)?,
+        limits: match &redis {
+            Some(client) => RateLimiter::shared(client.clone(), config.rate_limit_local_share),
             None => RateLimiter::local(),
         },
+        cache: ResultCache::new(redis.clone()),
         redactor: Redactor::default(),
         sidecar_id,
     });

@@ -23,7 +23,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn ok(output: Value) -> Self {
+    pub fn ok(output: Value) -> Self {
         Self {
             status: ExecutionStatus::Success,
             output,

@@ -41,6 +41,10 @@ pub struct ToolFile {
     pub cacheable: bool,
     #[serde(default)]
     pub cache_ttl_seconds: u32,
+    #[serde(default)]
+    pub cache_normalize_keys: bool,
+    #[serde(default)]
+    pub cache_ignored_params: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +171,8 @@ impl ToolFile {
             idempotent: self.idempotent,
             cacheable: self.cacheable,
             cache_ttl_seconds: self.cache_ttl_seconds,
+            cache_normalize_keys: self.cache_normalize_keys,
+            cache_ignored_params: self.cache_ignored_params,
             ..Default::default()
         })
     }

@@ -257,7 +257,7 @@ impl Store for MemoryStore {
                     }
                     st.invocations.insert(i.invocation_id, i.clone());
                     let r = &i.result;
-                    if !stats::counts(r.status) {
+                    if r.cache_hit || !stats::counts(r.status) {
                         continue;
                     }
                     let outcomes = st.outcomes.entry(r.tool_id).or_default();

@@ -121,7 +121,8 @@ fn parse_text<T>(field: &str, s: &str, parse: fn(&str) -> Option<T>) -> StoreRes
 const TOOL_COLUMNS: &str = "id, name, category, description, version, input_schema, output_schema, \
     examples, capabilities, auth_type, rate_limit_rpm, timeout_ms, required_skills, data_sensitivity, \
     provider, endpoint, protocol, reliability_score, average_latency_ms, cost_per_call, enabled, \
-    side_effects, idempotent, cacheable, cache_ttl_seconds, remote_name, created_at, updated_at";
+    side_effects, idempotent, cacheable, cache_ttl_seconds, cache_normalize_keys, cache_ignored_params, remote_name, \
+    created_at, updated_at";
 
 fn tool_from_row(r: &Row) -> StoreResult<Tool> {
     let examples: Value = r.get("examples");
@@ -154,6 +155,8 @@ fn tool_from_row(r: &Row) -> StoreResult<Tool> {
             idempotent: r.get("idempotent"),
             cacheable: r.get("cacheable"),
             cache_ttl_seconds: u32_of(r.get("cache_ttl_seconds")),
+            cache_normalize_keys: r.get("cache_normalize_keys"),
+            cache_ignored_params: r.get("cache_ignored_params"),
             remote_name: r.get("remote_name"),
         },
         created_at: r.get("created_at"),
@@ -161,7 +164,7 @@ fn tool_from_row(r: &Row) -> StoreResult<Tool> {
     })
 }
 
-const TOOL_COLUMN_COUNT: usize = 28;
+const TOOL_COLUMN_COUNT: usize = 30;
 
 fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
@@ -222,6 +225,8 @@ impl<'a> ToolRow<'a> {
             &s.idempotent,
             &s.cacheable,
             &self.cache_ttl_seconds,
+            &s.cache_normalize_keys,
+            &s.cache_ignored_params,
             &s.remote_name,
             &t.created_at,
             &t.updated_at,
@@ -781,7 +786,7 @@ impl Store for PostgresStore {
                         )
                         .await
                         .map_err(db_err)?;
-                    if inserted == 1 && stats::counts(r.status) {
+                    if inserted == 1 && !r.cache_hit && stats::counts(r.status) {
                         record_outcome(&tx, r).await?;
                     }
                 }
