@@ -64,6 +64,13 @@ CREATE TABLE credentials (
     updated_at  TIMESTAMPTZ NOT NULL
 );
 
+-- Retry and fallback behaviour per tool.
+CREATE TABLE fallback_strategies (
+    tool_id    UUID PRIMARY KEY REFERENCES tools (id),
+    strategy   JSONB NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+
 CREATE TABLE agents (
     id         UUID PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,

@@ -1184,3 +1184,142 @@ async fn cacheable_tools_answer_from_cache_with_one_upstream_call() {
     })
     .await;
 }
+
+async fn set_strategy(
+    admin: &mut Admin,
+    tool: &pb::Tool,
+    fallbacks: &[&pb::Tool],
+    conditions: &[pb::FallbackCondition],
+    mode: pb::DegradationMode,
+) -> Result<pb::FallbackStrategy, tonic::Status> {
+    let strategy = pb::FallbackStrategy {
+        tool_id: tool.id.clone(),
+        fallback_tool_ids: fallbacks.iter().map(|t| t.id.clone()).collect(),
+        conditions: conditions.iter().map(|c| *c as i32).collect(),
+        mode: mode as i32,
+        ..Default::default()
+    };
+    let r = admin
+        .registry
+        .set_fallback_strategy(pb::SetFallbackStrategyRequest {
+            strategy: Some(strategy),
+        })
+        .await?;
+    Ok(r.into_inner().strategy.unwrap())
+}
+
+#[tokio::test]
+async fn fallbacks_pass_the_same_checks_and_are_audited() {
+    let mut sys = System::start().await;
+    let mut register = async |name: &str, path: &str, grant: bool| {
+        let mut t = http_tool(name, &sys.tools.url(path));
+        t.idempotent = false;
+        let t = sys.admin.register(t).await.unwrap();
+        if grant {
+            sys.admin.grant_full(&sys.agent.id, &t.id).await;
+        }
+        t
+    };
+    let primary = register("primary", "/fail", true).await;
+    let forbidden = register("forbidden_backup", "/echo", false).await;
+    let backup = register("backup", "/word_count", true).await;
+    let flaky = register("flaky_reader", "/flaky_write", true).await;
+    use pb::{DegradationMode as Mode, FallbackCondition as Cond};
+
+    let e = set_strategy(&mut sys.admin, &primary, &[&primary], &[], Mode::Full)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    set_strategy(&mut sys.admin, &primary, &[&forbidden, &backup], &[], Mode::Full)
+        .await
+        .unwrap();
+    let got = sys
+        .admin
+        .registry
+        .get_fallback_strategy(pb::GetFallbackStrategyRequest {
+            tool_id: primary.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .strategy
+        .unwrap();
+    assert_eq!(got.fallback_tool_ids, [forbidden.id.clone(), backup.id.clone()]);
+
+    let ex = sys.executor().await;
+    let backup_id = backup.id.clone();
+    time_until(&ex, "primary", |r| r.as_ref().is_ok_and(|r| r.tool_id == backup_id)).await;
+    let r = ex
+        .clone()
+        .invoke(invoke_request("primary", &json!({"text": "one two three"})))
+        .await
+        .unwrap();
+    let r = r.into_inner().result.unwrap();
+    assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32);
+    assert_eq!(
+        (r.tool_id.as_str(), r.fallback_from_tool_id.as_str()),
+        (backup.id.as_str(), primary.id.as_str())
+    );
+    assert_eq!(output(&r), json!({"words": 3}));
+    assert_eq!(
+        sys.tools.hits("/echo"),
+        0,
+        "a fallback the agent may not use is never called"
+    );
+
+    let client = sys.db.client().await;
+    let (primary_id, forbidden_id) = (
+        uuid::Uuid::parse_str(&primary.id).unwrap(),
+        uuid::Uuid::parse_str(&forbidden.id).unwrap(),
+    );
+    eventually("FALLBACK_USED and the refused fallback in the audit trail", WAIT, || {
+        let client = &client;
+        async move {
+            let used: i64 = client
+                .query_one("SELECT count(*) FROM audit_events WHERE action = 'fallback_used'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let refused: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM audit_events WHERE action = 'permission_checked' AND NOT success AND tool_id = $1",
+                    &[&forbidden_id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let recorded: i64 = client
+                .query_one("SELECT count(*) FROM invocations WHERE requested_tool_id = $1 AND tool_id <> $1", &[&primary_id])
+                .await
+                .unwrap()
+                .get(0);
+            (used >= 1 && refused >= 1 && recorded >= 1).then_some(())
+        }
+    })
+    .await;
+
+    // Only on timeouts: a plain error stands.
+    set_strategy(&mut sys.admin, &primary, &[&backup], &[Cond::OnTimeout], Mode::Full)
+        .await
+        .unwrap();
+    time_until(&ex, "primary", |r| r.as_ref().is_ok_and(|r| r.tool_id != backup_id)).await;
+
+    // CACHED: the last good answer, marked stale, when the tool fails.
+    set_strategy(&mut sys.admin, &flaky, &[], &[], Mode::Cached)
+        .await
+        .unwrap();
+    time_until(&ex, "flaky_reader", |r| {
+        r.as_ref()
+            .is_ok_and(|r| r.status == pb::ToolExecutionStatus::Success as i32 && !r.stale)
+    })
+    .await;
+    let r = ex
+        .clone()
+        .invoke(invoke_request("flaky_reader", &json!({"text": "a b c"})))
+        .await
+        .unwrap();
+    let r = r.into_inner().result.unwrap();
+    assert!(r.stale, "{r:?}");
+    assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32);
+    assert_eq!(output(&r), json!({"words": 1}));
+}

@@ -83,6 +83,8 @@ fn outcome(tool: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent 
             cache_hit: false,
             attempts: 1,
             retry_after_ms: 0,
+            stale: false,
+            fallback_from: None,
         },
     })
 }
@@ -400,6 +402,8 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
             cache_hit: false,
             attempts: 2,
             retry_after_ms: 0,
+            stale: false,
+            fallback_from: None,
         },
     };
     let batch = vec![

@@ -126,6 +126,7 @@ impl AppState {
             agents: self.store.list_agents().await?,
             tokens: self.store.active_tokens(Utc::now()).await?,
             credentials: self.credentials().await?,
+            fallbacks: self.store.list_fallbacks().await?,
         })
     }
 

@@ -444,6 +444,82 @@ pub fn token_from_pb(t: pb::TokenDigest) -> Result<TokenRecord, Violations> {
     })
 }
 
+pub fn fallback_condition_from_pb(v: i32) -> Option<FallbackCondition> {
+    use pb::FallbackCondition as C;
+    Some(match C::try_from(v).ok()? {
+        C::Unspecified => return None,
+        C::OnTimeout => FallbackCondition::OnTimeout,
+        C::OnRateLimit => FallbackCondition::OnRateLimit,
+        C::OnAuthFailure => FallbackCondition::OnAuthFailure,
+        C::OnDataValidationFailure => FallbackCondition::OnDataValidationFailure,
+        C::Always => FallbackCondition::Always,
+    })
+}
+
+fn fallback_condition_to_pb(c: FallbackCondition) -> i32 {
+    use pb::FallbackCondition as C;
+    (match c {
+        FallbackCondition::OnTimeout => C::OnTimeout,
+        FallbackCondition::OnRateLimit => C::OnRateLimit,
+        FallbackCondition::OnAuthFailure => C::OnAuthFailure,
+        FallbackCondition::OnDataValidationFailure => C::OnDataValidationFailure,
+        FallbackCondition::Always => C::Always,
+    }) as i32
+}
+
+fn mode_to_pb(m: DegradationMode) -> i32 {
+    use pb::DegradationMode as M;
+    (match m {
+        DegradationMode::Full => M::Full,
+        DegradationMode::Cached => M::Cached,
+        DegradationMode::Partial => M::Partial,
+        DegradationMode::Abort => M::Abort,
+    }) as i32
+}
+
+/// UNSPECIFIED means FULL.
+pub fn mode_from_pb(v: i32) -> DegradationMode {
+    use pb::DegradationMode as M;
+    match M::try_from(v) {
+        Ok(M::Cached) => DegradationMode::Cached,
+        Ok(M::Partial) => DegradationMode::Partial,
+        Ok(M::Abort) => DegradationMode::Abort,
+        _ => DegradationMode::Full,
+    }
+}
+
+pub fn fallback_to_pb(f: &FallbackStrategy) -> pb::FallbackStrategy {
+    pb::FallbackStrategy {
+        tool_id: f.tool_id.to_string(),
+        fallback_tool_ids: ids(&f.fallback_tool_ids),
+        max_attempts: f.max_attempts,
+        initial_backoff_ms: f.initial_backoff_ms,
+        max_backoff_ms: f.max_backoff_ms,
+        conditions: f.conditions.iter().map(|c| fallback_condition_to_pb(*c)).collect(),
+        mode: mode_to_pb(f.mode),
+    }
+}
+
+/// From the wire; unknown conditions are refused, naming the field.
+pub fn fallback_from_pb(f: pb::FallbackStrategy) -> Result<FallbackStrategy, Violations> {
+    let mut conditions = Vec::new();
+    for (i, c) in f.conditions.iter().enumerate() {
+        conditions.push(
+            fallback_condition_from_pb(*c)
+                .ok_or_else(|| Violations::single(format!("strategy.conditions[{i}]"), "is not a known condition"))?,
+        );
+    }
+    Ok(FallbackStrategy {
+        tool_id: parse_uuid("strategy.tool_id", &f.tool_id)?,
+        fallback_tool_ids: parse_ids("strategy.fallback_tool_ids", f.fallback_tool_ids)?,
+        max_attempts: f.max_attempts,
+        initial_backoff_ms: f.initial_backoff_ms,
+        max_backoff_ms: f.max_backoff_ms,
+        conditions,
+        mode: mode_from_pb(f.mode),
+    })
+}
+
 pub fn credential_to_pb(c: &Credential) -> pb::ToolCredential {
     pb::ToolCredential {
         tool_id: c.tool_id.to_string(),
@@ -484,6 +560,8 @@ pub fn delta_to_pb(d: &crate::delta::SnapshotDelta) -> pb::SnapshotDelta {
         removed_token_ids: ids(&d.removed_tokens),
         upserted_credentials: d.upserted_credentials.iter().map(credential_to_pb).collect(),
         removed_credential_tool_ids: ids(&d.removed_credentials),
+        upserted_fallbacks: d.upserted_fallbacks.iter().map(fallback_to_pb).collect(),
+        removed_fallback_tool_ids: ids(&d.removed_fallbacks),
     }
 }
 
@@ -521,6 +599,12 @@ pub fn delta_from_pb(d: pb::SnapshotDelta) -> Result<crate::delta::SnapshotDelta
             .map(credential_from_pb)
             .collect::<Result<_, _>>()?,
         removed_credentials: parse_ids("delta.removed_credential_tool_ids", d.removed_credential_tool_ids)?,
+        upserted_fallbacks: d
+            .upserted_fallbacks
+            .into_iter()
+            .map(fallback_from_pb)
+            .collect::<Result<_, _>>()?,
+        removed_fallbacks: parse_ids("delta.removed_fallback_tool_ids", d.removed_fallback_tool_ids)?,
     })
 }
 
@@ -533,6 +617,7 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
         tokens: s.tokens.iter().map(token_to_pb).collect(),
         generated_at: Some(ts(Utc::now())),
         credentials: s.credentials.iter().map(credential_to_pb).collect(),
+        fallbacks: s.fallbacks.iter().map(fallback_to_pb).collect(),
     }
 }
 
@@ -552,6 +637,11 @@ pub fn snapshot_from_pb(s: pb::Snapshot) -> Result<Snapshot, Violations> {
             .into_iter()
             .map(credential_from_pb)
             .collect::<Result<_, _>>()?,
+        fallbacks: s
+            .fallbacks
+            .into_iter()
+            .map(fallback_from_pb)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -570,6 +660,8 @@ pub fn result_to_pb(r: &ToolResult) -> pb::ToolResult {
         cache_hit: r.cache_hit,
         attempts: r.attempts,
         retry_after_ms: r.retry_after_ms,
+        stale: r.stale,
+        fallback_from_tool_id: fmt_uuid(r.fallback_from),
     }
 }
 
@@ -588,6 +680,8 @@ pub fn result_from_pb(r: pb::ToolResult) -> Result<ToolResult, Violations> {
         cache_hit: r.cache_hit,
         attempts: r.attempts,
         retry_after_ms: r.retry_after_ms,
+        stale: r.stale,
+        fallback_from: parse_opt_uuid("result.fallback_from_tool_id", &r.fallback_from_tool_id)?,
     })
 }
 

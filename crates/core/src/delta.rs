@@ -6,7 +6,7 @@ use std::hash::Hash;
 
 use uuid::Uuid;
 
-use crate::model::{Agent, Credential, Permission, Snapshot, TokenRecord, Tool};
+use crate::model::{Agent, Credential, FallbackStrategy, Permission, Snapshot, TokenRecord, Tool};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SnapshotDelta {
@@ -23,6 +23,9 @@ pub struct SnapshotDelta {
     pub upserted_credentials: Vec<Credential>,
     /// Tool ids whose credential is gone.
     pub removed_credentials: Vec<Uuid>,
+    pub upserted_fallbacks: Vec<FallbackStrategy>,
+    /// Tool ids whose fallback strategy is gone.
+    pub removed_fallbacks: Vec<Uuid>,
 }
 
 impl SnapshotDelta {
@@ -37,6 +40,8 @@ impl SnapshotDelta {
             && self.removed_tokens.is_empty()
             && self.upserted_credentials.is_empty()
             && self.removed_credentials.is_empty()
+            && self.upserted_fallbacks.is_empty()
+            && self.removed_fallbacks.is_empty()
     }
 }
 
@@ -68,6 +73,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDelta {
     let (upserted_agents, removed_agents) = diff_by(&old.agents, &new.agents, |a| a.id);
     let (upserted_tokens, removed_tokens) = diff_by(&old.tokens, &new.tokens, |t| t.id);
     let (upserted_credentials, removed_credentials) = diff_by(&old.credentials, &new.credentials, |c| c.tool_id);
+    let (upserted_fallbacks, removed_fallbacks) = diff_by(&old.fallbacks, &new.fallbacks, |f| f.tool_id);
     SnapshotDelta {
         from_revision: old.revision,
         revision: new.revision,
@@ -81,6 +87,8 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDelta {
         removed_tokens,
         upserted_credentials,
         removed_credentials,
+        upserted_fallbacks,
+        removed_fallbacks,
     }
 }
 
@@ -118,6 +126,12 @@ pub fn apply(snapshot: &mut Snapshot, delta: SnapshotDelta) -> Result<(), Revisi
         delta.upserted_credentials,
         &delta.removed_credentials,
         |c| c.tool_id,
+    );
+    apply_by(
+        &mut snapshot.fallbacks,
+        delta.upserted_fallbacks,
+        &delta.removed_fallbacks,
+        |f| f.tool_id,
     );
     snapshot.revision = delta.revision;
     Ok(())

@@ -296,6 +296,71 @@ pub struct ToolResult {
     pub attempts: u32,
     /// For rate-limited and circuit-open results: when a new call may succeed. Not stored.
     pub retry_after_ms: u32,
+    /// An earlier good result served because the tool failed. Not stored.
+    pub stale: bool,
+    /// The tool the caller asked for, when a fallback answered. Not stored (the
+    /// invocation record's `requested_tool_id` keeps it).
+    pub fallback_from: Option<Uuid>,
+}
+
+text_enum!(FallbackCondition {
+    OnTimeout = "on_timeout",
+    OnRateLimit = "on_rate_limit",
+    OnAuthFailure = "on_auth_failure",
+    OnDataValidationFailure = "on_data_validation_failure",
+    Always = "always",
+});
+text_enum!(DegradationMode { Full = "full", Cached = "cached", Partial = "partial", Abort = "abort" });
+
+/// How a tool's calls are retried and what they fall back to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FallbackStrategy {
+    pub tool_id: Uuid,
+    pub fallback_tool_ids: Vec<Uuid>,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u32,
+    pub max_backoff_ms: u32,
+    /// Empty means always.
+    pub conditions: Vec<FallbackCondition>,
+    pub mode: DegradationMode,
+}
+
+impl FallbackStrategy {
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        let d = crate::retry::RetryPolicy::default();
+        let ms = |v: u32, default: std::time::Duration| {
+            if v == 0 {
+                default
+            } else {
+                std::time::Duration::from_millis(u64::from(v))
+            }
+        };
+        crate::retry::RetryPolicy {
+            max_attempts: if self.max_attempts == 0 {
+                d.max_attempts
+            } else {
+                self.max_attempts
+            },
+            initial_backoff: ms(self.initial_backoff_ms, d.initial_backoff),
+            max_backoff: ms(self.max_backoff_ms, d.max_backoff),
+        }
+    }
+
+    /// Whether a call that failed with `status` (`auth_failure`: the tool answered
+    /// 401/403) falls back.
+    pub fn applies(&self, status: ExecutionStatus, auth_failure: bool) -> bool {
+        if matches!(status, ExecutionStatus::Success | ExecutionStatus::PartialSuccess) {
+            return false;
+        }
+        self.conditions.is_empty()
+            || self.conditions.iter().any(|c| match c {
+                FallbackCondition::Always => true,
+                FallbackCondition::OnTimeout => status == ExecutionStatus::Timeout,
+                FallbackCondition::OnRateLimit => status == ExecutionStatus::RateLimited,
+                FallbackCondition::OnAuthFailure => auth_failure,
+                FallbackCondition::OnDataValidationFailure => status == ExecutionStatus::ValidationError,
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -379,4 +444,5 @@ pub struct Snapshot {
     pub agents: Vec<Agent>,
     pub tokens: Vec<TokenRecord>,
     pub credentials: Vec<Credential>,
+    pub fallbacks: Vec<FallbackStrategy>,
 }

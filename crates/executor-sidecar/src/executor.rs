@@ -31,7 +31,7 @@ use crate::outbox::Outbox;
 use crate::rate_limit::{Decision, RateLimiter};
 use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, Source};
-use crate::snapshot::{CompiledTool, SharedSnapshot};
+use crate::snapshot::{CompiledTool, SharedSnapshot, SnapshotIndex};
 use crate::upstream::{Outcome, Upstream};
 
 /// Most calls one BatchInvoke may carry.
@@ -46,6 +46,8 @@ pub struct ExecutorService {
     pub breakers: Breakers,
     pub limits: RateLimiter,
     pub cache: ResultCache,
+    /// Last good outputs of tools whose strategy degrades to CACHED.
+    pub last_good: moka::future::Cache<String, Value>,
     pub retry: RetryPolicy,
     pub redactor: Redactor,
     pub sidecar_id: String,
@@ -68,6 +70,7 @@ pub fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
 }
 
 /// What every record of one call shares.
+#[derive(Clone)]
 struct Ctx<'a> {
     invocation_id: Uuid,
     agent_id: Uuid,
@@ -78,6 +81,10 @@ struct Ctx<'a> {
     started: Instant,
     /// The tool's credential, scrubbed from error messages.
     secret: String,
+    /// The tool the caller asked for (differs from `tool` when a fallback answers).
+    requested_tool_id: Uuid,
+    /// The answer is an earlier good result.
+    stale: bool,
 }
 
 struct Call {
@@ -187,6 +194,8 @@ impl ExecutorService {
             permission_id: decision.permission_id,
             started,
             secret: snap.credential(tool.id).map(|c| c.secret.clone()).unwrap_or_default(),
+            requested_tool_id: tool.id,
+            stale: false,
         };
         let credential = snap.credential(tool.id);
         let deadline = call.deadline.map(|d| started + d);
@@ -198,6 +207,13 @@ impl ExecutorService {
             let (outcome, attempts) = self
                 .call_with_retries(&compiled, credential, &call.parameters, deadline)
                 .await;
+            if let Some(result) = self
+                .degrade(&ctx, &snap, agent, &outcome, &call.parameters, deadline)
+                .await
+            {
+                return Ok(result);
+            }
+            self.remember_good(&ctx, &snap, &outcome, &call.parameters).await;
             return Ok(self.finish(&ctx, outcome, attempts, false));
         }
 
@@ -233,10 +249,120 @@ impl ExecutorService {
             .await;
         let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
         Ok(match fetched {
-            Ok((output, Source::Upstream)) => self.finish(&ctx, Outcome::ok(output), attempts, false),
+            Ok((output, Source::Upstream)) => {
+                let outcome = Outcome::ok(output);
+                self.remember_good(&ctx, &snap, &outcome, &call.parameters).await;
+                self.finish(&ctx, outcome, attempts, false)
+            }
             Ok((output, Source::Local | Source::Shared)) => self.finish(&ctx, Outcome::ok(output), 0, true),
-            Err(failed) => self.finish(&ctx, (*failed).clone(), attempts, false),
+            Err(failed) => match self
+                .degrade(&ctx, &snap, agent, &failed, &call.parameters, deadline)
+                .await
+            {
+                Some(result) => result,
+                None => self.finish(&ctx, (*failed).clone(), attempts, false),
+            },
         })
+    }
+
+    /// Keeps the last good output of tools whose strategy degrades to CACHED.
+    async fn remember_good(&self, ctx: &Ctx<'_>, snap: &SnapshotIndex, outcome: &Outcome, params: &Value) {
+        let wants = snap
+            .fallback(ctx.tool.id)
+            .is_some_and(|f| f.mode == DegradationMode::Cached);
+        if wants && outcome.status == ExecutionStatus::Success {
+            let key = cache_key(ctx.tool.id, 0, &ctx.tool.spec, &ctx.agent_id.to_string(), params);
+            self.last_good.insert(key, outcome.output.clone()).await;
+        }
+    }
+
+    /// What a failed call falls back to under the tool's strategy: another tool
+    /// (FULL), or the last good result marked stale (CACHED). `None`: the failure
+    /// stands. Every fallback tool passes the same permission, schema and rate-limit
+    /// checks as the primary, and is audited as FALLBACK_USED.
+    async fn degrade(
+        &self,
+        ctx: &Ctx<'_>,
+        snap: &SnapshotIndex,
+        agent: &Agent,
+        failed: &Outcome,
+        params: &Value,
+        deadline: Option<Instant>,
+    ) -> Option<ToolResult> {
+        let primary = ctx.tool;
+        let strategy = snap.fallback(primary.id)?;
+        if !strategy.applies(failed.status, failed.auth_failure) {
+            return None;
+        }
+        match strategy.mode {
+            DegradationMode::Cached => {
+                let key = cache_key(primary.id, 0, &primary.spec, &ctx.agent_id.to_string(), params);
+                let output = self.last_good.get(&key).await?;
+                self.audit_fallback(
+                    ctx,
+                    primary,
+                    &format!("served the last good result (stale): {}", failed.error),
+                );
+                let stale = Ctx {
+                    stale: true,
+                    ..ctx.clone()
+                };
+                Some(self.finish(&stale, Outcome::ok(output), 0, true))
+            }
+            DegradationMode::Full => {
+                for candidate in fallback_candidates(snap, primary, &strategy.fallback_tool_ids) {
+                    let tool = &candidate.tool;
+                    let decision = evaluate(agent, tool, snap.grants(agent.id, tool.id), Utc::now());
+                    if !decision.allowed {
+                        let (inv, task) = (ctx.invocation_id, &ctx.task_id);
+                        let mut e = self.audit(
+                            AuditAction::PermissionChecked,
+                            agent.id,
+                            tool,
+                            inv,
+                            task,
+                            &ctx.sanitized,
+                        );
+                        e.detail = format!("fallback from {} refused: {}", primary.spec.name, decision.reason);
+                        self.outbox.push(SyncEvent::Audit(e));
+                        continue;
+                    }
+                    if schema::check(&candidate.input, "parameters", params).is_err() {
+                        continue;
+                    }
+                    let fallback = Ctx {
+                        tool,
+                        permission_id: decision.permission_id,
+                        secret: snap.credential(tool.id).map(|c| c.secret.clone()).unwrap_or_default(),
+                        ..ctx.clone()
+                    };
+                    if self.rate_limited(&fallback).await.is_some() {
+                        continue;
+                    }
+                    let credential = snap.credential(tool.id);
+                    let (outcome, attempts) = self.call_with_retries(&candidate, credential, params, deadline).await;
+                    if outcome.status == ExecutionStatus::Success {
+                        let why = format!(
+                            "fell back from {} to {}: {}",
+                            primary.spec.name, tool.spec.name, failed.error
+                        );
+                        self.audit_fallback(&fallback, tool, &why);
+                        return Some(self.finish(&fallback, outcome, attempts, false));
+                    }
+                }
+                None
+            }
+            DegradationMode::Partial | DegradationMode::Abort => None,
+        }
+    }
+
+    fn audit_fallback(&self, ctx: &Ctx<'_>, tool: &Tool, detail: &str) {
+        let (inv, task) = (ctx.invocation_id, &ctx.task_id);
+        let mut e = self.audit(AuditAction::FallbackUsed, ctx.agent_id, tool, inv, task, &ctx.sanitized);
+        e.success = true;
+        e.permission_id = ctx.permission_id;
+        e.detail = self.redactor.redact_text(detail);
+        self.outbox.push(SyncEvent::Audit(e));
     }
 
     /// `Some(result)` when the tool's rate limit refuses the call (audited).
@@ -276,6 +402,8 @@ impl ExecutorService {
             cache_hit: false,
             attempts: 0,
             retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX).max(1),
+            stale: false,
+            fallback_from: None,
         })
     }
 
@@ -314,6 +442,8 @@ impl ExecutorService {
             cache_hit,
             attempts,
             retry_after_ms: retry_after.map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            stale: ctx.stale,
+            fallback_from: (ctx.requested_tool_id != tool.id).then_some(ctx.requested_tool_id),
         };
         let action = if cache_hit {
             AuditAction::CacheHit
@@ -341,7 +471,7 @@ impl ExecutorService {
             invocation_id: ctx.invocation_id,
             agent_id: ctx.agent_id,
             task_id: ctx.task_id.clone(),
-            requested_tool_id: tool.id,
+            requested_tool_id: ctx.requested_tool_id,
             parameters: ctx.sanitized.clone(),
             invoked_at: Utc::now() - chrono::Duration::milliseconds(i64::from(result.duration_ms)),
             result: ToolResult {
@@ -415,6 +545,31 @@ fn call_of(agent_id: Uuid, r: pb::InvokeRequest, deadline: Option<Duration>) -> 
         task_id: r.task_id,
         deadline,
     }
+}
+
+/// Fallback tools in order: the strategy's list, or, when it names none, every other
+/// tool sharing a capability with the primary, most reliable first (at most 16).
+fn fallback_candidates(snap: &SnapshotIndex, primary: &Tool, listed: &[Uuid]) -> Vec<Arc<CompiledTool>> {
+    let mut candidates: Vec<Arc<CompiledTool>> = if listed.is_empty() {
+        let mut same: Vec<Arc<CompiledTool>> = snap
+            .tools()
+            .filter(|c| {
+                c.tool.id != primary.id
+                    && c.tool
+                        .spec
+                        .capabilities
+                        .iter()
+                        .any(|cap| primary.spec.capabilities.contains(cap))
+            })
+            .cloned()
+            .collect();
+        same.sort_by(|a, b| b.tool.spec.reliability_score.total_cmp(&a.tool.spec.reliability_score));
+        same
+    } else {
+        listed.iter().filter_map(|id| snap.tool(*id).cloned()).collect()
+    };
+    candidates.truncate(16);
+    candidates
 }
 
 /// A batch item's refusal, reported in its result rather than failing the batch.

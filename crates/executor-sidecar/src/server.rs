@@ -74,6 +74,10 @@ pub async fn serve(
             None => RateLimiter::local(),
         },
         cache: ResultCache::new(redis.clone()),
+        last_good: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(std::time::Duration::from_secs(24 * 3600))
+            .build(),
         redactor: Redactor::default(),
         sidecar_id,
     });

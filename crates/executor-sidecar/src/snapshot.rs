@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use jsonschema::Validator;
-use toolplane_core::model::{Agent, Credential, Permission, Snapshot, TokenRecord, Tool};
+use toolplane_core::model::{Agent, Credential, FallbackStrategy, Permission, Snapshot, TokenRecord, Tool};
 use toolplane_core::schema;
 use uuid::Uuid;
 
@@ -23,6 +23,7 @@ pub struct SnapshotIndex {
     tokens: HashMap<String, TokenRecord>,
     grants: HashMap<(Uuid, Uuid), Vec<Permission>>,
     credentials: HashMap<Uuid, Credential>,
+    fallbacks: HashMap<Uuid, FallbackStrategy>,
 }
 
 impl SnapshotIndex {
@@ -65,6 +66,7 @@ impl SnapshotIndex {
             tokens: s.tokens.into_iter().map(|t| (t.sha256.clone(), t)).collect(),
             grants,
             credentials: s.credentials.into_iter().map(|c| (c.tool_id, c)).collect(),
+            fallbacks: s.fallbacks.into_iter().map(|f| (f.tool_id, f)).collect(),
         }
     }
 
@@ -90,6 +92,15 @@ impl SnapshotIndex {
 
     pub fn credential(&self, tool: Uuid) -> Option<&Credential> {
         self.credentials.get(&tool)
+    }
+
+    pub fn fallback(&self, tool: Uuid) -> Option<&FallbackStrategy> {
+        self.fallbacks.get(&tool)
+    }
+
+    /// Every tool, in no particular order.
+    pub fn tools(&self) -> impl Iterator<Item = &Arc<CompiledTool>> {
+        self.tools.values()
     }
 
     pub fn tool_count(&self) -> usize {

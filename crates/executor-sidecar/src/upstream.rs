@@ -20,6 +20,8 @@ pub struct Outcome {
     pub retryable: bool,
     /// What the upstream asked us to wait (429 `Retry-After`).
     pub retry_after: Option<Duration>,
+    /// The tool refused our credentials (HTTP 401/403).
+    pub auth_failure: bool,
 }
 
 impl Outcome {
@@ -30,6 +32,7 @@ impl Outcome {
             error: String::new(),
             retryable: false,
             retry_after: None,
+            auth_failure: false,
         }
     }
 
@@ -40,6 +43,7 @@ impl Outcome {
             error,
             retryable,
             retry_after: None,
+            auth_failure: false,
         }
     }
 
@@ -160,11 +164,11 @@ impl Upstream {
             }
             Err(CallError::Status { status, body, .. }) => {
                 let retryable = matches!(status.as_u16(), 502..=504);
-                Outcome::failed(
-                    ExecutionStatus::ExecutionError,
-                    format!("the tool answered HTTP {status}: {body}"),
-                    retryable,
-                )
+                let error = format!("the tool answered HTTP {status}: {body}");
+                Outcome {
+                    auth_failure: matches!(status.as_u16(), 401 | 403),
+                    ..Outcome::failed(ExecutionStatus::ExecutionError, error, retryable)
+                }
             }
             Err(e) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), false),
         }

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 use toolplane_core::Violations;
-use toolplane_core::convert::{auth_from_pb, spec_to_pb, tool_spec_from_pb, tool_to_pb};
+use toolplane_core::convert::{
+    auth_from_pb, fallback_from_pb, fallback_to_pb, spec_to_pb, tool_spec_from_pb, tool_to_pb,
+};
 use toolplane_core::endpoint::check_endpoint;
-use toolplane_core::model::{AuditAction, Principal, Role, StoredCredential, Tool};
+use toolplane_core::model::{AuditAction, FallbackStrategy, Principal, Role, StoredCredential, Tool};
 use toolplane_core::validate::check_tool_spec;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::tool_registry_server::ToolRegistry;
@@ -223,6 +225,44 @@ impl RegistryService {
         Ok(out)
     }
 
+    async fn set_fallback(&self, who: &Principal, req: pb::SetFallbackStrategyRequest) -> ApiResult<FallbackStrategy> {
+        let strategy = fallback_from_pb(required("strategy", req.strategy)?)?;
+        let mut v = Violations::default();
+        if strategy.fallback_tool_ids.len() > 16 {
+            v.push("strategy.fallback_tool_ids", "has more than the limit of 16 tools");
+        }
+        if strategy.fallback_tool_ids.contains(&strategy.tool_id) {
+            v.push("strategy.fallback_tool_ids", "must not contain the tool itself");
+        }
+        if strategy.max_attempts > 10 {
+            v.push("strategy.max_attempts", "must be at most 10");
+        }
+        v.into_result()?;
+        if self.state.store.get_tool(strategy.tool_id).await?.is_none() {
+            return Err(ApiError::NotFound(format!("tool {} not found", strategy.tool_id)));
+        }
+        for (i, id) in strategy.fallback_tool_ids.iter().enumerate() {
+            if self.state.store.get_tool(*id).await?.is_none() {
+                return Err(Violations::single(
+                    format!("strategy.fallback_tool_ids[{i}]"),
+                    format!("tool {id} not found"),
+                )
+                .into());
+            }
+        }
+        self.state.store.set_fallback(&strategy).await?;
+        let detail = format!(
+            "fallback strategy set: {} ({} tools)",
+            strategy.mode,
+            strategy.fallback_tool_ids.len()
+        );
+        self.state
+            .audit_admin(who, AuditAction::ToolUpdated, None, Some(strategy.tool_id), detail)
+            .await?;
+        self.state.changed();
+        Ok(strategy)
+    }
+
     async fn store_credential(&self, who: &Principal, req: pb::SetCredentialRequest) -> ApiResult<()> {
         let tool_id = uuid_field("tool_id", &req.tool_id)?;
         let mut v = Violations::default();
@@ -300,10 +340,6 @@ impl RegistryService {
             next_page_token,
         })
     }
-}
-
-fn later(rpc: &'static str) -> Status {
-    ApiError::Unimplemented(rpc).into()
 }
 
 #[tonic::async_trait]
@@ -389,15 +425,30 @@ impl ToolRegistry for RegistryService {
 
     async fn set_fallback_strategy(
         &self,
-        _: Request<pb::SetFallbackStrategyRequest>,
+        request: Request<pb::SetFallbackStrategyRequest>,
     ) -> Result<Response<pb::SetFallbackStrategyResponse>, Status> {
-        Err(later("ToolRegistry.SetFallbackStrategy"))
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "SetFallbackStrategy")?;
+        let strategy = self.set_fallback(&who, request.into_inner()).await?;
+        Ok(Response::new(pb::SetFallbackStrategyResponse {
+            strategy: Some(fallback_to_pb(&strategy)),
+        }))
     }
 
     async fn get_fallback_strategy(
         &self,
-        _: Request<pb::GetFallbackStrategyRequest>,
+        request: Request<pb::GetFallbackStrategyRequest>,
     ) -> Result<Response<pb::GetFallbackStrategyResponse>, Status> {
-        Err(later("ToolRegistry.GetFallbackStrategy"))
+        let tool_id = uuid_field("tool_id", &request.get_ref().tool_id)?;
+        let strategy = self
+            .state
+            .store
+            .get_fallback(tool_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("tool {tool_id} has no fallback strategy")))?;
+        Ok(Response::new(pb::GetFallbackStrategyResponse {
+            strategy: Some(fallback_to_pb(&strategy)),
+        }))
     }
 }

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
-use toolplane_core::model::StoredCredential;
 use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::model::{FallbackStrategy, StoredCredential};
 use toolplane_core::stats::{self, ToolStats};
 use uuid::Uuid;
 
@@ -20,6 +20,7 @@ struct State {
     /// Live tool names, ordered for listing.
     names: BTreeMap<String, Uuid>,
     credentials: HashMap<Uuid, StoredCredential>,
+    fallbacks: HashMap<Uuid, FallbackStrategy>,
     agents: HashMap<Uuid, Agent>,
     tokens: HashMap<String, TokenRecord>,
     permissions: Vec<Permission>,
@@ -171,6 +172,29 @@ impl Store for MemoryStore {
             .credentials
             .values()
             .filter(|c| st.tools.contains_key(&c.tool_id))
+            .cloned()
+            .collect())
+    }
+
+    async fn set_fallback(&self, strategy: &FallbackStrategy) -> StoreResult<()> {
+        let mut st = self.write();
+        if !st.tools.contains_key(&strategy.tool_id) {
+            return Err(StoreError::NotFound(format!("tool {}", strategy.tool_id)));
+        }
+        st.fallbacks.insert(strategy.tool_id, strategy.clone());
+        Ok(())
+    }
+
+    async fn get_fallback(&self, tool_id: Uuid) -> StoreResult<Option<FallbackStrategy>> {
+        Ok(self.read().fallbacks.get(&tool_id).cloned())
+    }
+
+    async fn list_fallbacks(&self) -> StoreResult<Vec<FallbackStrategy>> {
+        let st = self.read();
+        Ok(st
+            .fallbacks
+            .values()
+            .filter(|f| st.tools.contains_key(&f.tool_id))
             .cloned()
             .collect())
     }

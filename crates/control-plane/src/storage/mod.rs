@@ -9,8 +9,8 @@ mod postgres;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use toolplane_core::model::StoredCredential;
 use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::model::{FallbackStrategy, StoredCredential};
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
@@ -74,6 +74,12 @@ pub trait Store: Send + Sync + 'static {
     async fn set_credential(&self, credential: &StoredCredential) -> StoreResult<()>;
     /// Credentials of live tools.
     async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>>;
+
+    /// Creates or replaces the tool's fallback strategy.
+    async fn set_fallback(&self, strategy: &FallbackStrategy) -> StoreResult<()>;
+    async fn get_fallback(&self, tool_id: Uuid) -> StoreResult<Option<FallbackStrategy>>;
+    /// Strategies of live tools.
+    async fn list_fallbacks(&self) -> StoreResult<Vec<FallbackStrategy>>;
 
     /// `Conflict` when the name is taken.
     async fn create_agent(&self, agent: &Agent) -> StoreResult<()>;

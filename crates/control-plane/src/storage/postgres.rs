@@ -377,6 +377,8 @@ fn invocation_from_row(r: &Row) -> StoreResult<InvocationRecord> {
             cache_hit: r.get("cache_hit"),
             attempts: u32_of(r.get("attempts")),
             retry_after_ms: 0,
+            stale: false,
+            fallback_from: None,
         },
     })
 }
@@ -574,6 +576,54 @@ impl Store for PostgresStore {
                     updated_at: r.get("updated_at"),
                 })
             })
+            .collect()
+    }
+
+    async fn set_fallback(&self, f: &FallbackStrategy) -> StoreResult<()> {
+        let json = serde_json::to_value(f).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO fallback_strategies (tool_id, strategy, updated_at) SELECT $1, $2, now() \
+                 WHERE EXISTS (SELECT 1 FROM tools WHERE id = $1 AND deleted_at IS NULL) \
+                 ON CONFLICT (tool_id) DO UPDATE SET strategy = $2, updated_at = now()",
+                &[&f.tool_id, &json],
+            )
+            .await
+            .map_err(db_err)?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("tool {}", f.tool_id)));
+        }
+        Ok(())
+    }
+
+    async fn get_fallback(&self, tool_id: Uuid) -> StoreResult<Option<FallbackStrategy>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT strategy FROM fallback_strategies WHERE tool_id = $1",
+                &[&tool_id],
+            )
+            .await
+            .map_err(db_err)?;
+        row.map(|r| serde_json::from_value(r.get(0)).map_err(|e| StoreError::Backend(e.to_string())))
+            .transpose()
+    }
+
+    async fn list_fallbacks(&self) -> StoreResult<Vec<FallbackStrategy>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT f.strategy FROM fallback_strategies f JOIN tools t ON t.id = f.tool_id WHERE t.deleted_at IS NULL",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| serde_json::from_value(r.get(0)).map_err(|e| StoreError::Backend(e.to_string())))
             .collect()
     }
 
