@@ -9,7 +9,7 @@ GRPCURL_VERSION := 1.8.6.post2
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry
+.PHONY: run test build lint fmt tools clean bench-registry bench-invoke
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -25,6 +25,11 @@ test: build $(VENV)/.installed
 ## ListTools/GetTool latency with 100k tools on PostgreSQL (release build).
 bench-registry:
 	scripts/with-services.sh $(CARGO) bench -p toolplane-control-plane --bench registry
+
+## What the sidecar adds to a call (direct, gRPC floor, miss, hit; replay; RSS), release build.
+bench-invoke:
+	$(CARGO) build --release --bins
+	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench invoke
 
 build:
 	$(CARGO) build --workspace --bins

@@ -77,6 +77,10 @@ impl Proc {
         format!("http://{}", self.addr)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()

@@ -1,0 +1,288 @@
+//! `make bench-invoke`: what the sidecar adds to a tool call, on loopback, in one run.
+//!
+//! Cases at c=1 and c=64: `direct` (HTTP to the tool server), `grpc_floor` (a bare gRPC
+//! unary round trip to the sidecar: health Check, same client stack), `sidecar_miss`
+//! (Invoke with authn, permission, rate limit and audit on, cache missing) and
+//! `sidecar_hit` (a cache hit). Then a replay with realistic repetition against a tool
+//! with 20 ms latency, and the sidecar's RSS with a 10k-tool snapshot.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng;
+use serde_json::{Value, json};
+use toolplane_core::json::json_to_struct;
+use toolplane_proto::v1 as pb;
+use toolplane_tests::grpc::{Admin, channel, http_tool, invoke_request};
+use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar};
+
+const C1_REQUESTS: usize = 2000;
+const C64_REQUESTS: usize = 20_000;
+const FILLER_TOOLS: usize = 10_000;
+
+/// The tool server: `/fast` answers at once, `/slow` after 20 ms; counts calls.
+async fn tool_server(calls: Arc<AtomicU64>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let _ = stream.set_nodelay(true);
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let calls = calls.clone();
+                    async move {
+                        let slow = req.uri().path() == "/slow";
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        let params: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let out = json!({"words": params["text"].as_str().map_or(0, |t| t.split_whitespace().count())});
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(out.to_string()))))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Stats {
+    p50_us: u128,
+    p99_us: u128,
+    rps: f64,
+    mean_us: f64,
+}
+
+/// Runs `requests` calls of `one` with `concurrency` workers.
+async fn measure<F, Fut>(concurrency: usize, requests: usize, one: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (next, one) = (next.clone(), one.clone());
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= requests {
+                    return samples;
+                }
+                let t = Instant::now();
+                one(i).await;
+                samples.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(requests);
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 - 1.0) * p).round() as usize].as_micros();
+    Stats {
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+        rps: requests as f64 / elapsed.as_secs_f64(),
+        mean_us: all.iter().map(|d| d.as_micros() as f64).sum::<f64>() / all.len() as f64,
+    }
+}
+
+fn print(case: &str, c: usize, s: &Stats) {
+    println!("invoke case={case} c={c} p50_us={} p99_us={} rps={:.0}", s.p50_us, s.p99_us, s.rps);
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// ~300 distinct task strings, drawn Zipf-like (s = 1.1); a fifth of the draws differ
+/// from their value only in case or spacing.
+fn zipf_params(n: usize) -> Vec<Value> {
+    let values: Vec<String> = (0..300).map(|i| format!("weather forecast for city number {i}")).collect();
+    let weights: Vec<f64> = (1..=values.len()).map(|r| 1.0 / (r as f64).powf(1.1)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| {
+            let mut x = rng.random_range(0.0..total);
+            let mut idx = 0;
+            for (i, w) in weights.iter().enumerate() {
+                if x < *w {
+                    idx = i;
+                    break;
+                }
+                x -= w;
+            }
+            let mut text = values[idx].clone();
+            match rng.random_range(0..10) {
+                0 => text = text.to_uppercase(),
+                1 => text = text.replace(' ', "  "),
+                _ => {}
+            }
+            json!({"text": text})
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let upstream_calls = Arc::new(AtomicU64::new(0));
+    let tools_addr = tool_server(upstream_calls.clone()).await;
+    let cp = control_plane(None).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let agent = admin.agent("bench").await;
+    let mut register = async |name: &str, path: &str, cacheable: bool| {
+        let mut t = http_tool(name, &format!("http://{tools_addr}{path}"));
+        t.cacheable = cacheable;
+        t.cache_ttl_seconds = if cacheable { 600 } else { 0 };
+        t.cache_normalize_keys = cacheable;
+        t.requirements.as_mut().unwrap().rate_limit_rpm = 1_000_000_000;
+        t.schema.as_mut().unwrap().input_schema =
+            json_to_struct(&json!({"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}));
+        let t = admin.register(t).await.unwrap();
+        admin.grant_full(&agent.id, &t.id).await;
+        t
+    };
+    register("fast", "/fast", false).await;
+    register("fast_cached", "/fast", true).await;
+    register("slow_cached", "/slow", true).await;
+    register("slow_plain", "/slow", false).await;
+    let started = Instant::now();
+    for i in 0..FILLER_TOOLS {
+        let mut t = http_tool(&format!("filler_{i:05}"), "http://127.0.0.1:9/filler");
+        t.description = format!("Filler tool {i} that makes the snapshot realistic in size");
+        admin.register(t).await.unwrap();
+    }
+    eprintln!("registered {FILLER_TOOLS} filler tools in {:?}", started.elapsed());
+    let token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let sc = sidecar(&cp, &sidecar_token).await;
+    let sidecar_pid = sc_pid(&sc);
+    let ex_channel = channel(&sc.url(), Some(&token)).await;
+    let ex = pb::executor_client::ExecutorClient::new(ex_channel.clone());
+    loop {
+        let r = ex.clone().invoke(invoke_request("fast", &json!({"text": "warm up"}))).await;
+        if r.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = rss_mib(sidecar_pid);
+
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let health = tonic_health::pb::health_client::HealthClient::new(ex_channel.clone());
+    let mut results = std::collections::HashMap::new();
+    for (c, n) in [(1usize, C1_REQUESTS), (64, C64_REQUESTS)] {
+        let url: hyper::Uri = format!("http://{tools_addr}/fast").parse().unwrap();
+        let h = http.clone();
+        let direct = measure(c, n, move |_| {
+            let (h, url) = (h.clone(), url.clone());
+            async move {
+                let req = hyper::Request::post(url).body(Full::new(Bytes::from_static(br#"{"text":"a b"}"#))).unwrap();
+                let resp = h.request(req).await.unwrap();
+                resp.into_body().collect().await.unwrap();
+            }
+        })
+        .await;
+        print("direct", c, &direct);
+        let hc = health.clone();
+        let floor = measure(c, n, move |_| {
+            let mut hc = hc.clone();
+            async move {
+                hc.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+            }
+        })
+        .await;
+        print("grpc_floor", c, &floor);
+        let e = ex.clone();
+        let miss = measure(c, n, move |_| {
+            let mut e = e.clone();
+            async move {
+                let r = e.invoke(invoke_request("fast", &json!({"text": "a b"}))).await.unwrap().into_inner();
+                assert_eq!(r.result.unwrap().status, pb::ToolExecutionStatus::Success as i32);
+            }
+        })
+        .await;
+        print("sidecar_miss", c, &miss);
+        let e = ex.clone();
+        let hit = measure(c, n, move |_| {
+            let mut e = e.clone();
+            async move {
+                let r = e.invoke(invoke_request("fast_cached", &json!({"text": "a b"}))).await.unwrap().into_inner();
+                assert!(r.result.unwrap().cache_hit || c == 1);
+            }
+        })
+        .await;
+        print("sidecar_hit", c, &hit);
+        results.insert(c, (direct, floor, miss, hit));
+    }
+    let (d1, f1, m1, h1) = &results[&1];
+    let (d64, _, m64, _) = &results[&64];
+    println!(
+        "invoke ratios added_p50_us={} floor_p50_us={} hit_over_floor={:.2} rps_vs_direct={:.2}",
+        m1.p50_us.saturating_sub(d1.p50_us),
+        f1.p50_us,
+        h1.p50_us as f64 / f1.p50_us.max(1) as f64,
+        m64.rps / d64.rps
+    );
+
+    // Replay with repetition against a 20 ms tool: cached vs the same workload uncached.
+    let workload = Arc::new(zipf_params(3000));
+    let baseline_load = Arc::new(workload[..400].to_vec());
+    let e = ex.clone();
+    let plain = measure(16, baseline_load.len(), move |i| {
+        let (mut e, w) = (e.clone(), baseline_load.clone());
+        async move {
+            e.invoke(invoke_request("slow_plain", &w[i])).await.unwrap();
+        }
+    })
+    .await;
+    let before = upstream_calls.load(Ordering::Relaxed);
+    let e = ex.clone();
+    let w = workload.clone();
+    let cached = measure(16, workload.len(), move |i| {
+        let (mut e, w) = (e.clone(), w.clone());
+        async move {
+            e.invoke(invoke_request("slow_cached", &w[i])).await.unwrap();
+        }
+    })
+    .await;
+    let made = upstream_calls.load(Ordering::Relaxed) - before;
+    println!(
+        "invoke replay upstream_calls_saved_pct={:.1} mean_latency_reduction_pct={:.1}",
+        100.0 * (1.0 - made as f64 / workload.len() as f64),
+        100.0 * (1.0 - cached.mean_us / plain.mean_us)
+    );
+    println!("invoke rss_idle_mib={:.1} rss_loaded_mib={:.1}", rss_idle, rss_mib(sidecar_pid));
+}
+
+fn sc_pid(p: &Proc) -> u32 {
+    p.pid()
+}
