@@ -925,6 +925,39 @@ async fn retries_backoff_and_the_circuit_breaker() {
     }
     assert_eq!(status(&r), pb::ToolExecutionStatus::Success, "{}", r.error);
 
+    // A server that resets every connection: retried (idempotent), then an error.
+    let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reset_addr = resetter.local_addr().unwrap();
+    let resets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = resets.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = resetter.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let t = sys
+        .admin
+        .register(http_tool("resetting", &format!("http://{reset_addr}/x")))
+        .await
+        .unwrap();
+    sys.admin.grant_full(&sys.agent.id, &t.id).await;
+    // The first answer (once the grant has arrived) is the one to look at: later calls
+    // meet the circuit these failures open.
+    let r = loop {
+        match ex
+            .clone()
+            .invoke(invoke_request("resetting", &json!({"text": "a"})))
+            .await
+        {
+            Ok(r) => break r.into_inner().result.unwrap(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    assert_eq!(status(&r), pb::ToolExecutionStatus::ExecutionError, "{}", r.error);
+    assert_eq!(r.attempts, 3, "connection resets are retried: {}", r.error);
+    assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 3);
+
     // 500 is not retryable; five failures open the circuit, and then the tool is not
     // called at all.
     for _ in 0..5 {
@@ -1322,4 +1355,114 @@ async fn fallbacks_pass_the_same_checks_and_are_audited() {
     assert!(r.stale, "{r:?}");
     assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32);
     assert_eq!(output(&r), json!({"words": 1}));
+}
+
+#[tokio::test]
+async fn revoked_tokens_and_grants_stop_working_at_the_sidecar_within_a_second() {
+    let mut sys = System::start().await;
+    let ex = sys.executor().await;
+    let grants = sys
+        .admin
+        .permissions
+        .list_permissions(pb::ListPermissionsRequest {
+            agent_id: sys.agent.id.clone(),
+            tool_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .permissions;
+    sys.admin
+        .permissions
+        .revoke(pb::RevokeRequest {
+            permission_id: grants[0].id.clone(),
+        })
+        .await
+        .unwrap();
+    let took = time_until(
+        &ex,
+        "word_count",
+        |r| matches!(r, Err(s) if s.code() == Code::PermissionDenied),
+    )
+    .await;
+    assert!(took < Duration::from_secs(1), "grant revocation took {took:?}");
+    let e = sys
+        .admin
+        .permissions
+        .revoke(pb::RevokeRequest {
+            permission_id: grants[0].id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // A second token for the same agent, then revoke it.
+    let r = sys
+        .admin
+        .identity
+        .issue_token(pb::IssueTokenRequest {
+            role: pb::Role::Agent as i32,
+            agent_id: sys.agent.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ex2 = executor(&sys.sidecar.url(), Some(&r.token)).await;
+    time_until(
+        &ex2,
+        "word_count",
+        |r| matches!(r, Err(s) if s.code() == Code::PermissionDenied),
+    )
+    .await;
+    sys.admin
+        .identity
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: r.token_id.clone(),
+        })
+        .await
+        .unwrap();
+    let took = time_until(
+        &ex2,
+        "word_count",
+        |r| matches!(r, Err(s) if s.code() == Code::Unauthenticated),
+    )
+    .await;
+    assert!(took < Duration::from_secs(1), "token revocation took {took:?}");
+    // The first token still works.
+    time_until(
+        &ex,
+        "word_count",
+        |r| matches!(r, Err(s) if s.code() == Code::PermissionDenied),
+    )
+    .await;
+}
+
+/// A snapshot far above gRPC's default 4 MiB message limit still reaches the sidecar.
+#[tokio::test]
+async fn a_large_registry_reaches_the_sidecar() {
+    let sys = System::start().await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let url = sys.cp.url();
+        tasks.push(tokio::spawn(async move {
+            let mut admin = Admin::connect(&url, ADMIN_TOKEN).await;
+            for i in 0..150 {
+                let mut t = http_tool(&format!("bulk_{w}_{i}"), "http://127.0.0.1:9/x");
+                t.description = format!("{i} ").repeat(1500);
+                admin.register(t).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut last = Admin::connect(&sys.cp.url(), ADMIN_TOKEN).await;
+    let tool = last
+        .register(http_tool("after_bulk", &sys.tools.url("/word_count")))
+        .await
+        .unwrap();
+    last.grant_full(&sys.agent.id, &tool.id).await;
+    let ex = sys.executor().await;
+    time_until(&ex, "after_bulk", |r| r.is_ok()).await;
 }

@@ -33,7 +33,9 @@ async fn tool_server(calls: Arc<AtomicU64>) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let _ = stream.set_nodelay(true);
             let calls = calls.clone();
             tokio::spawn(async move {
@@ -41,7 +43,12 @@ async fn tool_server(calls: Arc<AtomicU64>) -> SocketAddr {
                     let calls = calls.clone();
                     async move {
                         let slow = req.uri().path() == "/slow";
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         calls.fetch_add(1, Ordering::Relaxed);
                         if slow {
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -107,7 +114,10 @@ where
 }
 
 fn print(case: &str, c: usize, s: &Stats) {
-    println!("invoke case={case} c={c} p50_us={} p99_us={} rps={:.0}", s.p50_us, s.p99_us, s.rps);
+    println!(
+        "invoke case={case} c={c} p50_us={} p99_us={} rps={:.0}",
+        s.p50_us, s.p99_us, s.rps
+    );
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -124,7 +134,9 @@ fn rss_mib(pid: u32) -> f64 {
 /// ~300 distinct task strings, drawn Zipf-like (s = 1.1); a fifth of the draws differ
 /// from their value only in case or spacing.
 fn zipf_params(n: usize) -> Vec<Value> {
-    let values: Vec<String> = (0..300).map(|i| format!("weather forecast for city number {i}")).collect();
+    let values: Vec<String> = (0..300)
+        .map(|i| format!("weather forecast for city number {i}"))
+        .collect();
     let weights: Vec<f64> = (1..=values.len()).map(|r| 1.0 / (r as f64).powf(1.1)).collect();
     let total: f64 = weights.iter().sum();
     let mut rng = rand::rng();
@@ -163,8 +175,9 @@ async fn main() {
         t.cache_ttl_seconds = if cacheable { 600 } else { 0 };
         t.cache_normalize_keys = cacheable;
         t.requirements.as_mut().unwrap().rate_limit_rpm = 1_000_000_000;
-        t.schema.as_mut().unwrap().input_schema =
-            json_to_struct(&json!({"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}));
+        t.schema.as_mut().unwrap().input_schema = json_to_struct(
+            &json!({"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}),
+        );
         let t = admin.register(t).await.unwrap();
         admin.grant_full(&agent.id, &t.id).await;
         t
@@ -186,11 +199,20 @@ async fn main() {
     let sidecar_pid = sc_pid(&sc);
     let ex_channel = channel(&sc.url(), Some(&token)).await;
     let ex = pb::executor_client::ExecutorClient::new(ex_channel.clone());
+    let waiting = Instant::now();
     loop {
-        let r = ex.clone().invoke(invoke_request("fast", &json!({"text": "warm up"}))).await;
+        let r = ex
+            .clone()
+            .invoke(invoke_request("fast", &json!({"text": "warm up"})))
+            .await;
         if r.is_ok() {
             break;
         }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "the sidecar never served: {r:?}\n{}",
+            sc.logs()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -205,7 +227,9 @@ async fn main() {
         let direct = measure(c, n, move |_| {
             let (h, url) = (h.clone(), url.clone());
             async move {
-                let req = hyper::Request::post(url).body(Full::new(Bytes::from_static(br#"{"text":"a b"}"#))).unwrap();
+                let req = hyper::Request::post(url)
+                    .body(Full::new(Bytes::from_static(br#"{"text":"a b"}"#)))
+                    .unwrap();
                 let resp = h.request(req).await.unwrap();
                 resp.into_body().collect().await.unwrap();
             }
@@ -216,7 +240,9 @@ async fn main() {
         let floor = measure(c, n, move |_| {
             let mut hc = hc.clone();
             async move {
-                hc.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+                hc.check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .await
+                    .unwrap();
             }
         })
         .await;
@@ -225,7 +251,11 @@ async fn main() {
         let miss = measure(c, n, move |_| {
             let mut e = e.clone();
             async move {
-                let r = e.invoke(invoke_request("fast", &json!({"text": "a b"}))).await.unwrap().into_inner();
+                let r = e
+                    .invoke(invoke_request("fast", &json!({"text": "a b"})))
+                    .await
+                    .unwrap()
+                    .into_inner();
                 assert_eq!(r.result.unwrap().status, pb::ToolExecutionStatus::Success as i32);
             }
         })
@@ -235,7 +265,11 @@ async fn main() {
         let hit = measure(c, n, move |_| {
             let mut e = e.clone();
             async move {
-                let r = e.invoke(invoke_request("fast_cached", &json!({"text": "a b"}))).await.unwrap().into_inner();
+                let r = e
+                    .invoke(invoke_request("fast_cached", &json!({"text": "a b"})))
+                    .await
+                    .unwrap()
+                    .into_inner();
                 assert!(r.result.unwrap().cache_hit || c == 1);
             }
         })
@@ -280,7 +314,11 @@ async fn main() {
         100.0 * (1.0 - made as f64 / workload.len() as f64),
         100.0 * (1.0 - cached.mean_us / plain.mean_us)
     );
-    println!("invoke rss_idle_mib={:.1} rss_loaded_mib={:.1}", rss_idle, rss_mib(sidecar_pid));
+    println!(
+        "invoke rss_idle_mib={:.1} rss_loaded_mib={:.1}",
+        rss_idle,
+        rss_mib(sidecar_pid)
+    );
 }
 
 fn sc_pid(p: &Proc) -> u32 {

@@ -94,9 +94,10 @@ pub async fn serve(
         .add_service(pb::permissions_server::PermissionsServer::new(PermissionsService::new(
             state.clone(),
         )))
-        .add_service(pb::sidecar_sync_server::SidecarSyncServer::new(SyncService::new(
-            state.clone(),
-        )))
+        .add_service(
+            pb::sidecar_sync_server::SidecarSyncServer::new(SyncService::new(state.clone()))
+                .max_decoding_message_size(64 * 1024 * 1024),
+        )
         .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService))
         .add_service(pb::audit_server::AuditServer::new(AuditService))
         .add_service(pb::learning_server::LearningServer::new(LearningService))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::Stream;
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::StreamExt;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
@@ -36,6 +36,8 @@ use crate::upstream::{Outcome, Upstream};
 
 /// Most calls one BatchInvoke may carry.
 pub const MAX_BATCH_CALLS: usize = 100;
+/// Most calls of one BatchInvoke in flight at once.
+pub const MAX_BATCH_CONCURRENCY: usize = 16;
 /// Kept back from the caller's deadline so the answer can still reach it.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
@@ -630,17 +632,16 @@ impl Executor for ExecutorGrpc {
     }
 }
 
-/// Runs the calls concurrently and yields each result as it completes.
+/// Runs the calls, at most `MAX_BATCH_CONCURRENCY` at a time, and yields each result
+/// as it completes.
 fn async_stream(
     svc: Arc<ExecutorService>,
     agent_id: Uuid,
     calls: Vec<pb::InvokeRequest>,
     deadline: Option<Duration>,
 ) -> impl Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send {
-    let futs: FuturesUnordered<_> = calls
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| {
+    futures::stream::iter(calls.into_iter().enumerate())
+        .map(move |(i, c)| {
             let svc = svc.clone();
             async move {
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
@@ -654,6 +655,6 @@ fn async_stream(
                 })
             }
         })
-        .collect();
-    futs.boxed()
+        .buffer_unordered(MAX_BATCH_CONCURRENCY)
+        .boxed()
 }

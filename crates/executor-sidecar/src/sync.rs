@@ -21,6 +21,8 @@ use crate::outbox::Outbox;
 use crate::snapshot::{SharedSnapshot, SnapshotIndex};
 
 const MAX_BATCH: usize = 256;
+/// Largest snapshot or delta accepted from the control plane.
+pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Sends what is queued at least this often even without a wake-up.
@@ -69,7 +71,10 @@ impl SyncClient {
             .await?;
         let bearer = Bearer::new(Some(&self.token))
             .ok_or_else(|| anyhow::anyhow!("the sidecar token has characters a header cannot carry"))?;
-        let mut client = SidecarSyncClient::with_interceptor(channel, bearer);
+        // A snapshot of a large registry is far above tonic's 4 MiB default.
+        let mut client = SidecarSyncClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
+            .max_encoding_message_size(MAX_SNAPSHOT_BYTES);
         let (tx, rx) = mpsc::channel::<pb::ConnectRequest>(8);
         let known = self.snapshot.current().map_or(0, |s| s.revision);
         tx.send(pb::ConnectRequest {

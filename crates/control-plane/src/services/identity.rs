@@ -150,8 +150,31 @@ impl Identity for IdentityService {
 
     async fn revoke_token(
         &self,
-        _: Request<pb::RevokeTokenRequest>,
+        request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        Err(ApiError::Unimplemented("Identity.RevokeToken").into())
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "RevokeToken")?;
+        let id = uuid_field("token_id", &request.get_ref().token_id)?;
+        if !self
+            .state
+            .store
+            .revoke_token(id, Utc::now())
+            .await
+            .map_err(ApiError::from)?
+        {
+            return Err(ApiError::NotFound(format!("no unrevoked token {id}")).into());
+        }
+        self.state
+            .audit_admin(
+                &who,
+                AuditAction::TokenRevoked,
+                None,
+                None,
+                format!("revoked token {id}"),
+            )
+            .await?;
+        // Sidecars drop it with the next delta (milliseconds).
+        self.state.changed();
+        Ok(Response::new(pb::RevokeTokenResponse {}))
     }
 }

@@ -138,8 +138,29 @@ impl Permissions for PermissionsService {
         }))
     }
 
-    async fn revoke(&self, _: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
-        Err(later("Permissions.Revoke"))
+    async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::RevokeResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "Revoke")?;
+        let id = uuid_field("permission_id", &request.get_ref().permission_id)?;
+        let p = self
+            .state
+            .store
+            .revoke_permission(id, Utc::now())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("no unrevoked grant {id}")))?;
+        let detail = format!("revoked {} grant {id}", p.kind);
+        self.state
+            .audit_admin(
+                &who,
+                AuditAction::PermissionRevoked,
+                Some(p.agent_id),
+                Some(p.tool_id),
+                detail,
+            )
+            .await?;
+        self.state.changed();
+        Ok(Response::new(pb::RevokeResponse {}))
     }
 
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {

@@ -234,6 +234,24 @@ impl Store for MemoryStore {
         Ok(self.read().tokens.get(sha256).cloned())
     }
 
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
+        let mut st = self.write();
+        Ok(st
+            .tokens
+            .values_mut()
+            .find(|t| t.id == id && t.revoked_at.is_none())
+            .map(|t| t.revoked_at = Some(at))
+            .is_some())
+    }
+
+    async fn revoke_permission(&self, id: Uuid, _at: DateTime<Utc>) -> StoreResult<Option<Permission>> {
+        let mut st = self.write();
+        let Some(i) = st.permissions.iter().position(|p| p.id == id) else {
+            return Ok(None);
+        };
+        Ok(Some(st.permissions.remove(i)))
+    }
+
     async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>> {
         Ok(self
             .read()

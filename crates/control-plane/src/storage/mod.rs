@@ -90,8 +90,12 @@ pub trait Store: Send + Sync + 'static {
     async fn token_by_digest(&self, sha256: &str) -> StoreResult<Option<TokenRecord>>;
     /// Unrevoked, unexpired tokens.
     async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>>;
+    /// `false` when there is no such unrevoked token.
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
 
     async fn create_permission(&self, permission: &Permission) -> StoreResult<()>;
+    /// The revoked grant, or `None` when there is no such unrevoked grant.
+    async fn revoke_permission(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<Option<Permission>>;
     /// Unrevoked grants, optionally narrowed to one agent and/or tool.
     async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>>;
 

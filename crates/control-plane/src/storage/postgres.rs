@@ -694,6 +694,32 @@ impl Store for PostgresStore {
         row.as_ref().map(token_from_row).transpose()
     }
 
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &at],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    async fn revoke_permission(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<Option<Permission>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE permissions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING *",
+                &[&id, &at],
+            )
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(permission_from_row).transpose()
+    }
+
     async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>> {
         let rows = self
             .client()
