@@ -6,7 +6,12 @@
 //! `sidecar_hit` (a cache hit). Then a replay with realistic repetition against a tool
 //! with 20 ms latency, and the sidecar's RSS with a 10k-tool snapshot.
 
-#![allow(clippy::unwrap_used, clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use toolplane_core::crypto::Keyring;
+use toolplane_runtime::config::{parse_secs, secret};
 use toolplane_runtime::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
@@ -60,26 +61,17 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.trim_end_matches('s')
-        .parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| format!("{s:?} is not a number of seconds"))
-}
-
 impl Config {
     /// The bootstrap admin token, from the flag/env or the file.
     pub fn admin_token(&self) -> anyhow::Result<String> {
-        let token = match (&self.admin_token, &self.admin_token_file) {
-            (Some(t), _) => t.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read admin token file {}: {e}", path.display()))?
-                .trim()
-                .to_owned(),
-            (None, None) => {
-                anyhow::bail!("set TOOLPLANE_ADMIN_TOKEN or TOOLPLANE_ADMIN_TOKEN_FILE (the bootstrap admin token)")
-            }
-        };
+        let token = secret(
+            self.admin_token.as_deref(),
+            self.admin_token_file.as_deref(),
+            "admin token",
+        )?
+        .ok_or_else(|| {
+            anyhow::anyhow!("set TOOLPLANE_ADMIN_TOKEN or TOOLPLANE_ADMIN_TOKEN_FILE (the bootstrap admin token)")
+        })?;
         if token.len() < 32 {
             anyhow::bail!("the admin token must be at least 32 characters");
         }
@@ -91,13 +83,13 @@ impl Config {
     /// The credential keyring, or `None` when no master key is configured (then
     /// SetCredential answers FAILED_PRECONDITION).
     pub fn keyring(&self) -> anyhow::Result<Option<Keyring>> {
-        let current = match (&self.master_key, &self.master_key_file) {
-            (Some(k), _) => k.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read master key file {}: {e}", path.display()))?
-                .trim()
-                .to_owned(),
-            (None, None) => return Ok(None),
+        let Some(current) = secret(
+            self.master_key.as_deref(),
+            self.master_key_file.as_deref(),
+            "master key",
+        )?
+        else {
+            return Ok(None);
         };
         let retired = self
             .retired_master_keys

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 use toolplane_core::validate::ToolPolicy;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::AuthLayer;
+use toolplane_runtime::grpc;
 use toolplane_runtime::lifecycle::incoming;
 use toolplane_runtime::lifecycle::with_grace;
 
@@ -57,26 +57,13 @@ pub async fn serve(
         spawn_change_listener(url.clone(), state.replica_id, move || s.bump());
     }
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    for name in SERVICES.iter().chain(std::iter::once(&"")) {
-        health.set_service_status(*name, ServingStatus::Serving).await;
-    }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    // grpcurl 1.8 only speaks v1alpha.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (health, health_service) = grpc::health(SERVICES).await;
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
 
     let (draining_tx, draining) = watch::channel(false);
     tokio::spawn(async move {
         stop.await;
-        for name in SERVICES.iter().chain(std::iter::once(&"")) {
-            health.set_service_status(*name, ServingStatus::NotServing).await;
-        }
+        grpc::set_health(&health, SERVICES, false).await;
         let _ = draining_tx.send(true);
     });
     let mut drained = draining.clone();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use toolplane_runtime::config::{parse_secs, secret};
 use toolplane_runtime::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
@@ -75,25 +76,11 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.trim_end_matches('s')
-        .parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| format!("{s:?} is not a number of seconds"))
-}
-
 impl Config {
     pub fn token(&self) -> anyhow::Result<String> {
-        match (&self.token, &self.token_file) {
-            (Some(t), _) => Ok(t.trim().to_owned()),
-            (None, Some(path)) => Ok(std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?
-                .trim()
-                .to_owned()),
-            (None, None) => {
-                anyhow::bail!("set TOOLPLANE_SIDECAR_TOKEN or TOOLPLANE_SIDECAR_TOKEN_FILE (a ROLE_SIDECAR token)")
-            }
-        }
+        secret(self.token.as_deref(), self.token_file.as_deref(), "sidecar token")?.ok_or_else(|| {
+            anyhow::anyhow!("set TOOLPLANE_SIDECAR_TOKEN or TOOLPLANE_SIDECAR_TOKEN_FILE (a ROLE_SIDECAR token)")
+        })
     }
 
     pub fn sidecar_id(&self) -> String {

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 use toolplane_core::circuit::BreakerConfig;
 use toolplane_core::redact::Redactor;
 use toolplane_core::retry::RetryPolicy;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::AuthLayer;
+use toolplane_runtime::grpc;
 use toolplane_runtime::lifecycle::incoming;
 use toolplane_runtime::lifecycle::with_grace;
 
@@ -82,24 +82,14 @@ pub async fn serve(
         sidecar_id,
     });
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status(EXECUTOR, ServingStatus::Serving).await;
-    health.set_service_status("", ServingStatus::Serving).await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(toolplane_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (health, health_service) = grpc::health(&[EXECUTOR]).await;
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
 
     let (draining_tx, draining) = watch::channel(false);
     let drain_outbox = outbox.clone();
     tokio::spawn(async move {
         stop.await;
-        health.set_service_status(EXECUTOR, ServingStatus::NotServing).await;
-        health.set_service_status("", ServingStatus::NotServing).await;
+        grpc::set_health(&health, &[EXECUTOR], false).await;
         let _ = draining_tx.send(true);
         tracing::info!(pending_events = drain_outbox.pending(), "draining");
     });

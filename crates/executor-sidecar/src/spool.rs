@@ -137,7 +137,7 @@ impl Spool {
         Ok(())
     }
 
-        /// Whether compacting now is worth it: the log is large and mostly acked. (Not on
+    /// Whether compacting now is worth it: the log is large and mostly acked. (Not on
     /// every ack: rewriting the log is file-system work the hot path should not wait on.)
     pub fn wants_compaction(&self, pending: usize) -> bool {
         self.bytes > COMPACT_AFTER_BYTES && (pending == 0 || self.acked > pending * 4)
@@ -155,13 +155,13 @@ impl Spool {
                 bytes += record.len() as u64;
                 f.write_all(&record)?;
             }
-                        if self.fsync {
+            if self.fsync {
                 f.sync_all()?;
             }
         }
         std::fs::rename(&tmp, self.dir.join(EVENTS))?;
         self.events = open_append(&self.dir.join(EVENTS))?;
-                File::create(self.dir.join(ACKS))?;
+        File::create(self.dir.join(ACKS))?;
         self.acks = open_append(&self.dir.join(ACKS))?;
         self.bytes = bytes;
         self.acked = 0;

@@ -2,5 +2,7 @@
 //! log and shut down the same way.
 
 pub mod auth;
+pub mod config;
+pub mod grpc;
 pub mod lifecycle;
 pub mod telemetry;

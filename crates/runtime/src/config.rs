@@ -1,0 +1,27 @@
+//! Configuration helpers both binaries use.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Parses `"10"` or `"10s"` as seconds (clap value parser).
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim_end_matches('s')
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a number of seconds"))
+}
+
+/// A secret given inline (flag or env) or in a file (e.g. a mounted Kubernetes
+/// Secret); `None` when neither is set. Surrounding whitespace is dropped.
+pub fn secret(inline: Option<&str>, file: Option<&Path>, what: &str) -> anyhow::Result<Option<String>> {
+    match (inline, file) {
+        (Some(v), _) => Ok(Some(v.trim().to_owned())),
+        (None, Some(path)) => Ok(Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the {what} file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
