@@ -49,7 +49,7 @@ AGENT_TOKEN=$("$BIN/toolctl" -o value tokens issue --role agent --agent "$AGENT"
 SIDECAR_TOKEN=$("$BIN/toolctl" -o value tokens issue --role sidecar)
 
 TOOLPLANE_SIDECAR_TOKEN="$SIDECAR_TOKEN" "$BIN/toolplane-sidecar" --listen "$SIDECAR_ADDR" \
-  --control-plane "http://$CP_ADDR" >"$STATE/sidecar.out" 2>"$STATE/sidecar.log" & pids+=($!)
+  --control-plane "http://$CP_ADDR" --spool-dir "$STATE/spool" >"$STATE/sidecar.out" 2>"$STATE/sidecar.log" & pids+=($!)
 wait_listening "$STATE/sidecar.out" "sidecar"
 
 cat >"$STATE/demo.env" <<ENV
