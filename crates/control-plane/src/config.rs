@@ -2,12 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Parser;
 use toolplane_core::crypto::Keyring;
-use toolplane_runtime::config::{parse_secs, secret};
-use toolplane_runtime::telemetry::LogFormat;
+use toolplane_runtime::config::{CommonArgs, secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "toolplane-control-plane", version, about = "toolplane control plane (gRPC)")]
@@ -49,16 +47,8 @@ pub struct Config {
     )]
     pub retired_master_keys: Vec<String>,
 
-    /// Allow tool endpoints on link-local and cloud-metadata addresses.
-    #[arg(long, env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS", default_value_t = false)]
-    pub allow_link_local_endpoints: bool,
-
-    /// How long in-flight calls may take to finish after a shutdown signal.
-    #[arg(long, env = "TOOLPLANE_SHUTDOWN_GRACE", value_parser = parse_secs, default_value = "10")]
-    pub shutdown_grace: Duration,
-
-    #[arg(long, env = "TOOLPLANE_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 impl Config {

@@ -8,7 +8,7 @@ use toolplane_runtime::{lifecycle, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    telemetry::init(config.common.log_format);
     config.admin_token()?;
     config.keyring()?;
     let store = storage::open(config.database_url.as_deref(), config.db_pool_size).await?;

@@ -47,7 +47,7 @@ pub async fn serve(
     let state = AppState::new(
         store.clone(),
         ToolPolicy {
-            allow_link_local_endpoints: config.allow_link_local_endpoints,
+            allow_link_local_endpoints: config.common.allow_link_local_endpoints,
         },
         config.keyring()?,
     );
@@ -91,7 +91,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming(listener), async move {
             let _ = drained.wait_for(|d| *d).await;
         });
-    with_grace(server, draining, config.shutdown_grace).await?;
+    with_grace(server, draining, config.common.shutdown_grace).await?;
     tracing::info!("control plane stopped");
     Ok(())
 }

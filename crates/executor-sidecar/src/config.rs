@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use toolplane_runtime::config::{parse_secs, secret};
-use toolplane_runtime::telemetry::LogFormat;
+use toolplane_runtime::config::{CommonArgs, parse_secs, secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "toolplane-sidecar", version, about = "toolplane executor sidecar (gRPC)")]
@@ -65,15 +64,8 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_BREAKER_OPEN_SECS", value_parser = parse_secs, default_value = "30")]
     pub breaker_open_for: Duration,
 
-    /// Allow calls to link-local and cloud-metadata addresses.
-    #[arg(long, env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS", default_value_t = false)]
-    pub allow_link_local_endpoints: bool,
-
-    #[arg(long, env = "TOOLPLANE_SHUTDOWN_GRACE", value_parser = parse_secs, default_value = "10")]
-    pub shutdown_grace: Duration,
-
-    #[arg(long, env = "TOOLPLANE_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 impl Config {

@@ -8,7 +8,7 @@ use toolplane_sidecar::{config::Config, server};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    telemetry::init(config.common.log_format);
     config.token()?;
     let listener = TcpListener::bind(config.listen).await?;
     lifecycle::announce("toolplane-sidecar", listener.local_addr()?);

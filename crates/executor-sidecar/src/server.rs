@@ -63,7 +63,7 @@ pub async fn serve(
     let executor = Arc::new(ExecutorService {
         snapshot: snapshot.clone(),
         outbox: outbox.clone(),
-        upstream: Upstream::new(config.allow_link_local_endpoints),
+        upstream: Upstream::new(config.common.allow_link_local_endpoints),
         breakers: Breakers::new(BreakerConfig {
             failure_threshold: config.breaker_failures,
             open_for: config.breaker_open_for,
@@ -103,9 +103,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming(listener), async move {
             let _ = drained.wait_for(|d| *d).await;
         });
-    with_grace(server, draining, config.shutdown_grace).await?;
+    with_grace(server, draining, config.common.shutdown_grace).await?;
     // Give the sync client a moment to deliver what the last calls produced.
-    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + config.common.shutdown_grace;
     while outbox.pending() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

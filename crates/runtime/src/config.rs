@@ -3,6 +3,23 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::telemetry::LogFormat;
+
+/// Flags both binaries take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Allow tool endpoints on link-local and cloud-metadata addresses.
+    #[arg(long, env = "TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS", default_value_t = false)]
+    pub allow_link_local_endpoints: bool,
+
+    /// How long in-flight calls may take to finish after a shutdown signal.
+    #[arg(long, env = "TOOLPLANE_SHUTDOWN_GRACE", value_parser = parse_secs, default_value = "10")]
+    pub shutdown_grace: Duration,
+
+    #[arg(long, env = "TOOLPLANE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
 /// Parses `"10"` or `"10s"` as seconds (clap value parser).
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     s.trim_end_matches('s')
