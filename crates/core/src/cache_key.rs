@@ -2,7 +2,7 @@
 //! and the canonical JSON of the parameters (keys sorted), optionally normalized so
 //! requests that differ only in form share an entry.
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -41,11 +41,6 @@ pub fn cache_key(tool: Uuid, version: u32, spec: &ToolSpec, scope: &str, params:
     h.update(scope.as_bytes());
     h.update(canonical(&p).as_bytes());
     hex::encode(h.finalize())
-}
-
-/// An empty object, for tools called without parameters.
-pub fn empty() -> Value {
-    Value::Object(Map::new())
 }
 
 #[cfg(test)]

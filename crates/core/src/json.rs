@@ -99,7 +99,14 @@ fn write_canonical(v: &Value, out: &mut String) {
 }
 
 pub fn digest(v: &Value) -> String {
-    hex::encode(Sha256::digest(canonical(v).as_bytes()))
+    summary(v).1
+}
+
+/// Size of the canonical form and its digest, serialising once (the audit summary of
+/// every result needs both).
+pub fn summary(v: &Value) -> (u64, String) {
+    let c = canonical(v);
+    (c.len() as u64, hex::encode(Sha256::digest(c.as_bytes())))
 }
 
 #[cfg(test)]

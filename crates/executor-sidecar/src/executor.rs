@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use toolplane_core::cache_key::cache_key;
 use toolplane_core::circuit::Admission;
 use toolplane_core::convert::{parse_uuid, result_to_pb};
-use toolplane_core::json::{canonical, digest, struct_to_json};
+use toolplane_core::json::{struct_to_json, summary};
 use toolplane_core::model::*;
 use toolplane_core::permission::evaluate;
 use toolplane_core::redact::{REDACTED, Redactor};
@@ -463,10 +463,11 @@ impl ExecutorService {
         e.success = status == ExecutionStatus::Success;
         e.permission_id = ctx.permission_id;
         e.detail = result.error.clone();
+        let (size_bytes, digest) = summary(&result.output);
         e.result = Some(ResultSummary {
-            size_bytes: canonical(&result.output).len() as u64,
+            size_bytes,
             status,
-            digest: digest(&result.output),
+            digest,
         });
         self.outbox.push(SyncEvent::Audit(e));
         self.outbox.push(SyncEvent::Invocation(InvocationRecord {

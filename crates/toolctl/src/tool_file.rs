@@ -1,10 +1,13 @@
 //! The JSON file format `toolctl tools register --file` reads: the tool's fields with
 //! readable enum names, mapped onto `toolplane.v1.Tool`.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Deserialize;
 use serde_json::Value;
-use toolplane_core::json::{json_to_struct, value_to_pb};
+use toolplane_core::convert::{parse_decimal, spec_to_pb};
+use toolplane_core::model::{
+    AuthType, DataSensitivity, SideEffects, ToolExample, ToolProtocol, ToolRequirements, ToolSpec,
+};
 use toolplane_proto::v1 as pb;
 
 #[derive(Debug, Deserialize)]
@@ -84,17 +87,12 @@ fn yes() -> bool {
     true
 }
 
-fn pick(field: &str, value: &str, options: &[(&str, i32)]) -> anyhow::Result<i32> {
+/// An enum field by its stable text; empty takes the default.
+fn parse<T: Copy>(field: &str, value: &str, default: T, parse: fn(&str) -> Option<T>) -> anyhow::Result<T> {
     if value.is_empty() {
-        return Ok(0);
+        return Ok(default);
     }
-    match options.iter().find(|(n, _)| *n == value) {
-        Some((_, v)) => Ok(*v),
-        None => bail!(
-            "{field}: {value:?} is not one of {}",
-            options.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-        ),
-    }
+    parse(value).ok_or_else(|| anyhow::anyhow!("{field}: {value:?} is not a known value"))
 }
 
 impl ToolFile {
@@ -103,77 +101,62 @@ impl ToolFile {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
+    /// The file as a registry spec on the wire; the server validates the rest.
     pub fn into_pb(self) -> anyhow::Result<pb::Tool> {
-        use pb::{AuthType as A, DataSensitivity as D, SideEffects as S, ToolProtocol as P};
         let r = self.requirements;
-        Ok(pb::Tool {
+        let spec = ToolSpec {
             name: self.name,
             category: self.category,
             description: self.description,
-            schema: Some(pb::ToolSchema {
-                input_schema: json_to_struct(&self.input_schema),
-                output_schema: json_to_struct(&self.output_schema),
-                examples: self
-                    .examples
-                    .iter()
-                    .map(|e| pb::ToolExample {
-                        description: e.description.clone(),
-                        input: Some(value_to_pb(&e.input)),
-                        expected_output: Some(value_to_pb(&e.expected_output)),
-                    })
-                    .collect(),
-                ..Default::default()
-            }),
+            input_schema: self.input_schema,
+            output_schema: self.output_schema,
+            examples: self
+                .examples
+                .into_iter()
+                .map(|e| ToolExample {
+                    description: e.description,
+                    input: e.input,
+                    expected_output: e.expected_output,
+                })
+                .collect(),
             capabilities: self.capabilities,
-            requirements: Some(pb::ToolRequirements {
-                authentication: pick(
+            requirements: ToolRequirements {
+                authentication: parse(
                     "requirements.authentication",
                     &r.authentication,
-                    &[
-                        ("none", A::None as i32),
-                        ("api_key", A::ApiKey as i32),
-                        ("oauth2", A::Oauth2 as i32),
-                        ("mutual_tls", A::MutualTls as i32),
-                    ],
+                    AuthType::None,
+                    AuthType::parse,
                 )?,
                 rate_limit_rpm: r.rate_limit_rpm,
                 timeout_ms: r.timeout_ms,
                 required_agent_skills: r.required_agent_skills,
-                data_sensitivity: pick(
+                data_sensitivity: parse(
                     "requirements.data_sensitivity",
                     &r.data_sensitivity,
-                    &[
-                        ("public", D::Public as i32),
-                        ("internal", D::Internal as i32),
-                        ("confidential", D::Confidential as i32),
-                        ("restricted", D::Restricted as i32),
-                    ],
+                    DataSensitivity::Internal,
+                    DataSensitivity::parse,
                 )?,
-            }),
+            },
             provider: self.provider,
             endpoint: self.endpoint,
-            protocol: pick(
-                "protocol",
-                &self.protocol,
-                &[("http", P::Http as i32), ("mcp", P::Mcp as i32)],
-            )?,
-            cost_per_call: self.cost_per_call,
+            protocol: parse("protocol", &self.protocol, ToolProtocol::Http, ToolProtocol::parse)?,
+            reliability_score: 0.0,
+            average_latency_ms: 0,
+            cost_per_call: parse_decimal("cost_per_call", &self.cost_per_call)?,
             enabled: self.enabled,
-            side_effects: pick(
+            side_effects: parse(
                 "side_effects",
                 &self.side_effects,
-                &[
-                    ("none", S::None as i32),
-                    ("read", S::Read as i32),
-                    ("write", S::Write as i32),
-                ],
+                SideEffects::Write,
+                SideEffects::parse,
             )?,
             idempotent: self.idempotent,
             cacheable: self.cacheable,
             cache_ttl_seconds: self.cache_ttl_seconds,
             cache_normalize_keys: self.cache_normalize_keys,
             cache_ignored_params: self.cache_ignored_params,
-            ..Default::default()
-        })
+            remote_name: String::new(),
+        };
+        Ok(spec_to_pb(spec))
     }
 }
