@@ -10,11 +10,11 @@ use tonic::Code;
 use tonic_types::StatusExt;
 use toolplane_core::json::value_from_pb;
 use toolplane_proto::v1 as pb;
-use toolplane_tests::eventually;
 use toolplane_tests::grpc::{Admin, executor, http_tool, invoke_request};
 use toolplane_tests::pg::TestDb;
 use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar};
 use toolplane_tests::tool_server::ToolServer;
+use toolplane_tests::{eventually, test_redis};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -1043,10 +1043,6 @@ async fn hammer(sidecars: &[Proc], token: &str, calls: usize) -> Vec<usize> {
         .collect()
 }
 
-fn test_redis() -> String {
-    std::env::var("TOOLPLANE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
 #[tokio::test]
 async fn two_sidecars_share_one_rate_limit_through_redis() {
     const N: u32 = 100;
@@ -1107,7 +1103,7 @@ async fn redis_going_away_fails_no_call_and_admits_only_the_local_share() {
         assert!(*admitted <= 31, "admitted {admitted}, local share 30");
         assert!(*admitted >= 25, "admitted {admitted}: the local limiter still serves");
         assert!(
-            sc.logs().contains("Redis unavailable; limiting locally"),
+            sc.logs().contains("Redis unavailable; deciding locally"),
             "{}",
             sc.logs()
         );

@@ -53,6 +53,7 @@ conformance!(
     agents_round_trip_and_names_are_unique,
     tokens_by_digest_and_only_active_listed,
     permissions_need_agent_and_tool_and_filter,
+    access_requests_are_reviewed_once_with_their_grant,
     events_are_stored_once_and_in_order,
     versions_are_immutable_and_outlive_deletion,
     outcomes_update_tool_statistics_once,
@@ -349,6 +350,72 @@ async fn permissions_need_agent_and_tool_and_filter(s: Arc<dyn Store>) {
     ));
 }
 
+async fn access_requests_are_reviewed_once_with_their_grant(s: Arc<dyn Store>) {
+    let a = testutil::agent("a");
+    let t = testutil::tool("t");
+    s.create_agent(&a).await.unwrap();
+    s.create_tool(&t).await.unwrap();
+    let pending = AccessRequest {
+        id: Uuid::now_v7(),
+        agent_id: a.id,
+        tool_id: t.id,
+        justification: "monthly report".to_owned(),
+        status: AccessRequestStatus::Pending,
+        // PostgreSQL keeps microseconds.
+        requested_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+        reviewed_at: None,
+        reviewed_by: String::new(),
+        review_reason: String::new(),
+        permission_id: None,
+    };
+    s.create_access_request(&pending).await.unwrap();
+    assert_eq!(s.get_access_request(pending.id).await.unwrap().unwrap(), pending);
+    let listed = s
+        .list_access_requests(Some(AccessRequestStatus::Pending), Some(a.id))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+
+    let grant = testutil::grant(&a, &t, PermissionType::ReadOnly);
+    let approved = AccessRequest {
+        status: AccessRequestStatus::Approved,
+        reviewed_at: Some(Utc::now()),
+        reviewed_by: "admin".to_owned(),
+        review_reason: "ok".to_owned(),
+        permission_id: Some(grant.id),
+        ..pending.clone()
+    };
+    let got = s.review_access_request(&approved, Some(&grant)).await.unwrap().unwrap();
+    assert_eq!(got.status, AccessRequestStatus::Approved);
+    assert_eq!(got.permission_id, Some(grant.id));
+    assert_eq!(s.list_permissions(Some(a.id), Some(t.id)).await.unwrap().len(), 1);
+
+    // A second review (a denial racing the approval) changes nothing, and its grant
+    // is not stored.
+    let other_grant = testutil::grant(&a, &t, PermissionType::FullAccess);
+    let denied = AccessRequest {
+        status: AccessRequestStatus::Denied,
+        ..approved.clone()
+    };
+    assert!(
+        s.review_access_request(&denied, Some(&other_grant))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.list_permissions(Some(a.id), Some(t.id)).await.unwrap().len(), 1);
+    assert_eq!(
+        s.get_access_request(pending.id).await.unwrap().unwrap().status,
+        AccessRequestStatus::Approved
+    );
+    assert!(
+        s.list_access_requests(Some(AccessRequestStatus::Pending), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 fn audit(invocation: Uuid, action: AuditAction) -> AuditEvent {
     AuditEvent {
         event_id: Uuid::now_v7(),
@@ -463,7 +530,7 @@ async fn postgres_audit_log_refuses_update_and_delete() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 1, "both refused, the row is still there");
 }
 
 #[tokio::test]
@@ -483,5 +550,9 @@ async fn postgres_replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".sql"))
+        .count();
+    assert_eq!(n, i64::try_from(files).unwrap(), "each migration applied exactly once");
 }

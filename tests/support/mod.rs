@@ -11,6 +11,11 @@ pub mod tool_server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// The Redis tests share (`make test` points it at a throwaway server when none runs).
+pub fn test_redis() -> String {
+    std::env::var("TOOLPLANE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

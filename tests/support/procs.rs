@@ -145,13 +145,17 @@ pub async fn sidecar_with_spool(control_plane: &Proc, token: &str, spool: &std::
 
 /// A sidecar with extra environment (e.g. `REDIS_URL`).
 pub async fn sidecar_with(control_plane: &Proc, token: &str, spool: &std::path::Path, env: &[(&str, &str)]) -> Proc {
-    let url = control_plane.url();
+    sidecar_to(&control_plane.url(), token, spool, env).await
+}
+
+/// A sidecar syncing with the control plane at `url` (e.g. an https:// one).
+pub async fn sidecar_to(url: &str, token: &str, spool: &std::path::Path, env: &[(&str, &str)]) -> Proc {
     let spool = spool.to_string_lossy().into_owned();
     let args = [
         "--listen",
         "127.0.0.1:0",
         "--control-plane",
-        &url,
+        url,
         "--sidecar-id",
         "test-sidecar",
         "--shutdown-grace",

@@ -67,7 +67,11 @@ pub async fn serve(
         let _ = draining_tx.send(true);
     });
     let mut drained = draining.clone();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = config.common.tls.server_config("control plane")? {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .layer(AuthLayer::new(authn))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -400,6 +400,34 @@ pub fn permission_to_pb(p: &Permission) -> pb::Permission {
     }
 }
 
+pub fn access_request_to_pb(r: &AccessRequest) -> pb::AccessRequest {
+    pb::AccessRequest {
+        id: r.id.to_string(),
+        agent_id: r.agent_id.to_string(),
+        tool_id: r.tool_id.to_string(),
+        justification: r.justification.clone(),
+        status: match r.status {
+            AccessRequestStatus::Pending => pb::AccessRequestStatus::Pending,
+            AccessRequestStatus::Approved => pb::AccessRequestStatus::Approved,
+            AccessRequestStatus::Denied => pb::AccessRequestStatus::Denied,
+        } as i32,
+        requested_at: Some(ts(r.requested_at)),
+        reviewed_at: opt_ts(r.reviewed_at),
+        reviewed_by: r.reviewed_by.clone(),
+        review_reason: r.review_reason.clone(),
+        permission_id: r.permission_id.map(|p| p.to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn access_status_from_pb(v: i32) -> Option<AccessRequestStatus> {
+    match pb::AccessRequestStatus::try_from(v).ok()? {
+        pb::AccessRequestStatus::Pending => Some(AccessRequestStatus::Pending),
+        pb::AccessRequestStatus::Approved => Some(AccessRequestStatus::Approved),
+        pb::AccessRequestStatus::Denied => Some(AccessRequestStatus::Denied),
+        pb::AccessRequestStatus::Unspecified => None,
+    }
+}
+
 /// A stored permission from the wire (snapshots).
 pub fn permission_from_pb(p: pb::Permission) -> Result<Permission, Violations> {
     Ok(Permission {

@@ -179,6 +179,24 @@ pub struct Permission {
     pub granted_by: String,
 }
 
+text_enum!(AccessRequestStatus { Pending = "pending", Approved = "approved", Denied = "denied" });
+
+/// An agent asking for a tool, and the admin's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessRequest {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub tool_id: Uuid,
+    pub justification: String,
+    pub status: AccessRequestStatus,
+    pub requested_at: DateTime<Utc>,
+    pub reviewed_at: Option<DateTime<Utc>>,
+    pub reviewed_by: String,
+    pub review_reason: String,
+    /// The grant an approval created.
+    pub permission_id: Option<Uuid>,
+}
+
 /// A token as stored and as pushed to sidecars: its digest, never the token itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenRecord {

@@ -65,6 +65,9 @@ pub struct Config {
     pub breaker_open_for: Duration,
 
     #[command(flatten)]
+    pub control_plane_tls: toolplane_runtime::tls::ClientTlsArgs,
+
+    #[command(flatten)]
     pub common: CommonArgs,
 }
 

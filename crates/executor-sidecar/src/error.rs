@@ -1,6 +1,7 @@
 //! The sidecar's caller-facing errors and their one mapping to gRPC status codes.
 //! What goes wrong at the tool itself is not an error: it is a `ToolResult` status.
 
+use tonic_types::StatusExt;
 use toolplane_core::Violations;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +12,14 @@ pub enum ExecError {
     NotFound(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error(
+        "the daily invocation budget of this agent for this tool is spent ({limits:?} per day); it resets at {}",
+        resets_at.to_rfc3339()
+    )]
+    QuotaExhausted {
+        resets_at: chrono::DateTime<chrono::Utc>,
+        limits: Vec<u32>,
+    },
     #[error("no snapshot from the control plane yet; retry shortly")]
     NoSnapshot,
     #[error("the audit spool is full (the control plane is not acknowledging events); retry later")]
@@ -25,6 +34,12 @@ impl From<ExecError> for tonic::Status {
             ExecError::InvalidArgument(v) => v.to_status(),
             ExecError::NotFound(m) => tonic::Status::not_found(m),
             ExecError::PermissionDenied(m) => tonic::Status::permission_denied(m),
+            e @ ExecError::QuotaExhausted { resets_at, .. } => {
+                let wait = (resets_at - chrono::Utc::now()).to_std().unwrap_or_default();
+                let mut details = tonic_types::ErrorDetails::new();
+                details.set_retry_info(Some(wait));
+                tonic::Status::with_error_details(tonic::Code::ResourceExhausted, e.to_string(), details)
+            }
             e @ (ExecError::NoSnapshot | ExecError::SpoolFull) => tonic::Status::unavailable(e.to_string()),
             e @ ExecError::Unimplemented(_) => tonic::Status::unimplemented(e.to_string()),
         }

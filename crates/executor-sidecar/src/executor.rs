@@ -17,7 +17,7 @@ use toolplane_core::circuit::Admission;
 use toolplane_core::convert::{parse_uuid, result_to_pb};
 use toolplane_core::json::{struct_to_json, summary};
 use toolplane_core::model::*;
-use toolplane_core::permission::evaluate;
+use toolplane_core::permission::{Decision as PermissionDecision, evaluate};
 use toolplane_core::redact::{REDACTED, Redactor};
 use toolplane_core::retry::RetryPolicy;
 use toolplane_core::schema;
@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::error::ExecError;
 use crate::outbox::Outbox;
+use crate::quota::{Consumed, Quotas};
 use crate::rate_limit::{Decision, RateLimiter};
 use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, Source};
@@ -47,6 +48,8 @@ pub struct ExecutorService {
     pub upstream: Upstream,
     pub breakers: Breakers,
     pub limits: RateLimiter,
+    /// Daily budgets of LIMITED_INVOCATIONS grants.
+    pub quotas: Quotas,
     pub cache: ResultCache,
     /// Last good outputs of tools whose strategy degrades to CACHED.
     pub last_good: moka::future::Cache<String, Value>,
@@ -171,6 +174,22 @@ impl ExecutorService {
             tracing::info!(agent = %agent.name, tool = %tool.spec.name, reason = %decision.reason, "permission denied");
             return Err(ExecError::PermissionDenied(decision.reason));
         }
+        let permission_id = match self.admit(&decision).await {
+            Ok(id) => id,
+            Err(refused) => {
+                let mut e = self.audit(
+                    AuditAction::PermissionChecked,
+                    agent.id,
+                    tool,
+                    invocation_id,
+                    &call.task_id,
+                    &sanitized,
+                );
+                e.detail = refused.to_string();
+                self.outbox.push(SyncEvent::Audit(e));
+                return Err(refused);
+            }
+        };
 
         if let Err(violations) = schema::check(&compiled.input, "parameters", &call.parameters) {
             let mut e = self.audit(
@@ -182,7 +201,7 @@ impl ExecutorService {
                 &sanitized,
             );
             e.detail = format!("parameters break the input schema: {violations}");
-            e.permission_id = decision.permission_id;
+            e.permission_id = permission_id;
             self.outbox.push(SyncEvent::Audit(e));
             return Err(violations.into());
         }
@@ -193,7 +212,7 @@ impl ExecutorService {
             tool,
             task_id: call.task_id,
             sanitized,
-            permission_id: decision.permission_id,
+            permission_id,
             started,
             secret: snap.credential(tool.id).map(|c| c.secret.clone()).unwrap_or_default(),
             requested_tool_id: tool.id,
@@ -332,9 +351,26 @@ impl ExecutorService {
                     if schema::check(&candidate.input, "parameters", params).is_err() {
                         continue;
                     }
+                    let permission_id = match self.admit(&decision).await {
+                        Ok(id) => id,
+                        Err(refused) => {
+                            let (inv, task) = (ctx.invocation_id, &ctx.task_id);
+                            let mut e = self.audit(
+                                AuditAction::PermissionChecked,
+                                agent.id,
+                                tool,
+                                inv,
+                                task,
+                                &ctx.sanitized,
+                            );
+                            e.detail = format!("fallback from {} refused: {refused}", primary.spec.name);
+                            self.outbox.push(SyncEvent::Audit(e));
+                            continue;
+                        }
+                    };
                     let fallback = Ctx {
                         tool,
-                        permission_id: decision.permission_id,
+                        permission_id,
                         secret: snap.credential(tool.id).map(|c| c.secret.clone()).unwrap_or_default(),
                         ..ctx.clone()
                     };
@@ -365,6 +401,18 @@ impl ExecutorService {
         e.permission_id = ctx.permission_id;
         e.detail = self.redactor.redact_text(detail);
         self.outbox.push(SyncEvent::Audit(e));
+    }
+
+    /// Consumes a call from the decision's daily budgets when only LIMITED_INVOCATIONS
+    /// grants allow it; the grant the call goes under.
+    async fn admit(&self, decision: &PermissionDecision) -> Result<Option<Uuid>, ExecError> {
+        if decision.quotas.is_empty() {
+            return Ok(decision.permission_id);
+        }
+        match self.quotas.consume(&decision.quotas).await {
+            Consumed::Admitted { permission_id, .. } => Ok(Some(permission_id)),
+            Consumed::Exhausted { resets_at, limits } => Err(ExecError::QuotaExhausted { resets_at, limits }),
+        }
     }
 
     /// `Some(result)` when the tool's rate limit refuses the call (audited).
@@ -580,11 +628,19 @@ fn refused(err: ExecError) -> pb::ToolResult {
     let status = match &err {
         ExecError::InvalidArgument(_) => ExecutionStatus::ValidationError,
         ExecError::PermissionDenied(_) => ExecutionStatus::PermissionDenied,
+        ExecError::QuotaExhausted { .. } => ExecutionStatus::RateLimited,
         _ => ExecutionStatus::ExecutionError,
+    };
+    let retry_after_ms = match &err {
+        ExecError::QuotaExhausted { resets_at, .. } => {
+            u32::try_from((*resets_at - Utc::now()).num_milliseconds().max(1)).unwrap_or(u32::MAX)
+        }
+        _ => 0,
     };
     pb::ToolResult {
         status: toolplane_core::convert::status_to_pb(status),
         error: err.to_string(),
+        retry_after_ms,
         ..Default::default()
     }
 }

@@ -9,20 +9,16 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
 use uuid::Uuid;
 
-/// How long one Redis decision may take before the local limiter decides instead.
-pub const REDIS_DECISION_TIMEOUT: Duration = Duration::from_millis(100);
-/// While Redis is away, how often one decision tries it again.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+pub use crate::shared_redis::REDIS_DECISION_TIMEOUT;
+use crate::shared_redis::SharedRedis;
 
 const GCRA_LUA: &str = r#"
 local t = redis.call('TIME')
@@ -44,11 +40,6 @@ pub enum Decision {
     Limited { retry_after: Duration },
 }
 
-struct Redis {
-    client: Client,
-    script: Script,
-}
-
 /// A Redis client for the rate limits and the shared cache. Connecting happens in the
 /// background and reconnects forever; until Redis answers, both work locally.
 pub fn redis_client(url: &str) -> anyhow::Result<Client> {
@@ -68,16 +59,10 @@ pub fn redis_client(url: &str) -> anyhow::Result<Client> {
 }
 
 pub struct RateLimiter {
-    redis: Option<Redis>,
+    redis: Option<SharedRedis>,
     local: Mutex<HashMap<(Uuid, u32), Arc<DefaultDirectRateLimiter>>>,
     /// This sidecar's share of a tool's budget while Redis is away (0..1].
     local_share: f64,
-    degraded: AtomicBool,
-    /// While degraded, Redis is asked again at most this often, so calls do not each
-    /// wait out a timeout.
-    last_probe: Mutex<Option<std::time::Instant>>,
-    /// Decisions made locally because Redis did not answer.
-    pub degraded_decisions: AtomicU64,
 }
 
 impl RateLimiter {
@@ -87,25 +72,23 @@ impl RateLimiter {
             redis: None,
             local: Mutex::default(),
             local_share: 1.0,
-            degraded: AtomicBool::new(false),
-            last_probe: Mutex::new(None),
-            degraded_decisions: AtomicU64::new(0),
         }
     }
 
     /// Limits shared through Redis.
     pub fn shared(client: Client, local_share: f64) -> Self {
         Self {
-            redis: Some(Redis {
-                client,
-                script: Script::from_lua(GCRA_LUA),
-            }),
+            redis: Some(SharedRedis::new(client, GCRA_LUA, "rate limits")),
             local: Mutex::default(),
             local_share: local_share.clamp(0.0001, 1.0),
-            degraded: AtomicBool::new(false),
-            last_probe: Mutex::new(None),
-            degraded_decisions: AtomicU64::new(0),
         }
+    }
+
+    /// Decisions made locally because Redis did not answer.
+    pub fn degraded_decisions(&self) -> u64 {
+        self.redis
+            .as_ref()
+            .map_or(0, |r| r.degraded_decisions.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub async fn check(&self, tool: Uuid, rpm: u32) -> Decision {
@@ -115,53 +98,21 @@ impl RateLimiter {
         let Some(redis) = &self.redis else {
             return self.check_local(tool, rpm);
         };
-        if self.degraded.load(Ordering::Relaxed) {
-            let mut last = self.last_probe.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < PROBE_INTERVAL) {
-                drop(last);
-                return self.check_degraded(tool, rpm);
-            }
-            *last = Some(std::time::Instant::now());
-        }
         let interval_us = 60_000_000.0 / f64::from(rpm);
         let tolerance_us = interval_us * f64::from(rpm - 1);
         let key = format!("toolplane:ratelimit:{tool}");
-        let call = redis.script.evalsha_with_reload::<Vec<i64>, _, _>(
-            &redis.client,
-            vec![key],
-            vec![interval_us.round().to_string(), tolerance_us.round().to_string()],
-        );
-        match tokio::time::timeout(REDIS_DECISION_TIMEOUT, call).await {
-            Ok(Ok(v)) if v.len() == 2 => {
-                if self.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!("Redis answers again; rate limits are shared again");
-                }
-                if v[0] == 1 {
-                    Decision::Allowed
-                } else {
-                    Decision::Limited {
-                        retry_after: Duration::from_millis(u64::try_from(v[1]).unwrap_or(0)),
-                    }
-                }
-            }
-            other => {
-                if !self.degraded.swap(true, Ordering::Relaxed) {
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        Ok(Ok(v)) => format!("unexpected reply {v:?}"),
-                        Err(_) => format!("no answer within {REDIS_DECISION_TIMEOUT:?}"),
-                    };
-                    tracing::warn!(error = %why, share = self.local_share, "Redis unavailable; limiting locally at this sidecar's share");
-                }
-                *self.last_probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-                self.check_degraded(tool, rpm)
-            }
+        let args = vec![interval_us.round().to_string(), tolerance_us.round().to_string()];
+        match redis.eval(vec![key], args).await.as_deref() {
+            Some([1, ..]) => Decision::Allowed,
+            Some([_, retry_ms, ..]) => Decision::Limited {
+                retry_after: Duration::from_millis(u64::try_from(*retry_ms).unwrap_or(0)),
+            },
+            _ => self.check_degraded(tool, rpm),
         }
     }
 
     /// Redis is away: this sidecar's share of the budget, locally.
     fn check_degraded(&self, tool: Uuid, rpm: u32) -> Decision {
-        self.degraded_decisions.fetch_add(1, Ordering::Relaxed);
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let share = (f64::from(rpm) * self.local_share).floor().max(1.0) as u32;
         self.check_local(tool, share)

@@ -20,6 +20,7 @@ use crate::auth::SnapshotAuthenticator;
 use crate::config::Config;
 use crate::executor::{ExecutorGrpc, ExecutorService};
 use crate::outbox::Outbox;
+use crate::quota::Quotas;
 use crate::rate_limit::{RateLimiter, redis_client};
 use crate::reliability::Breakers;
 use crate::result_cache::ResultCache;
@@ -51,6 +52,7 @@ pub async fn serve(
     tokio::spawn(
         SyncClient {
             control_plane: config.control_plane.clone(),
+            tls: config.control_plane_tls.client_config()?,
             token: config.token()?,
             sidecar_id: sidecar_id.clone(),
             snapshot: snapshot.clone(),
@@ -73,6 +75,10 @@ pub async fn serve(
             Some(client) => RateLimiter::shared(client.clone(), config.rate_limit_local_share),
             None => RateLimiter::local(),
         },
+        quotas: match &redis {
+            Some(client) => Quotas::shared(client.clone(), config.rate_limit_local_share),
+            None => Quotas::local(),
+        },
         cache: ResultCache::new(redis.clone()),
         last_good: moka::future::Cache::builder()
             .max_capacity(10_000)
@@ -94,7 +100,11 @@ pub async fn serve(
         tracing::info!(pending_events = drain_outbox.pending(), "draining");
     });
     let mut drained = draining.clone();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = config.common.tls.server_config("sidecar")? {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .layer(AuthLayer::new(Arc::new(SnapshotAuthenticator::new(snapshot))))
         .add_service(health_service)
         .add_service(reflection_v1)

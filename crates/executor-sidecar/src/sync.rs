@@ -30,6 +30,8 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 pub struct SyncClient {
     pub control_plane: String,
+    /// TLS (and the client certificate for mutual TLS) towards the control plane.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub token: String,
     pub sidecar_id: String,
     pub snapshot: SharedSnapshot,
@@ -65,10 +67,11 @@ impl SyncClient {
     }
 
     async fn session(&self) -> anyhow::Result<()> {
-        let channel = Endpoint::from_shared(self.control_plane.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
+        let mut endpoint = Endpoint::from_shared(self.control_plane.clone())?.connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint.connect().await?;
         let bearer = Bearer::new(Some(&self.token))
             .ok_or_else(|| anyhow::anyhow!("the sidecar token has characters a header cannot carry"))?;
         // A snapshot of a large registry is far above tonic's 4 MiB default.

@@ -18,6 +18,9 @@ pub struct CommonArgs {
 
     #[arg(long, env = "TOOLPLANE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
 }
 
 /// Parses `"10"` or `"10s"` as seconds (clap value parser).

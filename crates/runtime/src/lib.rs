@@ -6,3 +6,4 @@ pub mod config;
 pub mod grpc;
 pub mod lifecycle;
 pub mod telemetry;
+pub mod tls;

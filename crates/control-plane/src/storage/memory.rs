@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
+use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
 use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
-use toolplane_core::model::{FallbackStrategy, StoredCredential};
 use toolplane_core::stats::{self, ToolStats};
 use uuid::Uuid;
 
@@ -24,6 +24,7 @@ struct State {
     agents: HashMap<Uuid, Agent>,
     tokens: HashMap<String, TokenRecord>,
     permissions: Vec<Permission>,
+    access_requests: Vec<AccessRequest>,
     audit: Vec<AuditEvent>,
     audit_ids: HashSet<Uuid>,
     invocations: HashMap<Uuid, InvocationRecord>,
@@ -272,6 +273,59 @@ impl Store for MemoryStore {
         }
         st.permissions.push(permission.clone());
         Ok(())
+    }
+
+    async fn create_access_request(&self, request: &AccessRequest) -> StoreResult<()> {
+        let mut st = self.write();
+        if !st.agents.contains_key(&request.agent_id) {
+            return Err(StoreError::NotFound(format!("agent {}", request.agent_id)));
+        }
+        if !st.tools.contains_key(&request.tool_id) {
+            return Err(StoreError::NotFound(format!("tool {}", request.tool_id)));
+        }
+        st.access_requests.push(request.clone());
+        Ok(())
+    }
+
+    async fn get_access_request(&self, id: Uuid) -> StoreResult<Option<AccessRequest>> {
+        Ok(self.read().access_requests.iter().find(|r| r.id == id).cloned())
+    }
+
+    async fn review_access_request(
+        &self,
+        reviewed: &AccessRequest,
+        grant: Option<&Permission>,
+    ) -> StoreResult<Option<AccessRequest>> {
+        let mut st = self.write();
+        let Some(i) = st
+            .access_requests
+            .iter()
+            .position(|r| r.id == reviewed.id && r.status == AccessRequestStatus::Pending)
+        else {
+            return Ok(None);
+        };
+        if let Some(g) = grant {
+            if !st.tools.contains_key(&g.tool_id) {
+                return Err(StoreError::NotFound(format!("tool {}", g.tool_id)));
+            }
+            st.permissions.push(g.clone());
+        }
+        st.access_requests[i] = reviewed.clone();
+        Ok(Some(reviewed.clone()))
+    }
+
+    async fn list_access_requests(
+        &self,
+        status: Option<AccessRequestStatus>,
+        agent_id: Option<Uuid>,
+    ) -> StoreResult<Vec<AccessRequest>> {
+        Ok(self
+            .read()
+            .access_requests
+            .iter()
+            .filter(|r| status.is_none_or(|s| r.status == s) && agent_id.is_none_or(|a| r.agent_id == a))
+            .cloned()
+            .collect())
     }
 
     async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>> {

@@ -9,8 +9,8 @@ mod postgres;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
 use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
-use toolplane_core::model::{FallbackStrategy, StoredCredential};
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
@@ -98,6 +98,23 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_permission(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<Option<Permission>>;
     /// Unrevoked grants, optionally narrowed to one agent and/or tool.
     async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>>;
+
+    async fn create_access_request(&self, request: &AccessRequest) -> StoreResult<()>;
+    async fn get_access_request(&self, id: Uuid) -> StoreResult<Option<AccessRequest>>;
+    /// Records the review of a pending request, and the grant an approval creates, in
+    /// one step: `None` when the request is not pending any more (or does not exist), so
+    /// two admins cannot both review it.
+    async fn review_access_request(
+        &self,
+        reviewed: &AccessRequest,
+        grant: Option<&Permission>,
+    ) -> StoreResult<Option<AccessRequest>>;
+    /// Oldest first.
+    async fn list_access_requests(
+        &self,
+        status: Option<AccessRequestStatus>,
+        agent_id: Option<Uuid>,
+    ) -> StoreResult<Vec<AccessRequest>>;
 
     /// Stores events atomically and idempotently: an event whose id is already stored
     /// is skipped, so sidecars can resend after a lost ack. Each newly stored

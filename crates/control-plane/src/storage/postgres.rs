@@ -6,7 +6,7 @@ use deadpool_postgres::{Pool, Runtime};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row, error::SqlState};
+use tokio_postgres::{GenericClient, NoTls, Row, error::SqlState};
 use toolplane_core::model::*;
 use toolplane_core::stats::{self, ToolStats};
 use uuid::Uuid;
@@ -319,6 +319,47 @@ fn permission_from_row(r: &Row) -> StoreResult<Permission> {
         granted_at: r.get("granted_at"),
         expires_at: r.get("expires_at"),
         granted_by: r.get("granted_by"),
+    })
+}
+
+async fn insert_permission(client: &impl GenericClient, p: &Permission) -> StoreResult<()> {
+    let hours: Vec<i32> = p.allowed_hours.iter().filter_map(|h| i32::try_from(*h).ok()).collect();
+    client
+        .execute(
+            "INSERT INTO permissions (id, agent_id, tool_id, kind, max_invocations_per_day, allowed_hours, \
+             time_zone, max_sensitivity, granted_at, expires_at, granted_by) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            &[
+                &p.id,
+                &p.agent_id,
+                &p.tool_id,
+                &p.kind.as_str(),
+                &i64::from(p.max_invocations_per_day),
+                &hours,
+                &p.time_zone,
+                &p.max_sensitivity.map(DataSensitivity::as_str),
+                &p.granted_at,
+                &p.expires_at,
+                &p.granted_by,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+fn access_request_from_row(r: &Row) -> StoreResult<AccessRequest> {
+    Ok(AccessRequest {
+        id: r.get("id"),
+        agent_id: r.get("agent_id"),
+        tool_id: r.get("tool_id"),
+        justification: r.get("justification"),
+        status: parse_text("access request status", r.get("status"), AccessRequestStatus::parse)?,
+        requested_at: r.get("requested_at"),
+        reviewed_at: r.get("reviewed_at"),
+        reviewed_by: r.get("reviewed_by"),
+        review_reason: r.get("review_reason"),
+        permission_id: r.get("permission_id"),
     })
 }
 
@@ -734,30 +775,89 @@ impl Store for PostgresStore {
     }
 
     async fn create_permission(&self, p: &Permission) -> StoreResult<()> {
-        let hours: Vec<i32> = p.allowed_hours.iter().filter_map(|h| i32::try_from(*h).ok()).collect();
+        insert_permission(&**self.client().await?, p).await
+    }
+
+    async fn create_access_request(&self, r: &AccessRequest) -> StoreResult<()> {
         self.client()
             .await?
             .execute(
-                "INSERT INTO permissions (id, agent_id, tool_id, kind, max_invocations_per_day, allowed_hours, \
-                 time_zone, max_sensitivity, granted_at, expires_at, granted_by) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+                "INSERT INTO access_requests (id, agent_id, tool_id, justification, status, requested_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6)",
                 &[
-                    &p.id,
-                    &p.agent_id,
-                    &p.tool_id,
-                    &p.kind.as_str(),
-                    &i64::from(p.max_invocations_per_day),
-                    &hours,
-                    &p.time_zone,
-                    &p.max_sensitivity.map(DataSensitivity::as_str),
-                    &p.granted_at,
-                    &p.expires_at,
-                    &p.granted_by,
+                    &r.id,
+                    &r.agent_id,
+                    &r.tool_id,
+                    &r.justification,
+                    &r.status.as_str(),
+                    &r.requested_at,
                 ],
             )
             .await
             .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn get_access_request(&self, id: Uuid) -> StoreResult<Option<AccessRequest>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT * FROM access_requests WHERE id = $1", &[&id])
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(access_request_from_row).transpose()
+    }
+
+    async fn review_access_request(
+        &self,
+        r: &AccessRequest,
+        grant: Option<&Permission>,
+    ) -> StoreResult<Option<AccessRequest>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        if let Some(g) = grant {
+            insert_permission(&*tx, g).await?;
+        }
+        let row = tx
+            .query_opt(
+                "UPDATE access_requests SET status = $2, reviewed_at = $3, reviewed_by = $4, review_reason = $5, \
+                 permission_id = $6 WHERE id = $1 AND status = 'pending' RETURNING *",
+                &[
+                    &r.id,
+                    &r.status.as_str(),
+                    &r.reviewed_at,
+                    &r.reviewed_by,
+                    &r.review_reason,
+                    &r.permission_id,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(row) = row else {
+            // Not pending: the grant (if any) must not outlive the refused review.
+            return Ok(None);
+        };
+        let reviewed = access_request_from_row(&row)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(reviewed))
+    }
+
+    async fn list_access_requests(
+        &self,
+        status: Option<AccessRequestStatus>,
+        agent_id: Option<Uuid>,
+    ) -> StoreResult<Vec<AccessRequest>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT * FROM access_requests WHERE ($1::text IS NULL OR status = $1) \
+                 AND ($2::uuid IS NULL OR agent_id = $2) ORDER BY requested_at, id",
+                &[&status.map(AccessRequestStatus::as_str), &agent_id],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(access_request_from_row).collect()
     }
 
     async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>> {

@@ -1,0 +1,97 @@
+//! TLS for both servers and mutual TLS between sidecar and control plane (rustls via
+//! tonic), configured by file paths so Kubernetes Secrets mount straight in. Without a
+//! certificate a server speaks plaintext (the embedded default for `make run`) and says
+//! so in its start-up log.
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// Server-side TLS flags, shared by both binaries.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// PEM certificate chain this server presents; enables TLS.
+    #[arg(long, env = "TOOLPLANE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TOOLPLANE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle; when set, every client must present a certificate it signed
+    /// (mutual TLS).
+    #[arg(long, env = "TOOLPLANE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", path.display()))
+}
+
+impl ServerTlsArgs {
+    /// The server's TLS configuration, or `None` for plaintext (logged either way).
+    pub fn server_config(&self, server: &str) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            tracing::warn!(
+                server,
+                "serving plaintext gRPC: no --tls-cert given (fine on loopback, not across a network)"
+            );
+            return Ok(None);
+        };
+        let identity = Identity::from_pem(read(cert, "TLS certificate")?, read(key, "TLS key")?);
+        let mut config = ServerTlsConfig::new().identity(identity);
+        match &self.tls_client_ca {
+            Some(ca) => {
+                config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+                tracing::info!(
+                    server,
+                    "serving gRPC over TLS; client certificates required (mutual TLS)"
+                );
+            }
+            None => tracing::info!(server, "serving gRPC over TLS"),
+        }
+        Ok(Some(config))
+    }
+}
+
+/// How the sidecar reaches the control plane over TLS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// PEM CA bundle that signed the control plane's certificate; enables TLS to it
+    /// (use an https:// control plane URL).
+    #[arg(long, env = "TOOLPLANE_CONTROL_PLANE_CA")]
+    pub control_plane_ca: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS with the control plane.
+    #[arg(
+        long,
+        env = "TOOLPLANE_CONTROL_PLANE_CLIENT_CERT",
+        requires = "control_plane_client_key"
+    )]
+    pub control_plane_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --control-plane-client-cert.
+    #[arg(
+        long,
+        env = "TOOLPLANE_CONTROL_PLANE_CLIENT_KEY",
+        requires = "control_plane_client_cert"
+    )]
+    pub control_plane_client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// `None` for plaintext.
+    pub fn client_config(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        let Some(ca) = &self.control_plane_ca else {
+            return Ok(None);
+        };
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "control plane CA")?));
+        if let (Some(cert), Some(key)) = (&self.control_plane_client_cert, &self.control_plane_client_key) {
+            config = config.identity(Identity::from_pem(
+                read(cert, "client certificate")?,
+                read(key, "client key")?,
+            ));
+        }
+        Ok(Some(config))
+    }
+}
