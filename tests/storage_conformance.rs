@@ -492,8 +492,19 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         })
         .await
         .unwrap();
-    assert_eq!(got, vec![first.clone(), second]);
-    assert_eq!(s.audit_events(&AuditFilter::default()).await.unwrap().len(), 3);
+    let events = |v: Vec<toolplane_core::audit::AuditRecord>| v.into_iter().map(|r| r.event).collect::<Vec<_>>();
+    let stored = |mut e: AuditEvent| {
+        e.occurred_at = toolplane_core::audit::stored_time(e.occurred_at);
+        e
+    };
+    assert_eq!(events(got), vec![stored(first.clone()), stored(second)]);
+    let all = s.audit_events(&AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 3);
+    // One writer's chain: positions 1..3, each linked to the one before.
+    assert_eq!(all.iter().map(|r| r.chain_seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(all[0].prev_hash, toolplane_core::audit::GENESIS_HASH);
+    assert_eq!(all[1].prev_hash, all[0].hash);
+    assert_eq!(all[2].prev_hash, all[1].hash);
     let by_agent = s
         .audit_events(&AuditFilter {
             agent_id: first.agent_id,
@@ -501,7 +512,23 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         })
         .await
         .unwrap();
-    assert_eq!(by_agent, vec![first]);
+    assert_eq!(events(by_agent), vec![stored(first)]);
+    let after_first = s
+        .audit_events(&AuditFilter {
+            after_seq: Some(all[0].seq),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(
+        after_first[0].seq, all[1].seq,
+        "the cursor resumes after the record it names"
+    );
+    let usage = s.usage(None, None, None, None).await.unwrap();
+    assert_eq!(usage.len(), 1, "the resent invocation counted once");
+    assert_eq!(usage[0].counts.invocations, 1);
     assert_eq!(s.get_invocation(inv).await.unwrap().unwrap(), record);
     assert!(s.get_invocation(Uuid::new_v4()).await.unwrap().is_none());
 }

@@ -127,6 +127,7 @@ pub fn to_spec(tool: &rmcp::model::Tool, opts: &ImportOptions) -> ToolSpec {
         cache_ttl_seconds: 0,
         cache_normalize_keys: false,
         cache_ignored_params: Vec::new(),
+        compliance_frameworks: Vec::new(),
         remote_name: tool.name.to_string(),
     }
 }

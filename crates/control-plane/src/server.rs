@@ -16,8 +16,9 @@ use toolplane_runtime::lifecycle::with_grace;
 
 use crate::auth::StoreAuthenticator;
 use crate::config::Config;
+use crate::services::audit::AuditService;
 use crate::services::identity::IdentityService;
-use crate::services::not_yet::{AuditService, LearningService, SelectorService};
+use crate::services::not_yet::{LearningService, SelectorService};
 use crate::services::permissions::PermissionsService;
 use crate::services::registry::RegistryService;
 use crate::services::sync::SyncService;
@@ -90,7 +91,7 @@ pub async fn serve(
                 .max_decoding_message_size(64 * 1024 * 1024),
         )
         .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService))
-        .add_service(pb::audit_server::AuditServer::new(AuditService))
+        .add_service(pb::audit_server::AuditServer::new(AuditService::new(state.clone())))
         .add_service(pb::learning_server::LearningServer::new(LearningService))
         .serve_with_incoming_shutdown(incoming(listener), async move {
             let _ = drained.wait_for(|d| *d).await;

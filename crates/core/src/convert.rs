@@ -284,6 +284,7 @@ pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
         cache_ttl_seconds: t.cache_ttl_seconds,
         cache_normalize_keys: t.cache_normalize_keys,
         cache_ignored_params: t.cache_ignored_params,
+        compliance_frameworks: t.compliance_frameworks,
         remote_name: t.remote_name,
     })
 }
@@ -343,6 +344,7 @@ pub fn spec_to_pb(spec: ToolSpec) -> pb::Tool {
         cache_ttl_seconds: s.cache_ttl_seconds,
         cache_normalize_keys: s.cache_normalize_keys,
         cache_ignored_params: s.cache_ignored_params.clone(),
+        compliance_frameworks: s.compliance_frameworks.clone(),
         remote_name: s.remote_name.clone(),
         created_at: None,
         updated_at: None,
@@ -814,5 +816,17 @@ pub fn sync_event_from_pb(e: pb::SyncEvent) -> Result<SyncEvent, Violations> {
         Some(pb::sync_event::Payload::Audit(a)) => audit_event_from_pb(a).map(SyncEvent::Audit),
         Some(pb::sync_event::Payload::Invocation(i)) => invocation_from_pb(i).map(SyncEvent::Invocation),
         None => Err(Violations::single("event.payload", "is required")),
+    }
+}
+
+pub fn audit_record_to_pb(r: &crate::audit::AuditRecord) -> pb::AuditRecord {
+    pb::AuditRecord {
+        event: Some(audit_event_to_pb(&r.event)),
+        sequence: r.seq,
+        recorded_at: Some(ts(r.recorded_at)),
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+        chain: r.chain.clone(),
+        chain_sequence: r.chain_seq,
     }
 }

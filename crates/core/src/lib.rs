@@ -2,9 +2,11 @@
 //! conversions between the wire contract and the domain, JSON Schema checks, canonical
 //! JSON and digests, redaction, tokens and permission evaluation.
 
+pub mod audit;
 pub mod cache_key;
 pub mod circuit;
 pub mod client;
+pub mod compliance;
 pub mod convert;
 pub mod crypto;
 pub mod delta;
@@ -18,6 +20,7 @@ pub mod retry;
 pub mod schema;
 pub mod stats;
 pub mod token;
+pub mod usage;
 pub mod validate;
 
 #[doc(hidden)]

@@ -103,6 +103,9 @@ pub struct ToolSpec {
     #[serde(default)]
     pub cache_ignored_params: Vec<String>,
     pub remote_name: String,
+    /// Frameworks whose compliance reports include this tool's audit events.
+    #[serde(default)]
+    pub compliance_frameworks: Vec<String>,
 }
 
 impl ToolSpec {

@@ -78,6 +78,8 @@ impl Redactor {
             }
             Value::Array(items) => Value::Array(items.iter().map(|v| self.redact(v, &schema["items"])).collect()),
             Value::String(s) if looks_like_secret(s) => Value::String(REDACTED.to_owned()),
+            // Free text may carry a secret among other words.
+            Value::String(s) => Value::String(self.redact_text(s)),
             other => other.clone(),
         }
     }
@@ -96,7 +98,8 @@ impl Redactor {
                 continue;
             }
             hide_next = word.eq_ignore_ascii_case("bearer");
-            if looks_like_secret(word) {
+            let parts = word.split(['=', ':', ';', ',', '(', ')', '[', ']', '{', '}', '<', '>']);
+            if looks_like_secret(word) || parts.into_iter().any(looks_like_secret) {
                 out.push(REDACTED.to_owned());
             } else {
                 out.push(word.to_owned());
@@ -113,14 +116,49 @@ fn schema_marks_sensitive(schema: &Value) -> bool {
 }
 
 /// Values whose shape gives them away: bearer headers, toolplane tokens, AWS access
-/// key ids, PEM private keys.
+/// key ids, PEM private keys, and the prefixed keys of common providers (GitHub,
+/// Slack, Stripe, OpenAI-style `sk-`), and JWTs.
 fn looks_like_secret(s: &str) -> bool {
-    let trimmed = s.trim_matches(|c: char| c == '"' || c == '\'' || c == ',');
+    let trimmed = s.trim_matches(|c: char| c == '"' || c == '\'' || c == ',' || c == '.');
     let lower = trimmed.to_ascii_lowercase();
     lower.starts_with("bearer ")
         || trimmed.starts_with(TOKEN_PREFIX)
         || is_aws_key_id(trimmed)
         || trimmed.contains("PRIVATE KEY-----")
+        || is_prefixed_key(trimmed)
+        || is_jwt(trimmed)
+}
+
+/// Provider keys: a known prefix followed by a long run of key characters.
+fn is_prefixed_key(s: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "ghp_",
+        "gho_",
+        "ghs_",
+        "ghu_",
+        "github_pat_",
+        "xoxb-",
+        "xoxp-",
+        "xoxa-",
+        "sk_live_",
+        "sk_test_",
+        "rk_live_",
+        "sk-",
+    ];
+    PREFIXES.iter().any(|p| {
+        s.strip_prefix(p).is_some_and(|rest| {
+            rest.len() >= 16 && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+    })
+}
+
+fn is_jwt(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && s.starts_with("eyJ")
+        && parts
+            .iter()
+            .all(|p| p.len() >= 8 && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
 fn is_aws_key_id(s: &str) -> bool {

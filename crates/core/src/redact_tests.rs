@@ -38,3 +38,30 @@ fn secret_shaped_values_are_redacted() {
     );
     assert!(!r.redact_text("-----BEGIN RSA PRIVATE KEY----- abc").contains("abc"));
 }
+
+#[test]
+fn secrets_inside_free_text_and_arrays_of_objects_are_redacted() {
+    let r = Redactor::default();
+    let v = json!({
+        "query": "use key=AKIAIOSFODNN7EXAMPLE please",
+        "rows": [
+            {"name": "a", "note": "token ghp_0123456789abcdefghijABCDEFGHIJ here"},
+            {"name": "b", "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"},
+            {"name": "c", "stripe": "sk_live_51HxYzAbCdEfGhIjKlMn"}
+        ],
+        "count": 3,
+        "plain": "nothing secret in here: 12 apples"
+    });
+    let out = r.redact(&v, &Value::Null);
+    let text = out.to_string();
+    for secret in ["AKIAIOSFODNN7EXAMPLE", "ghp_0123", "eyJhbGci", "sk_live_51"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    assert_eq!(out["query"], "use [REDACTED] please");
+    assert_eq!(out["rows"][0]["name"], "a");
+    assert_eq!(out["count"], 3);
+    assert_eq!(
+        out["plain"], "nothing secret in here: 12 apples",
+        "ordinary text is untouched"
+    );
+}

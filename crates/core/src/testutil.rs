@@ -42,6 +42,7 @@ pub fn tool_spec(name: &str) -> ToolSpec {
         cache_ttl_seconds: 0,
         cache_normalize_keys: false,
         cache_ignored_params: vec![],
+        compliance_frameworks: vec![],
         remote_name: String::new(),
     }
 }

@@ -86,6 +86,7 @@ pub fn check_tool_spec(spec: &ToolSpec, policy: ToolPolicy) -> Result<(), Violat
         v.push("tool.cache_ttl_seconds", "is required for a cacheable tool");
     }
     check_list(&mut v, "tool.cache_ignored_params", &spec.cache_ignored_params);
+    check_list(&mut v, "tool.compliance_frameworks", &spec.compliance_frameworks);
     check_schemas(&mut v, spec);
     v.into_result()
 }

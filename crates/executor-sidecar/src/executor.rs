@@ -124,7 +124,7 @@ impl ExecutorService {
             result: None,
             success: false,
             detail: String::new(),
-            compliance_frameworks: Vec::new(),
+            compliance_frameworks: tool.spec.compliance_frameworks.clone(),
             data_classification: Some(tool.spec.requirements.data_sensitivity),
             sidecar_id: self.sidecar_id.clone(),
             permission_id: None,

@@ -1,8 +1,10 @@
 //! `toolctl`: operate toolplane over its public gRPC API.
 //!
 //! Exit codes: 0 success, 1 the server refused (the gRPC status is printed), 2 bad
-//! usage or input, 3 the server could not be reached.
+//! usage or input, 3 the server could not be reached, 4 a check ran and found a
+//! problem (e.g. `audit verify` on a broken chain).
 
+mod audit;
 mod tool_file;
 
 use std::path::PathBuf;
@@ -58,6 +60,9 @@ enum Command {
     /// Grant and check permissions.
     #[command(subcommand)]
     Permissions(PermissionsCmd),
+    /// Query the audit trail, export compliance reports, verify the chain, usage.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Invoke a tool through a sidecar (with an agent token).
     Invoke {
         /// Tool name.
@@ -132,6 +137,8 @@ enum Failure {
     Usage(anyhow::Error),
     Refused(tonic::Status),
     Unreachable(anyhow::Error),
+    /// The command worked and found a problem.
+    Found(String),
 }
 
 impl From<tonic::Status> for Failure {
@@ -354,6 +361,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Command::Audit(cmd) => audit::run(cmd, &cli.server, token, out).await?,
         Command::Invoke { tool, params, sidecar } => {
             let params: Value = serde_json::from_str(&params)
                 .map_err(|e| Failure::Usage(anyhow::anyhow!("--params is not JSON: {e}")))?;
@@ -402,6 +410,10 @@ async fn main() -> ExitCode {
         Err(Failure::Unreachable(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(3)
+        }
+        Err(Failure::Found(what)) => {
+            eprintln!("{what}");
+            ExitCode::from(4)
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct ToolFile {
     pub cache_normalize_keys: bool,
     #[serde(default)]
     pub cache_ignored_params: Vec<String>,
+    #[serde(default)]
+    pub compliance_frameworks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +158,7 @@ impl ToolFile {
             cache_normalize_keys: self.cache_normalize_keys,
             cache_ignored_params: self.cache_ignored_params,
             remote_name: String::new(),
+            compliance_frameworks: self.compliance_frameworks,
         };
         Ok(spec_to_pb(spec))
     }

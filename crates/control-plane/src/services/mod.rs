@@ -1,5 +1,6 @@
 //! gRPC service implementations, one file per service of `toolplane.v1`.
 
+pub mod audit;
 pub mod identity;
 pub mod not_yet;
 pub mod permissions;

@@ -2,9 +2,6 @@
 //! reflection lists them and clients can be generated) but every RPC answers
 //! UNIMPLEMENTED, as the README lists.
 
-use std::pin::Pin;
-
-use futures::Stream;
 use tonic::{Request, Response, Status};
 use toolplane_proto::v1 as pb;
 
@@ -21,42 +18,6 @@ pub struct SelectorService;
 impl pb::tool_selector_server::ToolSelector for SelectorService {
     async fn select_tool(&self, _: Request<pb::SelectToolRequest>) -> Result<Response<pb::SelectToolResponse>, Status> {
         later("ToolSelector.SelectTool")
-    }
-}
-
-#[derive(Default)]
-pub struct AuditService;
-
-#[tonic::async_trait]
-impl pb::audit_server::Audit for AuditService {
-    type QueryAuditTrailStream = Pin<Box<dyn Stream<Item = Result<pb::QueryAuditTrailResponse, Status>> + Send>>;
-
-    async fn query_audit_trail(
-        &self,
-        _: Request<pb::QueryAuditTrailRequest>,
-    ) -> Result<Response<Self::QueryAuditTrailStream>, Status> {
-        later("Audit.QueryAuditTrail")
-    }
-
-    async fn generate_compliance_report(
-        &self,
-        _: Request<pb::GenerateComplianceReportRequest>,
-    ) -> Result<Response<pb::GenerateComplianceReportResponse>, Status> {
-        later("Audit.GenerateComplianceReport")
-    }
-
-    async fn verify_audit_chain(
-        &self,
-        _: Request<pb::VerifyAuditChainRequest>,
-    ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
-        later("Audit.VerifyAuditChain")
-    }
-
-    async fn get_usage_statistics(
-        &self,
-        _: Request<pb::GetUsageStatisticsRequest>,
-    ) -> Result<Response<pb::GetUsageStatisticsResponse>, Status> {
-        later("Audit.GetUsageStatistics")
     }
 }
 

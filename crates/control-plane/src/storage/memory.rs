@@ -3,13 +3,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use toolplane_core::audit::{AuditRecord, ChainHead, chain_of, stored_time};
 use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
-use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::model::{Agent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
 use toolplane_core::stats::{self, ToolStats};
+use toolplane_core::usage::{self, UsageCounts, UsageKey};
 use uuid::Uuid;
 
-use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter};
+use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter, UsageRow};
 
 #[derive(Default)]
 struct State {
@@ -25,8 +27,10 @@ struct State {
     tokens: HashMap<String, TokenRecord>,
     permissions: Vec<Permission>,
     access_requests: Vec<AccessRequest>,
-    audit: Vec<AuditEvent>,
+    audit: Vec<AuditRecord>,
     audit_ids: HashSet<Uuid>,
+    chain_heads: HashMap<String, ChainHead>,
+    usage: BTreeMap<UsageKey, UsageCounts>,
     invocations: HashMap<Uuid, InvocationRecord>,
     /// Outcomes observed per tool, for the statistics.
     outcomes: HashMap<Uuid, u64>,
@@ -344,7 +348,21 @@ impl Store for MemoryStore {
             match e {
                 SyncEvent::Audit(a) => {
                     if st.audit_ids.insert(a.event_id) {
-                        st.audit.push(a.clone());
+                        let chain = chain_of(a);
+                        let mut event = a.clone();
+                        event.occurred_at = stored_time(event.occurred_at);
+                        let (chain_seq, prev_hash, hash) =
+                            st.chain_heads.entry(chain.clone()).or_default().append(&chain, &event);
+                        let seq = st.audit.len() as u64 + 1;
+                        st.audit.push(AuditRecord {
+                            event,
+                            seq,
+                            recorded_at: Utc::now(),
+                            chain,
+                            chain_seq,
+                            prev_hash,
+                            hash,
+                        });
                     }
                 }
                 SyncEvent::Invocation(i) => {
@@ -352,6 +370,8 @@ impl Store for MemoryStore {
                         continue;
                     }
                     st.invocations.insert(i.invocation_id, i.clone());
+                    let (key, counts) = usage::contribution(i);
+                    st.usage.entry(key).or_default().add(&counts);
                     let r = &i.result;
                     if r.cache_hit || !stats::counts(r.status) {
                         continue;
@@ -378,18 +398,87 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+    async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let st = self.read();
+        let matching = st.audit.iter().filter(|r| f.matches(r)).cloned();
+        Ok(if f.limit == 0 {
+            matching.collect()
+        } else {
+            matching.take(f.limit).collect()
+        })
+    }
+
+    async fn audit_chain_page(
+        &self,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        after: Option<(String, u64)>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let st = self.read();
+        let mut page: Vec<AuditRecord> = st
+            .audit
+            .iter()
+            .filter(|r| {
+                since.is_none_or(|t| r.event.occurred_at >= t)
+                    && until.is_none_or(|t| r.event.occurred_at < t)
+                    && after
+                        .as_ref()
+                        .is_none_or(|(c, n)| (r.chain.as_str(), r.chain_seq) > (c.as_str(), *n))
+            })
+            .cloned()
+            .collect();
+        page.sort_by(|a, b| (&a.chain, a.chain_seq).cmp(&(&b.chain, b.chain_seq)));
+        page.truncate(limit);
+        Ok(page)
+    }
+
+    async fn audit_link(&self, chain: &str, chain_seq: u64) -> StoreResult<Option<String>> {
         Ok(self
             .read()
             .audit
             .iter()
-            .filter(|e| {
-                f.invocation_id.is_none_or(|i| e.invocation_id == Some(i))
-                    && f.agent_id.is_none_or(|a| e.agent_id == Some(a))
-                    && f.tool_id.is_none_or(|t| e.tool_id == Some(t))
+            .find(|r| r.chain == chain && r.chain_seq == chain_seq)
+            .map(|r| r.hash.clone()))
+    }
+
+    async fn audit_chain_heads(&self) -> StoreResult<Vec<(String, u64)>> {
+        let mut heads: Vec<(String, u64)> = self
+            .read()
+            .chain_heads
+            .iter()
+            .map(|(c, h)| (c.clone(), h.seq))
+            .collect();
+        heads.sort();
+        Ok(heads)
+    }
+
+    async fn usage(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+        since: Option<NaiveDate>,
+        until: Option<NaiveDate>,
+    ) -> StoreResult<Vec<UsageRow>> {
+        let mut rows: Vec<UsageRow> = self
+            .read()
+            .usage
+            .iter()
+            .filter(|(k, _)| {
+                agent_id.is_none_or(|a| k.agent_id == a)
+                    && tool_id.is_none_or(|t| k.tool_id == t)
+                    && since.is_none_or(|d| k.day >= d)
+                    && until.is_none_or(|d| k.day <= d)
             })
-            .cloned()
-            .collect())
+            .map(|(k, c)| UsageRow {
+                key: k.clone(),
+                counts: c.clone(),
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            (a.key.day, a.key.tool_id, a.key.agent_id).cmp(&(b.key.day, b.key.tool_id, b.key.agent_id))
+        });
+        Ok(rows)
     }
 
     async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>> {

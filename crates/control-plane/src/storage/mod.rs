@@ -5,12 +5,15 @@
 mod memory;
 mod migrate;
 mod postgres;
+mod postgres_audit;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use toolplane_core::audit::AuditRecord;
 use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
-use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::model::{Agent, AuditAction, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::usage::{UsageCounts, UsageKey};
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
@@ -47,6 +50,39 @@ pub struct AuditFilter {
     pub invocation_id: Option<Uuid>,
     pub agent_id: Option<Uuid>,
     pub tool_id: Option<Uuid>,
+    pub task_id: Option<String>,
+    pub action: Option<AuditAction>,
+    pub success: Option<bool>,
+    /// `occurred_at >= since`.
+    pub since: Option<DateTime<Utc>>,
+    /// `occurred_at < until`.
+    pub until: Option<DateTime<Utc>>,
+    /// Only records after this global sequence number (a resumable cursor).
+    pub after_seq: Option<u64>,
+    /// Most records returned; 0 means no limit.
+    pub limit: usize,
+}
+
+impl AuditFilter {
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        let e = &r.event;
+        self.invocation_id.is_none_or(|i| e.invocation_id == Some(i))
+            && self.agent_id.is_none_or(|a| e.agent_id == Some(a))
+            && self.tool_id.is_none_or(|t| e.tool_id == Some(t))
+            && self.task_id.as_ref().is_none_or(|t| e.task_id == *t)
+            && self.action.is_none_or(|a| e.action == a)
+            && self.success.is_none_or(|s| e.success == s)
+            && self.since.is_none_or(|t| e.occurred_at >= t)
+            && self.until.is_none_or(|t| e.occurred_at < t)
+            && self.after_seq.is_none_or(|s| r.seq > s)
+    }
+}
+
+/// One row of usage statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub key: UsageKey,
+    pub counts: UsageCounts,
 }
 
 #[async_trait::async_trait]
@@ -117,11 +153,34 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<AccessRequest>>;
 
     /// Stores events atomically and idempotently: an event whose id is already stored
-    /// is skipped, so sidecars can resend after a lost ack. Each newly stored
-    /// invocation updates its tool's reliability and average latency.
+    /// is skipped, so sidecars can resend after a lost ack. Each newly stored audit
+    /// event is appended to its writer's hash chain; each newly stored invocation
+    /// updates its tool's reliability and average latency and the usage statistics.
     async fn append_events(&self, events: &[SyncEvent]) -> StoreResult<()>;
     /// Ordered by the sequence in which they were recorded.
-    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEvent>>;
+    async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
+    /// Records that occurred in [since, until), in (chain, chain_seq) order, strictly
+    /// after `after` (a chain and position), at most `limit`.
+    async fn audit_chain_page(
+        &self,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        after: Option<(String, u64)>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>>;
+    /// The hash at position `chain_seq` of `chain`: the stored record's, or the anchor
+    /// the retention job left when it dropped the record's partition.
+    async fn audit_link(&self, chain: &str, chain_seq: u64) -> StoreResult<Option<String>>;
+    /// Each chain's last position.
+    async fn audit_chain_heads(&self) -> StoreResult<Vec<(String, u64)>>;
+    /// Usage per tool, agent and day, days in [since, until], ordered by day, tool, agent.
+    async fn usage(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+        since: Option<NaiveDate>,
+        until: Option<NaiveDate>,
+    ) -> StoreResult<Vec<UsageRow>>;
     async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>>;
 
     /// Tells other control plane replicas that state changed (`origin` names the

@@ -1,17 +1,17 @@
 //! PostgreSQL backend (tokio-postgres over a deadpool pool). SQL lives next to the
 //! code that binds its parameters; the schema lives in `migrations/`.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::{Pool, Runtime};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, NoTls, Row, error::SqlState};
 use toolplane_core::model::*;
-use toolplane_core::stats::{self, ToolStats};
 use uuid::Uuid;
 
-use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter, migrate};
+use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter, UsageRow, migrate, postgres_audit};
+use toolplane_core::audit::AuditRecord;
 
 /// The NOTIFY channel replicas announce changes on.
 const CHANGES_CHANNEL: &str = "toolplane_changes";
@@ -80,7 +80,31 @@ impl PostgresStore {
         cfg.pool = Some(deadpool_postgres::PoolConfig::new(pool_size.max(1)));
         let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls)?;
         pool.get().await?.execute("SELECT 1", &[]).await?;
-        Ok(Self { pool })
+        let store = Self { pool };
+        store.spawn_partition_upkeep();
+        Ok(store)
+    }
+
+    /// Keeps monthly audit partitions created ahead of time (now and daily), so
+    /// events never pile up in the default partition.
+    fn spawn_partition_upkeep(&self) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+            loop {
+                every.tick().await;
+                let done = match pool.get().await {
+                    Ok(c) => c
+                        .execute("SELECT toolplane_audit_ensure_partitions(2)", &[])
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "could not create next months' audit partitions; retrying tomorrow");
+                }
+            }
+        });
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
@@ -91,7 +115,7 @@ impl PostgresStore {
     }
 }
 
-fn db_err(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn db_err(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(
             e.as_db_error()
@@ -110,11 +134,11 @@ fn db_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-fn u32_of(v: i64) -> u32 {
+pub(super) fn u32_of(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-fn parse_text<T>(field: &str, s: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
+pub(super) fn parse_text<T>(field: &str, s: &str, parse: fn(&str) -> Option<T>) -> StoreResult<T> {
     parse(s).ok_or_else(|| StoreError::Backend(format!("unknown {field} {s:?} in database")))
 }
 
@@ -122,7 +146,7 @@ const TOOL_COLUMNS: &str = "id, name, category, description, version, input_sche
     examples, capabilities, auth_type, rate_limit_rpm, timeout_ms, required_skills, data_sensitivity, \
     provider, endpoint, protocol, reliability_score, average_latency_ms, cost_per_call, enabled, \
     side_effects, idempotent, cacheable, cache_ttl_seconds, cache_normalize_keys, cache_ignored_params, remote_name, \
-    created_at, updated_at";
+    created_at, updated_at, compliance_frameworks";
 
 fn tool_from_row(r: &Row) -> StoreResult<Tool> {
     let examples: Value = r.get("examples");
@@ -157,6 +181,7 @@ fn tool_from_row(r: &Row) -> StoreResult<Tool> {
             cache_ttl_seconds: u32_of(r.get("cache_ttl_seconds")),
             cache_normalize_keys: r.get("cache_normalize_keys"),
             cache_ignored_params: r.get("cache_ignored_params"),
+            compliance_frameworks: r.get("compliance_frameworks"),
             remote_name: r.get("remote_name"),
         },
         created_at: r.get("created_at"),
@@ -164,7 +189,7 @@ fn tool_from_row(r: &Row) -> StoreResult<Tool> {
     })
 }
 
-const TOOL_COLUMN_COUNT: usize = 30;
+const TOOL_COLUMN_COUNT: usize = 31;
 
 fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
@@ -230,41 +255,9 @@ impl<'a> ToolRow<'a> {
             &s.remote_name,
             &t.created_at,
             &t.updated_at,
+            &s.compliance_frameworks,
         ]
     }
-}
-
-/// Folds one outcome into the tool's statistics (row-locked, so concurrent batches
-/// from several sidecars do not lose updates).
-async fn record_outcome(tx: &deadpool_postgres::Transaction<'_>, r: &ToolResult) -> StoreResult<()> {
-    let Some(row) = tx
-        .query_opt(
-            "SELECT reliability_score, average_latency_ms, outcomes FROM tools WHERE id = $1 FOR UPDATE",
-            &[&r.tool_id],
-        )
-        .await
-        .map_err(db_err)?
-    else {
-        return Ok(());
-    };
-    let prev = ToolStats {
-        reliability_score: row.get(0),
-        average_latency_ms: u32_of(row.get(1)),
-        outcomes: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
-    };
-    let next = stats::observe(prev, r.status, r.duration_ms);
-    tx.execute(
-        "UPDATE tools SET reliability_score = $2, average_latency_ms = $3, outcomes = $4 WHERE id = $1",
-        &[
-            &r.tool_id,
-            &next.reliability_score,
-            &i64::from(next.average_latency_ms),
-            &i64::try_from(next.outcomes).unwrap_or(i64::MAX),
-        ],
-    )
-    .await
-    .map_err(db_err)?;
-    Ok(())
 }
 
 async fn insert_version(tx: &deadpool_postgres::Transaction<'_>, t: &Tool) -> StoreResult<()> {
@@ -359,38 +352,6 @@ fn access_request_from_row(r: &Row) -> StoreResult<AccessRequest> {
         reviewed_at: r.get("reviewed_at"),
         reviewed_by: r.get("reviewed_by"),
         review_reason: r.get("review_reason"),
-        permission_id: r.get("permission_id"),
-    })
-}
-
-fn audit_from_row(r: &Row) -> StoreResult<AuditEvent> {
-    let status: Option<String> = r.get("result_status");
-    let result = match status {
-        Some(s) => Some(ResultSummary {
-            size_bytes: u64::try_from(r.get::<_, Option<i64>>("result_size_bytes").unwrap_or(0)).unwrap_or(0),
-            status: parse_text("result_status", &s, ExecutionStatus::parse)?,
-            digest: r.get::<_, Option<String>>("result_digest").unwrap_or_default(),
-        }),
-        None => None,
-    };
-    let class: Option<String> = r.get("data_classification");
-    Ok(AuditEvent {
-        event_id: r.get("event_id"),
-        action: parse_text("action", r.get("action"), AuditAction::parse)?,
-        invocation_id: r.get("invocation_id"),
-        actor_id: r.get("actor_id"),
-        agent_id: r.get("agent_id"),
-        tool_id: r.get("tool_id"),
-        tool_version: u32_of(r.get("tool_version")),
-        task_id: r.get("task_id"),
-        occurred_at: r.get("occurred_at"),
-        sanitized_parameters: r.get("sanitized_parameters"),
-        result,
-        success: r.get("success"),
-        detail: r.get("detail"),
-        compliance_frameworks: r.get("compliance_frameworks"),
-        data_classification: class.as_deref().and_then(DataSensitivity::parse),
-        sidecar_id: r.get("sidecar_id"),
         permission_id: r.get("permission_id"),
     })
 }
@@ -876,113 +837,123 @@ impl Store for PostgresStore {
     }
 
     async fn append_events(&self, events: &[SyncEvent]) -> StoreResult<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        let audit = tx
-            .prepare(
-                "INSERT INTO audit_events (event_id, action, invocation_id, actor_id, agent_id, tool_id, \
-                 tool_version, task_id, occurred_at, sanitized_parameters, result_size_bytes, result_status, \
-                 result_digest, success, detail, compliance_frameworks, data_classification, sidecar_id, \
-                 permission_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .await
-            .map_err(db_err)?;
-        let invocation = tx
-            .prepare(
-                "INSERT INTO invocations (invocation_id, agent_id, task_id, requested_tool_id, tool_id, \
-                 tool_version, parameters, invoked_at, status, output, error, duration_ms, tokens_used, cost, \
-                 completed_at, cache_hit, attempts, sidecar_id) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18) \
-                 ON CONFLICT (invocation_id) DO NOTHING",
-            )
-            .await
-            .map_err(db_err)?;
+        let mut audit = Vec::new();
+        let mut invocations = Vec::new();
         for e in events {
             match e {
-                SyncEvent::Audit(a) => {
-                    let size = a
-                        .result
-                        .as_ref()
-                        .map(|r| i64::try_from(r.size_bytes).unwrap_or(i64::MAX));
-                    let status = a.result.as_ref().map(|r| r.status.as_str());
-                    let digest = a.result.as_ref().map(|r| r.digest.as_str());
-                    tx.execute(
-                        &audit,
-                        &[
-                            &a.event_id,
-                            &a.action.as_str(),
-                            &a.invocation_id,
-                            &a.actor_id,
-                            &a.agent_id,
-                            &a.tool_id,
-                            &i64::from(a.tool_version),
-                            &a.task_id,
-                            &a.occurred_at,
-                            &a.sanitized_parameters,
-                            &size,
-                            &status,
-                            &digest,
-                            &a.success,
-                            &a.detail,
-                            &a.compliance_frameworks,
-                            &a.data_classification.map(DataSensitivity::as_str),
-                            &a.sidecar_id,
-                            &a.permission_id,
-                        ],
-                    )
-                    .await
-                    .map_err(db_err)?;
-                }
-                SyncEvent::Invocation(i) => {
-                    let r = &i.result;
-                    let inserted = tx
-                        .execute(
-                            &invocation,
-                            &[
-                                &i.invocation_id,
-                                &i.agent_id,
-                                &i.task_id,
-                                &i.requested_tool_id,
-                                &r.tool_id,
-                                &i64::from(r.tool_version),
-                                &i.parameters,
-                                &i.invoked_at,
-                                &r.status.as_str(),
-                                &r.output,
-                                &r.error,
-                                &i64::from(r.duration_ms),
-                                &i64::from(r.tokens_used),
-                                &r.cost,
-                                &r.completed_at,
-                                &r.cache_hit,
-                                &i64::from(r.attempts),
-                                &i.sidecar_id,
-                            ],
-                        )
-                        .await
-                        .map_err(db_err)?;
-                    if inserted == 1 && !r.cache_hit && stats::counts(r.status) {
-                        record_outcome(&tx, r).await?;
-                    }
-                }
+                SyncEvent::Audit(a) => audit.push(a),
+                SyncEvent::Invocation(i) => invocations.push(i),
             }
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        if !audit.is_empty() {
+            postgres_audit::append_audit(&tx, &audit).await?;
+        }
+        if !invocations.is_empty() {
+            postgres_audit::append_invocations(&tx, &invocations).await?;
         }
         tx.commit().await.map_err(db_err)
     }
 
-    async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditEvent>> {
+    async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
+        let (action, after, limit) = postgres_audit::query_params(f);
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT * FROM audit_events WHERE ($1::uuid IS NULL OR invocation_id = $1) \
-                 AND ($2::uuid IS NULL OR agent_id = $2) AND ($3::uuid IS NULL OR tool_id = $3) ORDER BY seq",
-                &[&f.invocation_id, &f.agent_id, &f.tool_id],
+                postgres_audit::QUERY_AUDIT,
+                &[
+                    &f.invocation_id,
+                    &f.agent_id,
+                    &f.tool_id,
+                    &f.task_id,
+                    &action,
+                    &f.success,
+                    &f.since,
+                    &f.until,
+                    &after,
+                    &limit,
+                ],
             )
             .await
             .map_err(db_err)?;
-        rows.iter().map(audit_from_row).collect()
+        rows.iter().map(postgres_audit::record_from_row).collect()
+    }
+
+    async fn audit_chain_page(
+        &self,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        after: Option<(String, u64)>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let (chain, pos) = match &after {
+            Some((c, n)) => (c.as_str(), i64::try_from(*n).unwrap_or(i64::MAX)),
+            None => ("", 0),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT * FROM audit_events WHERE ($1::timestamptz IS NULL OR occurred_at >= $1) \
+                 AND ($2::timestamptz IS NULL OR occurred_at < $2) AND (chain, chain_seq) > ($3, $4) \
+                 ORDER BY chain, chain_seq LIMIT $5",
+                &[&since, &until, &chain, &pos, &limit],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(postgres_audit::record_from_row).collect()
+    }
+
+    async fn audit_link(&self, chain: &str, chain_seq: u64) -> StoreResult<Option<String>> {
+        let pos = i64::try_from(chain_seq).unwrap_or(i64::MAX);
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT hash FROM audit_events WHERE chain = $1 AND chain_seq = $2 \
+                 UNION ALL SELECT hash FROM audit_chain_anchors WHERE chain = $1 AND chain_seq = $2 LIMIT 1",
+                &[&chain, &pos],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn audit_chain_heads(&self) -> StoreResult<Vec<(String, u64)>> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT chain, chain_seq FROM audit_chain_heads ORDER BY chain", &[])
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn usage(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+        since: Option<NaiveDate>,
+        until: Option<NaiveDate>,
+    ) -> StoreResult<Vec<UsageRow>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT * FROM usage_daily WHERE ($1::uuid IS NULL OR agent_id = $1) \
+                 AND ($2::uuid IS NULL OR tool_id = $2) AND ($3::date IS NULL OR day >= $3) \
+                 AND ($4::date IS NULL OR day <= $4) ORDER BY day, tool_id, agent_id",
+                &[&agent_id, &tool_id, &since, &until],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(postgres_audit::usage_from_row).collect())
     }
 
     async fn publish_change(&self, origin: Uuid) -> StoreResult<()> {
