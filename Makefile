@@ -9,7 +9,7 @@ GRPCURL_VERSION := 1.8.6.post2
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke
+.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -30,6 +30,11 @@ bench-registry:
 bench-invoke:
 	$(CARGO) build --release --bins
 	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench invoke
+
+## Audit ingest through the control plane vs raw multi-row INSERT, release build.
+bench-audit:
+	$(CARGO) build --release --bins
+	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench audit
 
 build:
 	$(CARGO) build --workspace --bins
