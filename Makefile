@@ -9,7 +9,7 @@ GRPCURL_VERSION := 1.8.6.post2
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit
+.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit eval-selection
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -35,6 +35,18 @@ bench-invoke:
 bench-audit:
 	$(CARGO) build --release --bins
 	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench audit
+
+## Selection quality on tool-retrieval data: TOOLS=<file> QUERIES=<file>, or both
+## datasets' dev split by default.
+DATA := ../shared/data/tool-retrieval
+eval-selection:
+	$(CARGO) build --release --bins
+ifdef TOOLS
+	target/release/toolplane-eval-selection --tools $(TOOLS) --queries $(QUERIES)
+else
+	@for d in toollens metatool; do printf "%-9s " $$d; \
+		target/release/toolplane-eval-selection --tools $(DATA)/$$d/tools.jsonl --queries $(DATA)/$$d/queries-dev.jsonl; done
+endif
 
 build:
 	$(CARGO) build --workspace --bins

@@ -70,6 +70,7 @@ fn outcome(tool: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent 
         parameters: json!({}),
         invoked_at: now,
         sidecar_id: "s".into(),
+        task_category: "weather".into(),
         result: ToolResult {
             invocation_id: id,
             tool_id: tool.id,
@@ -455,6 +456,7 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         parameters: json!({"q": "x"}),
         invoked_at: ts,
         sidecar_id: "s1".into(),
+        task_category: String::new(),
         result: ToolResult {
             invocation_id: inv,
             tool_id: Uuid::new_v4(),

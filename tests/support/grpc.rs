@@ -122,6 +122,7 @@ pub fn invoke_request(tool_name: &str, params: &Value) -> pb::InvokeRequest {
         tool: Some(pb::invoke_request::Tool::ToolName(tool_name.to_owned())),
         parameters: json_to_struct(params),
         task_id: "task-1".to_owned(),
+        task_category: String::new(),
     }
 }
 

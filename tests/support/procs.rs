@@ -10,11 +10,15 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Where cargo put the workspace binaries (target/<profile>/), found from this test
-/// executable (target/<profile>/deps/<test>).
+/// Where cargo put the workspace binaries (target/<profile>/), found from the running
+/// executable (a test in target/<profile>/deps/, or a binary beside them).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    // Tests and benches run from target/<profile>/deps; binaries from target/<profile>.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

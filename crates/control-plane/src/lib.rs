@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod mcp_import;
+pub mod selection;
 pub mod server;
 pub mod services;
 pub mod state;

@@ -18,9 +18,10 @@ use crate::auth::StoreAuthenticator;
 use crate::config::Config;
 use crate::services::audit::AuditService;
 use crate::services::identity::IdentityService;
-use crate::services::not_yet::{LearningService, SelectorService};
+use crate::services::learning::LearningService;
 use crate::services::permissions::PermissionsService;
 use crate::services::registry::RegistryService;
+use crate::services::selector::SelectorService;
 use crate::services::sync::SyncService;
 use crate::state::AppState;
 use crate::storage::{Store, spawn_change_listener};
@@ -35,6 +36,9 @@ const SERVICES: &[&str] = &[
     "toolplane.v1.Learning",
     "toolplane.v1.SidecarSync",
 ];
+
+/// Outcomes selection relearns from at start-up (the most recent).
+const RELEARN_INVOCATIONS: usize = 200_000;
 
 /// Serves on `listener` until `stop` resolves, then reports NOT_SERVING, stops
 /// accepting and drains in-flight calls within the configured grace period.
@@ -53,6 +57,11 @@ pub async fn serve(
         config.keyring()?,
     );
     let authn = Arc::new(StoreAuthenticator::new(store, &admin_token));
+    match state.relearn(RELEARN_INVOCATIONS).await {
+        Ok(n) if n > 0 => tracing::info!(invocations = n, "selection relearned from stored outcomes"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not relearn from stored outcomes; starting fresh"),
+    }
     if let Some(url) = &config.database_url {
         let s = state.clone();
         spawn_change_listener(url.clone(), state.replica_id, move || s.bump());
@@ -90,9 +99,13 @@ pub async fn serve(
             pb::sidecar_sync_server::SidecarSyncServer::new(SyncService::new(state.clone()))
                 .max_decoding_message_size(64 * 1024 * 1024),
         )
-        .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService))
+        .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService::new(
+            state.clone(),
+        )))
         .add_service(pb::audit_server::AuditServer::new(AuditService::new(state.clone())))
-        .add_service(pb::learning_server::LearningServer::new(LearningService))
+        .add_service(pb::learning_server::LearningServer::new(LearningService::new(
+            state.clone(),
+        )))
         .serve_with_incoming_shutdown(incoming(listener), async move {
             let _ = drained.wait_for(|d| *d).await;
         });

@@ -4,14 +4,19 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use rust_decimal::prelude::ToPrimitive;
 use serde_json::Value;
 use tokio::sync::watch;
 use toolplane_core::crypto::Keyring;
-use toolplane_core::model::{AuditAction, AuditEvent, Credential, Principal, Snapshot, SyncEvent};
+use toolplane_core::model::{
+    AuditAction, AuditEvent, Credential, ExecutionStatus, InvocationRecord, Principal, Snapshot, SyncEvent,
+};
 use toolplane_core::validate::ToolPolicy;
 use uuid::Uuid;
 
 use crate::error::ApiResult;
+use crate::selection::Selector;
+use crate::selection::learning::Outcome;
 use crate::storage::Store;
 
 pub struct AppState {
@@ -24,6 +29,8 @@ pub struct AppState {
     revision: watch::Sender<u64>,
     /// The latest snapshot built, shared by every sidecar session.
     built: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+    /// The selection index and what the fleet learned about tools.
+    pub selector: Selector,
 }
 
 impl AppState {
@@ -37,7 +44,40 @@ impl AppState {
             replica_id: Uuid::now_v7(),
             revision: watch::Sender::new(start),
             built: tokio::sync::Mutex::new(None),
+            selector: Selector::default(),
         })
+    }
+
+    /// Feeds an invocation outcome to selection's learning. Cache hits and calls that
+    /// never reached the tool (refused, rate limited) say nothing about the tool.
+    pub fn learn(&self, i: &InvocationRecord, quality: Option<f64>) {
+        let r = &i.result;
+        if r.cache_hit || !toolplane_core::stats::counts(r.status) {
+            return;
+        }
+        self.selector.learning.record(&Outcome {
+            tool_id: r.tool_id,
+            agent_id: i.agent_id,
+            category: i.task_category.clone(),
+            success: matches!(r.status, ExecutionStatus::Success | ExecutionStatus::PartialSuccess),
+            duration_ms: f64::from(r.duration_ms),
+            cost: r.cost.to_f64().unwrap_or(0.0),
+            at: r.completed_at,
+        });
+        if let Some(q) = quality {
+            self.selector
+                .learning
+                .record_quality(r.tool_id, i.agent_id, &i.task_category, q);
+        }
+    }
+
+    /// Relearns from the most recent stored invocations (start-up).
+    pub async fn relearn(&self, limit: usize) -> ApiResult<usize> {
+        let recent = self.store.recent_invocations(limit).await?;
+        for (i, q) in &recent {
+            self.learn(i, *q);
+        }
+        Ok(recent.len())
     }
 
     /// Credentials of live tools, decrypted for the sync stream. One that does not

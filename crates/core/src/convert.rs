@@ -781,6 +781,7 @@ pub fn invocation_to_pb(i: &InvocationRecord) -> pb::InvocationRecord {
         invoked_at: Some(ts(i.invoked_at)),
         result: Some(result_to_pb(&i.result)),
         sidecar_id: i.sidecar_id.clone(),
+        task_category: i.task_category.clone(),
     }
 }
 
@@ -797,6 +798,7 @@ pub fn invocation_from_pb(i: pb::InvocationRecord) -> Result<InvocationRecord, V
                 .ok_or_else(|| Violations::single("invocation.result", "is required"))?,
         )?,
         sidecar_id: i.sidecar_id,
+        task_category: i.task_category,
     })
 }
 

@@ -395,6 +395,7 @@ pub struct InvocationRecord {
     pub invoked_at: DateTime<Utc>,
     pub result: ToolResult,
     pub sidecar_id: String,
+    pub task_category: String,
 }
 
 /// What a sidecar reports; each is stored once by `event_id`.

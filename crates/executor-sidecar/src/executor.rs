@@ -81,6 +81,7 @@ struct Ctx<'a> {
     agent_id: Uuid,
     tool: &'a Tool,
     task_id: String,
+    task_category: String,
     sanitized: Value,
     permission_id: Option<Uuid>,
     started: Instant,
@@ -97,6 +98,7 @@ struct Call {
     tool: Option<pb::invoke_request::Tool>,
     parameters: Value,
     task_id: String,
+    task_category: String,
     deadline: Option<Duration>,
 }
 
@@ -211,6 +213,7 @@ impl ExecutorService {
             agent_id: agent.id,
             tool,
             task_id: call.task_id,
+            task_category: call.task_category,
             sanitized,
             permission_id,
             started,
@@ -531,6 +534,7 @@ impl ExecutorService {
                 ..result.clone()
             },
             sidecar_id: self.sidecar_id.clone(),
+            task_category: ctx.task_category.clone(),
         }));
         result
     }
@@ -594,6 +598,7 @@ fn call_of(agent_id: Uuid, r: pb::InvokeRequest, deadline: Option<Duration>) -> 
         tool: r.tool,
         parameters,
         task_id: r.task_id,
+        task_category: r.task_category,
         deadline,
     }
 }

@@ -371,6 +371,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     tool: Some(pb::invoke_request::Tool::ToolName(tool)),
                     parameters: json_to_struct(&params),
                     task_id: String::new(),
+                    task_category: String::new(),
                 })
                 .await?
                 .into_inner()

@@ -2,9 +2,10 @@
 
 pub mod audit;
 pub mod identity;
-pub mod not_yet;
+pub mod learning;
 pub mod permissions;
 pub mod registry;
+pub mod selector;
 pub mod sync;
 
 use toolplane_core::Violations;

@@ -78,6 +78,11 @@ async fn store_batch(state: &AppState, batch: pb::EventBatch) -> Result<Vec<Stri
         .append_events(&events)
         .await
         .map_err(|e| Status::from(crate::error::ApiError::from(e)))?;
+    for e in &events {
+        if let toolplane_core::model::SyncEvent::Invocation(i) = e {
+            state.learn(i, None);
+        }
+    }
     Ok(ids)
 }
 

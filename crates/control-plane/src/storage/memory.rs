@@ -11,7 +11,7 @@ use toolplane_core::stats::{self, ToolStats};
 use toolplane_core::usage::{self, UsageCounts, UsageKey};
 use uuid::Uuid;
 
-use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter, UsageRow};
+use super::{AuditFilter, SelectionLogEntry, Store, StoreError, StoreResult, ToolFilter, UsageRow};
 
 #[derive(Default)]
 struct State {
@@ -32,6 +32,10 @@ struct State {
     chain_heads: HashMap<String, ChainHead>,
     usage: BTreeMap<UsageKey, UsageCounts>,
     invocations: HashMap<Uuid, InvocationRecord>,
+    /// Invocation ids in arrival order.
+    invocation_order: Vec<Uuid>,
+    quality: HashMap<Uuid, f64>,
+    selections: Vec<SelectionLogEntry>,
     /// Outcomes observed per tool, for the statistics.
     outcomes: HashMap<Uuid, u64>,
 }
@@ -370,6 +374,7 @@ impl Store for MemoryStore {
                         continue;
                     }
                     st.invocations.insert(i.invocation_id, i.clone());
+                    st.invocation_order.push(i.invocation_id);
                     let (key, counts) = usage::contribution(i);
                     st.usage.entry(key).or_default().add(&counts);
                     let r = &i.result;
@@ -483,5 +488,52 @@ impl Store for MemoryStore {
 
     async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>> {
         Ok(self.read().invocations.get(&invocation_id).cloned())
+    }
+
+    async fn recent_invocations(&self, limit: usize) -> StoreResult<Vec<(InvocationRecord, Option<f64>)>> {
+        let st = self.read();
+        let skip = st.invocation_order.len().saturating_sub(limit);
+        Ok(st.invocation_order[skip..]
+            .iter()
+            .filter_map(|id| st.invocations.get(id).map(|i| (i.clone(), st.quality.get(id).copied())))
+            .collect())
+    }
+
+    async fn record_quality(
+        &self,
+        invocation_id: Uuid,
+        quality: f64,
+        _task_succeeded: bool,
+    ) -> StoreResult<Option<InvocationRecord>> {
+        let mut st = self.write();
+        let Some(i) = st.invocations.get(&invocation_id).cloned() else {
+            return Ok(None);
+        };
+        st.quality.insert(invocation_id, quality);
+        Ok(Some(i))
+    }
+
+    async fn log_selection(&self, entry: &SelectionLogEntry) -> StoreResult<()> {
+        let mut st = self.write();
+        // Bounded: the embedded default keeps the latest decisions only.
+        if st.selections.len() >= 10_000 {
+            st.selections.remove(0);
+        }
+        st.selections.push(entry.clone());
+        Ok(())
+    }
+
+    async fn selection_log(&self, agent_id: Option<Uuid>, limit: usize) -> StoreResult<Vec<SelectionLogEntry>> {
+        let st = self.read();
+        let mut out: Vec<SelectionLogEntry> = st
+            .selections
+            .iter()
+            .rev()
+            .filter(|e| agent_id.is_none_or(|a| e.agent_id == Some(a)))
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        Ok(out)
     }
 }

@@ -78,6 +78,22 @@ impl AuditFilter {
     }
 }
 
+/// One selection decision, as logged (`tool_selection_log`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectionLogEntry {
+    pub selection_id: Uuid,
+    pub agent_id: Option<Uuid>,
+    pub task_category: String,
+    /// Redacted.
+    pub task_description: String,
+    pub primary_tool_id: Uuid,
+    pub alternatives: Vec<Uuid>,
+    pub combined_score: f64,
+    pub confidence: f64,
+    pub reasoning: String,
+    pub selected_at: DateTime<Utc>,
+}
+
 /// One row of usage statistics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRow {
@@ -182,6 +198,19 @@ pub trait Store: Send + Sync + 'static {
         until: Option<NaiveDate>,
     ) -> StoreResult<Vec<UsageRow>>;
     async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>>;
+    /// The most recent `limit` invocations, oldest first, with any reported quality:
+    /// what selection relearns from at start-up.
+    async fn recent_invocations(&self, limit: usize) -> StoreResult<Vec<(InvocationRecord, Option<f64>)>>;
+    /// Records an agent's verdict on an invocation; `None` when there is no such
+    /// invocation.
+    async fn record_quality(
+        &self,
+        invocation_id: Uuid,
+        quality: f64,
+        task_succeeded: bool,
+    ) -> StoreResult<Option<InvocationRecord>>;
+    async fn log_selection(&self, entry: &SelectionLogEntry) -> StoreResult<()>;
+    async fn selection_log(&self, agent_id: Option<Uuid>, limit: usize) -> StoreResult<Vec<SelectionLogEntry>>;
 
     /// Tells other control plane replicas that state changed (`origin` names the
     /// sender). The in-memory backend has no other replicas.

@@ -10,7 +10,9 @@ use tokio_postgres::{GenericClient, NoTls, Row, error::SqlState};
 use toolplane_core::model::*;
 use uuid::Uuid;
 
-use super::{AuditFilter, Store, StoreError, StoreResult, ToolFilter, UsageRow, migrate, postgres_audit};
+use super::{
+    AuditFilter, SelectionLogEntry, Store, StoreError, StoreResult, ToolFilter, UsageRow, migrate, postgres_audit,
+};
 use toolplane_core::audit::AuditRecord;
 
 /// The NOTIFY channel replicas announce changes on.
@@ -365,6 +367,7 @@ fn invocation_from_row(r: &Row) -> StoreResult<InvocationRecord> {
         parameters: r.get("parameters"),
         invoked_at: r.get("invoked_at"),
         sidecar_id: r.get("sidecar_id"),
+        task_category: r.get("task_category"),
         result: ToolResult {
             invocation_id: r.get("invocation_id"),
             tool_id: r.get("tool_id"),
@@ -954,6 +957,94 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         Ok(rows.iter().map(postgres_audit::usage_from_row).collect())
+    }
+
+    async fn recent_invocations(&self, limit: usize) -> StoreResult<Vec<(InvocationRecord, Option<f64>)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT * FROM (SELECT * FROM invocations ORDER BY completed_at DESC LIMIT $1) r ORDER BY completed_at",
+                &[&limit],
+            )
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((invocation_from_row(r)?, r.get::<_, Option<f64>>("quality"))))
+            .collect()
+    }
+
+    async fn record_quality(
+        &self,
+        invocation_id: Uuid,
+        quality: f64,
+        task_succeeded: bool,
+    ) -> StoreResult<Option<InvocationRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE invocations SET quality = $2, task_succeeded = $3 WHERE invocation_id = $1 RETURNING *",
+                &[&invocation_id, &quality, &task_succeeded],
+            )
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(invocation_from_row).transpose()
+    }
+
+    async fn log_selection(&self, e: &SelectionLogEntry) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO tool_selection_log (selection_id, agent_id, task_category, task_description, \
+                 primary_tool_id, alternatives, combined_score, confidence, reasoning, selected_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+                &[
+                    &e.selection_id,
+                    &e.agent_id,
+                    &e.task_category,
+                    &e.task_description,
+                    &e.primary_tool_id,
+                    &e.alternatives,
+                    &e.combined_score,
+                    &e.confidence,
+                    &e.reasoning,
+                    &e.selected_at,
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn selection_log(&self, agent_id: Option<Uuid>, limit: usize) -> StoreResult<Vec<SelectionLogEntry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT * FROM (SELECT * FROM tool_selection_log WHERE ($1::uuid IS NULL OR agent_id = $1) \
+                 ORDER BY selected_at DESC LIMIT $2) r ORDER BY selected_at",
+                &[&agent_id, &limit],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| SelectionLogEntry {
+                selection_id: r.get("selection_id"),
+                agent_id: r.get("agent_id"),
+                task_category: r.get("task_category"),
+                task_description: r.get("task_description"),
+                primary_tool_id: r.get("primary_tool_id"),
+                alternatives: r.get("alternatives"),
+                combined_score: r.get("combined_score"),
+                confidence: r.get("confidence"),
+                reasoning: r.get("reasoning"),
+                selected_at: r.get("selected_at"),
+            })
+            .collect())
     }
 
     async fn publish_change(&self, origin: Uuid) -> StoreResult<()> {

@@ -1,0 +1,295 @@
+//! What the fleet learned about tools: per tool × task category × agent, decayed
+//! success counts (recent outcomes weigh more, so a tool that turns bad is noticed),
+//! EWMA duration and cost, reported quality, last use and a trend; and the Bayesian
+//! suitability selection ranks with.
+//!
+//! Suitability shrinks hierarchically: the tool's fleet-wide rate (itself shrunk toward
+//! `FLEET_PRIOR`) is the prior of its rate for a task category, which is the prior of
+//! one agent's rate for that category. A new agent starts at what the fleet knows, not
+//! at 0.5; a new tool starts optimistic, so it gets tried.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::RwLock;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// Prior success rate of a tool nobody has used yet, and its weight in outcomes.
+const FLEET_PRIOR: f64 = 0.8;
+const FLEET_PRIOR_WEIGHT: f64 = 2.0;
+/// Weight (in outcomes) of each level's prior on the level below.
+const SHRINKAGE: f64 = 4.0;
+/// Each new outcome multiplies the earlier counts by this: an effective memory of
+/// about 1 / (1 - DECAY) = 50 outcomes.
+const DECAY: f64 = 0.98;
+const EWMA_ALPHA: f64 = 0.2;
+/// Outcomes in the trend's recent window, and how far it must move from the longer
+/// history to count as a trend.
+const RECENT: usize = 20;
+const TREND_MARGIN: f64 = 0.1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trend {
+    Improving,
+    Stable,
+    Declining,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    pub invocations: u64,
+    /// Decayed counts.
+    weight: f64,
+    successes: f64,
+    /// Undecayed, for the trend's long history.
+    total_successes: u64,
+    pub ewma_duration_ms: f64,
+    pub ewma_cost: f64,
+    quality_sum: f64,
+    quality_n: u64,
+    pub last_used: Option<DateTime<Utc>>,
+    recent: VecDeque<bool>,
+}
+
+impl Cell {
+    fn record(&mut self, success: bool, duration_ms: f64, cost: f64, at: DateTime<Utc>) {
+        self.weight = self.weight * DECAY + 1.0;
+        self.successes = self.successes * DECAY + if success { 1.0 } else { 0.0 };
+        if self.invocations == 0 {
+            self.ewma_duration_ms = duration_ms;
+            self.ewma_cost = cost;
+        } else {
+            self.ewma_duration_ms += EWMA_ALPHA * (duration_ms - self.ewma_duration_ms);
+            self.ewma_cost += EWMA_ALPHA * (cost - self.ewma_cost);
+        }
+        self.invocations += 1;
+        self.total_successes += u64::from(success);
+        self.last_used = Some(self.last_used.map_or(at, |l| l.max(at)));
+        self.recent.push_back(success);
+        if self.recent.len() > RECENT {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Posterior mean with `prior` weighted as `strength` outcomes.
+    fn posterior(&self, prior: f64, strength: f64) -> f64 {
+        (self.successes + strength * prior) / (self.weight + strength)
+    }
+
+    pub fn success_rate(&self) -> f64 {
+        if self.invocations == 0 {
+            0.0
+        } else {
+            self.total_successes as f64 / self.invocations as f64
+        }
+    }
+
+    pub fn quality(&self) -> Option<f64> {
+        (self.quality_n > 0).then(|| self.quality_sum / self.quality_n as f64)
+    }
+
+    /// The recent window against the whole history.
+    pub fn trend(&self) -> Trend {
+        if self.recent.len() < RECENT / 2 || self.invocations < (RECENT as u64) {
+            return Trend::Stable;
+        }
+        let recent = self.recent.iter().filter(|s| **s).count() as f64 / self.recent.len() as f64;
+        let long = self.success_rate();
+        if recent > long + TREND_MARGIN {
+            Trend::Improving
+        } else if recent < long - TREND_MARGIN {
+            Trend::Declining
+        } else {
+            Trend::Stable
+        }
+    }
+}
+
+/// One observed outcome.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub tool_id: Uuid,
+    pub agent_id: Uuid,
+    pub category: String,
+    pub success: bool,
+    pub duration_ms: f64,
+    pub cost: f64,
+    pub at: DateTime<Utc>,
+}
+
+/// Keys: (tool, category, agent); `""` and `Uuid::nil()` stand for "any".
+type Key = (Uuid, String, Uuid);
+
+/// How often agents followed a category's recommendation, and how that went.
+#[derive(Debug, Clone, Default)]
+pub struct FollowStats {
+    pub recommended: u64,
+    pub followed: u64,
+    pub followed_succeeded: u64,
+}
+
+#[derive(Default)]
+pub struct Learning {
+    cells: RwLock<HashMap<Key, Cell>>,
+    /// The latest recommendation per (agent, category), to tell whether it was followed.
+    last_pick: RwLock<HashMap<(Uuid, String), Uuid>>,
+    follow: RwLock<HashMap<String, FollowStats>>,
+}
+
+impl Learning {
+    pub fn record(&self, o: &Outcome) {
+        let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
+        let any = Uuid::nil();
+        let keys = [
+            (o.tool_id, String::new(), any),
+            (o.tool_id, o.category.clone(), any),
+            (o.tool_id, String::new(), o.agent_id),
+            (o.tool_id, o.category.clone(), o.agent_id),
+        ];
+        for (i, k) in keys.into_iter().enumerate() {
+            // Without a category, levels 1 and 3 are levels 0 and 2.
+            if o.category.is_empty() && (i == 1 || i == 3) {
+                continue;
+            }
+            cells
+                .entry(k)
+                .or_default()
+                .record(o.success, o.duration_ms, o.cost, o.at);
+        }
+        drop(cells);
+        let pick = self
+            .last_pick
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(o.agent_id, o.category.clone()))
+            .copied();
+        if let Some(recommended) = pick {
+            let mut follow = self.follow.write().unwrap_or_else(|e| e.into_inner());
+            let f = follow.entry(o.category.clone()).or_default();
+            if recommended == o.tool_id {
+                f.followed += 1;
+                f.followed_succeeded += u64::from(o.success);
+            }
+            self.last_pick
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(o.agent_id, o.category.clone()));
+        }
+    }
+
+    /// An agent's verdict on a result; counts toward the cells' quality.
+    pub fn record_quality(&self, tool: Uuid, agent: Uuid, category: &str, quality: f64) {
+        let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
+        for k in [
+            (tool, String::new(), Uuid::nil()),
+            (tool, category.to_owned(), Uuid::nil()),
+            (tool, category.to_owned(), agent),
+        ] {
+            let c = cells.entry(k).or_default();
+            c.quality_sum += quality.clamp(0.0, 1.0);
+            c.quality_n += 1;
+        }
+    }
+
+    /// Selection recommended `tool` to `agent` for `category`.
+    pub fn recommended(&self, agent: Uuid, category: &str, tool: Uuid) {
+        self.last_pick
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((agent, category.to_owned()), tool);
+        self.follow
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(category.to_owned())
+            .or_default()
+            .recommended += 1;
+    }
+
+    /// Posterior success estimate of `tool` for `agent` on `category`, and how many
+    /// of this agent's own outcomes it rests on.
+    pub fn suitability(&self, tool: Uuid, agent: Option<Uuid>, category: &str) -> (f64, u64) {
+        let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
+        let get = |c: &str, a: Uuid| cells.get(&(tool, c.to_owned(), a));
+        let any = Uuid::nil();
+        let global = get("", any).map_or(FLEET_PRIOR, |c| c.posterior(FLEET_PRIOR, FLEET_PRIOR_WEIGHT));
+        let cat = if category.is_empty() {
+            global
+        } else {
+            get(category, any).map_or(global, |c| c.posterior(global, SHRINKAGE))
+        };
+        let Some(agent) = agent else {
+            return (cat, 0);
+        };
+        match get(category, agent) {
+            Some(c) => (c.posterior(cat, SHRINKAGE), c.invocations),
+            None => (cat, 0),
+        }
+    }
+
+    /// Rows matching the filters (`None`: any); category `""` and agent `nil` rows are
+    /// the aggregates.
+    pub fn effectiveness(&self, tool: Option<Uuid>, category: Option<&str>, agent: Option<Uuid>) -> Vec<(Key, Cell)> {
+        let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<(Key, Cell)> = cells
+            .iter()
+            .filter(|((t, c, a), _)| {
+                tool.is_none_or(|x| *t == x) && category.is_none_or(|x| c == x) && agent.is_none_or(|x| *a == x)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    pub fn follow_stats(&self, category: &str) -> FollowStats {
+        self.follow
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(category)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(tool: Uuid, agent: Uuid, success: bool) -> Outcome {
+        Outcome {
+            tool_id: tool,
+            agent_id: agent,
+            category: "search".to_owned(),
+            success,
+            duration_ms: 10.0,
+            cost: 0.0,
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_new_agent_starts_from_what_the_fleet_knows_and_bad_news_shows_fast() {
+        let l = Learning::default();
+        let (tool, veteran, newcomer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for i in 0..100 {
+            l.record(&outcome(tool, veteran, i % 10 != 0)); // 90 %
+        }
+        let (s, n) = l.suitability(tool, Some(newcomer), "search");
+        assert_eq!(n, 0);
+        assert!(
+            (0.8..0.95).contains(&s),
+            "a newcomer inherits the fleet's ~0.9, got {s}"
+        );
+        let (before, _) = l.suitability(tool, Some(veteran), "search");
+        for _ in 0..30 {
+            l.record(&outcome(tool, veteran, false));
+        }
+        let (after, _) = l.suitability(tool, Some(veteran), "search");
+        assert!(
+            after < before - 0.3,
+            "decayed counts notice a drop: {before} -> {after}"
+        );
+        let row = &l.effectiveness(Some(tool), Some("search"), Some(veteran))[0].1;
+        assert_eq!(row.trend(), Trend::Declining);
+    }
+}

@@ -1,0 +1,380 @@
+//! Tool selection: text relevance (BM25F over the catalog, in memory, rebuilt when the
+//! registry changes), capability match, learned suitability and latency/cost headroom,
+//! combined with documented weights; only tools the agent may use are candidates.
+//!
+//! combined = 0.6 · match + 0.3 · suitability + 0.1 · headroom, where
+//! match = text (scaled so the best candidate is 1) — or, when capabilities are
+//! required, 0.7 · text + 0.3 · the share of required capabilities the tool has;
+//! suitability is [`learning::Learning::suitability`]; headroom is how far under the
+//! caller's latency and cost limits the tool runs (0.5 when no limit is given).
+//! confidence = combined · (0.5 + 0.5 · min(1, margin / 0.15)), margin being the lead
+//! over the runner-up.
+
+pub mod index;
+pub mod learning;
+pub mod text;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use toolplane_core::model::{DataSensitivity, Snapshot, Tool};
+use toolplane_core::permission::evaluate;
+use uuid::Uuid;
+
+use index::{Bm25Params, Document, FIELDS, Field, TextIndex};
+use learning::Learning;
+use text::Analyzer;
+
+pub const WEIGHT_MATCH: f64 = 0.6;
+pub const WEIGHT_SUITABILITY: f64 = 0.3;
+pub const WEIGHT_HEADROOM: f64 = 0.1;
+const CAPABILITY_SHARE: f64 = 0.3;
+/// Candidates scored in full, best text relevance first.
+const SHORTLIST: usize = 50;
+const CONFIDENT_MARGIN: f64 = 0.15;
+
+/// The catalog as selection sees it at one snapshot revision.
+pub struct Built {
+    pub revision: u64,
+    pub snapshot: Arc<Snapshot>,
+    index: TextIndex,
+    /// Lowercase capability → tools (snapshot indices) that have it.
+    capabilities: HashMap<String, Vec<u32>>,
+    /// Agent → tool → its grants (indices into `snapshot.permissions`).
+    grants: HashMap<Uuid, HashMap<Uuid, Vec<usize>>>,
+    agents: HashMap<Uuid, usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub text: String,
+    pub capabilities: Vec<String>,
+    pub category: String,
+    pub max_latency_ms: u32,
+    pub max_cost: Option<Decimal>,
+    pub max_sensitivity: Option<DataSensitivity>,
+    pub alternatives: usize,
+    /// `None`: an admin asking about the whole catalog (no permission filter).
+    pub agent: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub tool: usize,
+    pub text: f64,
+    /// Required capabilities the tool has, of how many.
+    pub capabilities: (usize, usize),
+    pub matching: f64,
+    pub suitability: f64,
+    /// This agent's own outcomes behind `suitability`.
+    pub evidence: u64,
+    pub headroom: f64,
+    pub combined: f64,
+}
+
+pub struct Selection {
+    pub built: Arc<Built>,
+    pub primary: Scored,
+    pub alternatives: Vec<Scored>,
+    pub confidence: f64,
+    pub reasoning: String,
+}
+
+impl Selection {
+    pub fn tool(&self, s: &Scored) -> &Tool {
+        &self.built.snapshot.tools[s.tool]
+    }
+}
+
+#[derive(Default)]
+pub struct Selector {
+    analyzer: Analyzer,
+    params: Bm25Params,
+    built: RwLock<Option<Arc<Built>>>,
+    pub learning: Learning,
+}
+
+fn schema_text(schema: &serde_json::Value, out: &mut String, depth: usize) {
+    let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+        return;
+    };
+    for (name, sub) in props {
+        out.push_str(name);
+        out.push(' ');
+        if let Some(d) = sub.get("description").and_then(|d| d.as_str()) {
+            out.push_str(d);
+            out.push(' ');
+        }
+        if depth < 2 {
+            schema_text(sub, out, depth + 1);
+            schema_text(&sub["items"], out, depth + 1);
+        }
+    }
+}
+
+fn document(t: &Tool) -> Document {
+    let s = &t.spec;
+    let mut d: Document = Default::default();
+    d[Field::Name as usize] = s.name.clone();
+    d[Field::Description as usize] = s.description.clone();
+    d[Field::Category as usize] = s.category.clone();
+    d[Field::Capabilities as usize] = s.capabilities.join(" ");
+    schema_text(&s.input_schema, &mut d[Field::Parameters as usize], 0);
+    schema_text(&s.output_schema, &mut d[Field::Returns as usize], 0);
+    d[Field::Examples as usize] = s
+        .examples
+        .iter()
+        .map(|e| e.description.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    debug_assert_eq!(d.len(), FIELDS);
+    d
+}
+
+impl Selector {
+    /// A selector with other BM25F parameters (tuning and experiments).
+    pub fn with_params(params: Bm25Params) -> Self {
+        Self {
+            params,
+            ..Self::default()
+        }
+    }
+
+    /// The index for `snapshot`, built once per revision.
+    pub fn index(&self, snapshot: Arc<Snapshot>) -> Arc<Built> {
+        if let Some(b) = self.built.read().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && b.revision == snapshot.revision
+        {
+            return b.clone();
+        }
+        let docs: Vec<Document> = snapshot.tools.iter().map(document).collect();
+        let index = TextIndex::build(&self.analyzer, &docs, &self.params);
+        let mut capabilities: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, t) in snapshot.tools.iter().enumerate() {
+            for c in &t.spec.capabilities {
+                capabilities.entry(c.to_lowercase()).or_default().push(i as u32);
+            }
+        }
+        let mut grants: HashMap<Uuid, HashMap<Uuid, Vec<usize>>> = HashMap::new();
+        for (i, p) in snapshot.permissions.iter().enumerate() {
+            grants
+                .entry(p.agent_id)
+                .or_default()
+                .entry(p.tool_id)
+                .or_default()
+                .push(i);
+        }
+        let agents = snapshot.agents.iter().enumerate().map(|(i, a)| (a.id, i)).collect();
+        let built = Arc::new(Built {
+            revision: snapshot.revision,
+            snapshot,
+            index,
+            capabilities,
+            grants,
+            agents,
+        });
+        *self.built.write().unwrap_or_else(|e| e.into_inner()) = Some(built.clone());
+        built
+    }
+
+    /// Whether the agent may use the tool now (permissions, skills, enabled).
+    fn allowed(built: &Built, agent: Option<Uuid>, tool: &Tool, now: DateTime<Utc>) -> bool {
+        let Some(agent_id) = agent else {
+            return tool.spec.enabled;
+        };
+        let Some(agent) = built.agents.get(&agent_id).map(|i| &built.snapshot.agents[*i]) else {
+            return false;
+        };
+        let Some(ids) = built.grants.get(&agent_id).and_then(|m| m.get(&tool.id)) else {
+            return false;
+        };
+        let grants = ids.iter().map(|i| &built.snapshot.permissions[*i]);
+        evaluate(agent, tool, grants, now).allowed
+    }
+
+    fn within_limits(q: &Query, t: &Tool) -> bool {
+        let s = &t.spec;
+        (q.max_latency_ms == 0 || s.average_latency_ms <= q.max_latency_ms)
+            && q.max_cost.is_none_or(|m| s.cost_per_call <= m)
+            && q.max_sensitivity.is_none_or(|m| s.requirements.data_sensitivity <= m)
+    }
+
+    fn headroom(q: &Query, t: &Tool) -> f64 {
+        let mut parts = Vec::new();
+        if q.max_latency_ms > 0 {
+            parts.push(1.0 - f64::from(t.spec.average_latency_ms) / f64::from(q.max_latency_ms));
+        }
+        if let Some(m) = q.max_cost.filter(|m| !m.is_zero()) {
+            parts.push(1.0 - (t.spec.cost_per_call / m).to_f64().unwrap_or(1.0));
+        }
+        if parts.is_empty() {
+            0.5
+        } else {
+            (parts.iter().sum::<f64>() / parts.len() as f64).clamp(0.0, 1.0)
+        }
+    }
+
+    /// The best tools for `q`, or why there is none.
+    pub fn select(&self, built: Arc<Built>, q: &Query, now: DateTime<Utc>) -> Result<Selection, String> {
+        let tools = &built.snapshot.tools;
+        let terms = self.analyzer.terms(&q.text);
+        let mut scores = Vec::new();
+        let mut touched = built.index.score(&terms, &mut scores);
+        let required: Vec<String> = q.capabilities.iter().map(|c| c.to_lowercase()).collect();
+        if !required.is_empty() {
+            let mut with_cap: Vec<u32> = required
+                .iter()
+                .filter_map(|c| built.capabilities.get(c))
+                .flatten()
+                .copied()
+                .collect();
+            with_cap.sort_unstable();
+            with_cap.dedup();
+            touched = with_cap;
+        } else if touched.is_empty() {
+            // Nothing in the text matched: every tool the agent may use is a candidate.
+            touched = match q.agent.and_then(|a| built.grants.get(&a)) {
+                Some(m) => tools
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| m.contains_key(&t.id))
+                    .map(|(i, _)| i as u32)
+                    .collect(),
+                None if q.agent.is_none() => (0..tools.len() as u32).collect(),
+                None => Vec::new(),
+            };
+        }
+        touched.sort_by(|a, b| {
+            let (sa, sb) = (
+                scores.get(*a as usize).copied().unwrap_or(0.0),
+                scores.get(*b as usize).copied().unwrap_or(0.0),
+            );
+            sb.total_cmp(&sa).then(a.cmp(b))
+        });
+        let mut shortlist: Vec<(usize, f64)> = Vec::new();
+        for doc in touched {
+            let t = &tools[doc as usize];
+            if Self::within_limits(q, t) && Self::allowed(&built, q.agent, t, now) {
+                shortlist.push((
+                    doc as usize,
+                    f64::from(scores.get(doc as usize).copied().unwrap_or(0.0)),
+                ));
+                if shortlist.len() >= SHORTLIST {
+                    break;
+                }
+            }
+        }
+        if shortlist.is_empty() {
+            return Err(if required.is_empty() {
+                "no tool this agent may use fits the task and the limits".to_owned()
+            } else {
+                format!(
+                    "no tool this agent may use has any of the capabilities {} within the limits",
+                    q.capabilities.join(", ")
+                )
+            });
+        }
+        let best = shortlist.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+        let mut scored: Vec<Scored> = shortlist
+            .into_iter()
+            .map(|(i, raw)| {
+                let t = &tools[i];
+                let text = if best > 0.0 { raw / best } else { 0.0 };
+                let have = required
+                    .iter()
+                    .filter(|c| t.spec.capabilities.iter().any(|x| x.to_lowercase() == **c))
+                    .count();
+                let matching = if required.is_empty() {
+                    text
+                } else {
+                    (1.0 - CAPABILITY_SHARE) * text + CAPABILITY_SHARE * have as f64 / required.len() as f64
+                };
+                let (suitability, evidence) = self.learning.suitability(t.id, q.agent, &q.category);
+                let headroom = Self::headroom(q, t);
+                Scored {
+                    tool: i,
+                    text,
+                    capabilities: (have, required.len()),
+                    matching,
+                    suitability,
+                    evidence,
+                    headroom,
+                    combined: WEIGHT_MATCH * matching + WEIGHT_SUITABILITY * suitability + WEIGHT_HEADROOM * headroom,
+                }
+            })
+            .collect();
+        scored.sort_by(|a, b| b.combined.total_cmp(&a.combined).then(a.tool.cmp(&b.tool)));
+        scored.truncate(q.alternatives + 1);
+        let primary = scored.remove(0);
+        let margin = scored
+            .first()
+            .map_or(primary.combined, |r| primary.combined - r.combined);
+        let confidence = (primary.combined * (0.5 + 0.5 * (margin / CONFIDENT_MARGIN).min(1.0))).clamp(0.0, 1.0);
+        let reasoning = reasoning(tools, &primary, &scored);
+        Ok(Selection {
+            built,
+            primary,
+            alternatives: scored,
+            confidence,
+            reasoning,
+        })
+    }
+}
+
+fn describe(t: &Tool, s: &Scored) -> String {
+    let caps = if s.capabilities.1 > 0 {
+        format!(", capabilities {}/{}", s.capabilities.0, s.capabilities.1)
+    } else {
+        String::new()
+    };
+    let evidence = if s.evidence > 0 {
+        format!(" from {} of this agent's calls", s.evidence)
+    } else {
+        " (prior: the fleet's record)".to_owned()
+    };
+    format!(
+        "{} (combined {:.2}: text {:.2}{caps}, suitability {:.2}{evidence}, headroom {:.2})",
+        t.spec.name, s.combined, s.text, s.suitability, s.headroom
+    )
+}
+
+/// Why the primary won, from the numbers: its breakdown, then against each
+/// alternative the factor that made the biggest weighted difference.
+fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored]) -> String {
+    let mut out = format!("chose {}", describe(&tools[primary.tool], primary));
+    for a in alternatives {
+        let diffs = [
+            (
+                "text relevance",
+                WEIGHT_MATCH * (primary.matching - a.matching),
+                primary.matching,
+                a.matching,
+            ),
+            (
+                "suitability",
+                WEIGHT_SUITABILITY * (primary.suitability - a.suitability),
+                primary.suitability,
+                a.suitability,
+            ),
+            (
+                "headroom",
+                WEIGHT_HEADROOM * (primary.headroom - a.headroom),
+                primary.headroom,
+                a.headroom,
+            ),
+        ];
+        let (what, _, p, o) = diffs
+            .iter()
+            .copied()
+            .max_by(|x, y| x.1.total_cmp(&y.1))
+            .unwrap_or(diffs[0]);
+        out.push_str(&format!(
+            "; over {} ({:.2}): {what} {p:.2} vs {o:.2}",
+            tools[a.tool].spec.name, a.combined
+        ));
+    }
+    out
+}

@@ -1,0 +1,150 @@
+//! `ToolSelector.SelectTool`: the best tool this agent may use for a task, with
+//! alternatives, a confidence and the reasons; every decision is logged.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+use toolplane_core::Violations;
+use toolplane_core::convert::{parse_decimal, sensitivity_from_pb, tool_to_pb};
+use toolplane_core::model::{Principal, Role};
+use toolplane_core::redact::Redactor;
+use toolplane_proto::v1 as pb;
+use toolplane_runtime::auth::{PrincipalExt, principal};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::selection::{Query, Scored, Selection};
+use crate::state::AppState;
+use crate::storage::SelectionLogEntry;
+
+/// Longest task description accepted.
+pub const MAX_TASK_DESCRIPTION: usize = 8192;
+pub const MAX_ALTERNATIVES: u32 = 10;
+
+pub struct SelectorService {
+    state: Arc<AppState>,
+}
+
+impl SelectorService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn query_from(who: &Principal, req: &pb::SelectToolRequest) -> ApiResult<Query> {
+    let mut bad = Violations::default();
+    let text = req.task_description.trim();
+    if text.is_empty() && req.required_capabilities.is_empty() {
+        bad.push("task_description", "is required (or give required_capabilities)");
+    }
+    if text.len() > MAX_TASK_DESCRIPTION {
+        bad.push(
+            "task_description",
+            format!("is longer than {MAX_TASK_DESCRIPTION} bytes"),
+        );
+    }
+    if req.max_alternatives > MAX_ALTERNATIVES {
+        bad.push("max_alternatives", format!("is above the limit of {MAX_ALTERNATIVES}"));
+    }
+    let c = req.constraints.clone().unwrap_or_default();
+    let max_cost = if c.max_cost.is_empty() {
+        None
+    } else {
+        match parse_decimal("constraints.max_cost", &c.max_cost) {
+            Ok(d) => Some(d),
+            Err(v) => {
+                bad.0.extend(v.0);
+                None
+            }
+        }
+    };
+    bad.into_result()?;
+    Ok(Query {
+        text: text.to_owned(),
+        capabilities: req.required_capabilities.clone(),
+        category: req.task_category.trim().to_owned(),
+        max_latency_ms: c.max_latency_ms,
+        max_cost,
+        max_sensitivity: sensitivity_from_pb(c.max_data_sensitivity),
+        alternatives: if req.max_alternatives == 0 {
+            3
+        } else {
+            req.max_alternatives as usize
+        },
+        agent: match who {
+            Principal::Agent { agent_id, .. } => Some(*agent_id),
+            _ => None,
+        },
+    })
+}
+
+fn scored_pb(sel: &Selection, s: &Scored) -> pb::ScoredTool {
+    pb::ScoredTool {
+        tool: Some(tool_to_pb(sel.tool(s))),
+        match_score: s.matching,
+        suitability_score: s.suitability,
+        combined_score: s.combined,
+    }
+}
+
+impl SelectorService {
+    /// Selects for `who`; shared with `Executor.ExecuteTask` through the RPC.
+    pub async fn select(&self, who: &Principal, req: pb::SelectToolRequest) -> ApiResult<pb::SelectToolResponse> {
+        let q = query_from(who, &req)?;
+        let snapshot = self.state.snapshot().await?;
+        let state = self.state.clone();
+        // Building the index of a large catalog takes a moment: off the async workers.
+        let built = tokio::task::spawn_blocking(move || state.selector.index(snapshot))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("selection index: {e}")))?;
+        let sel = self
+            .state
+            .selector
+            .select(built, &q, Utc::now())
+            .map_err(ApiError::NotFound)?;
+        let selection_id = Uuid::now_v7();
+        let primary = sel.tool(&sel.primary).id;
+        if let Some(agent) = q.agent {
+            self.state.selector.learning.recommended(agent, &q.category, primary);
+        }
+        let entry = SelectionLogEntry {
+            selection_id,
+            agent_id: q.agent,
+            task_category: q.category.clone(),
+            task_description: Redactor::default().redact_text(&q.text),
+            primary_tool_id: primary,
+            alternatives: sel.alternatives.iter().map(|a| sel.tool(a).id).collect(),
+            combined_score: sel.primary.combined,
+            confidence: sel.confidence,
+            reasoning: sel.reasoning.clone(),
+            selected_at: Utc::now(),
+        };
+        let store = self.state.store.clone();
+        // The log is for analysis; a slow database must not slow selection.
+        tokio::spawn(async move {
+            if let Err(e) = store.log_selection(&entry).await {
+                tracing::warn!(error = %e, "could not log a selection decision");
+            }
+        });
+        Ok(pb::SelectToolResponse {
+            primary: Some(scored_pb(&sel, &sel.primary)),
+            alternatives: sel.alternatives.iter().map(|a| scored_pb(&sel, a)).collect(),
+            confidence: sel.confidence,
+            reasoning: sel.reasoning.clone(),
+            selection_id: selection_id.to_string(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::tool_selector_server::ToolSelector for SelectorService {
+    async fn select_tool(
+        &self,
+        request: Request<pb::SelectToolRequest>,
+    ) -> Result<Response<pb::SelectToolResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Agent, Role::Admin], "ToolSelector.SelectTool")?;
+        Ok(Response::new(self.select(&who, request.into_inner()).await?))
+    }
+}
