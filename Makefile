@@ -9,7 +9,7 @@ GRPCURL_VERSION := 1.8.6.post2
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit eval-selection
+.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -35,6 +35,11 @@ bench-invoke:
 bench-audit:
 	$(CARGO) build --release --bins
 	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench audit
+
+## SelectTool latency with 1k/10k/100k tools, in process and over gRPC, release build.
+bench-select:
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p toolplane-tests --bench select
 
 ## Selection quality on tool-retrieval data: TOOLS=<file> QUERIES=<file>, or both
 ## datasets' dev split by default.

@@ -121,7 +121,7 @@ fn eval(d: &Data, params: Bm25Params) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let base = "../shared/data/tool-retrieval";
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/tool-retrieval");
     let tl = load(&format!("{base}/toollens"));
     let mt = load(&format!("{base}/metatool"));
     let spec = std::env::args().nth(1);
