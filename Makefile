@@ -9,7 +9,7 @@ GRPCURL_VERSION := 1.8.6.post2
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection
+.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-learning
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -40,6 +40,11 @@ bench-audit:
 bench-select:
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p toolplane-tests --bench select
+
+## Does selection learn? 50 simulated tools, agents calling through a sidecar.
+eval-learning:
+	$(CARGO) build --release --bins
+	target/release/toolplane-eval-learning
 
 ## Selection quality on tool-retrieval data: TOOLS=<file> QUERIES=<file>, or both
 ## datasets' dev split by default.

@@ -47,6 +47,12 @@ pub struct Config {
     )]
     pub retired_master_keys: Vec<String>,
 
+    /// Selection exploration: `off` (deterministic: always the best estimate) or
+    /// `thompson` (sample each tool's suitability from its posterior, so tools with
+    /// little evidence keep getting tried).
+    #[arg(long, env = "TOOLPLANE_SELECTION_EXPLORATION", default_value = "off", value_parser = ["off", "thompson"])]
+    pub selection_exploration: String,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -57,6 +57,9 @@ pub async fn serve(
         config.keyring()?,
     );
     let authn = Arc::new(StoreAuthenticator::new(store, &admin_token));
+    state
+        .selector
+        .set_exploration(config.selection_exploration == "thompson");
     match state.relearn(RELEARN_INVOCATIONS).await {
         Ok(n) if n > 0 => tracing::info!(invocations = n, "selection relearned from stored outcomes"),
         Ok(_) => {}

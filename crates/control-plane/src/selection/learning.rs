@@ -19,9 +19,11 @@ const FLEET_PRIOR: f64 = 0.8;
 const FLEET_PRIOR_WEIGHT: f64 = 2.0;
 /// Weight (in outcomes) of each level's prior on the level below.
 const SHRINKAGE: f64 = 4.0;
+/// How much of the fleet's evidence counts toward one agent's certainty when sampling.
+const FLEET_EVIDENCE_SHARE: f64 = 1.0;
 /// Each new outcome multiplies the earlier counts by this: an effective memory of
-/// about 1 / (1 - DECAY) = 50 outcomes.
-const DECAY: f64 = 0.98;
+/// about 1 / (1 - DECAY) = 100 outcomes.
+const DECAY: f64 = 0.99;
 const EWMA_ALPHA: f64 = 0.2;
 /// Outcomes in the trend's recent window, and how far it must move from the longer
 /// history to count as a trend.
@@ -205,24 +207,52 @@ impl Learning {
             .recommended += 1;
     }
 
+    /// A draw from the posterior of `tool`'s success for `agent` on `category`
+    /// (Thompson sampling), and the agent's own outcomes behind it.
+    pub fn sample(&self, tool: Uuid, agent: Option<Uuid>, category: &str, rng: &mut impl rand::Rng) -> (f64, u64) {
+        let (mean, strength, evidence) = self.posterior(tool, agent, category);
+        let (a, b) = ((mean * strength).max(1e-3), ((1.0 - mean) * strength).max(1e-3));
+        match rand_distr::Beta::new(a, b) {
+            Ok(beta) => (rand_distr::Distribution::sample(&beta, rng), evidence),
+            Err(_) => (mean, evidence),
+        }
+    }
+
     /// Posterior success estimate of `tool` for `agent` on `category`, and how many
     /// of this agent's own outcomes it rests on.
     pub fn suitability(&self, tool: Uuid, agent: Option<Uuid>, category: &str) -> (f64, u64) {
+        let (mean, _, evidence) = self.posterior(tool, agent, category);
+        (mean, evidence)
+    }
+
+    /// Mean, strength (in outcomes) and the agent's own evidence.
+    fn posterior(&self, tool: Uuid, agent: Option<Uuid>, category: &str) -> (f64, f64, u64) {
         let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
         let get = |c: &str, a: Uuid| cells.get(&(tool, c.to_owned(), a));
         let any = Uuid::nil();
-        let global = get("", any).map_or(FLEET_PRIOR, |c| c.posterior(FLEET_PRIOR, FLEET_PRIOR_WEIGHT));
-        let cat = if category.is_empty() {
-            global
-        } else {
-            get(category, any).map_or(global, |c| c.posterior(global, SHRINKAGE))
-        };
+        let strength = |c: Option<&Cell>, prior: f64| c.map_or(0.0, |c| c.weight) + prior;
+        let g = get("", any);
+        let global = g.map_or(FLEET_PRIOR, |c| c.posterior(FLEET_PRIOR, FLEET_PRIOR_WEIGHT));
+        let mut level = (global, strength(g, FLEET_PRIOR_WEIGHT));
+        if !category.is_empty() {
+            let c = get(category, any);
+            level = (
+                c.map_or(level.0, |c| c.posterior(level.0, SHRINKAGE)),
+                strength(c, SHRINKAGE),
+            );
+        }
         let Some(agent) = agent else {
-            return (cat, 0);
+            return (level.0, level.1, 0);
         };
+        // The agent's own evidence plus what the fleet's evidence lends it: a newcomer
+        // is as certain as the fleet, not as uncertain as its own empty record.
         match get(category, agent) {
-            Some(c) => (c.posterior(cat, SHRINKAGE), c.invocations),
-            None => (cat, 0),
+            Some(c) => (
+                c.posterior(level.0, SHRINKAGE),
+                c.weight + SHRINKAGE.max(level.1 * FLEET_EVIDENCE_SHARE),
+                c.invocations,
+            ),
+            None => (level.0, level.1, 0),
         }
     }
 

@@ -95,6 +95,8 @@ pub struct Selector {
     params: Bm25Params,
     built: RwLock<Option<Arc<Built>>>,
     pub learning: Learning,
+    /// Thompson sampling instead of the posterior mean (off: deterministic).
+    explore: std::sync::atomic::AtomicBool,
 }
 
 fn schema_text(schema: &serde_json::Value, out: &mut String, depth: usize) {
@@ -135,6 +137,10 @@ fn document(t: &Tool) -> Document {
 }
 
 impl Selector {
+    pub fn set_exploration(&self, on: bool) {
+        self.explore.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// A selector with other BM25F parameters (tuning and experiments).
     pub fn with_params(params: Bm25Params) -> Self {
         Self {
@@ -278,6 +284,8 @@ impl Selector {
             });
         }
         let best = shortlist.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+        let explore = self.explore.load(std::sync::atomic::Ordering::Relaxed);
+        let mut rng = rand::rng();
         let mut scored: Vec<Scored> = shortlist
             .into_iter()
             .map(|(i, raw)| {
@@ -292,7 +300,11 @@ impl Selector {
                 } else {
                     (1.0 - CAPABILITY_SHARE) * text + CAPABILITY_SHARE * have as f64 / required.len() as f64
                 };
-                let (suitability, evidence) = self.learning.suitability(t.id, q.agent, &q.category);
+                let (suitability, evidence) = if explore {
+                    self.learning.sample(t.id, q.agent, &q.category, &mut rng)
+                } else {
+                    self.learning.suitability(t.id, q.agent, &q.category)
+                };
                 let headroom = Self::headroom(q, t);
                 Scored {
                     tool: i,
