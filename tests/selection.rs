@@ -294,3 +294,101 @@ async fn selection_ranks_what_the_agent_may_use_explains_it_and_learns_from_outc
         .get(0);
     assert!(logged >= 4, "{logged}");
 }
+
+#[tokio::test]
+async fn execute_task_selects_calls_and_moves_on_when_the_primary_fails() {
+    let tools = ToolServer::start().await;
+    let cp = control_plane(None).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let counts = "Counts the words of a text";
+    // Same description: the tie goes to the first registered, which fails.
+    let broken = admin
+        .register(tool("count_words_v1", counts, &["analyze"], &tools.url("/fail")))
+        .await
+        .unwrap();
+    let working = admin
+        .register(tool("count_words_v2", counts, &["analyze"], &tools.url("/word_count")))
+        .await
+        .unwrap();
+    let forbidden = admin
+        .register(tool(
+            "count_words_premium",
+            counts,
+            &["analyze"],
+            &tools.url("/word_count"),
+        ))
+        .await
+        .unwrap();
+    let agent = admin.agent("tasker").await;
+    admin.grant_full(&agent.id, &broken.id).await;
+    admin.grant_full(&agent.id, &working.id).await;
+    let token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let sc = sidecar(&cp, &sidecar_token).await;
+    let ex = executor(&sc.url(), Some(&token)).await;
+    let task = |text: &str| pb::ExecuteTaskRequest {
+        task_description: text.to_owned(),
+        parameters: toolplane_core::json::json_to_struct(&json!({"text": "one two three"})),
+        task_id: "essay".to_owned(),
+        task_category: "counting".to_owned(),
+        ..Default::default()
+    };
+    let r = eventually("the sidecar to serve", WAIT, || {
+        let mut ex = ex.clone();
+        let t = task("count the words of my essay");
+        async move { ex.execute_task(t).await.ok() }
+    })
+    .await
+    .into_inner();
+    let sel = r.selection.unwrap();
+    assert_eq!(
+        sel.primary.as_ref().unwrap().tool.as_ref().unwrap().name,
+        "count_words_v1"
+    );
+    let names: Vec<String> = sel
+        .alternatives
+        .iter()
+        .map(|s| s.tool.as_ref().unwrap().name.clone())
+        .collect();
+    assert!(!names.contains(&forbidden.name), "{names:?}");
+    let result = r.result.unwrap();
+    assert_eq!(
+        result.status,
+        pb::ToolExecutionStatus::Success as i32,
+        "{}",
+        result.error
+    );
+    assert_eq!(
+        result.tool_id, working.id,
+        "the alternative answered after the primary failed"
+    );
+    assert_eq!(
+        toolplane_core::json::struct_to_json(result.output.and_then(|v| match v.kind {
+            Some(prost_types::value::Kind::StructValue(s)) => Some(s),
+            _ => None,
+        })),
+        json!({"words": 3})
+    );
+    assert_eq!(tools.hits("/fail"), 1, "the primary was really called");
+
+    // Parameters no candidate accepts: INVALID_ARGUMENT naming the pointer.
+    let mut bad = task("count the words of my essay");
+    bad.parameters = toolplane_core::json::json_to_struct(&json!({"text": 42}));
+    let e = ex.clone().execute_task(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("parameters/text"), "{}", e.message());
+
+    // Without the control plane there is no selection: UNAVAILABLE, said plainly.
+    drop(cp);
+    let e = eventually("the control plane to be gone", WAIT, || {
+        let mut ex = ex.clone();
+        let t = task("count the words of my essay");
+        async move { ex.execute_task(t).await.err().filter(|e| e.code() == Code::Unavailable) }
+    })
+    .await;
+    assert!(
+        e.message().contains("selection needs the control plane"),
+        "{}",
+        e.message()
+    );
+}

@@ -56,6 +56,8 @@ pub struct ExecutorService {
     pub retry: RetryPolicy,
     pub redactor: Redactor,
     pub sidecar_id: String,
+    /// The control plane's selector, for `ExecuteTask`.
+    pub selector: Option<pb::tool_selector_client::ToolSelectorClient<tonic::transport::Channel>>,
 }
 
 /// Parses the `grpc-timeout` header (e.g. `250m`, `5S`) the client's deadline arrives in.
@@ -93,13 +95,13 @@ struct Ctx<'a> {
     stale: bool,
 }
 
-struct Call {
-    agent_id: Uuid,
-    tool: Option<pb::invoke_request::Tool>,
-    parameters: Value,
-    task_id: String,
-    task_category: String,
-    deadline: Option<Duration>,
+pub(crate) struct Call {
+    pub(crate) agent_id: Uuid,
+    pub(crate) tool: Option<pb::invoke_request::Tool>,
+    pub(crate) parameters: Value,
+    pub(crate) task_id: String,
+    pub(crate) task_category: String,
+    pub(crate) deadline: Option<Duration>,
 }
 
 impl ExecutorService {
@@ -133,7 +135,7 @@ impl ExecutorService {
         }
     }
 
-    async fn run_call(&self, call: Call) -> Result<ToolResult, ExecError> {
+    pub(crate) async fn run_call(&self, call: Call) -> Result<ToolResult, ExecError> {
         let started = Instant::now();
         if !self.outbox.accepts_calls() {
             return Err(ExecError::SpoolFull);
@@ -688,9 +690,13 @@ impl Executor for ExecutorGrpc {
 
     async fn execute_task(
         &self,
-        _: Request<pb::ExecuteTaskRequest>,
+        request: Request<pb::ExecuteTaskRequest>,
     ) -> Result<Response<pb::ExecuteTaskResponse>, Status> {
-        Err(ExecError::Unimplemented("Executor.ExecuteTask").into())
+        let agent_id = ExecutorService::agent_of(&request)?;
+        let deadline = grpc_timeout(request.metadata());
+        let authorization = request.metadata().get("authorization").cloned();
+        let r = crate::task::execute(&self.0, agent_id, authorization, request.into_inner(), deadline).await?;
+        Ok(Response::new(r))
     }
 }
 

@@ -18,4 +18,5 @@ pub mod shared_redis;
 pub mod snapshot;
 pub mod spool;
 pub mod sync;
+pub mod task;
 pub mod upstream;

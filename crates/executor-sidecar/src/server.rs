@@ -30,6 +30,21 @@ use crate::upstream::Upstream;
 
 const EXECUTOR: &str = "toolplane.v1.Executor";
 
+/// A lazily connected client of the control plane's selector (for `ExecuteTask`),
+/// over the same TLS as the sync stream.
+fn selector_client(
+    config: &Config,
+) -> anyhow::Result<pb::tool_selector_client::ToolSelectorClient<tonic::transport::Channel>> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(config.control_plane.clone())?
+        .connect_timeout(std::time::Duration::from_secs(2));
+    if let Some(tls) = config.control_plane_tls.client_config()? {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(pb::tool_selector_client::ToolSelectorClient::new(
+        endpoint.connect_lazy(),
+    ))
+}
+
 pub async fn serve(
     config: &Config,
     listener: TcpListener,
@@ -86,6 +101,7 @@ pub async fn serve(
             .build(),
         redactor: Redactor::default(),
         sidecar_id,
+        selector: Some(selector_client(config)?),
     });
 
     let (health, health_service) = grpc::health(&[EXECUTOR]).await;
