@@ -1222,6 +1222,25 @@ async fn cacheable_tools_answer_from_cache_with_one_upstream_call() {
         }
     })
     .await;
+    // Each upstream fetch of the cacheable tool is a CACHE_MISS (warm-up, the one
+    // fetch of the 20 concurrent calls, "other"), each also a TOOL_INVOKED.
+    let upstream = i64::try_from(sys.tools.hits("/echo")).unwrap();
+    eventually("a CACHE_MISS event per upstream fetch", WAIT, || {
+        let client = &client;
+        async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM audit_events WHERE action = 'cache_miss' AND tool_id = $1",
+                    &[&tool_id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(n <= upstream, "{n} misses for {upstream} upstream calls");
+            (n == upstream).then_some(())
+        }
+    })
+    .await;
 }
 
 async fn set_strategy(

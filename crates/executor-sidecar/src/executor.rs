@@ -274,6 +274,9 @@ impl ExecutorService {
             })
             .await;
         let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        if !matches!(fetched, Ok((_, Source::Local | Source::Shared))) {
+            self.audit_cache_miss(&ctx);
+        }
         Ok(match fetched {
             Ok((output, Source::Upstream)) => {
                 let outcome = Outcome::ok(output);
@@ -397,6 +400,22 @@ impl ExecutorService {
             }
             DegradationMode::Partial | DegradationMode::Abort => None,
         }
+    }
+
+    /// This call went upstream for a cacheable tool (it, not a concurrent twin, fetched).
+    fn audit_cache_miss(&self, ctx: &Ctx<'_>) {
+        let (inv, task) = (ctx.invocation_id, &ctx.task_id);
+        let mut e = self.audit(
+            AuditAction::CacheMiss,
+            ctx.agent_id,
+            ctx.tool,
+            inv,
+            task,
+            &ctx.sanitized,
+        );
+        e.success = true;
+        e.permission_id = ctx.permission_id;
+        self.outbox.push(SyncEvent::Audit(e));
     }
 
     fn audit_fallback(&self, ctx: &Ctx<'_>, tool: &Tool, detail: &str) {
