@@ -65,9 +65,10 @@ impl AppState {
             at: r.completed_at,
         });
         if let Some(q) = quality {
+            let ok = matches!(r.status, ExecutionStatus::Success | ExecutionStatus::PartialSuccess);
             self.selector
                 .learning
-                .record_quality(r.tool_id, i.agent_id, &i.task_category, q);
+                .record_quality(r.tool_id, i.agent_id, &i.task_category, q, true, ok);
         }
     }
 

@@ -179,8 +179,22 @@ impl Learning {
         }
     }
 
-    /// An agent's verdict on a result; counts toward the cells' quality.
-    pub fn record_quality(&self, tool: Uuid, agent: Uuid, category: &str, quality: f64) {
+    /// An agent's verdict on a result it received: the quality is kept, and it also
+    /// corrects the success estimate — a call that "succeeded" but did not serve the
+    /// task (low quality, or `task_succeeded` false) counts as that much failure.
+    /// `call_succeeded`: the invocation itself was counted a success (only then is
+    /// there a success to correct).
+    pub fn record_quality(
+        &self,
+        tool: Uuid,
+        agent: Uuid,
+        category: &str,
+        quality: f64,
+        task_succeeded: bool,
+        call_succeeded: bool,
+    ) {
+        let quality = quality.clamp(0.0, 1.0);
+        let served = if task_succeeded { quality } else { 0.0 };
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         for k in [
             (tool, String::new(), Uuid::nil()),
@@ -188,8 +202,12 @@ impl Learning {
             (tool, category.to_owned(), agent),
         ] {
             let c = cells.entry(k).or_default();
-            c.quality_sum += quality.clamp(0.0, 1.0);
+            c.quality_sum += quality;
             c.quality_n += 1;
+            // Replace the last outcome's full success with the verdict's share of it.
+            if call_succeeded && c.weight > 0.0 {
+                c.successes = (c.successes - (1.0 - served)).max(0.0);
+            }
         }
     }
 
@@ -321,5 +339,23 @@ mod tests {
         );
         let row = &l.effectiveness(Some(tool), Some("search"), Some(veteran))[0].1;
         assert_eq!(row.trend(), Trend::Declining);
+    }
+
+    #[test]
+    fn poor_verdicts_on_successful_calls_lower_suitability() {
+        let l = Learning::default();
+        let (good, hollow, agent) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for _ in 0..10 {
+            l.record(&outcome(good, agent, true));
+            l.record(&outcome(hollow, agent, true));
+            // Every call of `hollow` succeeds technically but does not serve the task.
+            l.record_quality(hollow, agent, "search", 0.1, false, true);
+            l.record_quality(good, agent, "search", 0.9, true, true);
+        }
+        let (g, _) = l.suitability(good, Some(agent), "search");
+        let (h, _) = l.suitability(hollow, Some(agent), "search");
+        assert!(g > h + 0.4, "{g} vs {h}");
+        let row = &l.effectiveness(Some(hollow), Some("search"), Some(agent))[0].1;
+        assert!((row.quality().unwrap() - 0.1).abs() < 1e-9);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use toolplane_core::Violations;
 use toolplane_core::convert::{opt_ts, parse_uuid};
-use toolplane_core::model::{Principal, Role};
+use toolplane_core::model::{ExecutionStatus, Principal, Role};
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::{PrincipalExt, principal};
 use uuid::Uuid;
@@ -47,10 +47,18 @@ impl LearningService {
             .store
             .record_quality(id, req.quality, req.task_succeeded)
             .await?;
-        self.state
-            .selector
-            .learning
-            .record_quality(inv.result.tool_id, inv.agent_id, &inv.task_category, req.quality);
+        let call_succeeded = matches!(
+            inv.result.status,
+            ExecutionStatus::Success | ExecutionStatus::PartialSuccess
+        ) && !inv.result.cache_hit;
+        self.state.selector.learning.record_quality(
+            inv.result.tool_id,
+            inv.agent_id,
+            &inv.task_category,
+            req.quality,
+            req.task_succeeded,
+            call_succeeded,
+        );
         Ok(())
     }
 }
