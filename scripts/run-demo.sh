@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 BIN=target/debug
 CP_ADDR=127.0.0.1:50051
 SIDECAR_ADDR=127.0.0.1:50061
+MCP_ADDR=127.0.0.1:50062
 TOOLS_ADDR=127.0.0.1:50071
 STATE=.toolplane
 mkdir -p "$STATE"
@@ -16,7 +17,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-for port in 50051 50061 50071; do
+for port in 50051 50061 50062 50071; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is already in use; stop whatever listens there first" >&2; exit 1
   fi
@@ -49,7 +50,7 @@ AGENT_TOKEN=$("$BIN/toolctl" -o value tokens issue --role agent --agent "$AGENT"
 SIDECAR_TOKEN=$("$BIN/toolctl" -o value tokens issue --role sidecar)
 
 TOOLPLANE_SIDECAR_TOKEN="$SIDECAR_TOKEN" "$BIN/toolplane-sidecar" --listen "$SIDECAR_ADDR" \
-  --control-plane "http://$CP_ADDR" --spool-dir "$STATE/spool" >"$STATE/sidecar.out" 2>"$STATE/sidecar.log" & pids+=($!)
+  --control-plane "http://$CP_ADDR" --spool-dir "$STATE/spool" --mcp-listen "$MCP_ADDR" >"$STATE/sidecar.out" 2>"$STATE/sidecar.log" & pids+=($!)
 wait_listening "$STATE/sidecar.out" "sidecar"
 
 cat >"$STATE/demo.env" <<ENV
@@ -63,6 +64,7 @@ cat <<MSG
 
 toolplane is running (state in memory; logs in $STATE/*.log)
   control plane  $CP_ADDR    sidecar  $SIDECAR_ADDR    demo tools  http://$TOOLS_ADDR
+  MCP for agents http://$MCP_ADDR/mcp  (authorization: Bearer \$AGENT_TOKEN)
 
 Tokens are in $STATE/demo.env:   source $STATE/demo.env
 
@@ -72,6 +74,14 @@ Invoke a tool through the sidecar as the demo agent:
     $SIDECAR_ADDR toolplane.v1.Executor/Invoke
 
   $BIN/toolctl --token "\$AGENT_TOKEN" invoke calculator --params '{"expression":"2*(3+4)"}'
+
+Let toolplane pick the tool for a task, or pick and run it in one call:
+  $GRPCURL -plaintext -H "authorization: Bearer \$AGENT_TOKEN" \\
+    -d '{"task_description":"convert 100 degrees celsius to fahrenheit"}' \\
+    $CP_ADDR toolplane.v1.ToolSelector/SelectTool
+  $GRPCURL -plaintext -H "authorization: Bearer \$AGENT_TOKEN" \\
+    -d '{"task_description":"convert a temperature","parameters":{"value":100,"from":"c","to":"f"}}' \\
+    $SIDECAR_ADDR toolplane.v1.Executor/ExecuteTask
 
 List services and tools:
   $GRPCURL -plaintext $CP_ADDR list

@@ -64,6 +64,11 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_BREAKER_OPEN_SECS", value_parser = parse_secs, default_value = "30")]
     pub breaker_open_for: Duration,
 
+    /// Serve MCP (Streamable HTTP) for agents at http://<addr>/mcp, e.g.
+    /// 127.0.0.1:50062; off when unset.
+    #[arg(long, env = "TOOLPLANE_MCP_LISTEN")]
+    pub mcp_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub control_plane_tls: toolplane_runtime::tls::ClientTlsArgs,
 

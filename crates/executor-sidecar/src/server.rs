@@ -19,6 +19,7 @@ use toolplane_runtime::lifecycle::with_grace;
 use crate::auth::SnapshotAuthenticator;
 use crate::config::Config;
 use crate::executor::{ExecutorGrpc, ExecutorService};
+use crate::mcp_server::McpFrontDoor;
 use crate::outbox::Outbox;
 use crate::quota::Quotas;
 use crate::rate_limit::{RateLimiter, redis_client};
@@ -29,6 +30,21 @@ use crate::sync::SyncClient;
 use crate::upstream::Upstream;
 
 const EXECUTOR: &str = "toolplane.v1.Executor";
+
+/// Binds, retrying for a moment: a fixed port inside the ephemeral range can be held
+/// briefly by some short-lived outgoing connection.
+async fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 25 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// A lazily connected client of the control plane's selector (for `ExecuteTask`),
 /// over the same TLS as the sync stream.
@@ -103,6 +119,15 @@ pub async fn serve(
         sidecar_id,
         selector: Some(selector_client(config)?),
     });
+
+    if let Some(addr) = config.mcp_listen {
+        let listener = bind_retrying(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for MCP on {addr}: {e}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving MCP (Streamable HTTP) at /mcp");
+        let door = McpFrontDoor::new(executor.clone(), Arc::new(SnapshotAuthenticator::new(snapshot.clone())));
+        tokio::spawn(crate::mcp_server::serve(listener, door));
+    }
 
     let (health, health_service) = grpc::health(&[EXECUTOR]).await;
     let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;

@@ -1,0 +1,313 @@
+//! The sidecar's MCP front door (Streamable HTTP, rmcp): any MCP-capable agent gets the
+//! tools it may use, governed exactly like `Executor.Invoke` — every request is
+//! authenticated by the agent's bearer token, `tools/list` is a per-agent virtual
+//! catalog (paged), `tools/call` runs the same pipeline (permissions, schema, quotas,
+//! rate limits, cache, retries, fallbacks, audit, learning), and the built-in
+//! `toolplane_select` ranks tools for a task description.
+//!
+//! Requests are authenticated one by one (not per session), so a revoked token stops
+//! working at once. Sessions are cheap: with MCP 2026-07-28 the transport is stateless
+//! and survives a sidecar restart; older clients re-initialize after a restart.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool as McpTool, ToolAnnotations,
+};
+use rmcp::service::{NotificationContext, Peer, RequestContext};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+use tonic::metadata::MetadataValue;
+use toolplane_core::model::{ExecutionStatus, Principal, SideEffects};
+use toolplane_core::permission::evaluate;
+use toolplane_proto::v1 as pb;
+use toolplane_runtime::auth::Authenticate;
+use uuid::Uuid;
+
+use crate::auth::SnapshotAuthenticator;
+use crate::error::ExecError;
+use crate::executor::{Call, ExecutorService};
+
+const BEARER_PREFIX: &str = "Bearer ";
+/// The built-in selection tool.
+pub const SELECT_TOOL: &str = "toolplane_select";
+/// Tools per `tools/list` page.
+pub const PAGE_SIZE: usize = 100;
+/// How often the catalog is checked for changes to announce (`list_changed`).
+const CHANGE_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+pub struct McpFrontDoor {
+    executor: Arc<ExecutorService>,
+    auth: Arc<SnapshotAuthenticator>,
+    /// Peers of initialized sessions, told when the catalog changes.
+    peers: Arc<Mutex<Vec<Peer<RoleServer>>>>,
+}
+
+fn schema(v: &Value) -> Arc<serde_json::Map<String, Value>> {
+    Arc::new(v.as_object().cloned().unwrap_or_default())
+}
+
+fn failure(message: impl Into<String>) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(message.into())]).into()
+}
+
+impl McpFrontDoor {
+    pub fn new(executor: Arc<ExecutorService>, auth: Arc<SnapshotAuthenticator>) -> Self {
+        Self {
+            executor,
+            auth,
+            peers: Arc::default(),
+        }
+    }
+
+    /// The calling agent, from this HTTP request's bearer token.
+    async fn agent(&self, extensions: &rmcp::model::Extensions) -> Result<(Uuid, String), ErrorData> {
+        let header = extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get(http::header::AUTHORIZATION))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix(BEARER_PREFIX))
+            .map(str::trim)
+            .ok_or_else(|| ErrorData::invalid_request("authorization: Bearer <agent token> is required", None))?;
+        match self.auth.authenticate(header).await {
+            Ok(Some(Principal::Agent { agent_id, .. })) => Ok((agent_id, header.to_owned())),
+            Ok(Some(_)) => Err(ErrorData::invalid_request("only agent tokens may use tools", None)),
+            Ok(None) => Err(ErrorData::invalid_request("unknown, expired or revoked token", None)),
+            Err(s) => Err(ErrorData::internal_error(s.message().to_owned(), None)),
+        }
+    }
+
+    /// The tools `agent` may use now, by name, as MCP tools; `toolplane_select` first.
+    fn catalog(&self, agent: Uuid) -> Vec<McpTool> {
+        let mut tools = vec![
+            McpTool::new(
+                SELECT_TOOL,
+                "Find the right tool for a task: describe the task, get the best tools you may use, ranked, with reasons.",
+                schema(&json!({"type": "object", "required": ["task"], "properties": {
+                    "task": {"type": "string", "description": "What you want to get done"},
+                    "category": {"type": "string", "description": "Kind of task, for learning (optional)"},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 10}
+                }})),
+            )
+            .annotate(ToolAnnotations::new().read_only(true).idempotent(true)),
+        ];
+        let Some(snap) = self.executor.snapshot.current() else {
+            return tools;
+        };
+        let Some(a) = snap.agent(agent) else {
+            return tools;
+        };
+        let now = Utc::now();
+        let mut mine: Vec<McpTool> = snap
+            .tools()
+            .filter(|t| evaluate(a, &t.tool, snap.grants(agent, t.tool.id), now).allowed)
+            .map(|t| {
+                let s = &t.tool.spec;
+                McpTool::new(s.name.clone(), s.description.clone(), schema(&s.input_schema)).annotate(
+                    ToolAnnotations::new()
+                        .read_only(s.side_effects != SideEffects::Write)
+                        .destructive(s.side_effects == SideEffects::Write)
+                        .idempotent(s.idempotent),
+                )
+            })
+            .collect();
+        mine.sort_by(|a, b| a.name.cmp(&b.name));
+        tools.extend(mine);
+        tools
+    }
+
+    async fn select(&self, token: &str, args: &Value) -> CallToolResponse {
+        let Some(selector) = &self.executor.selector else {
+            return failure("selection needs the control plane, which this sidecar does not know");
+        };
+        let task = args["task"].as_str().unwrap_or_default();
+        let mut req = tonic::Request::new(pb::SelectToolRequest {
+            task_description: task.to_owned(),
+            task_category: args["category"].as_str().unwrap_or_default().to_owned(),
+            max_alternatives: args["limit"].as_u64().map_or(4, |l| l.clamp(1, 10) as u32 - 1),
+            ..Default::default()
+        });
+        if let Ok(v) = MetadataValue::try_from(format!("{BEARER_PREFIX}{token}")) {
+            req.metadata_mut().insert("authorization", v);
+        }
+        match selector.clone().select_tool(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let ranked: Vec<Value> = r
+                    .primary
+                    .iter()
+                    .chain(&r.alternatives)
+                    .filter_map(|s| {
+                        s.tool.as_ref().map(|t| {
+                            json!({"tool": t.name, "description": t.description, "score": s.combined_score,
+                                   "match": s.match_score, "suitability": s.suitability_score})
+                        })
+                    })
+                    .collect();
+                CallToolResult::structured(json!({
+                    "tools": ranked, "confidence": r.confidence, "reasoning": r.reasoning,
+                    "selection_id": r.selection_id,
+                }))
+                .into()
+            }
+            Err(s) => failure(format!("selection failed: {}", s.message())),
+        }
+    }
+
+    /// Announces catalog changes to every initialized session.
+    pub fn spawn_change_announcer(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut seen = me.executor.snapshot.current().map(|s| s.revision);
+            loop {
+                tokio::time::sleep(CHANGE_POLL).await;
+                let now = me.executor.snapshot.current().map(|s| s.revision);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let peers: Vec<Peer<RoleServer>> = me.peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut alive = Vec::new();
+                for p in peers {
+                    if p.notify_tool_list_changed().await.is_ok() {
+                        alive.push(p);
+                    }
+                }
+                *me.peers.lock().unwrap_or_else(|e| e.into_inner()) = alive;
+            }
+        });
+    }
+}
+
+impl ServerHandler for McpFrontDoor {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).push(context.peer);
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let (agent, _) = self.agent(&context.extensions).await?;
+        let all = self.catalog(agent);
+        let start: usize = match request.and_then(|r| r.cursor) {
+            Some(c) => c
+                .parse()
+                .map_err(|_| ErrorData::invalid_params(format!("cursor {c:?} was not issued here"), None))?,
+            None => 0,
+        };
+        let page: Vec<McpTool> = all.iter().skip(start).take(PAGE_SIZE).cloned().collect();
+        let mut result = ListToolsResult::with_all_items(page);
+        if start + PAGE_SIZE < all.len() {
+            result.next_cursor = Some((start + PAGE_SIZE).to_string());
+        }
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let (agent_id, token) = self.agent(&context.extensions).await?;
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        if request.name == SELECT_TOOL {
+            return Ok(self.select(&token, &args).await);
+        }
+        let call = Call {
+            agent_id,
+            tool: Some(pb::invoke_request::Tool::ToolName(request.name.to_string())),
+            parameters: args,
+            task_id: String::new(),
+            task_category: String::new(),
+            deadline: None,
+        };
+        Ok(match self.executor.run_call(call).await {
+            Ok(r) => match r.status {
+                ExecutionStatus::Success | ExecutionStatus::PartialSuccess => {
+                    let mut result = CallToolResult::structured(r.output.clone());
+                    if r.status == ExecutionStatus::PartialSuccess || r.stale {
+                        result.content.push(ContentBlock::text(format!(
+                            "note: {}",
+                            if r.stale {
+                                "a stale earlier result"
+                            } else {
+                                "a partial result"
+                            }
+                        )));
+                    }
+                    result.into()
+                }
+                status => {
+                    let retry = if r.retry_after_ms > 0 {
+                        format!(" (retry in {} ms)", r.retry_after_ms)
+                    } else {
+                        String::new()
+                    };
+                    failure(format!("{}: {}{retry}", status.as_str().to_uppercase(), r.error))
+                }
+            },
+            Err(e) => failure(match &e {
+                ExecError::InvalidArgument(v) => format!("VALIDATION_ERROR: {v}"),
+                ExecError::PermissionDenied(m) => format!("PERMISSION_DENIED: {m}"),
+                ExecError::NotFound(m) => format!("NOT_FOUND: {m}"),
+                other => other.to_string(),
+            }),
+        })
+    }
+}
+
+/// Serves MCP at `http://<addr>/mcp` until the process stops.
+pub async fn serve(listener: tokio::net::TcpListener, door: McpFrontDoor) {
+    door.spawn_change_announcer();
+    let service: StreamableHttpService<McpFrontDoor, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(door.clone()),
+        Arc::default(),
+        StreamableHttpServerConfig::default()
+            .with_sse_keep_alive(Some(Duration::from_secs(15)))
+            .disable_allowed_hosts(),
+    );
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            let svc = TowerToHyperService::new(tower::ServiceBuilder::new().service(tower::util::service_fn(
+                move |req: http::Request<hyper::body::Incoming>| {
+                    let service = service.clone();
+                    async move {
+                        if req.uri().path() != "/mcp" {
+                            let body = http_body_util::Full::new(bytes::Bytes::from_static(b"MCP is served at /mcp"));
+                            let mut not_found = http::Response::new(http_body_util::BodyExt::boxed(body));
+                            *not_found.status_mut() = http::StatusCode::NOT_FOUND;
+                            return Ok::<_, std::convert::Infallible>(not_found);
+                        }
+                        Ok(service.handle(req).await)
+                    }
+                },
+            )));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,259 @@
+//! The sidecar's MCP endpoint with a real MCP client (rmcp over Streamable HTTP):
+//! a per-agent catalog, calls through the governed pipeline (a denied tool, a schema
+//! error, a rate-limited call), `toolplane_select`, `list_changed` on a new grant, and
+//! the audit trail recording MCP calls like gRPC ones.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use rmcp::model::{CallToolRequestParams, ClientConfig};
+use rmcp::service::NotificationContext;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use toolplane_proto::v1 as pb;
+use toolplane_tests::eventually;
+use toolplane_tests::grpc::{Admin, http_tool};
+use toolplane_tests::pg::TestDb;
+use toolplane_tests::procs::{ADMIN_TOKEN, control_plane, sidecar_with, spool_dir};
+use toolplane_tests::tool_server::ToolServer;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Counts `notifications/tools/list_changed`.
+#[derive(Clone, Default)]
+struct Watcher(Arc<AtomicUsize>);
+
+impl ClientHandler for Watcher {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::default()
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn connect(
+    url: &str,
+    token: &str,
+    watcher: Watcher,
+) -> Option<rmcp::service::RunningService<RoleClient, Watcher>> {
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+    config.custom_headers.insert(
+        HeaderName::from_static("authorization"),
+        HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+    );
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    watcher.serve(transport).await.ok()
+}
+
+fn call(name: &str, args: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(name.to_owned()).with_arguments(args.as_object().cloned().unwrap())
+}
+
+fn text(r: &rmcp::model::CallToolResult) -> String {
+    serde_json::to_string(&r.content).unwrap()
+}
+
+#[tokio::test]
+async fn an_mcp_client_lists_selects_and_calls_governed_tools() {
+    let db = TestDb::create().await;
+    let tools = ToolServer::start().await;
+    let cp = control_plane(Some(&db.url)).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let words = admin
+        .register(http_tool("word_count", &tools.url("/word_count")))
+        .await
+        .unwrap();
+    let mut limited = http_tool("scarce_count", &tools.url("/word_count"));
+    limited.description = "Counts words, once a minute".to_owned();
+    limited.requirements.as_mut().unwrap().rate_limit_rpm = 1;
+    let limited = admin.register(limited).await.unwrap();
+    let forbidden = admin
+        .register(http_tool("forbidden_count", &tools.url("/word_count")))
+        .await
+        .unwrap();
+    let agent = admin.agent("mcp-agent").await;
+    admin.grant_full(&agent.id, &words.id).await;
+    admin.grant_full(&agent.id, &limited.id).await;
+    let token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let spool = spool_dir();
+    let sc = sidecar_with(&cp, &sidecar_token, &spool, &[("TOOLPLANE_MCP_LISTEN", &listen)]).await;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+
+    // A wrong token gets nothing.
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
+    config.custom_headers.insert(
+        HeaderName::from_static("authorization"),
+        HeaderValue::from_static("Bearer tpk_forged"),
+    );
+    let intruder = ClientConfig::default()
+        .serve(StreamableHttpClientTransport::with_client(
+            reqwest::Client::new(),
+            config,
+        ))
+        .await;
+    if let Ok(session) = intruder {
+        assert!(
+            session.list_all_tools().await.is_err(),
+            "a forged token must not list tools"
+        );
+    }
+
+    let watcher = Watcher::default();
+    let client = eventually("the MCP endpoint with a snapshot", WAIT, || {
+        let (url, token, w) = (url.clone(), token.clone(), watcher.clone());
+        async move {
+            let c = connect(&url, &token, w).await?;
+            let names: Vec<String> = c
+                .list_all_tools()
+                .await
+                .ok()?
+                .into_iter()
+                .map(|t| t.name.to_string())
+                .collect();
+            (names.len() == 3).then_some(c)
+        }
+    })
+    .await;
+    let listed = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(
+        names,
+        ["toolplane_select", "scarce_count", "word_count"],
+        "exactly what the agent may use"
+    );
+    let wc = listed.iter().find(|t| t.name == "word_count").unwrap();
+    assert_eq!(wc.input_schema["required"], json!(["text"]));
+    assert_eq!(wc.annotations.as_ref().unwrap().read_only_hint, Some(true));
+
+    // A governed call, a schema error, a denied tool, a rate-limited call.
+    let ok = client
+        .call_tool(call("word_count", json!({"text": "one two three"})))
+        .await
+        .unwrap();
+    assert_ne!(ok.is_error, Some(true), "{}", text(&ok));
+    assert_eq!(ok.structured_content, Some(json!({"words": 3})));
+    let invalid = client.call_tool(call("word_count", json!({"text": 7}))).await.unwrap();
+    assert_eq!(invalid.is_error, Some(true));
+    assert!(
+        text(&invalid).contains("VALIDATION_ERROR") && text(&invalid).contains("parameters/text"),
+        "{}",
+        text(&invalid)
+    );
+    let denied = client
+        .call_tool(call("forbidden_count", json!({"text": "x"})))
+        .await
+        .unwrap();
+    assert_eq!(denied.is_error, Some(true));
+    assert!(text(&denied).contains("PERMISSION_DENIED"), "{}", text(&denied));
+    let first = client
+        .call_tool(call("scarce_count", json!({"text": "x"})))
+        .await
+        .unwrap();
+    assert_ne!(first.is_error, Some(true), "{}", text(&first));
+    let second = client
+        .call_tool(call("scarce_count", json!({"text": "x"})))
+        .await
+        .unwrap();
+    assert_eq!(second.is_error, Some(true));
+    assert!(
+        text(&second).contains("RATE_LIMITED") && text(&second).contains("retry in"),
+        "{}",
+        text(&second)
+    );
+
+    // The built-in selection tool.
+    let picked = client
+        .call_tool(call("toolplane_select", json!({"task": "count the words of my essay"})))
+        .await
+        .unwrap();
+    let picked = picked.structured_content.unwrap();
+    let ranked: Vec<&str> = picked["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tool"].as_str().unwrap())
+        .collect();
+    assert!(!ranked.contains(&"forbidden_count"), "{ranked:?}");
+    assert!(picked["reasoning"].as_str().unwrap().starts_with("chose "), "{picked}");
+
+    // A new grant changes the catalog, and sessions are told.
+    let before = watcher.0.load(Ordering::SeqCst);
+    admin.grant_full(&agent.id, &forbidden.id).await;
+    eventually("the new tool in the agent's catalog", WAIT, || {
+        let c = &client;
+        async move {
+            let tools = c.list_all_tools().await.ok()?;
+            tools.iter().any(|t| t.name == "forbidden_count").then_some(())
+        }
+    })
+    .await;
+    let notified = tokio::time::timeout(WAIT, async {
+        while watcher.0.load(Ordering::SeqCst) == before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(notified.is_ok(), "no notifications/tools/list_changed after the grant");
+
+    // The session outlives a sidecar restart: the same client keeps calling.
+    sc.stop().await;
+    let _sc = sidecar_with(&cp, &sidecar_token, &spool, &[("TOOLPLANE_MCP_LISTEN", &listen)]).await;
+    let after = eventually("a call on the old session after the restart", WAIT, || {
+        let c = &client;
+        async move {
+            let r = c
+                .call_tool(call("word_count", json!({"text": "still here"})))
+                .await
+                .ok()?;
+            (r.is_error != Some(true)).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(after.structured_content, Some(json!({"words": 2})));
+
+    // MCP calls are audited exactly like gRPC calls.
+    let pg = db.client().await;
+    let agent_id = agent.id.clone();
+    let rows = eventually("the MCP calls' audit events", WAIT, || {
+        let (pg, agent_id) = (&pg, agent_id.clone());
+        async move {
+            let rows = pg
+                .query(
+                    "SELECT action, success FROM audit_events WHERE sidecar_id <> '' AND agent_id = $1::text::uuid ORDER BY seq",
+                    &[&agent_id],
+                )
+                .await
+                .unwrap();
+            (rows.len() >= 5).then_some(rows)
+        }
+    })
+    .await;
+    let actions: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for expected in [
+        ("tool_invoked".to_owned(), true),
+        ("error_occurred".to_owned(), false),
+        ("permission_checked".to_owned(), false),
+        ("rate_limited".to_owned(), false),
+    ] {
+        assert!(actions.contains(&expected), "{expected:?} missing from {actions:?}");
+    }
+}
