@@ -70,6 +70,7 @@ pub async fn serve(
         spawn_change_listener(url.clone(), state.replica_id, move || s.bump());
     }
 
+    toolplane_runtime::metrics::start(config.common.metrics_listen).await?;
     let (health, health_service) = grpc::health(SERVICES).await;
     let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
 

@@ -34,6 +34,7 @@ use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, Source};
 use crate::snapshot::{CompiledTool, SharedSnapshot, SnapshotIndex};
 use crate::upstream::{Outcome, Upstream};
+use toolplane_runtime::metrics as m;
 
 /// Most calls one BatchInvoke may carry.
 pub const MAX_BATCH_CALLS: usize = 100;
@@ -404,6 +405,7 @@ impl ExecutorService {
 
     /// This call went upstream for a cacheable tool (it, not a concurrent twin, fetched).
     fn audit_cache_miss(&self, ctx: &Ctx<'_>) {
+        metrics::counter!(m::CACHE_LOOKUPS, "tool" => ctx.tool.spec.name.clone(), "result" => "miss").increment(1);
         let (inv, task) = (ctx.invocation_id, &ctx.task_id);
         let mut e = self.audit(
             AuditAction::CacheMiss,
@@ -435,7 +437,10 @@ impl ExecutorService {
         }
         match self.quotas.consume(&decision.quotas).await {
             Consumed::Admitted { permission_id, .. } => Ok(Some(permission_id)),
-            Consumed::Exhausted { resets_at, limits } => Err(ExecError::QuotaExhausted { resets_at, limits }),
+            Consumed::Exhausted { resets_at, limits } => {
+                metrics::counter!(m::QUOTA_EXHAUSTED).increment(1);
+                Err(ExecError::QuotaExhausted { resets_at, limits })
+            }
         }
     }
 
@@ -446,6 +451,7 @@ impl ExecutorService {
         let Decision::Limited { retry_after } = self.limits.check(tool.id, rpm).await else {
             return None;
         };
+        metrics::counter!(m::RATE_LIMITED, "tool" => tool.spec.name.clone()).increment(1);
         let mut e = self.audit(
             AuditAction::RateLimited,
             ctx.agent_id,
@@ -519,6 +525,15 @@ impl ExecutorService {
             stale: ctx.stale,
             fallback_from: (ctx.requested_tool_id != tool.id).then_some(ctx.requested_tool_id),
         };
+        let name = tool.spec.name.clone();
+        metrics::counter!(m::INVOCATIONS, "tool" => name.clone(), "status" => status.as_str()).increment(1);
+        metrics::histogram!(m::INVOCATION_SECONDS, "tool" => name.clone()).record(ctx.started.elapsed().as_secs_f64());
+        if status == ExecutionStatus::CircuitOpen {
+            metrics::counter!(m::CIRCUIT_REJECTIONS, "tool" => name.clone()).increment(1);
+        }
+        if cache_hit {
+            metrics::counter!(m::CACHE_LOOKUPS, "tool" => name, "result" => "hit").increment(1);
+        }
         let action = if cache_hit {
             AuditAction::CacheHit
         } else {

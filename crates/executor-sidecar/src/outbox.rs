@@ -109,6 +109,7 @@ impl Outbox {
             let mut inner = self.lock();
             if inner.pending() >= self.capacity {
                 inner.dropped += 1;
+                metrics::counter!(toolplane_runtime::metrics::SPOOL_DROPPED).increment(1);
                 tracing::error!(dropped = inner.dropped, "outbox full; dropping event");
                 return;
             }

@@ -60,6 +60,13 @@ impl Quotas {
         }
     }
 
+    /// Decisions made locally because Redis did not answer.
+    pub fn degraded_decisions(&self) -> u64 {
+        self.redis
+            .as_ref()
+            .map_or(0, |r| r.degraded_decisions.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Takes one call from the first quota with budget left.
     pub async fn consume(&self, quotas: &[Quota]) -> Consumed {
         for q in quotas {

@@ -31,6 +31,22 @@ use crate::upstream::Upstream;
 
 const EXECUTOR: &str = "toolplane.v1.Executor";
 
+/// Samples what is a level rather than an event, once a second.
+fn spawn_gauges(executor: Arc<ExecutorService>) {
+    use toolplane_runtime::metrics as m;
+    tokio::spawn(async move {
+        loop {
+            metrics::gauge!(m::SPOOL_DEPTH).set(executor.outbox.pending() as f64);
+            if let Some(age) = executor.snapshot.age() {
+                metrics::gauge!(m::SNAPSHOT_AGE).set(age.as_secs_f64());
+            }
+            let degraded = executor.limits.degraded_decisions() + executor.quotas.degraded_decisions();
+            metrics::counter!(m::REDIS_DEGRADED).absolute(degraded);
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+}
+
 /// Binds, retrying for a moment: a fixed port inside the ephemeral range can be held
 /// briefly by some short-lived outgoing connection.
 async fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
@@ -128,6 +144,9 @@ pub async fn serve(
         let door = McpFrontDoor::new(executor.clone(), Arc::new(SnapshotAuthenticator::new(snapshot.clone())));
         tokio::spawn(crate::mcp_server::serve(listener, door));
     }
+
+    toolplane_runtime::metrics::start(config.common.metrics_listen).await?;
+    spawn_gauges(executor.clone());
 
     let (health, health_service) = grpc::health(&[EXECUTOR]).await;
     let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;

@@ -112,6 +112,8 @@ impl SnapshotIndex {
 #[derive(Default, Clone)]
 pub struct SharedSnapshot {
     inner: Arc<RwLock<Option<Arc<SnapshotIndex>>>>,
+    /// When the last snapshot or delta arrived (for the snapshot-age metric).
+    installed_at: Arc<RwLock<Option<std::time::Instant>>>,
 }
 
 impl SharedSnapshot {
@@ -121,5 +123,14 @@ impl SharedSnapshot {
 
     pub fn install(&self, index: SnapshotIndex) {
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(index));
+        *self.installed_at.write().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// Time since the last snapshot or delta; `None` before the first.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        self.installed_at
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
     }
 }

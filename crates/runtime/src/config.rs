@@ -19,6 +19,10 @@ pub struct CommonArgs {
     #[arg(long, env = "TOOLPLANE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Serve Prometheus metrics at http://<addr>/metrics (off when unset).
+    #[arg(long, env = "TOOLPLANE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     pub tls: crate::tls::ServerTlsArgs,
 }

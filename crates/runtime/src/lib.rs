@@ -5,5 +5,6 @@ pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod lifecycle;
+pub mod metrics;
 pub mod telemetry;
 pub mod tls;

@@ -91,6 +91,7 @@ fn scored_pb(sel: &Selection, s: &Scored) -> pb::ScoredTool {
 impl SelectorService {
     /// Selects for `who`; shared with `Executor.ExecuteTask` through the RPC.
     pub async fn select(&self, who: &Principal, req: pb::SelectToolRequest) -> ApiResult<pb::SelectToolResponse> {
+        let started = std::time::Instant::now();
         let q = query_from(who, &req)?;
         let snapshot = self.state.snapshot().await?;
         let state = self.state.clone();
@@ -127,6 +128,7 @@ impl SelectorService {
                 tracing::warn!(error = %e, "could not log a selection decision");
             }
         });
+        metrics::histogram!(toolplane_runtime::metrics::SELECTION_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(pb::SelectToolResponse {
             primary: Some(scored_pb(&sel, &sel.primary)),
             alternatives: sel.alternatives.iter().map(|a| scored_pb(&sel, a)).collect(),

@@ -79,8 +79,14 @@ async fn store_batch(state: &AppState, batch: pb::EventBatch) -> Result<Vec<Stri
         .await
         .map_err(|e| Status::from(crate::error::ApiError::from(e)))?;
     for e in &events {
-        if let toolplane_core::model::SyncEvent::Invocation(i) = e {
-            state.learn(i, None);
+        match e {
+            toolplane_core::model::SyncEvent::Invocation(i) => {
+                metrics::counter!(toolplane_runtime::metrics::EVENTS_STORED, "kind" => "invocation").increment(1);
+                state.learn(i, None);
+            }
+            toolplane_core::model::SyncEvent::Audit(_) => {
+                metrics::counter!(toolplane_runtime::metrics::EVENTS_STORED, "kind" => "audit").increment(1);
+            }
         }
     }
     Ok(ids)

@@ -1,0 +1,99 @@
+//! Prometheus metrics of both binaries: the names in one place, the recorder, and the
+//! `/metrics` endpoint (plain HTTP on its own port, so scraping never competes with gRPC
+//! and never needs a token).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Tool calls finished by a sidecar, by `tool` and `status`.
+pub const INVOCATIONS: &str = "toolplane_invocations_total";
+/// Seconds from receiving a call to answering it, by `tool`.
+pub const INVOCATION_SECONDS: &str = "toolplane_invocation_duration_seconds";
+/// Result cache lookups, by `tool` and `result` (`hit` or `miss`).
+pub const CACHE_LOOKUPS: &str = "toolplane_cache_lookups_total";
+/// Calls refused by a tool's rate limit, by `tool`.
+pub const RATE_LIMITED: &str = "toolplane_rate_limit_rejections_total";
+/// Calls refused because a daily LIMITED_INVOCATIONS budget was spent.
+pub const QUOTA_EXHAUSTED: &str = "toolplane_quota_exhausted_total";
+/// Calls refused by an open circuit, by `tool`.
+pub const CIRCUIT_REJECTIONS: &str = "toolplane_circuit_open_rejections_total";
+/// Tools whose circuit is open right now.
+pub const OPEN_CIRCUITS: &str = "toolplane_open_circuits";
+/// Audit events and results waiting for the control plane's ack.
+pub const SPOOL_DEPTH: &str = "toolplane_spool_depth";
+/// Events dropped because the spool was full under the `drop` policy.
+pub const SPOOL_DROPPED: &str = "toolplane_spool_dropped_events_total";
+/// Seconds since the sidecar last received a snapshot or delta.
+pub const SNAPSHOT_AGE: &str = "toolplane_snapshot_age_seconds";
+/// Limit and quota decisions made locally because Redis did not answer.
+pub const REDIS_DEGRADED: &str = "toolplane_redis_degraded_decisions_total";
+/// `SelectTool` latency in seconds.
+pub const SELECTION_SECONDS: &str = "toolplane_selection_duration_seconds";
+/// Sync events stored by the control plane, by `kind` (`audit` or `invocation`).
+pub const EVENTS_STORED: &str = "toolplane_sync_events_stored_total";
+
+/// Installs the process-wide recorder; `None` if one is already installed (tests that
+/// start several servers in one process).
+pub fn install() -> Option<PrometheusHandle> {
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &buckets)
+        .ok()?
+        .install_recorder()
+        .ok()
+}
+
+/// Serves `GET /metrics` on `listener` (anything else is 404).
+pub fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let handle = handle.clone();
+                    async move {
+                        let (status, body) = if req.uri().path() == "/metrics" {
+                            (200, handle.render())
+                        } else {
+                            (404, "metrics are at /metrics\n".to_owned())
+                        };
+                        hyper::Response::builder()
+                            .status(status)
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Binds `addr` and serves metrics there; logs the address.
+pub async fn start(addr: Option<SocketAddr>) -> anyhow::Result<()> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let Some(handle) = install() else {
+        tracing::warn!("a metrics recorder is already installed; not serving /metrics again");
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+    serve(listener, handle);
+    Ok(())
+}

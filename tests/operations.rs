@@ -1,0 +1,141 @@
+//! Operating toolplane: Prometheus metrics on both binaries after real calls.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use toolplane_proto::v1 as pb;
+use toolplane_tests::eventually;
+use toolplane_tests::grpc::{Admin, channel, executor, http_tool, invoke_request};
+use toolplane_tests::procs::{ADMIN_TOKEN, MASTER_KEY, Proc, sidecar_with, spool_dir};
+use toolplane_tests::tool_server::ToolServer;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn both_binaries_expose_prometheus_metrics_of_real_calls() {
+    let (cp_port, sc_port) = (free_port(), free_port());
+    let tools = ToolServer::start().await;
+    let cp_metrics = format!("127.0.0.1:{cp_port}");
+    let cp = Proc::start(
+        "toolplane-control-plane",
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("TOOLPLANE_MASTER_KEY", MASTER_KEY),
+            ("TOOLPLANE_METRICS_LISTEN", &cp_metrics),
+        ],
+    )
+    .await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let mut cached = http_tool("cached_count", &tools.url("/word_count"));
+    cached.cacheable = true;
+    cached.cache_ttl_seconds = 60;
+    cached.requirements.as_mut().unwrap().rate_limit_rpm = 2;
+    let cached = admin.register(cached).await.unwrap();
+    let agent = admin.agent("observed").await;
+    admin.grant_full(&agent.id, &cached.id).await;
+    let token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let sc_metrics = format!("127.0.0.1:{sc_port}");
+    let sc = sidecar_with(
+        &cp,
+        &sidecar_token,
+        &spool_dir(),
+        &[("TOOLPLANE_METRICS_LISTEN", &sc_metrics)],
+    )
+    .await;
+    let ex = executor(&sc.url(), Some(&token)).await;
+    let call = |text: &str| invoke_request("cached_count", &json!({"text": text}));
+    eventually("the sidecar to serve", WAIT, || {
+        let (mut ex, req) = (ex.clone(), call("a"));
+        async move { ex.invoke(req).await.ok() }
+    })
+    .await;
+    ex.clone().invoke(call("a")).await.unwrap(); // a cache hit
+    ex.clone().invoke(call("b")).await.unwrap(); // a miss, the second of 2 per minute
+    let limited = ex.clone().invoke(call("c")).await.unwrap().into_inner().result.unwrap();
+    assert_eq!(limited.status, pb::ToolExecutionStatus::RateLimited as i32);
+    let mut selector = pb::tool_selector_client::ToolSelectorClient::new(channel(&cp.url(), Some(&token)).await);
+    selector
+        .select_tool(pb::SelectToolRequest {
+            task_description: "count words".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let text = eventually("sidecar gauges sampled", WAIT, || async move {
+        let t = scrape(sc_port).await;
+        t.contains("toolplane_snapshot_age_seconds").then_some(t)
+    })
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"toolplane_invocations_total{tool="cached_count",status="success"}"#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"toolplane_cache_lookups_total{tool="cached_count",result="hit"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"toolplane_cache_lookups_total{tool="cached_count",result="miss"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, r#"toolplane_rate_limit_rejections_total{tool="cached_count"}"#),
+        Some(1.0)
+    );
+    assert!(
+        text.contains("toolplane_invocation_duration_seconds_bucket"),
+        "latency histogram"
+    );
+    assert!(sample(&text, "toolplane_spool_depth").is_some());
+    assert!(sample(&text, "toolplane_snapshot_age_seconds").unwrap() < 60.0);
+
+    let text = eventually("control plane metrics", WAIT, || async move {
+        let t = scrape(cp_port).await;
+        t.contains(r#"toolplane_sync_events_stored_total{kind="invocation"}"#)
+            .then_some(t)
+    })
+    .await;
+    assert!(text.contains("toolplane_selection_duration_seconds_count 1"), "{text}");
+    let missing = reqwest::get(format!("http://127.0.0.1:{cp_port}/other")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
