@@ -142,7 +142,7 @@ async fn both_binaries_expose_prometheus_metrics_of_real_calls() {
 
 /// A running stack with the demo's `word_count`, granted to one agent.
 struct Stack {
-    _tools: ToolServer,
+    tools: ToolServer,
     cp: Proc,
     sc: Proc,
     token: String,
@@ -171,12 +171,7 @@ async fn stack() -> Stack {
         }
     })
     .await;
-    Stack {
-        _tools: tools,
-        cp,
-        sc,
-        token,
-    }
+    Stack { tools, cp, sc, token }
 }
 
 #[tokio::test]
@@ -238,4 +233,31 @@ async fn the_python_grpc_example_selects_and_invokes_through_the_sidecar() {
     assert_eq!(v["status_name"], "TOOL_EXECUTION_STATUS_SUCCESS", "{v}");
     assert_eq!(v["output"]["words"].as_f64(), Some(3.0), "{v}");
     assert!(v["reasoning"].as_str().unwrap().starts_with("chose word_count"), "{v}");
+}
+
+#[tokio::test]
+async fn the_callers_trace_reaches_the_tool_as_a_child_span() {
+    let s = stack().await;
+    let mut ex = executor(&s.sc.url(), Some(&s.token)).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let incoming = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let mut req = tonic::Request::new(invoke_request("word_count", &json!({"text": "traced call"})));
+    req.metadata_mut().insert("traceparent", incoming.parse().unwrap());
+    let r = ex.invoke(req).await.unwrap().into_inner().result.unwrap();
+    assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32);
+    let sent: Vec<String> = s
+        .tools
+        .headers("/word_count")
+        .iter()
+        .filter_map(|h| h.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .collect();
+    let last = sent.last().expect("the tool received a traceparent");
+    assert!(last.starts_with(&format!("00-{trace_id}-")), "{last}");
+    assert!(last.ends_with("-01"));
+    assert_ne!(*last, incoming, "a new span for the sidecar's call");
+    // Calls without a trace start one, so every tool call is traceable.
+    assert!(
+        sent.iter().all(|t| toolplane_core::trace::parse(t).is_some()),
+        "{sent:?}"
+    );
 }

@@ -20,6 +20,7 @@ pub mod retry;
 pub mod schema;
 pub mod stats;
 pub mod token;
+pub mod trace;
 pub mod usage;
 pub mod validate;
 

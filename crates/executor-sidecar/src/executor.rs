@@ -61,6 +61,11 @@ pub struct ExecutorService {
     pub selector: Option<pb::tool_selector_client::ToolSelectorClient<tonic::transport::Channel>>,
 }
 
+/// The caller's W3C `traceparent`, if it sent one.
+pub(crate) fn traceparent(meta: &tonic::metadata::MetadataMap) -> Option<String> {
+    meta.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
 /// Parses the `grpc-timeout` header (e.g. `250m`, `5S`) the client's deadline arrives in.
 pub fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
@@ -94,6 +99,8 @@ struct Ctx<'a> {
     requested_tool_id: Uuid,
     /// The answer is an earlier good result.
     stale: bool,
+    /// `traceparent` sent to the tool: a child span of the caller's trace.
+    traceparent: String,
 }
 
 pub(crate) struct Call {
@@ -103,6 +110,8 @@ pub(crate) struct Call {
     pub(crate) task_id: String,
     pub(crate) task_category: String,
     pub(crate) deadline: Option<Duration>,
+    /// The caller's `traceparent`, if any.
+    pub(crate) traceparent: Option<String>,
 }
 
 impl ExecutorService {
@@ -223,6 +232,7 @@ impl ExecutorService {
             secret: snap.credential(tool.id).map(|c| c.secret.clone()).unwrap_or_default(),
             requested_tool_id: tool.id,
             stale: false,
+            traceparent: toolplane_core::trace::child(call.traceparent.as_deref()),
         };
         let credential = snap.credential(tool.id);
         let deadline = call.deadline.map(|d| started + d);
@@ -232,7 +242,7 @@ impl ExecutorService {
                 return Ok(limited);
             }
             let (outcome, attempts) = self
-                .call_with_retries(&compiled, credential, &call.parameters, deadline)
+                .call_with_retries(&compiled, credential, &call.parameters, deadline, &ctx.traceparent)
                 .await;
             if let Some(result) = self
                 .degrade(&ctx, &snap, agent, &outcome, &call.parameters, deadline)
@@ -264,7 +274,7 @@ impl ExecutorService {
             .cache
             .get_or_fetch(&key, ttl, async {
                 let (outcome, n) = self
-                    .call_with_retries(&compiled, credential, &call.parameters, deadline)
+                    .call_with_retries(&compiled, credential, &call.parameters, deadline, &ctx.traceparent)
                     .await;
                 attempts.store(n, std::sync::atomic::Ordering::Relaxed);
                 if outcome.status == ExecutionStatus::Success {
@@ -387,7 +397,9 @@ impl ExecutorService {
                         continue;
                     }
                     let credential = snap.credential(tool.id);
-                    let (outcome, attempts) = self.call_with_retries(&candidate, credential, params, deadline).await;
+                    let (outcome, attempts) = self
+                        .call_with_retries(&candidate, credential, params, deadline, &ctx.traceparent)
+                        .await;
                     if outcome.status == ExecutionStatus::Success {
                         let why = format!(
                             "fell back from {} to {}: {}",
@@ -584,6 +596,7 @@ impl ExecutorService {
         credential: Option<&Credential>,
         params: &Value,
         deadline: Option<Instant>,
+        traceparent: &str,
     ) -> (Outcome, u32) {
         let tool = &compiled.tool;
         let mut attempts = 0;
@@ -597,7 +610,10 @@ impl ExecutorService {
                 Some(left) => tool.timeout().min(left.saturating_sub(DEADLINE_MARGIN)),
                 None => tool.timeout(),
             };
-            let outcome = self.upstream.call(compiled, credential, params, timeout).await;
+            let outcome = self
+                .upstream
+                .call(compiled, credential, params, timeout, traceparent)
+                .await;
             self.breakers.record(tool.id, &outcome);
             if outcome.status == ExecutionStatus::Success || !outcome.retryable || !tool.spec.idempotent {
                 return (outcome, attempts);
@@ -624,7 +640,7 @@ impl ExecutorService {
     }
 }
 
-fn call_of(agent_id: Uuid, r: pb::InvokeRequest, deadline: Option<Duration>) -> Call {
+fn call_of(agent_id: Uuid, r: pb::InvokeRequest, deadline: Option<Duration>, traceparent: Option<String>) -> Call {
     let parameters = match struct_to_json(r.parameters) {
         Value::Null => Value::Object(Default::default()),
         v => v,
@@ -635,6 +651,7 @@ fn call_of(agent_id: Uuid, r: pb::InvokeRequest, deadline: Option<Duration>) -> 
         parameters,
         task_id: r.task_id,
         task_category: r.task_category,
+        traceparent,
         deadline,
     }
 }
@@ -695,7 +712,8 @@ impl Executor for ExecutorGrpc {
     async fn invoke(&self, request: Request<pb::InvokeRequest>) -> Result<Response<pb::InvokeResponse>, Status> {
         let agent_id = ExecutorService::agent_of(&request)?;
         let deadline = grpc_timeout(request.metadata());
-        let call = call_of(agent_id, request.into_inner(), deadline);
+        let trace = traceparent(request.metadata());
+        let call = call_of(agent_id, request.into_inner(), deadline, trace);
         let result = self.0.run_call(call).await?;
         Ok(Response::new(pb::InvokeResponse {
             result: Some(result_to_pb(&result)),
@@ -710,6 +728,7 @@ impl Executor for ExecutorGrpc {
     ) -> Result<Response<Self::BatchInvokeStream>, Status> {
         let agent_id = ExecutorService::agent_of(&request)?;
         let deadline = grpc_timeout(request.metadata());
+        let trace = traceparent(request.metadata());
         let calls = request.into_inner().calls;
         if calls.len() > MAX_BATCH_CALLS {
             return Err(toolplane_core::Violations::single(
@@ -718,7 +737,7 @@ impl Executor for ExecutorGrpc {
             )
             .into());
         }
-        let stream = async_stream(self.0.clone(), agent_id, calls, deadline);
+        let stream = async_stream(self.0.clone(), agent_id, calls, deadline, trace);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -729,7 +748,8 @@ impl Executor for ExecutorGrpc {
         let agent_id = ExecutorService::agent_of(&request)?;
         let deadline = grpc_timeout(request.metadata());
         let authorization = request.metadata().get("authorization").cloned();
-        let r = crate::task::execute(&self.0, agent_id, authorization, request.into_inner(), deadline).await?;
+        let trace = traceparent(request.metadata());
+        let r = crate::task::execute(&self.0, agent_id, authorization, trace, request.into_inner(), deadline).await?;
         Ok(Response::new(r))
     }
 }
@@ -741,13 +761,14 @@ fn async_stream(
     agent_id: Uuid,
     calls: Vec<pb::InvokeRequest>,
     deadline: Option<Duration>,
+    trace: Option<String>,
 ) -> impl Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send {
     futures::stream::iter(calls.into_iter().enumerate())
         .map(move |(i, c)| {
-            let svc = svc.clone();
+            let (svc, trace) = (svc.clone(), trace.clone());
             async move {
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
-                let result = match svc.run_call(call_of(agent_id, c, deadline)).await {
+                let result = match svc.run_call(call_of(agent_id, c, deadline, trace.clone())).await {
                     Ok(r) => result_to_pb(&r),
                     Err(e) => refused(e),
                 };

@@ -228,6 +228,12 @@ impl ServerHandler for McpFrontDoor {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let (agent_id, token) = self.agent(&context.extensions).await?;
+        let traceparent = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let args = Value::Object(request.arguments.unwrap_or_default());
         if request.name == SELECT_TOOL {
             return Ok(self.select(&token, &args).await);
@@ -239,6 +245,7 @@ impl ServerHandler for McpFrontDoor {
             task_id: String::new(),
             task_category: String::new(),
             deadline: None,
+            traceparent,
         };
         Ok(match self.executor.run_call(call).await {
             Ok(r) => match r.status {

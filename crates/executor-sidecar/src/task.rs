@@ -24,6 +24,7 @@ pub async fn execute(
     svc: &ExecutorService,
     agent_id: Uuid,
     authorization: Option<MetadataValue<Ascii>>,
+    traceparent: Option<String>,
     req: pb::ExecuteTaskRequest,
     deadline: Option<Duration>,
 ) -> Result<pb::ExecuteTaskResponse, Status> {
@@ -43,6 +44,10 @@ pub async fn execute(
     }
     if let Some(d) = deadline {
         select.set_timeout(d);
+    }
+    // The control plane's part of the call is a child span of the caller's trace too.
+    if let Ok(v) = MetadataValue::try_from(toolplane_core::trace::child(traceparent.as_deref())) {
+        select.metadata_mut().insert("traceparent", v);
     }
     let selection = selector
         .clone()
@@ -83,6 +88,7 @@ pub async fn execute(
             task_id: req.task_id.clone(),
             task_category: req.task_category.clone(),
             deadline: remaining,
+            traceparent: traceparent.clone(),
         };
         match svc.run_call(call).await {
             Ok(r) => {

@@ -91,6 +91,7 @@ impl Upstream {
         credential: Option<&Credential>,
         params: &Value,
         timeout: Duration,
+        traceparent: &str,
     ) -> Outcome {
         let tool = &compiled.tool;
         if timeout.is_zero() {
@@ -99,7 +100,12 @@ impl Upstream {
         }
         let headers: Vec<(String, String)> = credential.map(Credential::header).into_iter().collect();
         let outcome = match tool.spec.protocol {
-            ToolProtocol::Http => self.call_http(&tool.spec.endpoint, params, &headers, timeout).await,
+            ToolProtocol::Http => {
+                // MCP sessions are keyed by their headers, so only HTTP calls carry it.
+                let mut headers = headers.clone();
+                headers.push(("traceparent".to_owned(), traceparent.to_owned()));
+                self.call_http(&tool.spec.endpoint, params, &headers, timeout).await
+            }
             ToolProtocol::Mcp => {
                 let remote = if tool.spec.remote_name.is_empty() {
                     &tool.spec.name
