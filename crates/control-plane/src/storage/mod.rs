@@ -219,6 +219,12 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// Applies pending migrations (under the advisory lock) and returns: the Kubernetes
+/// migration Job runs this before the new replicas start.
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    migrate::run(database_url).await
+}
+
 /// Opens the backend `database_url` names (PostgreSQL, migrated) or, without one, the
 /// in-memory backend.
 pub async fn open(database_url: Option<&str>, pool_size: usize) -> anyhow::Result<Arc<dyn Store>> {
