@@ -316,3 +316,231 @@ fn every_setting_of_every_binary_is_in_the_readme() {
         "not documented in the README's configuration tables: {missing:?}"
     );
 }
+
+/// Runs toolctl against `cp` with `token`; returns (exit code, stdout, stderr).
+fn toolctl(cp: &Proc, token: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(toolplane_tests::procs::bin("toolctl"))
+        .args(["--server", &cp.url()])
+        .args(args)
+        .env("TOOLPLANE_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn toolctl_operates_the_registry_grants_requests_and_selection() {
+    let tools = ToolServer::start().await;
+    let cp = toolplane_tests::procs::control_plane(None).await;
+    let dir = spool_dir();
+    let yaml = dir.join("notes.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "name: notes_search\ndescription: Search the team's notes by keyword\ncategory: knowledge\n\
+             capabilities: [search]\nendpoint: {}\ninput_schema:\n  type: object\n  required: [text]\n  \
+             properties:\n    text: {{type: string}}\nside_effects: read\n",
+            tools.url("/word_count")
+        ),
+    )
+    .unwrap();
+    let ok = |r: (i32, String, String)| {
+        assert_eq!(r.0, 0, "{}{}", r.1, r.2);
+        r.1
+    };
+    let id = ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["-o", "value", "tools", "register", yaml.to_str().unwrap()],
+        None,
+    ));
+    assert_eq!(id.trim().len(), 36, "{id}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(toolctl(&cp, ADMIN_TOKEN, &["-o", "json", "tools", "list"], None))).unwrap();
+    assert_eq!(listed[0]["name"], "notes_search");
+    assert_eq!(
+        ok(toolctl(
+            &cp,
+            ADMIN_TOKEN,
+            &["-o", "value", "tools", "disable", "notes_search"],
+            None
+        ))
+        .trim(),
+        "false"
+    );
+    assert_eq!(
+        ok(toolctl(
+            &cp,
+            ADMIN_TOKEN,
+            &["-o", "value", "tools", "enable", "notes_search"],
+            None
+        ))
+        .trim(),
+        "true"
+    );
+    ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["tools", "set-credential", "notes_search", "--from-file", "-"],
+        Some("s3cr3t-value\n"),
+    ));
+
+    let agent = ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["-o", "value", "agents", "create", "cli-agent"],
+        None,
+    ));
+    let agent = agent.trim();
+    let agent_token = ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["-o", "value", "tokens", "issue", "--role", "agent", "--agent", agent],
+        None,
+    ));
+    let agent_token = agent_token.trim();
+
+    // Denied: exit code 4 with the reason; then a request, reviewed into a grant.
+    let (code, stdout, _) = toolctl(
+        &cp,
+        agent_token,
+        &["permissions", "check", "--tool", "notes_search"],
+        None,
+    );
+    assert_eq!(code, 4, "{stdout}");
+    assert!(stdout.contains("no grant"), "{stdout}");
+    let request = ok(toolctl(
+        &cp,
+        agent_token,
+        &[
+            "-o",
+            "value",
+            "permissions",
+            "request",
+            "--tool",
+            "notes_search",
+            "--justification",
+            "weekly digest",
+        ],
+        None,
+    ));
+    let pending = ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["-o", "json", "permissions", "requests"],
+        None,
+    ));
+    assert!(pending.contains("weekly digest"), "{pending}");
+    let grant = ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &[
+            "-o",
+            "value",
+            "permissions",
+            "review",
+            request.trim(),
+            "--approve",
+            "--type",
+            "limited",
+            "--per-day",
+            "5",
+            "--time-zone",
+            "Europe/Paris",
+            "--expires-in-hours",
+            "24",
+        ],
+        None,
+    ));
+    let grants: serde_json::Value = serde_json::from_str(&ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["-o", "json", "permissions", "list", "--agent", agent],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(grants[0]["id"], grant.trim());
+    assert_eq!(grants[0]["type"], "PERMISSION_TYPE_LIMITED_INVOCATIONS");
+    assert_eq!(grants[0]["max_invocations_per_day"], 5);
+    assert_eq!(
+        ok(toolctl(
+            &cp,
+            agent_token,
+            &["-o", "value", "permissions", "check", "--tool", "notes_search"],
+            None
+        ))
+        .trim(),
+        "true"
+    );
+    assert_eq!(
+        ok(toolctl(
+            &cp,
+            agent_token,
+            &["-o", "value", "select", "search my notes for the roadmap"],
+            None
+        ))
+        .trim(),
+        "notes_search"
+    );
+
+    // Bad input is exit 2, a refusal exit 1, an unreachable server exit 3.
+    let (code, _, err) = toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &[
+            "permissions",
+            "grant",
+            "--agent",
+            agent,
+            "--tool",
+            "notes_search",
+            "--hours",
+            "nine",
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = toolctl(&cp, agent_token, &["tools", "delete", "notes_search"], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let token_id = ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["-o", "json", "tokens", "issue", "--role", "agent", "--agent", agent],
+        None,
+    ));
+    let token_id: serde_json::Value = serde_json::from_str(&token_id).unwrap();
+    ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["tokens", "revoke", token_id["token_id"].as_str().unwrap()],
+        None,
+    ));
+    ok(toolctl(
+        &cp,
+        ADMIN_TOKEN,
+        &["permissions", "revoke", grant.trim()],
+        None,
+    ));
+    ok(toolctl(&cp, ADMIN_TOKEN, &["tools", "delete", "notes_search"], None));
+    let url = cp.url();
+    drop(cp);
+    let out = std::process::Command::new(toolplane_tests::procs::bin("toolctl"))
+        .args(["--server", &url, "--token", ADMIN_TOKEN, "tools", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}

@@ -4,10 +4,11 @@
 //! usage or input, 3 the server could not be reached, 4 a check ran and found a
 //! problem (e.g. `audit verify` on a broken chain).
 
+mod access;
 mod audit;
 mod tool_file;
+mod tools;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -48,18 +49,28 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Register, list and show tools.
+    /// Register, import, list, show, update, enable/disable, delete tools; credentials.
     #[command(subcommand)]
-    Tools(ToolsCmd),
+    Tools(tools::ToolsCmd),
     /// Create agents.
     #[command(subcommand)]
     Agents(AgentsCmd),
     /// Issue tokens.
     #[command(subcommand)]
     Tokens(TokensCmd),
-    /// Grant and check permissions.
+    /// Grants, checks, listings and access requests.
     #[command(subcommand)]
-    Permissions(PermissionsCmd),
+    Permissions(access::PermissionsCmd),
+    /// Which tool fits a task (as an agent: among the tools you may use).
+    Select {
+        task: String,
+        #[arg(long = "capability")]
+        capabilities: Vec<String>,
+        #[arg(long, default_value = "")]
+        category: String,
+        #[arg(long, default_value_t = 3)]
+        alternatives: u32,
+    },
     /// Query the audit trail, export compliance reports, verify the chain, usage.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -72,23 +83,6 @@ enum Command {
         params: String,
         #[arg(long, env = "TOOLPLANE_SIDECAR", default_value = "http://127.0.0.1:50061")]
         sidecar: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum ToolsCmd {
-    /// Register tools from JSON files.
-    Register {
-        files: Vec<PathBuf>,
-    },
-    List {
-        #[arg(long)]
-        category: Option<String>,
-        #[arg(long)]
-        capability: Option<String>,
-    },
-    Get {
-        name: String,
     },
 }
 
@@ -114,23 +108,8 @@ enum TokensCmd {
         #[arg(long, default_value_t = 0)]
         ttl_seconds: u32,
     },
-}
-
-#[derive(Subcommand)]
-enum PermissionsCmd {
-    /// Grant FULL_ACCESS on a tool (by name) to an agent (by id).
-    Grant {
-        #[arg(long)]
-        agent: String,
-        #[arg(long)]
-        tool: String,
-    },
-    Check {
-        #[arg(long)]
-        agent: String,
-        #[arg(long)]
-        tool: String,
-    },
+    /// Revoke a token by id; every sidecar refuses it within a second.
+    Revoke { token_id: String },
 }
 
 enum Failure {
@@ -166,14 +145,6 @@ async fn channel(url: &str, token: Option<&str>) -> Result<Authed, Failure> {
     Ok(InterceptedService::new(ch, bearer))
 }
 
-fn tool_json(t: &pb::Tool) -> Value {
-    json!({
-        "id": t.id, "name": t.name, "version": t.version, "category": t.category,
-        "description": t.description, "capabilities": t.capabilities, "endpoint": t.endpoint,
-        "enabled": t.enabled,
-    })
-}
-
 fn print(out: Output, value: &Value, single: &str, table: impl FnOnce()) {
     match out {
         Output::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
@@ -186,74 +157,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let out = cli.output;
     let token = cli.token.as_deref();
     match cli.command {
-        Command::Tools(cmd) => {
-            let mut c = pb::tool_registry_client::ToolRegistryClient::new(channel(&cli.server, token).await?);
-            match cmd {
-                ToolsCmd::Register { files } => {
-                    for f in files {
-                        let tool = tool_file::ToolFile::read(&f)?.into_pb()?;
-                        let t = c
-                            .register_tool(pb::RegisterToolRequest { tool: Some(tool) })
-                            .await?
-                            .into_inner()
-                            .tool
-                            .unwrap_or_default();
-                        print(out, &tool_json(&t), &t.id, || {
-                            println!("registered {}\t{}\tv{}", t.name, t.id, t.version)
-                        });
-                    }
-                }
-                ToolsCmd::List { category, capability } => {
-                    let mut page_token = String::new();
-                    let mut all = Vec::new();
-                    loop {
-                        let r = c
-                            .list_tools(pb::ListToolsRequest {
-                                category: category.clone().unwrap_or_default(),
-                                capability: capability.clone().unwrap_or_default(),
-                                page_token,
-                                ..Default::default()
-                            })
-                            .await?
-                            .into_inner();
-                        all.extend(r.tools);
-                        if r.next_page_token.is_empty() {
-                            break;
-                        }
-                        page_token = r.next_page_token;
-                    }
-                    let v = Value::Array(all.iter().map(tool_json).collect());
-                    let ids = all.iter().map(|t| t.id.clone()).collect::<Vec<_>>().join("\n");
-                    print(out, &v, &ids, || {
-                        println!("{:<28} {:<8} {:<18} CAPABILITIES", "NAME", "VERSION", "CATEGORY");
-                        for t in &all {
-                            println!(
-                                "{:<28} {:<8} {:<18} {}",
-                                t.name,
-                                t.version,
-                                t.category,
-                                t.capabilities.join(",")
-                            );
-                        }
-                    });
-                }
-                ToolsCmd::Get { name } => {
-                    let t = c
-                        .get_tool(pb::GetToolRequest {
-                            key: Some(pb::get_tool_request::Key::Name(name)),
-                            version: 0,
-                        })
-                        .await?
-                        .into_inner()
-                        .tool
-                        .unwrap_or_default();
-                    let v = tool_json(&t);
-                    print(out, &v, &t.id, || {
-                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
-                    });
-                }
-            }
-        }
+        Command::Tools(cmd) => tools::run(cmd, channel(&cli.server, token).await?, out).await?,
         Command::Agents(cmd) => {
             let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
             match cmd {
@@ -288,6 +192,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Command::Tokens(TokensCmd::Revoke { token_id }) => {
+            let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
+            c.revoke_token(pb::RevokeTokenRequest {
+                token_id: token_id.clone(),
+            })
+            .await?;
+            print(out, &json!({"revoked": token_id}), &token_id, || {
+                println!("revoked token {token_id}")
+            });
+        }
         Command::Tokens(TokensCmd::Issue {
             role,
             agent,
@@ -313,53 +227,45 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("token {} (shown once):\n{}", r.token_id, r.token)
             });
         }
-        Command::Permissions(cmd) => {
-            let ch = channel(&cli.server, token).await?;
-            let mut registry = pb::tool_registry_client::ToolRegistryClient::new(ch.clone());
-            let mut c = pb::permissions_client::PermissionsClient::new(ch);
-            match cmd {
-                PermissionsCmd::Grant { agent, tool } => {
-                    let t = registry
-                        .get_tool(pb::GetToolRequest {
-                            key: Some(pb::get_tool_request::Key::Name(tool)),
-                            version: 0,
-                        })
-                        .await?
-                        .into_inner()
-                        .tool
-                        .unwrap_or_default();
-                    let p = c
-                        .grant(pb::GrantRequest {
-                            permission: Some(pb::Permission {
-                                agent_id: agent,
-                                tool_id: t.id,
-                                r#type: pb::PermissionType::FullAccess as i32,
-                                ..Default::default()
-                            }),
-                        })
-                        .await?
-                        .into_inner()
-                        .permission
-                        .unwrap_or_default();
-                    let v = json!({"id": p.id, "agent_id": p.agent_id, "tool_id": p.tool_id});
-                    print(out, &v, &p.id, || {
-                        println!("granted FULL_ACCESS on {} to {}\t{}", t.name, p.agent_id, p.id)
-                    });
+        Command::Permissions(cmd) => access::run(cmd, channel(&cli.server, token).await?, out).await?,
+        Command::Select {
+            task,
+            capabilities,
+            category,
+            alternatives,
+        } => {
+            let mut c = pb::tool_selector_client::ToolSelectorClient::new(channel(&cli.server, token).await?);
+            let r = c
+                .select_tool(pb::SelectToolRequest {
+                    task_description: task,
+                    required_capabilities: capabilities,
+                    task_category: category,
+                    max_alternatives: alternatives,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let ranked: Vec<Value> = r
+                .primary
+                .iter()
+                .chain(&r.alternatives)
+                .map(|s| {
+                    json!({"tool": s.tool.as_ref().map(|t| t.name.clone()), "combined": s.combined_score,
+                           "match": s.match_score, "suitability": s.suitability_score})
+                })
+                .collect();
+            let v = json!({"tools": ranked, "confidence": r.confidence, "reasoning": r.reasoning, "selection_id": r.selection_id});
+            let best = ranked.first().and_then(|t| t["tool"].as_str()).unwrap_or("").to_owned();
+            print(out, &v, &best, || {
+                for t in &ranked {
+                    println!(
+                        "{:<28} {:.3}",
+                        t["tool"].as_str().unwrap_or(""),
+                        t["combined"].as_f64().unwrap_or(0.0)
+                    );
                 }
-                PermissionsCmd::Check { agent, tool } => {
-                    let r = c
-                        .check(pb::CheckRequest {
-                            agent_id: agent,
-                            tool: Some(pb::check_request::Tool::ToolName(tool)),
-                        })
-                        .await?
-                        .into_inner();
-                    let v = json!({"allowed": r.allowed, "reason": r.reason, "permission_id": r.permission_id});
-                    print(out, &v, &r.allowed.to_string(), || {
-                        println!("{}: {}", if r.allowed { "allowed" } else { "denied" }, r.reason)
-                    });
-                }
-            }
+                println!("confidence {:.2}: {}", r.confidence, r.reasoning);
+            });
         }
         Command::Audit(cmd) => audit::run(cmd, &cli.server, token, out).await?,
         Command::Invoke { tool, params, sidecar } => {

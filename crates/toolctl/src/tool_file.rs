@@ -100,7 +100,14 @@ fn parse<T: Copy>(field: &str, value: &str, default: T, parse: fn(&str) -> Optio
 impl ToolFile {
     pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        let yaml = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+        if yaml {
+            serde_norway::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
     }
 
     /// The file as a registry spec on the wire; the server validates the rest.

@@ -1,0 +1,255 @@
+//! `toolctl tools`: register, import, list, show, update, enable/disable, delete, and
+//! set credentials.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+use toolplane_proto::v1 as pb;
+
+use crate::{Authed, Failure, Output, print, tool_file};
+
+#[derive(Subcommand)]
+pub enum ToolsCmd {
+    /// Register tools from JSON or YAML files.
+    Register {
+        files: Vec<PathBuf>,
+    },
+    /// Register (or re-version) every tool an MCP server lists.
+    ImportMcp {
+        /// Streamable HTTP endpoint, e.g. http://mcp.internal:8080/mcp
+        endpoint: String,
+        #[arg(long, default_value = "")]
+        category: String,
+        #[arg(long, default_value = "")]
+        provider: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    List {
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long)]
+        capability: Option<String>,
+    },
+    Get {
+        name: String,
+    },
+    /// Record a new version of a tool from a file (the file's name picks the tool).
+    Update {
+        file: PathBuf,
+    },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+    /// Soft delete: the name becomes free, history stays.
+    Delete {
+        name: String,
+    },
+    /// Seal a credential for a tool; the secret comes from a file or stdin, never a flag.
+    SetCredential {
+        name: String,
+        /// Read the secret from this file ("-" for stdin).
+        #[arg(long = "from-file")]
+        from_file: PathBuf,
+        /// Sent as this header; default `authorization: Bearer <secret>`.
+        #[arg(long, default_value = "")]
+        header: String,
+    },
+}
+
+pub fn tool_json(t: &pb::Tool) -> Value {
+    json!({
+        "id": t.id, "name": t.name, "version": t.version, "category": t.category,
+        "description": t.description, "capabilities": t.capabilities, "endpoint": t.endpoint,
+        "enabled": t.enabled,
+    })
+}
+
+async fn by_name(
+    c: &mut pb::tool_registry_client::ToolRegistryClient<Authed>,
+    name: &str,
+) -> Result<pb::Tool, Failure> {
+    Ok(c.get_tool(pb::GetToolRequest {
+        key: Some(pb::get_tool_request::Key::Name(name.to_owned())),
+        version: 0,
+    })
+    .await?
+    .into_inner()
+    .tool
+    .unwrap_or_default())
+}
+
+pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> {
+    let mut c = pb::tool_registry_client::ToolRegistryClient::new(ch);
+    match cmd {
+        ToolsCmd::Register { files } => {
+            for f in files {
+                let tool = tool_file::ToolFile::read(&f)?.into_pb()?;
+                let t = c
+                    .register_tool(pb::RegisterToolRequest { tool: Some(tool) })
+                    .await?
+                    .into_inner()
+                    .tool
+                    .unwrap_or_default();
+                print(out, &tool_json(&t), &t.id, || {
+                    println!("registered {}\t{}\tv{}", t.name, t.id, t.version)
+                });
+            }
+        }
+        ToolsCmd::ImportMcp {
+            endpoint,
+            category,
+            provider,
+            prefix,
+        } => {
+            let r = c
+                .import_mcp_tools(pb::ImportMcpToolsRequest {
+                    endpoint,
+                    category,
+                    provider,
+                    name_prefix: prefix,
+                })
+                .await?
+                .into_inner();
+            let v = json!({
+                "created": r.created.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                "updated": r.updated.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                "unchanged": r.unchanged,
+                "skipped": r.skipped.iter().map(|s| json!({"name": s.remote_name, "reason": s.reason})).collect::<Vec<_>>(),
+            });
+            print(out, &v, &r.created.len().to_string(), || {
+                for t in &r.created {
+                    println!("created   {}", t.name);
+                }
+                for t in &r.updated {
+                    println!("updated   {} (v{})", t.name, t.version);
+                }
+                for n in &r.unchanged {
+                    println!("unchanged {n}");
+                }
+                for s in &r.skipped {
+                    println!("skipped   {}: {}", s.remote_name, s.reason);
+                }
+            });
+        }
+        ToolsCmd::List { category, capability } => {
+            let mut page_token = String::new();
+            let mut all = Vec::new();
+            loop {
+                let r = c
+                    .list_tools(pb::ListToolsRequest {
+                        category: category.clone().unwrap_or_default(),
+                        capability: capability.clone().unwrap_or_default(),
+                        page_token,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                all.extend(r.tools);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            let v = Value::Array(all.iter().map(tool_json).collect());
+            let ids = all.iter().map(|t| t.id.clone()).collect::<Vec<_>>().join("\n");
+            print(out, &v, &ids, || {
+                println!(
+                    "{:<28} {:<8} {:<8} {:<18} CAPABILITIES",
+                    "NAME", "VERSION", "ENABLED", "CATEGORY"
+                );
+                for t in &all {
+                    println!(
+                        "{:<28} {:<8} {:<8} {:<18} {}",
+                        t.name,
+                        t.version,
+                        t.enabled,
+                        t.category,
+                        t.capabilities.join(",")
+                    );
+                }
+            });
+        }
+        ToolsCmd::Get { name } => {
+            let t = by_name(&mut c, &name).await?;
+            let v = tool_json(&t);
+            print(out, &v, &t.id, || {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+            });
+        }
+        ToolsCmd::Update { file } => {
+            let tool = tool_file::ToolFile::read(&file)?.into_pb()?;
+            let t = c
+                .update_tool(pb::UpdateToolRequest { tool: Some(tool) })
+                .await?
+                .into_inner()
+                .tool
+                .unwrap_or_default();
+            print(out, &tool_json(&t), &t.version.to_string(), || {
+                println!("updated {} to v{}", t.name, t.version)
+            });
+        }
+        ToolsCmd::Enable { name } => set_enabled(&mut c, &name, true, out).await?,
+        ToolsCmd::Disable { name } => set_enabled(&mut c, &name, false, out).await?,
+        ToolsCmd::Delete { name } => {
+            let t = by_name(&mut c, &name).await?;
+            c.delete_tool(pb::DeleteToolRequest { tool_id: t.id.clone() }).await?;
+            print(out, &json!({"deleted": t.id}), &t.id, || println!("deleted {name}"));
+        }
+        ToolsCmd::SetCredential {
+            name,
+            from_file,
+            header,
+        } => {
+            let mut secret = String::new();
+            if from_file.as_os_str() == "-" {
+                std::io::stdin()
+                    .read_to_string(&mut secret)
+                    .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read the secret from stdin: {e}")))?;
+            } else {
+                secret = std::fs::read_to_string(&from_file)
+                    .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {}: {e}", from_file.display())))?;
+            }
+            let secret = secret.trim().to_owned();
+            if secret.is_empty() {
+                return Err(Failure::Usage(anyhow::anyhow!("the secret is empty")));
+            }
+            let t = by_name(&mut c, &name).await?;
+            c.set_credential(pb::SetCredentialRequest {
+                tool_id: t.id.clone(),
+                auth_type: pb::AuthType::ApiKey as i32,
+                header_name: header,
+                secret,
+            })
+            .await?;
+            print(out, &json!({"tool_id": t.id}), &t.id, || {
+                println!("credential sealed for {name} (never shown again)")
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn set_enabled(
+    c: &mut pb::tool_registry_client::ToolRegistryClient<Authed>,
+    name: &str,
+    enabled: bool,
+    out: Output,
+) -> Result<(), Failure> {
+    let t = by_name(c, name).await?;
+    let t = c
+        .set_tool_enabled(pb::SetToolEnabledRequest { tool_id: t.id, enabled })
+        .await?
+        .into_inner()
+        .tool
+        .unwrap_or_default();
+    print(out, &tool_json(&t), &t.enabled.to_string(), || {
+        println!("{} {}", if t.enabled { "enabled" } else { "disabled" }, t.name)
+    });
+    Ok(())
+}
