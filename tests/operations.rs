@@ -544,3 +544,107 @@ async fn toolctl_operates_the_registry_grants_requests_and_selection() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// A received span: trace id, span id, parent span id (hex), name.
+type Span = (String, String, String, String);
+
+/// Spans received over OTLP/gRPC.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<std::sync::Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Status,
+    > {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push((
+                        hex::encode(&s.trace_id),
+                        hex::encode(&s.span_id),
+                        hex::encode(&s.parent_span_id),
+                        s.name,
+                    ));
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_and_the_tool_call_joins_the_callers_trace() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+        collector.clone(),
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let tools = ToolServer::start().await;
+    let cp = toolplane_tests::procs::control_plane(None).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let wc = admin
+        .register(http_tool("word_count", &tools.url("/word_count")))
+        .await
+        .unwrap();
+    let agent = admin.agent("traced").await;
+    admin.grant_full(&agent.id, &wc.id).await;
+    let token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let sc = sidecar_with(&cp, &sidecar_token, &spool_dir(), &env).await;
+    let ex = executor(&sc.url(), Some(&token)).await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let result = eventually("a traced call", WAIT, || {
+        let mut ex = ex.clone();
+        async move {
+            let mut req = tonic::Request::new(invoke_request("word_count", &json!({"text": "a b"})));
+            req.metadata_mut().insert(
+                "traceparent",
+                format!("00-{trace_id}-{caller_span}-01").parse().unwrap(),
+            );
+            ex.invoke(req).await.ok()
+        }
+    })
+    .await;
+    assert_eq!(
+        result.into_inner().result.unwrap().status,
+        pb::ToolExecutionStatus::Success as i32
+    );
+    let exported = eventually("the sidecar's span at the collector", WAIT, || {
+        let c = collector.clone();
+        async move {
+            let spans = c.0.lock().unwrap().clone();
+            spans.into_iter().find(|s| s.0 == trace_id && s.3 == "toolplane.invoke")
+        }
+    })
+    .await;
+    assert_eq!(exported.2, caller_span, "the sidecar's span is a child of the caller's");
+    let sent = tools.headers("/word_count");
+    let tp = sent
+        .iter()
+        .rev()
+        .find_map(|h| h.get("traceparent").and_then(|v| v.to_str().ok()))
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        tp,
+        format!("00-{trace_id}-{}-01", exported.1),
+        "the tool's parent is the exported span"
+    );
+}

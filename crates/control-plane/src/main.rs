@@ -8,7 +8,11 @@ use toolplane_runtime::{lifecycle, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.common.log_format);
+    let telemetry = telemetry::init(
+        config.common.log_format,
+        "toolplane-control-plane",
+        config.common.otlp_endpoint.as_deref(),
+    );
     if config.migrate_only {
         let url = config
             .database_url
@@ -16,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("--migrate-only needs DATABASE_URL"))?;
         storage::migrate(url).await?;
         tracing::info!("migrations applied; exiting (--migrate-only)");
+        telemetry.shutdown();
         return Ok(());
     }
     config.admin_token()?;
@@ -31,5 +36,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let listener = TcpListener::bind(config.listen).await?;
     lifecycle::announce("toolplane-control-plane", listener.local_addr()?);
-    server::serve(&config, store, listener, lifecycle::first_signal()).await
+    let served = server::serve(&config, store, listener, lifecycle::first_signal()).await;
+    telemetry.shutdown();
+    served
 }

@@ -145,7 +145,32 @@ impl ExecutorService {
         }
     }
 
+    /// One call in its own span, a child of the caller's trace; the tool gets a child
+    /// of that span as `traceparent`.
     pub(crate) async fn run_call(&self, call: Call) -> Result<ToolResult, ExecError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "toolplane.invoke",
+            otel.kind = "server",
+            agent = %call.agent_id,
+            tool = tracing::field::Empty,
+            status = tracing::field::Empty,
+        );
+        let outgoing = toolplane_runtime::telemetry::continue_trace(&span, call.traceparent.as_deref());
+        let result = self.run_call_in_span(call, outgoing).instrument(span.clone()).await;
+        match &result {
+            Ok(r) => {
+                span.record("tool", r.tool_id.to_string());
+                span.record("status", r.status.as_str());
+            }
+            Err(e) => {
+                span.record("status", e.to_string());
+            }
+        }
+        result
+    }
+
+    async fn run_call_in_span(&self, call: Call, outgoing_traceparent: String) -> Result<ToolResult, ExecError> {
         let started = Instant::now();
         if !self.outbox.accepts_calls() {
             return Err(ExecError::SpoolFull);
@@ -232,7 +257,7 @@ impl ExecutorService {
             secret: snap.credential(tool.id).map(|c| c.secret.clone()).unwrap_or_default(),
             requested_tool_id: tool.id,
             stale: false,
-            traceparent: toolplane_core::trace::child(call.traceparent.as_deref()),
+            traceparent: outgoing_traceparent,
         };
         let credential = snap.credential(tool.id);
         let deadline = call.deadline.map(|d| started + d);

@@ -8,9 +8,15 @@ use toolplane_sidecar::{config::Config, server};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(config.common.log_format);
+    let telemetry = telemetry::init(
+        config.common.log_format,
+        "toolplane-sidecar",
+        config.common.otlp_endpoint.as_deref(),
+    );
     config.token()?;
     let listener = TcpListener::bind(config.listen).await?;
     lifecycle::announce("toolplane-sidecar", listener.local_addr()?);
-    server::serve(&config, listener, lifecycle::first_signal()).await
+    let served = server::serve(&config, listener, lifecycle::first_signal()).await;
+    telemetry.shutdown();
+    served
 }

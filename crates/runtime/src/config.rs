@@ -19,6 +19,10 @@ pub struct CommonArgs {
     #[arg(long, env = "TOOLPLANE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Export spans over OTLP/gRPC to this collector, e.g. http://otel-collector:4317.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Serve Prometheus metrics at http://<addr>/metrics (off when unset).
     #[arg(long, env = "TOOLPLANE_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,

@@ -145,8 +145,18 @@ impl pb::tool_selector_server::ToolSelector for SelectorService {
         &self,
         request: Request<pb::SelectToolRequest>,
     ) -> Result<Response<pb::SelectToolResponse>, Status> {
+        use tracing::Instrument;
         let who = principal(&request)?;
         who.require(&[Role::Agent, Role::Admin], "ToolSelector.SelectTool")?;
-        Ok(Response::new(self.select(&who, request.into_inner()).await?))
+        // A child of the caller's trace (the agent's, or the sidecar's for ExecuteTask).
+        let span = tracing::info_span!("toolplane.select", otel.kind = "server");
+        let incoming = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        toolplane_runtime::telemetry::continue_trace(&span, incoming.as_deref());
+        let r = self.select(&who, request.into_inner()).instrument(span).await?;
+        Ok(Response::new(r))
     }
 }
