@@ -37,6 +37,7 @@ fn spawn_gauges(executor: Arc<ExecutorService>) {
     tokio::spawn(async move {
         loop {
             metrics::gauge!(m::SPOOL_DEPTH).set(executor.outbox.pending() as f64);
+            metrics::gauge!(m::OPEN_CIRCUITS).set(executor.breakers.open_count() as f64);
             if let Some(age) = executor.snapshot.age() {
                 metrics::gauge!(m::SNAPSHOT_AGE).set(age.as_secs_f64());
             }
