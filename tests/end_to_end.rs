@@ -1491,3 +1491,55 @@ async fn a_large_registry_reaches_the_sidecar() {
     let ex = sys.executor().await;
     time_until(&ex, "after_bulk", |r| r.is_ok()).await;
 }
+
+#[tokio::test]
+async fn the_partial_strategy_returns_schema_breaking_output_marked_partial() {
+    let mut sys = System::start().await;
+    let tool = sys
+        .admin
+        .register(http_tool("loose_counter", &sys.tools.url("/bad_output")))
+        .await
+        .unwrap();
+    sys.admin.grant_full(&sys.agent.id, &tool.id).await;
+    let mut ex = sys.executor().await;
+    let call = || invoke_request("loose_counter", &json!({"text": "a b"}));
+    // Without a strategy: VALIDATION_ERROR, and the bad output is not passed on.
+    let r = eventually("the grant at the sidecar", WAIT, || {
+        let mut ex = ex.clone();
+        async move { ex.invoke(call()).await.ok() }
+    })
+    .await
+    .into_inner()
+    .result
+    .unwrap();
+    assert_eq!(r.status, pb::ToolExecutionStatus::ValidationError as i32);
+    assert_eq!(output(&r), Value::Null);
+
+    set_strategy(
+        &mut sys.admin,
+        &tool,
+        &[],
+        &[pb::FallbackCondition::OnDataValidationFailure],
+        pb::DegradationMode::Partial,
+    )
+    .await
+    .unwrap();
+    let r = eventually("the strategy at the sidecar", WAIT, || {
+        let mut ex = ex.clone();
+        async move {
+            let r = ex.invoke(call()).await.ok()?.into_inner().result?;
+            (r.status == pb::ToolExecutionStatus::PartialSuccess as i32).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(output(&r), json!({"words": "many"}));
+    assert!(
+        r.error.contains("output schema") && r.error.contains("output/words"),
+        "{}",
+        r.error
+    );
+    let rows = sys.audit_rows(&r.invocation_id, 2).await;
+    let actions: Vec<String> = rows.iter().map(|r| r.get("action")).collect();
+    assert!(actions.contains(&"fallback_used".to_owned()), "{actions:?}");
+    let _ = &mut ex;
+}

@@ -127,7 +127,11 @@ async fn both_binaries_expose_prometheus_metrics_of_real_calls() {
         "latency histogram"
     );
     assert!(sample(&text, "toolplane_spool_depth").is_some());
-    assert_eq!(sample(&text, "toolplane_open_circuits"), Some(0.0), "the circuit-breaker state gauge");
+    assert_eq!(
+        sample(&text, "toolplane_open_circuits"),
+        Some(0.0),
+        "the circuit-breaker state gauge"
+    );
     assert!(sample(&text, "toolplane_snapshot_age_seconds").unwrap() < 60.0);
 
     let text = eventually("control plane metrics", WAIT, || async move {

@@ -436,6 +436,26 @@ impl ExecutorService {
                 }
                 None
             }
+            // What the tool returned, though it breaks the output schema, marked
+            // PARTIAL_SUCCESS with the violations, rather than nothing.
+            DegradationMode::Partial
+                if failed.status == ExecutionStatus::ValidationError && !failed.output.is_null() =>
+            {
+                let why = format!(
+                    "served output that breaks the output schema as partial: {}",
+                    failed.error
+                );
+                self.audit_fallback(ctx, primary, &why);
+                let partial = Outcome {
+                    status: ExecutionStatus::PartialSuccess,
+                    output: failed.output.clone(),
+                    error: failed.error.clone(),
+                    retryable: false,
+                    retry_after: None,
+                    auth_failure: false,
+                };
+                Some(self.finish(ctx, partial, 0, false))
+            }
             DegradationMode::Partial | DegradationMode::Abort => None,
         }
     }
@@ -534,6 +554,12 @@ impl ExecutorService {
             retry_after,
             ..
         } = outcome;
+        // A failed call's output (e.g. one that broke its schema) is not an answer.
+        let output = if matches!(status, ExecutionStatus::Success | ExecutionStatus::PartialSuccess) {
+            output
+        } else {
+            Value::Null
+        };
         let tool = ctx.tool;
         // An upstream that echoes its credential must not leak it through our errors.
         let error = if ctx.secret.is_empty() {

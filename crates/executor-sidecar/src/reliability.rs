@@ -33,7 +33,9 @@ impl Breakers {
     /// Tools whose circuit is open (or half-open, probing) right now.
     pub fn open_count(&self) -> usize {
         let map = self.by_tool.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().filter(|b| !matches!(b.state(), State::Closed { .. })).count()
+        map.values()
+            .filter(|b| !matches!(b.state(), State::Closed { .. }))
+            .count()
     }
 
     pub fn record(&self, tool: Uuid, outcome: &Outcome) {

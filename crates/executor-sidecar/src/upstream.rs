@@ -132,11 +132,16 @@ impl Upstream {
         match &compiled.output {
             Some(v) => match schema::check(v, "output", &outcome.output) {
                 Ok(()) => outcome,
-                Err(violations) => Outcome::failed(
-                    ExecutionStatus::ValidationError,
-                    format!("the tool's output breaks its output schema: {violations}"),
-                    false,
-                ),
+                // The output is kept for the PARTIAL strategy; callers never see it
+                // under VALIDATION_ERROR.
+                Err(violations) => Outcome {
+                    output: outcome.output,
+                    ..Outcome::failed(
+                        ExecutionStatus::ValidationError,
+                        format!("the tool's output breaks its output schema: {violations}"),
+                        false,
+                    )
+                },
             },
             None => outcome,
         }
