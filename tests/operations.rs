@@ -653,3 +653,105 @@ async fn spans_are_exported_over_otlp_and_the_tool_call_joins_the_callers_trace(
         "the tool's parent is the exported span"
     );
 }
+
+/// An HTTPS tool (certificate from a throwaway CA) offering HTTP/2 and HTTP/1.1 by
+/// ALPN; answers word counts and records the HTTP version of each request.
+async fn https_tool() -> (u16, String, std::sync::Arc<std::sync::Mutex<Vec<http::Version>>>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let versions: std::sync::Arc<std::sync::Mutex<Vec<http::Version>>> = Default::default();
+    let seen = versions.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.lock().unwrap().push(req.version());
+                        let body = http_body_util::BodyExt::collect(req.into_body())
+                            .await
+                            .unwrap()
+                            .to_bytes();
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let words = v["text"].as_str().unwrap_or("").split_whitespace().count();
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(
+                                    json!({"words": words}).to_string(),
+                                )))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (port, ca.pem(), versions)
+}
+
+#[tokio::test]
+async fn https_tools_are_called_over_tls_with_http2_when_offered() {
+    let (port, ca_pem, versions) = https_tool().await;
+    let ca_file = spool_dir().join("tool-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let cp = toolplane_tests::procs::control_plane(None).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let tool = admin
+        .register(http_tool("secure_count", &format!("https://localhost:{port}/count")))
+        .await
+        .unwrap();
+    let agent = admin.agent("tls-client").await;
+    admin.grant_full(&agent.id, &tool.id).await;
+    let token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let ca = ca_file.to_string_lossy().into_owned();
+    let sc = sidecar_with(&cp, &sidecar_token, &spool_dir(), &[("TOOLPLANE_TOOL_CA_FILE", &ca)]).await;
+    let ex = executor(&sc.url(), Some(&token)).await;
+    let r = eventually("a call to the HTTPS tool", WAIT, || {
+        let mut ex = ex.clone();
+        async move {
+            let r = ex
+                .invoke(invoke_request("secure_count", &json!({"text": "over tls"})))
+                .await
+                .ok()?
+                .into_inner()
+                .result?;
+            (r.status == pb::ToolExecutionStatus::Success as i32).then_some(r)
+        }
+    })
+    .await;
+    assert!(r.output.is_some());
+    assert_eq!(
+        *versions.lock().unwrap(),
+        [http::Version::HTTP_2],
+        "h2 negotiated by ALPN"
+    );
+}

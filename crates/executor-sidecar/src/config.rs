@@ -64,6 +64,10 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_BREAKER_OPEN_SECS", value_parser = parse_secs, default_value = "30")]
     pub breaker_open_for: Duration,
 
+    /// PEM CA bundle trusted for https:// tools besides the public roots (a private CA).
+    #[arg(long, env = "TOOLPLANE_TOOL_CA_FILE")]
+    pub tool_ca_file: Option<PathBuf>,
+
     /// Serve MCP (Streamable HTTP) for agents at http://<addr>/mcp, e.g.
     /// 127.0.0.1:50062; off when unset.
     #[arg(long, env = "TOOLPLANE_MCP_LISTEN")]

@@ -113,7 +113,7 @@ pub async fn serve(
     let executor = Arc::new(ExecutorService {
         snapshot: snapshot.clone(),
         outbox: outbox.clone(),
-        upstream: Upstream::new(config.common.allow_link_local_endpoints),
+        upstream: Upstream::new(config.common.allow_link_local_endpoints, config.tool_ca_file.as_deref())?,
         breakers: Breakers::new(BreakerConfig {
             failure_threshold: config.breaker_failures,
             open_for: config.breaker_open_for,

@@ -77,11 +77,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(allow_link_local: bool) -> Self {
-        Self {
-            http: ToolHttpClient::new(allow_link_local),
+    pub fn new(allow_link_local: bool, tool_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: ToolHttpClient::new(allow_link_local, tool_ca)?,
             mcp: McpPool::new(allow_link_local),
-        }
+        })
     }
 
     /// Calls the tool once and validates its output against the output schema.
