@@ -1543,3 +1543,39 @@ async fn the_partial_strategy_returns_schema_breaking_output_marked_partial() {
     assert!(actions.contains(&"fallback_used".to_owned()), "{actions:?}");
     let _ = &mut ex;
 }
+
+#[tokio::test]
+async fn a_batch_answers_its_cache_hits_first() {
+    let mut sys = System::start().await;
+    let mut tool = http_tool("cached_words", &sys.tools.url("/word_count"));
+    tool.cacheable = true;
+    tool.cache_ttl_seconds = 300;
+    let tool = sys.admin.register(tool).await.unwrap();
+    sys.admin.grant_full(&sys.agent.id, &tool.id).await;
+    let mut ex = sys.executor().await;
+    let warm = |t: &str| invoke_request("cached_words", &json!({"text": t}));
+    eventually("the grant at the sidecar", WAIT, || {
+        let mut ex = ex.clone();
+        async move { ex.invoke(warm("seen before")).await.ok() }
+    })
+    .await;
+    // 30 misses first in the request, then 10 hits.
+    let mut calls: Vec<pb::InvokeRequest> = (0..30).map(|i| warm(&format!("new text {i}"))).collect();
+    calls.extend((0..10).map(|_| warm("seen before")));
+    let mut stream = ex
+        .batch_invoke(pb::BatchInvokeRequest { calls })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut order = Vec::new();
+    while let Some(item) = stream.message().await.unwrap() {
+        let r = item.result.unwrap();
+        assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{}", r.error);
+        order.push((item.index, r.cache_hit));
+    }
+    assert_eq!(order.len(), 40);
+    assert!(
+        order[..10].iter().all(|(i, hit)| *hit && *i >= 30),
+        "the hits (indices 30..40) come first: {order:?}"
+    );
+}

@@ -805,8 +805,35 @@ impl Executor for ExecutorGrpc {
     }
 }
 
-/// Runs the calls, at most `MAX_BATCH_CONCURRENCY` at a time, and yields each result
-/// as it completes.
+impl ExecutorService {
+    /// Whether this call would be answered from the in-process cache (a cheap guess
+    /// used only to order a batch; the call itself checks everything again).
+    fn likely_cached(&self, agent_id: Uuid, c: &pb::InvokeRequest) -> bool {
+        let Some(snap) = self.snapshot.current() else {
+            return false;
+        };
+        let tool = match &c.tool {
+            Some(pb::invoke_request::Tool::ToolName(n)) => snap.tool_by_name(n),
+            Some(pb::invoke_request::Tool::ToolId(id)) => Uuid::parse_str(id).ok().and_then(|id| snap.tool(id)),
+            None => None,
+        };
+        let Some(t) = tool.map(|t| &t.tool) else {
+            return false;
+        };
+        if !(t.spec.cacheable && t.spec.side_effects == SideEffects::None) {
+            return false;
+        }
+        let params = match struct_to_json(c.parameters.clone()) {
+            Value::Null => Value::Object(Default::default()),
+            v => v,
+        };
+        let key = cache_key(t.id, t.version, &t.spec, &agent_id.to_string(), &params);
+        self.cache.holds(&key)
+    }
+}
+
+/// Runs the calls, at most `MAX_BATCH_CONCURRENCY` at a time, cache hits first, and
+/// yields each result as it completes (with its index in the request).
 fn async_stream(
     svc: Arc<ExecutorService>,
     agent_id: Uuid,
@@ -814,7 +841,10 @@ fn async_stream(
     deadline: Option<Duration>,
     trace: Option<String>,
 ) -> impl Stream<Item = Result<pb::BatchInvokeResponse, Status>> + Send {
-    futures::stream::iter(calls.into_iter().enumerate())
+    let mut ordered: Vec<(usize, pb::InvokeRequest)> = calls.into_iter().enumerate().collect();
+    // Stable: cached calls first, the rest in request order.
+    ordered.sort_by_key(|(_, c)| !svc.likely_cached(agent_id, c));
+    futures::stream::iter(ordered)
         .map(move |(i, c)| {
             let (svc, trace) = (svc.clone(), trace.clone());
             async move {

@@ -59,6 +59,11 @@ impl ResultCache {
         format!("toolplane:cache:{key}")
     }
 
+    /// Whether the in-process cache holds `key` (no Redis round trip): for ordering.
+    pub fn holds(&self, key: &str) -> bool {
+        self.l1.contains_key(key)
+    }
+
     pub async fn get(&self, key: &str) -> Option<Value> {
         self.l1.get(key).await.map(|e| e.output.clone())
     }
