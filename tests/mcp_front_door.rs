@@ -17,11 +17,11 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use toolplane_proto::v1 as pb;
-use toolplane_tests::eventually;
 use toolplane_tests::grpc::{Admin, http_tool};
 use toolplane_tests::pg::TestDb;
 use toolplane_tests::procs::{ADMIN_TOKEN, control_plane, sidecar_with, spool_dir};
 use toolplane_tests::tool_server::ToolServer;
+use toolplane_tests::{eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -37,14 +37,6 @@ impl ClientHandler for Watcher {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn connect(

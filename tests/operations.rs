@@ -6,20 +6,12 @@ use std::time::Duration;
 
 use serde_json::json;
 use toolplane_proto::v1 as pb;
-use toolplane_tests::eventually;
 use toolplane_tests::grpc::{Admin, channel, executor, http_tool, invoke_request};
 use toolplane_tests::procs::{ADMIN_TOKEN, MASTER_KEY, Proc, sidecar_with, spool_dir};
 use toolplane_tests::tool_server::ToolServer;
+use toolplane_tests::{eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn scrape(port: u16) -> String {
     reqwest::get(format!("http://127.0.0.1:{port}/metrics"))

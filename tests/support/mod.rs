@@ -11,6 +11,14 @@ pub mod tool_server;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// A port nothing listens on right now (for servers that take a fixed address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
 /// The Redis tests share (`make test` points it at a throwaway server when none runs).
 pub fn test_redis() -> String {
     std::env::var("TOOLPLANE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())

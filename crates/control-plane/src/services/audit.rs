@@ -18,7 +18,7 @@ use toolplane_core::model::Role;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::{PrincipalExt, principal};
 
-use super::uuid_field;
+use super::opt_uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::storage::AuditFilter;
@@ -53,13 +53,6 @@ fn period(since: Option<&prost_types::Timestamp>, until: Option<&prost_types::Ti
 }
 
 fn filter_from(req: &pb::QueryAuditTrailRequest) -> ApiResult<AuditFilter> {
-    let opt_uuid = |field: &str, v: &str| {
-        if v.is_empty() {
-            Ok(None)
-        } else {
-            uuid_field(field, v).map(Some)
-        }
-    };
     let (since, until) = period(req.since.as_ref(), req.until.as_ref())?;
     let after_seq = if req.cursor.is_empty() {
         None
@@ -200,13 +193,6 @@ impl AuditService {
     }
 
     async fn usage(&self, req: pb::GetUsageStatisticsRequest) -> ApiResult<pb::GetUsageStatisticsResponse> {
-        let opt_uuid = |field: &str, v: &str| {
-            if v.is_empty() {
-                Ok(None)
-            } else {
-                uuid_field(field, v).map(Some)
-            }
-        };
         let (since, until) = period(req.since.as_ref(), req.until.as_ref())?;
         let rows = self
             .state

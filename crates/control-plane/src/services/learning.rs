@@ -12,6 +12,7 @@ use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::{PrincipalExt, principal};
 use uuid::Uuid;
 
+use super::opt_uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::selection::learning::Trend;
 use crate::state::AppState;
@@ -70,14 +71,6 @@ fn trend_pb(t: Trend) -> i32 {
         Trend::Declining => pb::Trend::Declining,
     };
     t as i32
-}
-
-fn opt_uuid(field: &str, v: &str) -> ApiResult<Option<Uuid>> {
-    if v.is_empty() {
-        Ok(None)
-    } else {
-        Ok(Some(parse_uuid(field, v)?))
-    }
 }
 
 #[tonic::async_trait]

@@ -18,6 +18,15 @@ pub(crate) fn uuid_field(field: &str, value: &str) -> Result<Uuid, ApiError> {
     Ok(toolplane_core::convert::parse_uuid(field, value)?)
 }
 
+/// An optional UUID field: empty means unset.
+pub(crate) fn opt_uuid(field: &str, value: &str) -> Result<Option<Uuid>, ApiError> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        uuid_field(field, value).map(Some)
+    }
+}
+
 pub(crate) fn required<T>(field: &str, v: Option<T>) -> Result<T, ApiError> {
     v.ok_or_else(|| Violations::single(field, "is required").into())
 }
