@@ -379,17 +379,7 @@ impl ExecutorService {
                     let tool = &candidate.tool;
                     let decision = evaluate(agent, tool, snap.grants(agent.id, tool.id), Utc::now());
                     if !decision.allowed {
-                        let (inv, task) = (ctx.invocation_id, &ctx.task_id);
-                        let mut e = self.audit(
-                            AuditAction::PermissionChecked,
-                            agent.id,
-                            tool,
-                            inv,
-                            task,
-                            &ctx.sanitized,
-                        );
-                        e.detail = format!("fallback from {} refused: {}", primary.spec.name, decision.reason);
-                        self.outbox.push(SyncEvent::Audit(e));
+                        self.audit_fallback_refused(ctx, tool, &decision.reason);
                         continue;
                     }
                     if schema::check(&candidate.input, "parameters", params).is_err() {
@@ -398,17 +388,7 @@ impl ExecutorService {
                     let permission_id = match self.admit(&decision).await {
                         Ok(id) => id,
                         Err(refused) => {
-                            let (inv, task) = (ctx.invocation_id, &ctx.task_id);
-                            let mut e = self.audit(
-                                AuditAction::PermissionChecked,
-                                agent.id,
-                                tool,
-                                inv,
-                                task,
-                                &ctx.sanitized,
-                            );
-                            e.detail = format!("fallback from {} refused: {refused}", primary.spec.name);
-                            self.outbox.push(SyncEvent::Audit(e));
+                            self.audit_fallback_refused(ctx, tool, &refused.to_string());
                             continue;
                         }
                     };
@@ -458,6 +438,21 @@ impl ExecutorService {
             }
             DegradationMode::Partial | DegradationMode::Abort => None,
         }
+    }
+
+    /// A fallback candidate the agent may not use (or has no budget for) now.
+    fn audit_fallback_refused(&self, ctx: &Ctx<'_>, tool: &Tool, why: &str) {
+        let (inv, task) = (ctx.invocation_id, &ctx.task_id);
+        let mut e = self.audit(
+            AuditAction::PermissionChecked,
+            ctx.agent_id,
+            tool,
+            inv,
+            task,
+            &ctx.sanitized,
+        );
+        e.detail = format!("fallback from {} refused: {why}", ctx.tool.spec.name);
+        self.outbox.push(SyncEvent::Audit(e));
     }
 
     /// This call went upstream for a cacheable tool (it, not a concurrent twin, fetched).
