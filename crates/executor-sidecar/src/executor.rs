@@ -614,8 +614,7 @@ impl ExecutorService {
             status,
             digest,
         });
-        self.outbox.push(SyncEvent::Audit(e));
-        self.outbox.push(SyncEvent::Invocation(InvocationRecord {
+        let invocation = SyncEvent::Invocation(InvocationRecord {
             invocation_id: ctx.invocation_id,
             agent_id: ctx.agent_id,
             task_id: ctx.task_id.clone(),
@@ -629,7 +628,8 @@ impl ExecutorService {
             },
             sidecar_id: self.sidecar_id.clone(),
             task_category: ctx.task_category.clone(),
-        }));
+        });
+        self.outbox.push_all(vec![SyncEvent::Audit(e), invocation]);
         result
     }
 

@@ -105,21 +105,34 @@ impl Outbox {
     }
 
     pub fn push(&self, event: SyncEvent) {
+        self.push_all(vec![event]);
+    }
+
+    /// Queues the events of one call together: encoded outside the lock, written to
+    /// the spool with one write, so concurrent calls wait on each other as little as
+    /// possible.
+    pub fn push_all(&self, events: Vec<SyncEvent>) {
+        let spooled = self.lock().spool.is_some();
+        let encoded: Vec<u8> = if spooled {
+            events.iter().flat_map(crate::spool::encode).collect()
+        } else {
+            Vec::new()
+        };
         {
             let mut inner = self.lock();
-            if inner.pending() >= self.capacity {
-                inner.dropped += 1;
-                metrics::counter!(toolplane_runtime::metrics::SPOOL_DROPPED).increment(1);
-                tracing::error!(dropped = inner.dropped, "outbox full; dropping event");
+            if inner.pending() + events.len() > self.capacity {
+                inner.dropped += events.len() as u64;
+                metrics::counter!(toolplane_runtime::metrics::SPOOL_DROPPED).increment(events.len() as u64);
+                tracing::error!(dropped = inner.dropped, "outbox full; dropping events");
                 return;
             }
             if let Some(spool) = inner.spool.as_mut()
-                && let Err(e) = spool.append(&event)
+                && let Err(e) = spool.append_encoded(&encoded)
             {
-                // Still queued in memory: it is sent unless the sidecar dies first.
+                // Still queued in memory: sent unless the sidecar dies first.
                 tracing::error!(error = %e, "cannot write the event spool");
             }
-            inner.queue.push_back(event);
+            inner.queue.extend(events);
         }
         self.notify.notify_one();
     }

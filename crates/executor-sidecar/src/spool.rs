@@ -38,7 +38,8 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn encode(e: &SyncEvent) -> Vec<u8> {
+/// One length-prefixed record (encoded outside the outbox lock, written under it).
+pub(crate) fn encode(e: &SyncEvent) -> Vec<u8> {
     let body = sync_event_to_pb(e).encode_to_vec();
     let mut out = Vec::with_capacity(body.len() + 4);
     out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -115,8 +116,12 @@ impl Spool {
     }
 
     pub fn append(&mut self, e: &SyncEvent) -> io::Result<()> {
-        let record = encode(e);
-        self.events.write_all(&record)?;
+        self.append_encoded(&encode(e))
+    }
+
+    /// Appends already encoded records (one or more, concatenated) with one write.
+    pub fn append_encoded(&mut self, record: &[u8]) -> io::Result<()> {
+        self.events.write_all(record)?;
         if self.fsync {
             self.events.sync_data()?;
         }
