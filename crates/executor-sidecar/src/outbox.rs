@@ -114,7 +114,7 @@ impl Outbox {
     pub fn push_all(&self, events: Vec<SyncEvent>) {
         let spooled = self.lock().spool.is_some();
         let encoded: Vec<u8> = if spooled {
-            events.iter().flat_map(crate::spool::encode).collect()
+            events.iter().map(crate::spool::encode).collect::<Vec<_>>().concat()
         } else {
             Vec::new()
         };
