@@ -670,5 +670,21 @@ async fn everything_works_over_mutual_tls_and_nothing_without_a_client_certifica
         result.error
     );
     assert!(sc.logs().contains("serving gRPC over TLS"), "{}", sc.logs());
+
+    // toolctl over mutual TLS: with its certificate it works, without it it cannot.
+    let (tc_cert, tc_key) = pki.write("toolctl", &pki.issue("toolctl", ClientAuth));
+    let toolctl = |extra: &[&str]| {
+        std::process::Command::new(toolplane_tests::procs::bin("toolctl"))
+            .args(["--server", &cp_url, "--token", ADMIN_TOKEN, "--ca-cert", &ca])
+            .args(extra)
+            .args(["-o", "json", "tools", "list"])
+            .output()
+            .unwrap()
+    };
+    let ok = toolctl(&["--client-cert", &tc_cert, "--client-key", &tc_key]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("tls_tool"));
+    let refused = toolctl(&[]);
+    assert!(!refused.status.success(), "no client certificate, no answer");
     std::fs::remove_dir_all(&pki.dir).ok();
 }

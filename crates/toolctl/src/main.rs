@@ -30,6 +30,14 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+    /// PEM CA that signed the servers' certificates (for https:// URLs).
+    #[arg(long, global = true, env = "TOOLPLANE_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that require mutual TLS.
+    #[arg(long, global = true, env = "TOOLPLANE_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    #[arg(long, global = true, env = "TOOLPLANE_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
     /// Bearer token (admin for most commands; an agent token for `invoke`).
     #[arg(long, global = true, env = "TOOLPLANE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -134,11 +142,36 @@ impl From<anyhow::Error> for Failure {
 
 type Authed = InterceptedService<Channel, Bearer>;
 
+/// TLS towards the servers, from the global flags (set once in `main`).
+static TLS: std::sync::OnceLock<Option<tonic::transport::ClientTlsConfig>> = std::sync::OnceLock::new();
+
+fn tls_from(cli: &Cli) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+    let mut config = match &cli.ca_cert {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+        None if cli.client_cert.is_some() => {
+            anyhow::bail!("--client-cert needs --ca-cert (the CA that signed the server)")
+        }
+        None => return Ok(None),
+    };
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(config))
+}
+
 async fn channel(url: &str, token: Option<&str>) -> Result<Authed, Failure> {
     let bearer = Bearer::new(token)
         .ok_or_else(|| Failure::Usage(anyhow::anyhow!("the token has characters a header cannot carry")))?;
-    let ch = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Failure::Usage(anyhow::anyhow!("bad URL {url:?}: {e}")))?
+    let mut endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|e| Failure::Usage(anyhow::anyhow!("bad URL {url:?}: {e}")))?;
+    if let Some(tls) = TLS.get().cloned().flatten() {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("TLS settings: {e}")))?;
+    }
+    let ch = endpoint
         .connect()
         .await
         .map_err(|e| Failure::Unreachable(anyhow::anyhow!("cannot reach {url}: {e}")))?;
@@ -304,6 +337,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match tls_from(&cli) {
+        Ok(tls) => {
+            let _ = TLS.set(tls);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Refused(s)) => {
