@@ -36,13 +36,31 @@ const CAPABILITY_SHARE: f64 = 0.3;
 const SHORTLIST: usize = 50;
 const CONFIDENT_MARGIN: f64 = 0.15;
 
+/// What is derived from the tools' text: rebuilt only when a tool's version changes.
+struct CatalogText {
+    /// Hash of the (tool id, version) sequence it was built from.
+    versions: u64,
+    index: TextIndex,
+    /// Lowercase capability → tools (snapshot indices) that have it.
+    capabilities: HashMap<String, Vec<u32>>,
+}
+
+fn versions_key(tools: &[Tool]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for t in tools {
+        (t.id, t.version).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// The catalog as selection sees it at one snapshot revision.
 pub struct Built {
     pub revision: u64,
     pub snapshot: Arc<Snapshot>,
-    index: TextIndex,
-    /// Lowercase capability → tools (snapshot indices) that have it.
-    capabilities: HashMap<String, Vec<u32>>,
+    /// Shared by every revision with the same tool versions (a grant change does not
+    /// re-index the catalog).
+    text: Arc<CatalogText>,
     /// Agent → tool → its grants (indices into `snapshot.permissions`).
     grants: HashMap<Uuid, HashMap<Uuid, Vec<usize>>>,
     agents: HashMap<Uuid, usize>,
@@ -156,14 +174,26 @@ impl Selector {
         {
             return b.clone();
         }
-        let docs: Vec<Document> = snapshot.tools.iter().map(document).collect();
-        let index = TextIndex::build(&self.analyzer, &docs, &self.params);
-        let mut capabilities: HashMap<String, Vec<u32>> = HashMap::new();
-        for (i, t) in snapshot.tools.iter().enumerate() {
-            for c in &t.spec.capabilities {
-                capabilities.entry(c.to_lowercase()).or_default().push(i as u32);
+        let versions = versions_key(&snapshot.tools);
+        let previous = self.built.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let text = match previous.filter(|b| b.text.versions == versions) {
+            Some(b) => b.text.clone(),
+            None => {
+                let docs: Vec<Document> = snapshot.tools.iter().map(document).collect();
+                let index = TextIndex::build(&self.analyzer, &docs, &self.params);
+                let mut capabilities: HashMap<String, Vec<u32>> = HashMap::new();
+                for (i, t) in snapshot.tools.iter().enumerate() {
+                    for c in &t.spec.capabilities {
+                        capabilities.entry(c.to_lowercase()).or_default().push(i as u32);
+                    }
+                }
+                Arc::new(CatalogText {
+                    versions,
+                    index,
+                    capabilities,
+                })
             }
-        }
+        };
         let mut grants: HashMap<Uuid, HashMap<Uuid, Vec<usize>>> = HashMap::new();
         for (i, p) in snapshot.permissions.iter().enumerate() {
             grants
@@ -177,8 +207,7 @@ impl Selector {
         let built = Arc::new(Built {
             revision: snapshot.revision,
             snapshot,
-            index,
-            capabilities,
+            text,
             grants,
             agents,
         });
@@ -228,12 +257,12 @@ impl Selector {
         let tools = &built.snapshot.tools;
         let terms = self.analyzer.terms(&q.text);
         let mut scores = Vec::new();
-        let mut touched = built.index.score(&terms, &mut scores);
+        let mut touched = built.text.index.score(&terms, &mut scores);
         let required: Vec<String> = q.capabilities.iter().map(|c| c.to_lowercase()).collect();
         if !required.is_empty() {
             let mut with_cap: Vec<u32> = required
                 .iter()
-                .filter_map(|c| built.capabilities.get(c))
+                .filter_map(|c| built.text.capabilities.get(c))
                 .flatten()
                 .copied()
                 .collect();

@@ -24,11 +24,16 @@ pub const MAX_ALTERNATIVES: u32 = 10;
 
 pub struct SelectorService {
     state: Arc<AppState>,
+    /// Redacts task descriptions before they are logged.
+    redactor: Redactor,
 }
 
 impl SelectorService {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            redactor: Redactor::default(),
+        }
     }
 }
 
@@ -113,7 +118,7 @@ impl SelectorService {
             selection_id,
             agent_id: q.agent,
             task_category: q.category.clone(),
-            task_description: Redactor::default().redact_text(&q.text),
+            task_description: self.redactor.redact_text(&q.text),
             primary_tool_id: primary,
             alternatives: sel.alternatives.iter().map(|a| sel.tool(a).id).collect(),
             combined_score: sel.primary.combined,
