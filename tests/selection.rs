@@ -166,6 +166,7 @@ async fn selection_ranks_what_the_agent_may_use_explains_it_and_learns_from_outc
         parameters: toolplane_core::json::json_to_struct(&json!({"text": "Paris"})),
         task_id: "t".to_owned(),
         task_category: "weather".to_owned(),
+        selection_id: String::new(),
     };
     eventually("the sidecar to serve", WAIT, || {
         let mut ex = ex.clone();

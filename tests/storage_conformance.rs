@@ -71,6 +71,7 @@ fn outcome(tool: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent 
         invoked_at: now,
         sidecar_id: "s".into(),
         task_category: "weather".into(),
+        selection_id: None,
         result: ToolResult {
             invocation_id: id,
             tool_id: tool.id,
@@ -457,6 +458,7 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         invoked_at: ts,
         sidecar_id: "s1".into(),
         task_category: String::new(),
+        selection_id: Some(Uuid::now_v7()),
         result: ToolResult {
             invocation_id: inv,
             tool_id: Uuid::new_v4(),

@@ -123,6 +123,7 @@ pub fn invoke_request(tool_name: &str, params: &Value) -> pb::InvokeRequest {
         parameters: json_to_struct(params),
         task_id: "task-1".to_owned(),
         task_category: String::new(),
+        selection_id: String::new(),
     }
 }
 

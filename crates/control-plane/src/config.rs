@@ -53,6 +53,16 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_SELECTION_EXPLORATION", default_value = "off", value_parser = ["off", "thompson"])]
     pub selection_exploration: String,
 
+    /// Days a remembered task (task memory: descriptions of past successful calls,
+    /// the similar-tasks signal of selection) is kept after it was last seen; 0 turns
+    /// task memory off and forgets what was kept.
+    #[arg(long, env = "TOOLPLANE_TASK_MEMORY_DAYS", default_value_t = 90)]
+    pub task_memory_days: u32,
+
+    /// Tasks remembered per tool (the most recently seen are kept).
+    #[arg(long, env = "TOOLPLANE_TASK_MEMORY_PER_TOOL", default_value_t = 200)]
+    pub task_memory_per_tool: usize,
+
     /// Apply database migrations and exit (the Kubernetes migration Job).
     #[arg(long, env = "TOOLPLANE_MIGRATE_ONLY", default_value_t = false)]
     pub migrate_only: bool,

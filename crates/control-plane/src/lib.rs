@@ -10,3 +10,4 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod storage;
+pub mod task_memory;

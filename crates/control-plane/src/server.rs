@@ -16,6 +16,7 @@ use toolplane_runtime::lifecycle::with_grace;
 
 use crate::auth::StoreAuthenticator;
 use crate::config::Config;
+use crate::selection::memory::MemoryConfig;
 use crate::services::audit::AuditService;
 use crate::services::identity::IdentityService;
 use crate::services::learning::LearningService;
@@ -39,6 +40,7 @@ const SERVICES: &[&str] = &[
 
 /// Outcomes selection relearns from at start-up (the most recent).
 const RELEARN_INVOCATIONS: usize = 200_000;
+const TASK_MEMORY_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Serves on `listener` until `stop` resolves, then reports NOT_SERVING, stops
 /// accepting and drains in-flight calls within the configured grace period.
@@ -60,6 +62,28 @@ pub async fn serve(
     state
         .selector
         .set_exploration(config.selection_exploration == "thompson");
+    state.selector.memory.set_config(MemoryConfig {
+        per_tool: config.task_memory_per_tool,
+        retention: chrono::Duration::days(i64::from(config.task_memory_days)),
+    });
+    match state.load_task_memory(chrono::Utc::now()).await {
+        Ok(n) if n > 0 => tracing::info!(tasks = n, "task memory loaded"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not load task memory; starting empty"),
+    }
+    {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TASK_MEMORY_PRUNE_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = s.prune_task_memory(chrono::Utc::now()).await {
+                    tracing::warn!(error = %e, "could not prune task memory");
+                }
+            }
+        });
+    }
     match state.relearn(RELEARN_INVOCATIONS).await {
         Ok(n) if n > 0 => tracing::info!(invocations = n, "selection relearned from stored outcomes"),
         Ok(_) => {}

@@ -31,6 +31,8 @@ pub struct AppState {
     built: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
     /// The selection index and what the fleet learned about tools.
     pub selector: Selector,
+    /// Latest selection decisions, for the calls that follow them (task memory).
+    pub recent_selections: crate::task_memory::RecentSelections,
 }
 
 impl AppState {
@@ -45,6 +47,7 @@ impl AppState {
             revision: watch::Sender::new(start),
             built: tokio::sync::Mutex::new(None),
             selector: Selector::default(),
+            recent_selections: Default::default(),
         })
     }
 

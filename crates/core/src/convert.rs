@@ -373,6 +373,7 @@ pub fn agent_to_pb(a: &Agent) -> pb::Agent {
         skills: a.skills.clone(),
         team: a.team.clone(),
         created_at: Some(ts(a.created_at)),
+        task_memory_opt_out: a.task_memory_opt_out,
     }
 }
 
@@ -383,6 +384,7 @@ pub fn agent_from_pb(a: pb::Agent) -> Result<Agent, Violations> {
         skills: a.skills,
         team: a.team,
         created_at: a.created_at.as_ref().and_then(from_ts).unwrap_or_default(),
+        task_memory_opt_out: a.task_memory_opt_out,
     })
 }
 
@@ -782,6 +784,7 @@ pub fn invocation_to_pb(i: &InvocationRecord) -> pb::InvocationRecord {
         result: Some(result_to_pb(&i.result)),
         sidecar_id: i.sidecar_id.clone(),
         task_category: i.task_category.clone(),
+        selection_id: i.selection_id.map(|s| s.to_string()).unwrap_or_default(),
     }
 }
 
@@ -799,6 +802,7 @@ pub fn invocation_from_pb(i: pb::InvocationRecord) -> Result<InvocationRecord, V
         )?,
         sidecar_id: i.sidecar_id,
         task_category: i.task_category,
+        selection_id: parse_opt_uuid("invocation.selection_id", &i.selection_id)?,
     })
 }
 

@@ -165,6 +165,8 @@ pub struct Agent {
     pub skills: Vec<String>,
     pub team: String,
     pub created_at: DateTime<Utc>,
+    /// Never keep this agent's task descriptions in task memory.
+    pub task_memory_opt_out: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -396,6 +398,8 @@ pub struct InvocationRecord {
     pub result: ToolResult,
     pub sidecar_id: String,
     pub task_category: String,
+    /// The `SelectTool` decision this call followed.
+    pub selection_id: Option<Uuid>,
 }
 
 /// What a sidecar reports; each is stored once by `event_id`.

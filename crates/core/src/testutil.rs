@@ -65,6 +65,7 @@ pub fn agent(name: &str) -> Agent {
         skills: vec![],
         team: String::new(),
         created_at: Utc::now(),
+        task_memory_opt_out: false,
     }
 }
 

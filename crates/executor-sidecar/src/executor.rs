@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::Stream;
 use futures::stream::StreamExt;
+use futures::{Stream, TryFutureExt};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
@@ -90,6 +90,7 @@ struct Ctx<'a> {
     tool: &'a Tool,
     task_id: String,
     task_category: String,
+    selection_id: Option<Uuid>,
     sanitized: Value,
     permission_id: Option<Uuid>,
     started: Instant,
@@ -109,6 +110,8 @@ pub(crate) struct Call {
     pub(crate) parameters: Value,
     pub(crate) task_id: String,
     pub(crate) task_category: String,
+    /// The selection this call follows (task memory learns from it).
+    pub(crate) selection_id: Option<Uuid>,
     pub(crate) deadline: Option<Duration>,
     /// The caller's `traceparent`, if any.
     pub(crate) traceparent: Option<String>,
@@ -251,6 +254,7 @@ impl ExecutorService {
             tool,
             task_id: call.task_id,
             task_category: call.task_category,
+            selection_id: call.selection_id,
             sanitized,
             permission_id,
             started,
@@ -628,6 +632,7 @@ impl ExecutorService {
             },
             sidecar_id: self.sidecar_id.clone(),
             task_category: ctx.task_category.clone(),
+            selection_id: ctx.selection_id,
         });
         self.outbox.push_all(vec![SyncEvent::Audit(e), invocation]);
         result
@@ -686,20 +691,27 @@ impl ExecutorService {
     }
 }
 
-fn call_of(agent_id: Uuid, r: pb::InvokeRequest, deadline: Option<Duration>, traceparent: Option<String>) -> Call {
+fn call_of(
+    agent_id: Uuid,
+    r: pb::InvokeRequest,
+    deadline: Option<Duration>,
+    traceparent: Option<String>,
+) -> Result<Call, ExecError> {
+    let selection_id = toolplane_core::convert::parse_opt_uuid("selection_id", &r.selection_id)?;
     let parameters = match struct_to_json(r.parameters) {
         Value::Null => Value::Object(Default::default()),
         v => v,
     };
-    Call {
+    Ok(Call {
         agent_id,
         tool: r.tool,
         parameters,
         task_id: r.task_id,
         task_category: r.task_category,
+        selection_id,
         traceparent,
         deadline,
-    }
+    })
 }
 
 /// Fallback tools in order: the strategy's list, or, when it names none, every other
@@ -759,7 +771,7 @@ impl Executor for ExecutorGrpc {
         let agent_id = ExecutorService::agent_of(&request)?;
         let deadline = grpc_timeout(request.metadata());
         let trace = traceparent(request.metadata());
-        let call = call_of(agent_id, request.into_inner(), deadline, trace);
+        let call = call_of(agent_id, request.into_inner(), deadline, trace)?;
         let result = self.0.run_call(call).await?;
         Ok(Response::new(pb::InvokeResponse {
             result: Some(result_to_pb(&result)),
@@ -844,7 +856,8 @@ fn async_stream(
             let (svc, trace) = (svc.clone(), trace.clone());
             async move {
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
-                let result = match svc.run_call(call_of(agent_id, c, deadline, trace.clone())).await {
+                let call = call_of(agent_id, c, deadline, trace.clone());
+                let result = match futures::future::ready(call).and_then(|call| svc.run_call(call)).await {
                     Ok(r) => result_to_pb(&r),
                     Err(e) => refused(e),
                 };

@@ -38,6 +38,8 @@ use crate::executor::{Call, ExecutorService};
 const BEARER_PREFIX: &str = "Bearer ";
 /// The built-in selection tool.
 pub const SELECT_TOOL: &str = "toolplane_select";
+/// `_meta` key of `tools/call` naming the `toolplane_select` answer the call follows.
+pub const SELECTION_META: &str = "toolplane.dev/selection_id";
 /// Tools per `tools/list` page.
 pub const PAGE_SIZE: usize = 100;
 /// How often the catalog is checked for changes to announce (`list_changed`).
@@ -234,6 +236,14 @@ impl ServerHandler for McpFrontDoor {
             .and_then(|p| p.headers.get("traceparent"))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // `toolplane_select` answers with a selection id; a call passing it back in
+        // `_meta` links the call to the task it was selected for (task memory).
+        let selection_id = request
+            .meta
+            .as_ref()
+            .and_then(|m| m.get(SELECTION_META))
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok());
         let args = Value::Object(request.arguments.unwrap_or_default());
         if request.name == SELECT_TOOL {
             return Ok(self.select(&token, &args).await);
@@ -244,6 +254,7 @@ impl ServerHandler for McpFrontDoor {
             parameters: args,
             task_id: String::new(),
             task_category: String::new(),
+            selection_id,
             deadline: None,
             traceparent,
         };

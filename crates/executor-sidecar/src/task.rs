@@ -67,6 +67,7 @@ pub async fn execute(
         .chain(&selection.alternatives)
         .filter_map(|s| s.tool.as_ref().map(|t| t.id.clone()))
         .collect();
+    let selection_id = Uuid::parse_str(&selection.selection_id).ok();
     let parameters = match struct_to_json(req.parameters) {
         Value::Null => Value::Object(Default::default()),
         v => v,
@@ -87,6 +88,7 @@ pub async fn execute(
             parameters: parameters.clone(),
             task_id: req.task_id.clone(),
             task_category: req.task_category.clone(),
+            selection_id,
             deadline: remaining,
             traceparent: traceparent.clone(),
         };

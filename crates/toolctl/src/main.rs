@@ -102,6 +102,9 @@ enum AgentsCmd {
         skills: Vec<String>,
         #[arg(long, default_value = "")]
         team: String,
+        /// Never keep this agent's task descriptions in task memory.
+        #[arg(long)]
+        no_task_memory: bool,
     },
     List,
 }
@@ -194,14 +197,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Agents(cmd) => {
             let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
             match cmd {
-                AgentsCmd::Create { name, skills, team } => {
+                AgentsCmd::Create {
+                    name,
+                    skills,
+                    team,
+                    no_task_memory,
+                } => {
                     let a = c
-                        .create_agent(pb::CreateAgentRequest { name, skills, team })
+                        .create_agent(pb::CreateAgentRequest {
+                            name,
+                            skills,
+                            team,
+                            task_memory_opt_out: no_task_memory,
+                        })
                         .await?
                         .into_inner()
                         .agent
                         .unwrap_or_default();
-                    let v = json!({"id": a.id, "name": a.name, "skills": a.skills, "team": a.team});
+                    let v = json!({"id": a.id, "name": a.name, "skills": a.skills, "team": a.team, "task_memory_opt_out": a.task_memory_opt_out});
                     print(out, &v, &a.id, || println!("created agent {}\t{}", a.name, a.id));
                 }
                 AgentsCmd::List => {
@@ -311,6 +324,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     parameters: json_to_struct(&params),
                     task_id: String::new(),
                     task_category: String::new(),
+                    selection_id: String::new(),
                 })
                 .await?
                 .into_inner()

@@ -180,6 +180,7 @@ async fn main() {
                         parameters: json_to_struct(&json!({"text": "sim"})),
                         task_id: format!("task-{task}"),
                         task_category: GROUPS[group].to_owned(),
+                        selection_id: r.selection_id.clone(),
                     })
                     .await
                     .unwrap();

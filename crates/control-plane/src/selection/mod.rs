@@ -3,8 +3,12 @@
 //! combined with documented weights; only tools the agent may use are candidates.
 //!
 //! combined = 0.6 · match + 0.3 · suitability + 0.1 · headroom, where
-//! match = text (scaled so the best candidate is 1) — or, when capabilities are
-//! required, 0.7 · text + 0.3 · the share of required capabilities the tool has;
+//! match = (1 − α) · relevance + α · similar, relevance being text (scaled so the best
+//! candidate is 1) — or, when capabilities are required, 0.7 · text + 0.3 · the share
+//! of required capabilities the tool has; similar is the vote of the nearest past
+//! tasks for the tool (task memory, scaled so the best-voted tool is 1) and
+//! α = 0.5 · the similarity of the nearest past task (so a task unlike anything seen
+//! before is ranked by its text alone);
 //! suitability is [`learning::Learning::suitability`]; headroom is how far under the
 //! caller's latency and cost limits the tool runs (0.5 when no limit is given).
 //! confidence = combined · (0.5 + 0.5 · min(1, margin / 0.15)), margin being the lead
@@ -12,6 +16,7 @@
 
 pub mod index;
 pub mod learning;
+pub mod memory;
 pub mod text;
 
 use std::collections::HashMap;
@@ -26,12 +31,15 @@ use uuid::Uuid;
 
 use index::{Bm25Params, Document, FIELDS, Field, TextIndex};
 use learning::Learning;
+use memory::TaskMemory;
 use text::Analyzer;
 
 pub const WEIGHT_MATCH: f64 = 0.6;
 pub const WEIGHT_SUITABILITY: f64 = 0.3;
 pub const WEIGHT_HEADROOM: f64 = 0.1;
 const CAPABILITY_SHARE: f64 = 0.3;
+/// The most the similar-past-tasks signal may weigh in `match`.
+pub const SIMILAR_WEIGHT_MAX: f64 = 0.5;
 /// Candidates scored in full, best text relevance first.
 const SHORTLIST: usize = 50;
 const CONFIDENT_MARGIN: f64 = 0.15;
@@ -43,6 +51,8 @@ struct CatalogText {
     index: TextIndex,
     /// Lowercase capability → tools (snapshot indices) that have it.
     capabilities: HashMap<String, Vec<u32>>,
+    /// Tool id → snapshot index.
+    by_id: HashMap<Uuid, u32>,
 }
 
 fn versions_key(tools: &[Tool]) -> u64 {
@@ -86,6 +96,8 @@ pub struct Scored {
     /// Required capabilities the tool has, of how many.
     pub capabilities: (usize, usize),
     pub matching: f64,
+    /// The vote of similar past tasks (task memory), 0..1.
+    pub similar: f64,
     pub suitability: f64,
     /// This agent's own outcomes behind `suitability`.
     pub evidence: u64,
@@ -113,6 +125,7 @@ pub struct Selector {
     params: Bm25Params,
     built: RwLock<Option<Arc<Built>>>,
     pub learning: Learning,
+    pub memory: TaskMemory,
     /// Thompson sampling instead of the posterior mean (off: deterministic).
     explore: std::sync::atomic::AtomicBool,
 }
@@ -187,10 +200,17 @@ impl Selector {
                         capabilities.entry(c.to_lowercase()).or_default().push(i as u32);
                     }
                 }
+                let by_id = snapshot
+                    .tools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (t.id, i as u32))
+                    .collect();
                 Arc::new(CatalogText {
                     versions,
                     index,
                     capabilities,
+                    by_id,
                 })
             }
         };
@@ -302,6 +322,27 @@ impl Selector {
                 }
             }
         }
+        let votes = self.memory.votes(&terms, now);
+        let alpha = SIMILAR_WEIGHT_MAX * votes.nearest;
+        // Tools that similar past tasks vote for are candidates whatever their text.
+        for tool_id in votes.tools.keys() {
+            let Some(&doc) = built.text.by_id.get(tool_id) else {
+                continue;
+            };
+            let t = &tools[doc as usize];
+            let has_capability =
+                required.is_empty() || t.spec.capabilities.iter().any(|c| required.contains(&c.to_lowercase()));
+            if has_capability
+                && !shortlist.iter().any(|(i, _)| *i == doc as usize)
+                && Self::within_limits(q, t)
+                && Self::allowed(&built, q.agent, t, now)
+            {
+                shortlist.push((
+                    doc as usize,
+                    f64::from(scores.get(doc as usize).copied().unwrap_or(0.0)),
+                ));
+            }
+        }
         if shortlist.is_empty() {
             return Err(if required.is_empty() {
                 "no tool this agent may use fits the task and the limits".to_owned()
@@ -324,11 +365,13 @@ impl Selector {
                     .iter()
                     .filter(|c| t.spec.capabilities.iter().any(|x| x.to_lowercase() == **c))
                     .count();
-                let matching = if required.is_empty() {
+                let relevance = if required.is_empty() {
                     text
                 } else {
                     (1.0 - CAPABILITY_SHARE) * text + CAPABILITY_SHARE * have as f64 / required.len() as f64
                 };
+                let similar = votes.tools.get(&t.id).copied().unwrap_or(0.0);
+                let matching = (1.0 - alpha) * relevance + alpha * similar;
                 let (suitability, evidence) = if explore {
                     self.learning.sample(t.id, q.agent, &q.category, &mut rng)
                 } else {
@@ -340,6 +383,7 @@ impl Selector {
                     text,
                     capabilities: (have, required.len()),
                     matching,
+                    similar,
                     suitability,
                     evidence,
                     headroom,
@@ -376,8 +420,13 @@ fn describe(t: &Tool, s: &Scored) -> String {
     } else {
         " (prior: the fleet's record)".to_owned()
     };
+    let similar = if s.similar > 0.0 {
+        format!(", similar past tasks {:.2}", s.similar)
+    } else {
+        String::new()
+    };
     format!(
-        "{} (combined {:.2}: text {:.2}{caps}, suitability {:.2}{evidence}, headroom {:.2})",
+        "{} (combined {:.2}: text {:.2}{caps}{similar}, suitability {:.2}{evidence}, headroom {:.2})",
         t.spec.name, s.combined, s.text, s.suitability, s.headroom
     )
 }

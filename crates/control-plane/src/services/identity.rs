@@ -48,6 +48,7 @@ impl IdentityService {
             skills: req.skills,
             team: req.team,
             created_at: Utc::now(),
+            task_memory_opt_out: req.task_memory_opt_out,
         };
         self.state.store.create_agent(&agent).await?;
         self.state.changed();

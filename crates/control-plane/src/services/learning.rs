@@ -60,7 +60,7 @@ impl LearningService {
             req.task_succeeded,
             call_succeeded,
         );
-        Ok(())
+        self.state.task_outcome(&inv, req.quality, req.task_succeeded).await
     }
 }
 

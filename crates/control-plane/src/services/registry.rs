@@ -127,6 +127,9 @@ impl RegistryService {
             updated_at: Utc::now(),
         };
         self.state.store.update_tool(&tool).await?;
+        if tool.spec.requirements.data_sensitivity == toolplane_core::model::DataSensitivity::Restricted {
+            self.state.forget_tool_tasks(tool.id).await?;
+        }
         let detail = format!("{} is now version {}", tool.spec.name, tool.version);
         self.state
             .audit_admin(who, AuditAction::ToolUpdated, None, Some(tool.id), detail)

@@ -114,11 +114,19 @@ impl SelectorService {
         if let Some(agent) = q.agent {
             self.state.selector.learning.recommended(agent, &q.category, primary);
         }
+        let task = self.redactor.redact_text(&q.text);
+        self.state.recent_selections.insert(
+            selection_id,
+            crate::task_memory::RecentSelection {
+                agent_id: q.agent,
+                task: task.clone(),
+            },
+        );
         let entry = SelectionLogEntry {
             selection_id,
             agent_id: q.agent,
             task_category: q.category.clone(),
-            task_description: self.redactor.redact_text(&q.text),
+            task_description: task,
             primary_tool_id: primary,
             alternatives: sel.alternatives.iter().map(|a| sel.tool(a).id).collect(),
             combined_score: sel.primary.combined,

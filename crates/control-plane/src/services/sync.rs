@@ -78,6 +78,18 @@ async fn store_batch(state: &AppState, batch: pb::EventBatch) -> Result<Vec<Stri
         .append_events(&events)
         .await
         .map_err(|e| Status::from(crate::error::ApiError::from(e)))?;
+    let invocations: Vec<&toolplane_core::model::InvocationRecord> = events
+        .iter()
+        .filter_map(|e| match e {
+            toolplane_core::model::SyncEvent::Invocation(i) => Some(i),
+            toolplane_core::model::SyncEvent::Audit(_) => None,
+        })
+        .collect();
+    // After the commit: the events are safe whatever happens here, so a failure only
+    // costs what task memory would have learned from them.
+    if let Err(e) = state.remember_tasks(&invocations).await {
+        tracing::warn!(error = %e, "could not update task memory from a batch");
+    }
     for e in &events {
         match e {
             toolplane_core::model::SyncEvent::Invocation(i) => {

@@ -11,7 +11,7 @@ use toolplane_core::stats::{self, ToolStats};
 use toolplane_core::usage::{self, UsageCounts, UsageKey};
 use uuid::Uuid;
 
-use super::{AuditFilter, SelectionLogEntry, Store, StoreError, StoreResult, ToolFilter, UsageRow};
+use super::{AuditFilter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry, ToolFilter, UsageRow};
 
 #[derive(Default)]
 struct State {
@@ -36,6 +36,7 @@ struct State {
     invocation_order: Vec<Uuid>,
     quality: HashMap<Uuid, f64>,
     selections: Vec<SelectionLogEntry>,
+    tasks: HashMap<(Uuid, String), TaskEntry>,
     /// Outcomes observed per tool, for the statistics.
     outcomes: HashMap<Uuid, u64>,
 }
@@ -535,5 +536,72 @@ impl Store for MemoryStore {
             .collect();
         out.reverse();
         Ok(out)
+    }
+
+    async fn get_selection(&self, selection_id: Uuid) -> StoreResult<Option<SelectionLogEntry>> {
+        Ok(self
+            .read()
+            .selections
+            .iter()
+            .rev()
+            .find(|e| e.selection_id == selection_id)
+            .cloned())
+    }
+
+    async fn remember_tasks(&self, entries: &[TaskEntry], per_tool: usize) -> StoreResult<()> {
+        let mut st = self.write();
+        let mut touched = HashSet::new();
+        for e in entries {
+            touched.insert(e.tool_id);
+            st.tasks
+                .entry((e.tool_id, e.hash.clone()))
+                .and_modify(|x| {
+                    x.uses += e.uses;
+                    x.last_seen = x.last_seen.max(e.last_seen);
+                })
+                .or_insert_with(|| e.clone());
+        }
+        for tool in touched {
+            let mut aged: Vec<(DateTime<Utc>, String)> = st
+                .tasks
+                .values()
+                .filter(|x| x.tool_id == tool)
+                .map(|x| (x.last_seen, x.hash.clone()))
+                .collect();
+            aged.sort();
+            let excess = aged.len().saturating_sub(per_tool);
+            for (_, hash) in aged.into_iter().take(excess) {
+                st.tasks.remove(&(tool, hash));
+            }
+        }
+        Ok(())
+    }
+
+    async fn forget_task(&self, tool_id: Uuid, hash: &str) -> StoreResult<bool> {
+        Ok(self.write().tasks.remove(&(tool_id, hash.to_owned())).is_some())
+    }
+
+    async fn forget_tool_tasks(&self, tool_id: Uuid) -> StoreResult<u64> {
+        let mut st = self.write();
+        let n = st.tasks.len();
+        st.tasks.retain(|(t, _), _| *t != tool_id);
+        Ok((n - st.tasks.len()) as u64)
+    }
+
+    async fn task_memory(&self, since: DateTime<Utc>) -> StoreResult<Vec<TaskEntry>> {
+        Ok(self
+            .read()
+            .tasks
+            .values()
+            .filter(|x| x.last_seen > since)
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_task_memory(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let mut st = self.write();
+        let n = st.tasks.len();
+        st.tasks.retain(|_, x| x.last_seen >= before);
+        Ok((n - st.tasks.len()) as u64)
     }
 }

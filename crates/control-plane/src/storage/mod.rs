@@ -16,6 +16,8 @@ use toolplane_core::model::{Agent, AuditAction, InvocationRecord, Permission, Sy
 use toolplane_core::usage::{UsageCounts, UsageKey};
 use uuid::Uuid;
 
+pub use crate::selection::memory::TaskEntry;
+
 pub use memory::MemoryStore;
 pub use postgres::{PostgresStore, spawn_change_listener};
 
@@ -211,6 +213,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<InvocationRecord>>;
     async fn log_selection(&self, entry: &SelectionLogEntry) -> StoreResult<()>;
     async fn selection_log(&self, agent_id: Option<Uuid>, limit: usize) -> StoreResult<Vec<SelectionLogEntry>>;
+    /// One logged selection decision (task memory links a call to its task by it).
+    async fn get_selection(&self, selection_id: Uuid) -> StoreResult<Option<SelectionLogEntry>>;
+
+    /// Upserts remembered tasks (a known one counts again and is refreshed), then keeps
+    /// only the `per_tool` most recently seen tasks of each tool touched.
+    async fn remember_tasks(&self, entries: &[TaskEntry], per_tool: usize) -> StoreResult<()>;
+    async fn forget_task(&self, tool_id: Uuid, hash: &str) -> StoreResult<bool>;
+    async fn forget_tool_tasks(&self, tool_id: Uuid) -> StoreResult<u64>;
+    /// Every remembered task last seen after `since`.
+    async fn task_memory(&self, since: DateTime<Utc>) -> StoreResult<Vec<TaskEntry>>;
+    /// Forgets tasks last seen before `before`; returns how many.
+    async fn prune_task_memory(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Tells other control plane replicas that state changed (`origin` names the
     /// sender). The in-memory backend has no other replicas.

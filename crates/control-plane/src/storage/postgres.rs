@@ -1,6 +1,8 @@
 //! PostgreSQL backend (tokio-postgres over a deadpool pool). SQL lives next to the
 //! code that binds its parameters; the schema lives in `migrations/`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::{Pool, Runtime};
 use rust_decimal::Decimal;
@@ -11,9 +13,12 @@ use toolplane_core::model::*;
 use uuid::Uuid;
 
 use super::{
-    AuditFilter, SelectionLogEntry, Store, StoreError, StoreResult, ToolFilter, UsageRow, migrate, postgres_audit,
+    AuditFilter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry, ToolFilter, UsageRow, migrate,
+    postgres_audit,
 };
 use toolplane_core::audit::AuditRecord;
+
+use crate::selection::memory::TaskSource;
 
 /// The NOTIFY channel replicas announce changes on.
 const CHANGES_CHANNEL: &str = "toolplane_changes";
@@ -273,6 +278,33 @@ async fn insert_version(tx: &deadpool_postgres::Transaction<'_>, t: &Tool) -> St
     Ok(())
 }
 
+fn selection_from_row(r: &Row) -> SelectionLogEntry {
+    SelectionLogEntry {
+        selection_id: r.get("selection_id"),
+        agent_id: r.get("agent_id"),
+        task_category: r.get("task_category"),
+        task_description: r.get("task_description"),
+        primary_tool_id: r.get("primary_tool_id"),
+        alternatives: r.get("alternatives"),
+        combined_score: r.get("combined_score"),
+        confidence: r.get("confidence"),
+        reasoning: r.get("reasoning"),
+        selected_at: r.get("selected_at"),
+    }
+}
+
+fn task_from_row(r: &Row) -> StoreResult<TaskEntry> {
+    Ok(TaskEntry {
+        tool_id: r.get("tool_id"),
+        hash: r.get("task_hash"),
+        text: r.get("task_text"),
+        source: parse_text("source", r.get("source"), TaskSource::parse)?,
+        uses: u64::try_from(r.get::<_, i64>("uses")).unwrap_or(0),
+        first_seen: r.get("first_seen"),
+        last_seen: r.get("last_seen"),
+    })
+}
+
 fn agent_from_row(r: &Row) -> Agent {
     Agent {
         id: r.get("id"),
@@ -280,6 +312,7 @@ fn agent_from_row(r: &Row) -> Agent {
         skills: r.get("skills"),
         team: r.get("team"),
         created_at: r.get("created_at"),
+        task_memory_opt_out: r.get("task_memory_opt_out"),
     }
 }
 
@@ -368,6 +401,7 @@ fn invocation_from_row(r: &Row) -> StoreResult<InvocationRecord> {
         invoked_at: r.get("invoked_at"),
         sidecar_id: r.get("sidecar_id"),
         task_category: r.get("task_category"),
+        selection_id: r.get("selection_id"),
         result: ToolResult {
             invocation_id: r.get("invocation_id"),
             tool_id: r.get("tool_id"),
@@ -636,8 +670,16 @@ impl Store for PostgresStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO agents (id, name, skills, team, created_at) VALUES ($1,$2,$3,$4,$5)",
-                &[&a.id, &a.name, &a.skills, &a.team, &a.created_at],
+                "INSERT INTO agents (id, name, skills, team, created_at, task_memory_opt_out) \
+                 VALUES ($1,$2,$3,$4,$5,$6)",
+                &[
+                    &a.id,
+                    &a.name,
+                    &a.skills,
+                    &a.team,
+                    &a.created_at,
+                    &a.task_memory_opt_out,
+                ],
             )
             .await
             .map_err(|e| match db_err(e) {
@@ -1030,21 +1072,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(db_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| SelectionLogEntry {
-                selection_id: r.get("selection_id"),
-                agent_id: r.get("agent_id"),
-                task_category: r.get("task_category"),
-                task_description: r.get("task_description"),
-                primary_tool_id: r.get("primary_tool_id"),
-                alternatives: r.get("alternatives"),
-                combined_score: r.get("combined_score"),
-                confidence: r.get("confidence"),
-                reasoning: r.get("reasoning"),
-                selected_at: r.get("selected_at"),
-            })
-            .collect())
+        Ok(rows.iter().map(selection_from_row).collect())
     }
 
     async fn publish_change(&self, origin: Uuid) -> StoreResult<()> {
@@ -1064,5 +1092,106 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         row.as_ref().map(invocation_from_row).transpose()
+    }
+
+    async fn get_selection(&self, selection_id: Uuid) -> StoreResult<Option<SelectionLogEntry>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT * FROM tool_selection_log WHERE selection_id = $1",
+                &[&selection_id],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(row.as_ref().map(selection_from_row))
+    }
+
+    async fn remember_tasks(&self, entries: &[TaskEntry], per_tool: usize) -> StoreResult<()> {
+        // One row per key: an upsert may not touch the same row twice.
+        let mut merged: BTreeMap<(Uuid, &str), TaskEntry> = BTreeMap::new();
+        for e in entries {
+            merged
+                .entry((e.tool_id, e.hash.as_str()))
+                .and_modify(|x| {
+                    x.uses += e.uses;
+                    x.last_seen = x.last_seen.max(e.last_seen);
+                })
+                .or_insert_with(|| e.clone());
+        }
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<&TaskEntry> = merged.values().collect();
+        let tools: Vec<Uuid> = rows.iter().map(|e| e.tool_id).collect();
+        let hashes: Vec<&str> = rows.iter().map(|e| e.hash.as_str()).collect();
+        let texts: Vec<&str> = rows.iter().map(|e| e.text.as_str()).collect();
+        let sources: Vec<&str> = rows.iter().map(|e| e.source.as_str()).collect();
+        let uses: Vec<i64> = rows.iter().map(|e| i64::try_from(e.uses).unwrap_or(i64::MAX)).collect();
+        let first: Vec<DateTime<Utc>> = rows.iter().map(|e| e.first_seen).collect();
+        let last: Vec<DateTime<Utc>> = rows.iter().map(|e| e.last_seen).collect();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO task_memory (tool_id, task_hash, task_text, source, uses, first_seen, last_seen) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+             $6::timestamptz[], $7::timestamptz[]) \
+             ON CONFLICT (tool_id, task_hash) DO UPDATE SET uses = task_memory.uses + EXCLUDED.uses, \
+             last_seen = GREATEST(task_memory.last_seen, EXCLUDED.last_seen)",
+            &[&tools, &hashes, &texts, &sources, &uses, &first, &last],
+        )
+        .await
+        .map_err(db_err)?;
+        let mut touched = tools.clone();
+        touched.dedup();
+        tx.execute(
+            "DELETE FROM task_memory t USING (SELECT tool_id, task_hash, row_number() OVER \
+             (PARTITION BY tool_id ORDER BY last_seen DESC, task_hash) AS rank \
+             FROM task_memory WHERE tool_id = ANY($1)) r \
+             WHERE t.tool_id = r.tool_id AND t.task_hash = r.task_hash AND r.rank > $2",
+            &[&touched, &i64::try_from(per_tool).unwrap_or(i64::MAX)],
+        )
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn forget_task(&self, tool_id: Uuid, hash: &str) -> StoreResult<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM task_memory WHERE tool_id = $1 AND task_hash = $2",
+                &[&tool_id, &hash],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(n > 0)
+    }
+
+    async fn forget_tool_tasks(&self, tool_id: Uuid) -> StoreResult<u64> {
+        self.client()
+            .await?
+            .execute("DELETE FROM task_memory WHERE tool_id = $1", &[&tool_id])
+            .await
+            .map_err(db_err)
+    }
+
+    async fn task_memory(&self, since: DateTime<Utc>) -> StoreResult<Vec<TaskEntry>> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT * FROM task_memory WHERE last_seen > $1", &[&since])
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn prune_task_memory(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        self.client()
+            .await?
+            .execute("DELETE FROM task_memory WHERE last_seen < $1", &[&before])
+            .await
+            .map_err(db_err)
     }
 }

@@ -1,0 +1,205 @@
+//! What task memory learns from, and what it refuses to keep. A task is remembered
+//! for a tool when a call of that tool succeeded after a selection made for that task
+//! by the same agent (`SelectTool` then `Invoke` with its id, or `ExecuteTask`), or
+//! when the agent reports good quality for such a call. Never for an agent that opted
+//! out, never for a tool of `RESTRICTED` sensitivity, and only redacted text (the
+//! selection log holds the task already redacted).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use toolplane_core::model::{DataSensitivity, ExecutionStatus, InvocationRecord, Snapshot};
+use uuid::Uuid;
+
+use crate::error::ApiResult;
+use crate::selection::memory::{TaskEntry, TaskSource, task_hash};
+use crate::state::AppState;
+use crate::storage::SelectionLogEntry;
+
+/// A reported quality at or above this remembers the task; below [`POOR_QUALITY`] (or
+/// a task that did not succeed) forgets it.
+pub const GOOD_QUALITY: f64 = 0.7;
+pub const POOR_QUALITY: f64 = 0.3;
+/// Selections kept in process for the calls that follow them.
+const RECENT_SELECTIONS: usize = 50_000;
+
+/// The latest selections, by id: the call that follows a selection usually arrives
+/// before the selection log's (asynchronous) write has landed.
+#[derive(Default)]
+pub struct RecentSelections {
+    inner: Mutex<(HashMap<Uuid, RecentSelection>, VecDeque<Uuid>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecentSelection {
+    pub agent_id: Option<Uuid>,
+    /// Redacted.
+    pub task: String,
+}
+
+impl RecentSelections {
+    pub fn insert(&self, id: Uuid, s: RecentSelection) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, order) = &mut *g;
+        if map.insert(id, s).is_none() {
+            order.push_back(id);
+        }
+        while order.len() > RECENT_SELECTIONS {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, id: Uuid) -> Option<RecentSelection> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.get(&id).cloned()
+    }
+}
+
+impl From<SelectionLogEntry> for RecentSelection {
+    fn from(e: SelectionLogEntry) -> Self {
+        Self {
+            agent_id: e.agent_id,
+            task: e.task_description,
+        }
+    }
+}
+
+/// Whether `agent` may have tasks remembered for `tool` (by the current snapshot).
+fn may_remember(snapshot: &Snapshot, tools: &HashMap<Uuid, DataSensitivity>, agent: Uuid, tool: Uuid) -> bool {
+    let restricted = tools.get(&tool).is_none_or(|s| *s == DataSensitivity::Restricted);
+    let opted_out = snapshot
+        .agents
+        .iter()
+        .find(|a| a.id == agent)
+        .is_none_or(|a| a.task_memory_opt_out);
+    !restricted && !opted_out
+}
+
+impl AppState {
+    /// The task a selection was made for, if `agent` made it.
+    async fn selection_task(&self, selection_id: Uuid, agent: Uuid) -> ApiResult<Option<String>> {
+        let found = match self.recent_selections.get(selection_id) {
+            Some(s) => Some(s),
+            None => self.store.get_selection(selection_id).await?.map(RecentSelection::from),
+        };
+        Ok(found.filter(|s| s.agent_id == Some(agent)).map(|s| s.task))
+    }
+
+    /// Remembers the tasks of stored invocations that succeeded after a selection.
+    pub async fn remember_tasks(&self, invocations: &[&InvocationRecord]) -> ApiResult<usize> {
+        let config = self.selector.memory.config();
+        let candidates: Vec<&&InvocationRecord> = invocations
+            .iter()
+            .filter(|i| i.selection_id.is_some() && i.result.status == ExecutionStatus::Success)
+            .collect();
+        if !config.enabled() || candidates.is_empty() {
+            return Ok(0);
+        }
+        let snapshot = self.snapshot().await?;
+        let tools: HashMap<Uuid, DataSensitivity> = snapshot
+            .tools
+            .iter()
+            .map(|t| (t.id, t.spec.requirements.data_sensitivity))
+            .collect();
+        let mut entries = Vec::new();
+        for i in candidates {
+            let Some(selection_id) = i.selection_id else {
+                continue;
+            };
+            if !may_remember(&snapshot, &tools, i.agent_id, i.result.tool_id) {
+                continue;
+            }
+            if let Some(task) = self.selection_task(selection_id, i.agent_id).await? {
+                entries.push(TaskEntry::new(
+                    i.result.tool_id,
+                    &task,
+                    TaskSource::Selection,
+                    i.result.completed_at,
+                ));
+            }
+        }
+        self.keep(entries).await
+    }
+
+    /// An agent's report on a call: good quality remembers its task for the tool, poor
+    /// quality (or a task that failed) forgets it.
+    pub async fn task_outcome(&self, i: &InvocationRecord, quality: f64, task_succeeded: bool) -> ApiResult<()> {
+        let Some(selection_id) = i.selection_id else {
+            return Ok(());
+        };
+        let Some(task) = self.selection_task(selection_id, i.agent_id).await? else {
+            return Ok(());
+        };
+        let tool = i.result.tool_id;
+        if quality < POOR_QUALITY || !task_succeeded {
+            let hash = task_hash(&task);
+            self.selector.memory.forget(tool, &hash);
+            self.store.forget_task(tool, &hash).await?;
+            return Ok(());
+        }
+        let call_succeeded = i.result.status == ExecutionStatus::Success;
+        if quality < GOOD_QUALITY || !call_succeeded || !self.selector.memory.config().enabled() {
+            return Ok(());
+        }
+        let snapshot = self.snapshot().await?;
+        let tools: HashMap<Uuid, DataSensitivity> = snapshot
+            .tools
+            .iter()
+            .filter(|t| t.id == tool)
+            .map(|t| (t.id, t.spec.requirements.data_sensitivity))
+            .collect();
+        if may_remember(&snapshot, &tools, i.agent_id, tool) {
+            self.keep(vec![TaskEntry::new(tool, &task, TaskSource::Outcome, Utc::now())])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn keep(&self, entries: Vec<TaskEntry>) -> ApiResult<usize> {
+        let entries: Vec<TaskEntry> = entries.into_iter().filter(|e| !e.text.is_empty()).collect();
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let per_tool = self.selector.memory.config().per_tool;
+        self.store.remember_tasks(&entries, per_tool).await?;
+        let n = entries.len();
+        for e in entries {
+            self.selector.memory.remember(e);
+        }
+        Ok(n)
+    }
+
+    /// Loads the remembered tasks within the retention (start-up) and forgets older
+    /// ones in the store; returns how many were loaded.
+    pub async fn load_task_memory(&self, now: DateTime<Utc>) -> ApiResult<usize> {
+        let config = self.selector.memory.config();
+        // Retention zero (memory off) forgets everything kept before.
+        let cutoff = now - config.retention;
+        self.store.prune_task_memory(cutoff).await?;
+        if !config.enabled() {
+            return Ok(0);
+        }
+        let entries = self.store.task_memory(cutoff).await?;
+        let n = entries.len();
+        for e in entries {
+            self.selector.memory.remember(e);
+        }
+        Ok(n)
+    }
+
+    /// Forgets tasks older than the retention, in process and in the store.
+    pub async fn prune_task_memory(&self, now: DateTime<Utc>) -> ApiResult<u64> {
+        let config = self.selector.memory.config();
+        self.selector.memory.prune(now);
+        Ok(self.store.prune_task_memory(now - config.retention).await?)
+    }
+
+    /// A tool became `RESTRICTED`: nothing about its tasks may stay.
+    pub async fn forget_tool_tasks(&self, tool: Uuid) -> ApiResult<()> {
+        self.selector.memory.forget_tool(tool);
+        self.store.forget_tool_tasks(tool).await?;
+        Ok(())
+    }
+}
