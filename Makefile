@@ -16,7 +16,7 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-learning
+.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -54,16 +54,33 @@ eval-learning:
 	target/release/toolplane-eval-learning
 
 ## Selection quality on tool-retrieval data: TOOLS=<file> QUERIES=<file>, or both
-## datasets' dev split by default.
+## datasets' dev split by default. HISTORY=<file> first feeds those queries as past
+## successful tasks of their gold tools (through SelectTool + Invoke on a real
+## sidecar); HISTORY_TOOLS=<fraction> keeps history for that seeded share of tools.
 DATA := ../shared/data/tool-retrieval
+EVAL_FLAGS = $(if $(HISTORY),--history $(HISTORY)) $(if $(HISTORY_TOOLS),--history-tools $(HISTORY_TOOLS))
 eval-selection:
 	$(CARGO) build --release --bins
 ifdef TOOLS
-	target/release/toolplane-eval-selection --tools $(TOOLS) --queries $(QUERIES)
+	target/release/toolplane-eval-selection --tools $(TOOLS) --queries $(QUERIES) $(EVAL_FLAGS)
 else
 	@for d in toollens metatool; do printf "%-9s " $$d; \
-		target/release/toolplane-eval-selection --tools $(DATA)/$$d/tools.jsonl --queries $(DATA)/$$d/queries-dev.jsonl; done
+		target/release/toolplane-eval-selection --tools $(DATA)/$$d/tools.jsonl --queries $(DATA)/$$d/queries-dev.jsonl $(EVAL_FLAGS); done
 endif
+
+## Task memory on the dev splits: history from the even lines of each dev split,
+## evaluation on the odd ones; then again with history for half of the tools.
+EVAL_SPLIT := target/eval-split
+eval-history:
+	$(CARGO) build --release --bins
+	@mkdir -p $(EVAL_SPLIT)
+	@for d in toollens metatool; do \
+		awk 'NR % 2 == 0' $(DATA)/$$d/queries-dev.jsonl > $(EVAL_SPLIT)/$$d-history.jsonl; \
+		awk 'NR % 2 == 1' $(DATA)/$$d/queries-dev.jsonl > $(EVAL_SPLIT)/$$d-eval.jsonl; \
+		for f in 1 0.5; do echo "== $$d history_tools=$$f"; \
+			target/release/toolplane-eval-selection --tools $(DATA)/$$d/tools.jsonl \
+				--queries $(EVAL_SPLIT)/$$d-eval.jsonl --history $(EVAL_SPLIT)/$$d-history.jsonl \
+				--history-tools $$f || exit 1; done; done
 
 build:
 	$(CARGO) build --workspace --bins

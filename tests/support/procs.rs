@@ -116,10 +116,16 @@ pub const MASTER_KEY: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f0011223344556677889
 
 /// The control plane on a random port; PostgreSQL when `database_url` is given.
 pub async fn control_plane(database_url: Option<&str>) -> Proc {
+    control_plane_with(database_url, &[]).await
+}
+
+/// A control plane with extra environment (settings under test).
+pub async fn control_plane_with(database_url: Option<&str>, extra: &[(&str, &str)]) -> Proc {
     let mut env = vec![
         ("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
         ("TOOLPLANE_MASTER_KEY", MASTER_KEY),
     ];
+    env.extend_from_slice(extra);
     if let Some(url) = database_url {
         env.push(("DATABASE_URL", url));
     }

@@ -307,6 +307,15 @@ impl TaskMemory {
         self.len() == 0
     }
 
+    /// Whether any task is remembered for the tool.
+    pub fn has_history(&self, tool_id: Uuid) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_tool
+            .contains_key(&tool_id)
+    }
+
     /// The tasks remembered for a tool, most recently seen first.
     pub fn tasks_of(&self, tool_id: Uuid) -> Vec<TaskEntry> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());

@@ -5,10 +5,10 @@
 //! combined = 0.6 · match + 0.3 · suitability + 0.1 · headroom, where
 //! match = (1 − α) · relevance + α · similar, relevance being text (scaled so the best
 //! candidate is 1) — or, when capabilities are required, 0.7 · text + 0.3 · the share
-//! of required capabilities the tool has; similar is the vote of the nearest past
-//! tasks for the tool (task memory, scaled so the best-voted tool is 1) and
-//! α = 0.5 · the similarity of the nearest past task (so a task unlike anything seen
-//! before is ranked by its text alone);
+//! of required capabilities the tool has; similar is the vote of the ten nearest past
+//! tasks for the tool (task memory, scaled so the best-voted tool is 1; for a tool
+//! with no remembered task, its relevance) and α = 0.7 when any past task shares a
+//! word with the task, else 0;
 //! suitability is [`learning::Learning::suitability`]; headroom is how far under the
 //! caller's latency and cost limits the tool runs (0.5 when no limit is given).
 //! confidence = combined · (0.5 + 0.5 · min(1, margin / 0.15)), margin being the lead
@@ -38,8 +38,10 @@ pub const WEIGHT_MATCH: f64 = 0.6;
 pub const WEIGHT_SUITABILITY: f64 = 0.3;
 pub const WEIGHT_HEADROOM: f64 = 0.1;
 const CAPABILITY_SHARE: f64 = 0.3;
-/// The most the similar-past-tasks signal may weigh in `match`.
-pub const SIMILAR_WEIGHT_MAX: f64 = 0.5;
+/// Weight of the similar-past-tasks signal in `match` when any past task is similar
+/// (tuned on the dev halves with `make eval-history`: 0.5 left history unused, 0.8
+/// started to bury tools without history).
+pub const SIMILAR_WEIGHT: f64 = 0.7;
 /// Candidates scored in full, best text relevance first.
 const SHORTLIST: usize = 50;
 const CONFIDENT_MARGIN: f64 = 0.15;
@@ -323,7 +325,7 @@ impl Selector {
             }
         }
         let votes = self.memory.votes(&terms, now);
-        let alpha = SIMILAR_WEIGHT_MAX * votes.nearest;
+        let alpha = if votes.tools.is_empty() { 0.0 } else { SIMILAR_WEIGHT };
         // Tools that similar past tasks vote for are candidates whatever their text.
         for tool_id in votes.tools.keys() {
             let Some(&doc) = built.text.by_id.get(tool_id) else {
@@ -370,7 +372,14 @@ impl Selector {
                 } else {
                     (1.0 - CAPABILITY_SHARE) * text + CAPABILITY_SHARE * have as f64 / required.len() as f64
                 };
-                let similar = votes.tools.get(&t.id).copied().unwrap_or(0.0);
+                // A tool with no remembered task cannot be voted for: the similar-tasks
+                // signal knows nothing about it, so it stands on its relevance alone
+                // (scoring it 0 would bury every tool that has no history yet).
+                let similar = if self.memory.has_history(t.id) {
+                    votes.tools.get(&t.id).copied().unwrap_or(0.0)
+                } else {
+                    relevance
+                };
                 let matching = (1.0 - alpha) * relevance + alpha * similar;
                 let (suitability, evidence) = if explore {
                     self.learning.sample(t.id, q.agent, &q.category, &mut rng)
