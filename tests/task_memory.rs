@@ -356,3 +356,22 @@ async fn retention_forgets_old_tasks_and_zero_turns_task_memory_off() {
     drop(sc);
     cp.stop().await;
 }
+
+/// The embedding setting without the model (or without the feature) stops the control
+/// plane at start-up with a message naming what to run, instead of selecting silently
+/// without it.
+#[tokio::test]
+async fn embeddings_without_the_model_refuse_to_start_and_say_what_to_run() {
+    let out = tokio::process::Command::new(toolplane_tests::procs::bin("toolplane-control-plane"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .env("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TOOLPLANE_EMBEDDINGS", "minilm")
+        .env("TOOLPLANE_EMBEDDINGS_DIR", "/nonexistent/toolplane-model")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("make model"), "{stderr}");
+}

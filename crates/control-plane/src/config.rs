@@ -63,6 +63,16 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_TASK_MEMORY_PER_TOOL", default_value_t = 200)]
     pub task_memory_per_tool: usize,
 
+    /// Embedding model for selection: `off`, or `minilm` (all-MiniLM-L6-v2 in process;
+    /// needs a build with the `embeddings` feature and the weights from `make model`).
+    #[arg(long, env = "TOOLPLANE_EMBEDDINGS", default_value = "off", value_parser = ["off", "minilm"])]
+    pub embeddings: String,
+
+    /// Folder holding the embedding model (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`).
+    #[arg(long, env = "TOOLPLANE_EMBEDDINGS_DIR", default_value = "models/all-minilm-l6-v2")]
+    pub embeddings_dir: PathBuf,
+
     /// Apply database migrations and exit (the Kubernetes migration Job).
     #[arg(long, env = "TOOLPLANE_MIGRATE_ONLY", default_value_t = false)]
     pub migrate_only: bool,

@@ -42,6 +42,19 @@ const SERVICES: &[&str] = &[
 const RELEARN_INVOCATIONS: usize = 200_000;
 const TASK_MEMORY_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+#[cfg(feature = "embeddings")]
+fn embedding_model(config: &Config) -> anyhow::Result<Arc<dyn crate::selection::Embed>> {
+    Ok(Arc::new(crate::selection::embed::MiniLm::load(&config.embeddings_dir)?))
+}
+
+#[cfg(not(feature = "embeddings"))]
+fn embedding_model(_: &Config) -> anyhow::Result<Arc<dyn crate::selection::Embed>> {
+    anyhow::bail!(
+        "TOOLPLANE_EMBEDDINGS=minilm needs a control plane built with the `embeddings` feature \
+         (cargo build --release --features toolplane-control-plane/embeddings; make model fetches the weights)"
+    )
+}
+
 /// Serves on `listener` until `stop` resolves, then reports NOT_SERVING, stops
 /// accepting and drains in-flight calls within the configured grace period.
 pub async fn serve(
@@ -62,6 +75,10 @@ pub async fn serve(
     state
         .selector
         .set_exploration(config.selection_exploration == "thompson");
+    if config.embeddings == "minilm" {
+        state.selector.set_embedder(embedding_model(config)?);
+        tracing::info!(dir = %config.embeddings_dir.display(), "selection uses the all-MiniLM-L6-v2 embedding model");
+    }
     state.selector.memory.set_config(MemoryConfig {
         per_tool: config.task_memory_per_tool,
         retention: chrono::Duration::days(i64::from(config.task_memory_days)),

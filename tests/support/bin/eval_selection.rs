@@ -27,7 +27,7 @@ use toolplane_control_plane::selection::text::words;
 use toolplane_core::json::json_to_struct;
 use toolplane_proto::v1 as pb;
 use toolplane_tests::grpc::{Admin, channel, executor};
-use toolplane_tests::procs::{ADMIN_TOKEN, control_plane, sidecar};
+use toolplane_tests::procs::{ADMIN_TOKEN, control_plane, control_plane_with, sidecar};
 use toolplane_tests::tool_server::ToolServer;
 
 struct Args {
@@ -37,6 +37,8 @@ struct Args {
     history: Option<PathBuf>,
     history_tools: f64,
     seed: u64,
+    /// `minilm`: the control plane runs the embedding model from this folder.
+    embeddings: Option<String>,
 }
 
 fn args() -> Args {
@@ -47,6 +49,7 @@ fn args() -> Args {
         history: None,
         history_tools: 1.0,
         seed: 7,
+        embeddings: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,9 +61,10 @@ fn args() -> Args {
             "--history" => a.history = Some(value.into()),
             "--history-tools" => a.history_tools = value.parse().expect("--history-tools FRACTION"),
             "--seed" => a.seed = value.parse().expect("--seed N"),
+            "--embeddings-dir" => a.embeddings = Some(value),
             other => panic!(
                 "unknown flag {other}; usage: --tools FILE --queries FILE [--limit N] [--history FILE \
-                 [--history-tools FRACTION] [--seed N]]"
+                 [--history-tools FRACTION] [--seed N]] [--embeddings-dir DIR]"
             ),
         }
     }
@@ -359,7 +363,16 @@ async fn main() {
     let history: Option<Vec<Value>> = a.history.as_ref().map(jsonl);
     let tool_server = ToolServer::start().await;
     let endpoint = tool_server.url("/echo");
-    let cp = control_plane(None).await;
+    let cp = match &a.embeddings {
+        Some(dir) => {
+            control_plane_with(
+                None,
+                &[("TOOLPLANE_EMBEDDINGS", "minilm"), ("TOOLPLANE_EMBEDDINGS_DIR", dir)],
+            )
+            .await
+        }
+        None => control_plane(None).await,
+    };
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
     let agent = admin.agent("eval-agent").await;
     let mut taken = HashSet::new();

@@ -14,6 +14,8 @@
 //! confidence = combined · (0.5 + 0.5 · min(1, margin / 0.15)), margin being the lead
 //! over the runner-up.
 
+#[cfg(feature = "embeddings")]
+pub mod embed;
 pub mod index;
 pub mod learning;
 pub mod memory;
@@ -44,6 +46,18 @@ const CAPABILITY_SHARE: f64 = 0.3;
 pub const SIMILAR_WEIGHT: f64 = 0.7;
 /// Candidates scored in full, best text relevance first.
 const SHORTLIST: usize = 50;
+/// With an embedding model: the tools closest in meaning that join the candidates, and
+/// the weight of that closeness in text relevance (after min-max scaling of both; a
+/// linear mix did better than reciprocal rank fusion on the public data). 0.55 was
+/// chosen on the dev halves: NDCG@5 toollens 39.1 / 38.7 / 38.0 and metatool
+/// 65.7 / 69.0 / 70.0 at 0.4 / 0.55 / 0.6.
+const DENSE_SHORTLIST: usize = 50;
+pub const DENSE_WEIGHT: f64 = 0.55;
+
+/// A sentence-embedding model: unit-length vectors, so a dot product is a cosine.
+pub trait Embed: Send + Sync {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String>;
+}
 const CONFIDENT_MARGIN: f64 = 0.15;
 
 /// What is derived from the tools' text: rebuilt only when a tool's version changes.
@@ -55,6 +69,8 @@ struct CatalogText {
     capabilities: HashMap<String, Vec<u32>>,
     /// Tool id → snapshot index.
     by_id: HashMap<Uuid, u32>,
+    /// Per tool (snapshot index), its embedding; `None` without a model.
+    vectors: Option<Vec<Arc<[f32]>>>,
 }
 
 fn versions_key(tools: &[Tool]) -> u64 {
@@ -89,6 +105,8 @@ pub struct Query {
     pub alternatives: usize,
     /// `None`: an admin asking about the whole catalog (no permission filter).
     pub agent: Option<Uuid>,
+    /// The task's embedding, when a model is configured.
+    pub embedding: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +148,17 @@ pub struct Selector {
     pub memory: TaskMemory,
     /// Thompson sampling instead of the posterior mean (off: deterministic).
     explore: std::sync::atomic::AtomicBool,
+    embedder: RwLock<Option<Arc<dyn Embed>>>,
+    /// Embeddings of every tool version seen, so a rebuild embeds only what changed.
+    embedded: std::sync::Mutex<HashMap<ToolVersion, Arc<[f32]>>>,
+}
+
+/// A tool id and version.
+type ToolVersion = (Uuid, u32);
+
+/// What the embedding model reads of a tool.
+fn embedding_text(t: &Tool) -> String {
+    format!("{}: {}", text::words(&t.spec.name).join(" "), t.spec.description)
 }
 
 fn schema_text(schema: &serde_json::Value, out: &mut String, depth: usize) {
@@ -170,6 +199,40 @@ fn document(t: &Tool) -> Document {
 }
 
 impl Selector {
+    pub fn set_embedder(&self, e: Arc<dyn Embed>) {
+        *self.embedder.write().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    pub fn embedder(&self) -> Option<Arc<dyn Embed>> {
+        self.embedder.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Embeddings of the catalog, computing only tool versions not seen before.
+    fn catalog_vectors(&self, tools: &[Tool]) -> Option<Vec<Arc<[f32]>>> {
+        let embedder = self.embedder()?;
+        let mut cache = self.embedded.lock().unwrap_or_else(|e| e.into_inner());
+        let missing: Vec<&Tool> = tools
+            .iter()
+            .filter(|t| !cache.contains_key(&(t.id, t.version)))
+            .collect();
+        if !missing.is_empty() {
+            let texts: Vec<String> = missing.iter().map(|t| embedding_text(t)).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            match embedder.embed(&refs) {
+                Ok(vectors) => {
+                    for (t, v) in missing.iter().zip(vectors) {
+                        cache.insert((t.id, t.version), v.into());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not embed the catalog; selecting by text alone");
+                    return None;
+                }
+            }
+        }
+        tools.iter().map(|t| cache.get(&(t.id, t.version)).cloned()).collect()
+    }
+
     pub fn set_exploration(&self, on: bool) {
         self.explore.store(on, std::sync::atomic::Ordering::Relaxed);
     }
@@ -202,6 +265,7 @@ impl Selector {
                         capabilities.entry(c.to_lowercase()).or_default().push(i as u32);
                     }
                 }
+                let vectors = self.catalog_vectors(&snapshot.tools);
                 let by_id = snapshot
                     .tools
                     .iter()
@@ -213,6 +277,7 @@ impl Selector {
                     index,
                     capabilities,
                     by_id,
+                    vectors,
                 })
             }
         };
@@ -324,6 +389,35 @@ impl Selector {
                 }
             }
         }
+        // Closeness in meaning (with a model): the closest tools join the candidates.
+        let dense: Option<Vec<f32>> = match (&built.text.vectors, &q.embedding) {
+            (Some(vectors), Some(e)) => Some(
+                vectors
+                    .iter()
+                    .map(|v| v.iter().zip(e).map(|(a, b)| a * b).sum())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        if let Some(dense) = &dense {
+            let mut by_meaning: Vec<usize> = (0..tools.len()).collect();
+            by_meaning.sort_by(|a, b| dense[*b].total_cmp(&dense[*a]).then(a.cmp(b)));
+            let mut added = 0;
+            for doc in by_meaning {
+                if added >= DENSE_SHORTLIST {
+                    break;
+                }
+                let t = &tools[doc];
+                let has_capability =
+                    required.is_empty() || t.spec.capabilities.iter().any(|c| required.contains(&c.to_lowercase()));
+                if has_capability && Self::within_limits(q, t) && Self::allowed(&built, q.agent, t, now) {
+                    added += 1;
+                    if !shortlist.iter().any(|(i, _)| *i == doc) {
+                        shortlist.push((doc, f64::from(scores.get(doc).copied().unwrap_or(0.0))));
+                    }
+                }
+            }
+        }
         let votes = self.memory.votes(&terms, now);
         let alpha = if votes.tools.is_empty() { 0.0 } else { SIMILAR_WEIGHT };
         // Tools that similar past tasks vote for are candidates whatever their text.
@@ -356,13 +450,30 @@ impl Selector {
             });
         }
         let best = shortlist.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+        let lexical_min = shortlist.iter().map(|(_, s)| *s).fold(f64::INFINITY, f64::min);
+        let meaning = dense.as_ref().map(|d| {
+            let (lo, hi) = shortlist
+                .iter()
+                .map(|(i, _)| f64::from(d[*i]))
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            (d, lo, hi)
+        });
         let explore = self.explore.load(std::sync::atomic::Ordering::Relaxed);
         let mut rng = rand::rng();
         let mut scored: Vec<Scored> = shortlist
             .into_iter()
             .map(|(i, raw)| {
                 let t = &tools[i];
-                let text = if best > 0.0 { raw / best } else { 0.0 };
+                let text = match &meaning {
+                    // Both signals min-max scaled over the candidates, then mixed.
+                    Some((d, lo, hi)) => {
+                        let scale = |x: f64, lo: f64, hi: f64| if hi > lo { (x - lo) / (hi - lo) } else { 1.0 };
+                        (1.0 - DENSE_WEIGHT) * scale(raw, lexical_min, best)
+                            + DENSE_WEIGHT * scale(f64::from(d[i]), *lo, *hi)
+                    }
+                    None if best > 0.0 => raw / best,
+                    None => 0.0,
+                };
                 let have = required
                     .iter()
                     .filter(|c| t.spec.capabilities.iter().any(|x| x.to_lowercase() == **c))

@@ -81,6 +81,7 @@ fn query_from(who: &Principal, req: &pb::SelectToolRequest) -> ApiResult<Query> 
             Principal::Agent { agent_id, .. } => Some(*agent_id),
             _ => None,
         },
+        embedding: None,
     })
 }
 
@@ -97,7 +98,20 @@ impl SelectorService {
     /// Selects for `who`; shared with `Executor.ExecuteTask` through the RPC.
     pub async fn select(&self, who: &Principal, req: pb::SelectToolRequest) -> ApiResult<pb::SelectToolResponse> {
         let started = std::time::Instant::now();
-        let q = query_from(who, &req)?;
+        let mut q = query_from(who, &req)?;
+        if let Some(model) = self.state.selector.embedder()
+            && !q.text.is_empty()
+        {
+            // Tens of milliseconds of CPU: off the async workers.
+            let text = q.text.clone();
+            let embedded = tokio::task::spawn_blocking(move || model.embed(&[text.as_str()]))
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("embedding: {e}")))?;
+            match embedded {
+                Ok(mut v) => q.embedding = v.pop(),
+                Err(e) => tracing::warn!(error = %e, "could not embed a task; selecting by text alone"),
+            }
+        }
         let snapshot = self.state.snapshot().await?;
         let state = self.state.clone();
         // Building the index of a large catalog takes a moment: off the async workers.
