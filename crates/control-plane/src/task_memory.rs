@@ -66,6 +66,15 @@ impl From<SelectionLogEntry> for RecentSelection {
     }
 }
 
+/// Each live tool's data sensitivity.
+fn sensitivities(snapshot: &Snapshot) -> HashMap<Uuid, DataSensitivity> {
+    snapshot
+        .tools
+        .iter()
+        .map(|t| (t.id, t.spec.requirements.data_sensitivity))
+        .collect()
+}
+
 /// Whether `agent` may have tasks remembered for `tool` (by the current snapshot).
 fn may_remember(snapshot: &Snapshot, tools: &HashMap<Uuid, DataSensitivity>, agent: Uuid, tool: Uuid) -> bool {
     let restricted = tools.get(&tool).is_none_or(|s| *s == DataSensitivity::Restricted);
@@ -98,11 +107,7 @@ impl AppState {
             return Ok(0);
         }
         let snapshot = self.snapshot().await?;
-        let tools: HashMap<Uuid, DataSensitivity> = snapshot
-            .tools
-            .iter()
-            .map(|t| (t.id, t.spec.requirements.data_sensitivity))
-            .collect();
+        let tools = sensitivities(&snapshot);
         let mut entries = Vec::new();
         for i in candidates {
             let Some(selection_id) = i.selection_id else {
@@ -144,13 +149,7 @@ impl AppState {
             return Ok(());
         }
         let snapshot = self.snapshot().await?;
-        let tools: HashMap<Uuid, DataSensitivity> = snapshot
-            .tools
-            .iter()
-            .filter(|t| t.id == tool)
-            .map(|t| (t.id, t.spec.requirements.data_sensitivity))
-            .collect();
-        if may_remember(&snapshot, &tools, i.agent_id, tool) {
+        if may_remember(&snapshot, &sensitivities(&snapshot), i.agent_id, tool) {
             self.keep(vec![TaskEntry::new(tool, &task, TaskSource::Outcome, Utc::now())])
                 .await?;
         }
