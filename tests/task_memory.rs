@@ -199,9 +199,19 @@ async fn successful_calls_teach_selection_their_tasks_within_the_privacy_rules()
     invoke(&mut private_ex, &tracker.id, &s.selection_id).await;
     let s = select(&mut alice_sel, "install a package for my friend bob").await;
     invoke(&mut bob_ex, &installer.id, &s.selection_id).await;
-    // Remembered, and last: once it shows, every call before it has been considered.
-    let s = select(&mut alice_sel, "will it rain in Lisbon tomorrow").await;
-    invoke(&mut alice_ex, &forecast.id, &s.selection_id).await;
+    // ExecuteTask remembers too (the sidecar passes its selection's id) — and last:
+    // once it shows, every call before it has been considered.
+    let done = alice_ex
+        .execute_task(pb::ExecuteTaskRequest {
+            task_description: "will it rain in Lisbon tomorrow? weather forecast please".to_owned(),
+            parameters: json_to_struct(&json!({"text": "Lisbon"})),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(primary(done.selection.as_ref().unwrap()), "weather_forecast");
+    assert_eq!(done.result.unwrap().status, pb::ToolExecutionStatus::Success as i32);
     // A selection id that is not a UUID is refused with the field named.
     let e = bob_ex
         .invoke(pb::InvokeRequest {
@@ -215,7 +225,7 @@ async fn successful_calls_teach_selection_their_tasks_within_the_privacy_rules()
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("selection_id"), "{}", e.message());
 
-    eventually("the last call's task remembered", WAIT, || {
+    eventually("the ExecuteTask call's task remembered", WAIT, || {
         let (pg, id) = (&pg, forecast.id.clone());
         async move { (!remembered(pg, &id).await.is_empty()).then_some(()) }
     })
@@ -232,6 +242,10 @@ async fn successful_calls_teach_selection_their_tasks_within_the_privacy_rules()
         ["install the latest numpy package in my python environment"]
     );
     assert!(remembered(&pg, &ledger.id).await.is_empty(), "RESTRICTED tool");
+    assert_eq!(
+        remembered(&pg, &forecast.id).await,
+        ["will it rain in Lisbon tomorrow? weather forecast please"]
+    );
     let all: Vec<String> = pg
         .query("SELECT task_text FROM task_memory", &[])
         .await
