@@ -13,7 +13,7 @@ use toolplane_core::model::{DataSensitivity, ExecutionStatus, InvocationRecord, 
 use uuid::Uuid;
 
 use crate::error::ApiResult;
-use crate::selection::memory::{TaskEntry, TaskSource, task_hash};
+use crate::selection::memory::{TaskEntry, TaskSource};
 use crate::state::AppState;
 use crate::storage::SelectionLogEntry;
 
@@ -21,14 +21,22 @@ use crate::storage::SelectionLogEntry;
 /// a task that did not succeed) forgets it.
 pub const GOOD_QUALITY: f64 = 0.7;
 pub const POOR_QUALITY: f64 = 0.3;
-/// Selections kept in process for the calls that follow them.
-const RECENT_SELECTIONS: usize = 50_000;
+/// Bytes of task text kept in process for the calls that follow their selections
+/// (older selections are looked up in the store).
+const RECENT_SELECTIONS_BYTES: usize = 32 * 1024 * 1024;
 
 /// The latest selections, by id: the call that follows a selection usually arrives
 /// before the selection log's (asynchronous) write has landed.
 #[derive(Default)]
 pub struct RecentSelections {
-    inner: Mutex<(HashMap<Uuid, RecentSelection>, VecDeque<Uuid>)>,
+    inner: Mutex<Recent>,
+}
+
+#[derive(Default)]
+struct Recent {
+    by_id: HashMap<Uuid, RecentSelection>,
+    order: VecDeque<Uuid>,
+    bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -41,19 +49,28 @@ pub struct RecentSelection {
 impl RecentSelections {
     pub fn insert(&self, id: Uuid, s: RecentSelection) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, order) = &mut *g;
-        if map.insert(id, s).is_none() {
-            order.push_back(id);
+        let r = &mut *g;
+        r.bytes += s.task.len();
+        if let Some(old) = r.by_id.insert(id, s) {
+            r.bytes -= old.task.len();
+        } else {
+            r.order.push_back(id);
         }
-        while order.len() > RECENT_SELECTIONS {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
+        while r.bytes > RECENT_SELECTIONS_BYTES {
+            let Some(old) = r.order.pop_front() else { break };
+            if let Some(s) = r.by_id.remove(&old) {
+                r.bytes -= s.task.len();
             }
         }
     }
 
     fn get(&self, id: Uuid) -> Option<RecentSelection> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.get(&id).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .get(&id)
+            .cloned()
     }
 }
 
@@ -139,7 +156,8 @@ impl AppState {
         };
         let tool = i.result.tool_id;
         if quality < POOR_QUALITY || !task_succeeded {
-            let hash = task_hash(&task);
+            // The key of the entry as it was remembered (trimmed, truncated).
+            let hash = TaskEntry::new(tool, &task, TaskSource::Outcome, Utc::now()).hash;
             self.selector.memory.forget(tool, &hash);
             self.store.forget_task(tool, &hash).await?;
             return Ok(());
@@ -200,5 +218,29 @@ impl AppState {
         self.selector.memory.forget_tool(tool);
         self.store.forget_tool_tasks(tool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_selections_are_bounded_by_bytes_oldest_first() {
+        let r = RecentSelections::default();
+        let big = "x".repeat(RECENT_SELECTIONS_BYTES / 4 + 1);
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            r.insert(
+                *id,
+                RecentSelection {
+                    agent_id: None,
+                    task: big.clone(),
+                },
+            );
+        }
+        assert!(r.get(ids[0]).is_none(), "the oldest went first");
+        assert!(ids[1..].iter().all(|id| r.get(*id).is_some()));
+        assert!(r.inner.lock().unwrap().bytes <= RECENT_SELECTIONS_BYTES);
     }
 }
