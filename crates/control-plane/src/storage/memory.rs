@@ -36,7 +36,8 @@ struct State {
     invocation_order: Vec<Uuid>,
     quality: HashMap<Uuid, f64>,
     selections: Vec<SelectionLogEntry>,
-    tasks: HashMap<(Uuid, String), TaskEntry>,
+    /// Tool → task hash → remembered task.
+    tasks: HashMap<Uuid, HashMap<String, TaskEntry>>,
     /// Outcomes observed per tool, for the statistics.
     outcomes: HashMap<Uuid, u64>,
 }
@@ -554,7 +555,9 @@ impl Store for MemoryStore {
         for e in entries {
             touched.insert(e.tool_id);
             st.tasks
-                .entry((e.tool_id, e.hash.clone()))
+                .entry(e.tool_id)
+                .or_default()
+                .entry(e.hash.clone())
                 .and_modify(|x| {
                     x.uses += e.uses;
                     x.last_seen = x.last_seen.max(e.last_seen);
@@ -562,30 +565,32 @@ impl Store for MemoryStore {
                 .or_insert_with(|| e.clone());
         }
         for tool in touched {
-            let mut aged: Vec<(DateTime<Utc>, String)> = st
-                .tasks
-                .values()
-                .filter(|x| x.tool_id == tool)
-                .map(|x| (x.last_seen, x.hash.clone()))
-                .collect();
-            aged.sort();
-            let excess = aged.len().saturating_sub(per_tool);
-            for (_, hash) in aged.into_iter().take(excess) {
-                st.tasks.remove(&(tool, hash));
+            let Some(tasks) = st.tasks.get_mut(&tool) else {
+                continue;
+            };
+            let excess = tasks.len().saturating_sub(per_tool);
+            if excess > 0 {
+                let mut aged: Vec<(DateTime<Utc>, String)> =
+                    tasks.values().map(|x| (x.last_seen, x.hash.clone())).collect();
+                aged.sort();
+                for (_, hash) in aged.into_iter().take(excess) {
+                    tasks.remove(&hash);
+                }
             }
         }
         Ok(())
     }
 
     async fn forget_task(&self, tool_id: Uuid, hash: &str) -> StoreResult<bool> {
-        Ok(self.write().tasks.remove(&(tool_id, hash.to_owned())).is_some())
+        Ok(self
+            .write()
+            .tasks
+            .get_mut(&tool_id)
+            .is_some_and(|t| t.remove(hash).is_some()))
     }
 
     async fn forget_tool_tasks(&self, tool_id: Uuid) -> StoreResult<u64> {
-        let mut st = self.write();
-        let n = st.tasks.len();
-        st.tasks.retain(|(t, _), _| *t != tool_id);
-        Ok((n - st.tasks.len()) as u64)
+        Ok(self.write().tasks.remove(&tool_id).map_or(0, |t| t.len() as u64))
     }
 
     async fn task_memory(&self, since: DateTime<Utc>) -> StoreResult<Vec<TaskEntry>> {
@@ -593,6 +598,7 @@ impl Store for MemoryStore {
             .read()
             .tasks
             .values()
+            .flat_map(HashMap::values)
             .filter(|x| x.last_seen > since)
             .cloned()
             .collect())
@@ -600,8 +606,13 @@ impl Store for MemoryStore {
 
     async fn prune_task_memory(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         let mut st = self.write();
-        let n = st.tasks.len();
-        st.tasks.retain(|_, x| x.last_seen >= before);
-        Ok((n - st.tasks.len()) as u64)
+        let mut n = 0;
+        for tasks in st.tasks.values_mut() {
+            let was = tasks.len();
+            tasks.retain(|_, x| x.last_seen >= before);
+            n += (was - tasks.len()) as u64;
+        }
+        st.tasks.retain(|_, t| !t.is_empty());
+        Ok(n)
     }
 }
