@@ -57,6 +57,7 @@ conformance!(
     events_are_stored_once_and_in_order,
     versions_are_immutable_and_outlive_deletion,
     outcomes_update_tool_statistics_once,
+    remembered_tasks_merge_stay_bounded_and_expire,
 );
 
 fn outcome(tool: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent {
@@ -586,4 +587,49 @@ async fn postgres_replicas_starting_together_migrate_once() {
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".sql"))
         .count();
     assert_eq!(n, i64::try_from(files).unwrap(), "each migration applied exactly once");
+}
+
+/// Task memory: equal tasks merge, each tool keeps its most recent `per_tool`, and
+/// forgetting and pruning remove exactly what they name.
+async fn remembered_tasks_merge_stay_bounded_and_expire(s: Arc<dyn Store>) {
+    use toolplane_control_plane::selection::memory::TaskSource;
+    use toolplane_control_plane::storage::TaskEntry;
+    let (a, b) = (testutil::tool("tasks_a"), testutil::tool("tasks_b"));
+    s.create_tool(&a).await.unwrap();
+    s.create_tool(&b).await.unwrap();
+    let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let at = |days: i64| now - Duration::days(days);
+    let entry = |t: &Tool, text: &str, days| TaskEntry::new(t.id, text, TaskSource::Selection, at(days));
+    s.remember_tasks(
+        &[
+            entry(&a, "oldest", 50),
+            entry(&a, "older", 40),
+            entry(&a, "recent", 1),
+            entry(&b, "other tool", 45),
+        ],
+        2,
+    )
+    .await
+    .unwrap();
+    s.remember_tasks(&[entry(&a, "Recent ", 0)], 2).await.unwrap();
+    let mut kept = s.task_memory(at(365)).await.unwrap();
+    kept.sort_by(|x, y| x.text.cmp(&y.text));
+    let summary: Vec<(Uuid, &str, u64)> = kept.iter().map(|e| (e.tool_id, e.text.as_str(), e.uses)).collect();
+    assert_eq!(
+        summary,
+        [(a.id, "older", 1), (b.id, "other tool", 1), (a.id, "recent", 2)]
+    );
+    let recent = kept.iter().find(|e| e.text == "recent").unwrap();
+    assert_eq!(recent.last_seen, at(0), "a repeat refreshes the task");
+    assert_eq!(s.task_memory(at(30)).await.unwrap().len(), 1);
+
+    assert_eq!(
+        s.prune_task_memory(at(42)).await.unwrap(),
+        1,
+        "only other tool is older"
+    );
+    assert!(s.forget_task(a.id, &recent.hash).await.unwrap());
+    assert!(!s.forget_task(a.id, &recent.hash).await.unwrap());
+    assert_eq!(s.forget_tool_tasks(a.id).await.unwrap(), 1);
+    assert!(s.task_memory(at(365)).await.unwrap().is_empty());
 }
