@@ -21,3 +21,4 @@ pub mod spool;
 pub mod sync;
 pub mod task;
 pub mod upstream;
+pub mod wire;

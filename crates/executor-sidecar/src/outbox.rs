@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use toolplane_core::model::SyncEvent;
 use uuid::Uuid;
 
-use crate::spool::Spool;
+use crate::spool::{Encoded, Spool};
 
 /// Default bound on waiting events.
 pub const DEFAULT_CAPACITY: usize = 200_000;
@@ -44,8 +44,8 @@ impl std::str::FromStr for FullPolicy {
 
 #[derive(Default)]
 struct Inner {
-    queue: VecDeque<SyncEvent>,
-    in_flight: HashMap<Uuid, SyncEvent>,
+    queue: VecDeque<Encoded>,
+    in_flight: HashMap<Uuid, Encoded>,
     dropped: u64,
     spool: Option<Spool>,
 }
@@ -61,6 +61,8 @@ pub struct Outbox {
     capacity: usize,
     policy: FullPolicy,
     notify: Notify,
+    /// Whether events go to a spool (fixed at construction; read without the lock).
+    spooled: bool,
 }
 
 impl Default for Outbox {
@@ -77,6 +79,7 @@ impl Outbox {
             capacity,
             policy,
             notify: Notify::new(),
+            spooled: false,
         }
     }
 
@@ -86,7 +89,8 @@ impl Outbox {
         if !pending.is_empty() {
             tracing::info!(events = pending.len(), dir = %dir.display(), "resending unacked events from the spool");
         }
-        let outbox = Self::new(capacity, policy);
+        let mut outbox = Self::new(capacity, policy);
+        outbox.spooled = true;
         {
             let mut inner = outbox.lock();
             inner.queue = pending.into();
@@ -108,16 +112,18 @@ impl Outbox {
         self.push_all(vec![event]);
     }
 
-    /// Queues the events of one call together: encoded outside the lock, written to
-    /// the spool with one write, so concurrent calls wait on each other as little as
-    /// possible.
+    /// Queues the events of one call together: encoded once, outside the lock, and
+    /// written to the spool with one write, so concurrent calls wait on each other as
+    /// little as possible.
     pub fn push_all(&self, events: Vec<SyncEvent>) {
-        let spooled = self.lock().spool.is_some();
-        let encoded: Vec<u8> = if spooled {
-            events.iter().map(crate::spool::encode).collect::<Vec<_>>().concat()
-        } else {
-            Vec::new()
-        };
+        let events: Vec<Encoded> = events.iter().map(Encoded::new).collect();
+        let records = self.spooled.then(|| {
+            let mut records = Vec::with_capacity(events.iter().map(|e| e.bytes.len() + 4).sum());
+            for e in &events {
+                e.write_record(&mut records);
+            }
+            records
+        });
         {
             let mut inner = self.lock();
             if inner.pending() + events.len() > self.capacity {
@@ -126,8 +132,8 @@ impl Outbox {
                 tracing::error!(dropped = inner.dropped, "outbox full; dropping events");
                 return;
             }
-            if let Some(spool) = inner.spool.as_mut()
-                && let Err(e) = spool.append_encoded(&encoded)
+            if let (Some(spool), Some(records)) = (inner.spool.as_mut(), &records)
+                && let Err(e) = spool.append_records(records)
             {
                 // Still queued in memory: sent unless the sidecar dies first.
                 tracing::error!(error = %e, "cannot write the event spool");
@@ -137,13 +143,14 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Moves up to `max` events to in-flight and returns them for sending.
-    pub fn take_batch(&self, max: usize) -> Vec<SyncEvent> {
+    /// Moves up to `max` events to in-flight and returns them for sending (sharing
+    /// their bytes: nothing is copied).
+    pub fn take_batch(&self, max: usize) -> Vec<Encoded> {
         let mut inner = self.lock();
         let n = max.min(inner.queue.len());
-        let batch: Vec<SyncEvent> = inner.queue.drain(..n).collect();
+        let batch: Vec<Encoded> = inner.queue.drain(..n).collect();
         for e in &batch {
-            inner.in_flight.insert(e.event_id(), e.clone());
+            inner.in_flight.insert(e.id, e.clone());
         }
         batch
     }
@@ -176,11 +183,17 @@ impl Outbox {
     /// After a lost connection: everything unacked goes back to be sent first.
     pub fn requeue_in_flight(&self) {
         let mut inner = self.lock();
-        let mut back: Vec<SyncEvent> = inner.in_flight.drain().map(|(_, e)| e).collect();
-        back.sort_by_key(SyncEvent::event_id);
+        let mut back: Vec<Encoded> = inner.in_flight.drain().map(|(_, e)| e).collect();
+        // v7 ids: time order, i.e. the order the events were written.
+        back.sort_by_key(|e| e.id);
         for e in back.into_iter().rev() {
             inner.queue.push_front(e);
         }
+    }
+
+    /// Events waiting to be sent (not in flight).
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
     }
 
     /// Events not yet acked (queued and in flight).

@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use prost::Message;
 use toolplane_core::convert::{sync_event_from_pb, sync_event_to_pb};
 use toolplane_core::model::SyncEvent;
@@ -38,17 +39,32 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// One length-prefixed record (encoded outside the outbox lock, written under it).
-pub(crate) fn encode(e: &SyncEvent) -> Vec<u8> {
-    let body = sync_event_to_pb(e).encode_to_vec();
-    let mut out = Vec::with_capacity(body.len() + 4);
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+/// An event as it is spooled and sent: its id and its protobuf encoding, made once.
+/// The same bytes go to the spool and, unchanged, onto the sync stream, so the hot
+/// path converts and encodes each event exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub id: Uuid,
+    pub bytes: Bytes,
+}
+
+impl Encoded {
+    pub fn new(e: &SyncEvent) -> Self {
+        Self {
+            id: e.event_id(),
+            bytes: sync_event_to_pb(e).encode_to_vec().into(),
+        }
+    }
+
+    /// Appends the spool record: a little-endian length, then the bytes.
+    pub fn write_record(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&u32::try_from(self.bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&self.bytes);
+    }
 }
 
 /// Reads every whole event; a torn last record (a crash mid-write) is ignored.
-fn read_events(path: &Path) -> io::Result<Vec<SyncEvent>> {
+fn read_events(path: &Path) -> io::Result<Vec<Encoded>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -74,7 +90,10 @@ fn read_events(path: &Path) -> io::Result<Vec<SyncEvent>> {
             .map_err(|e| e.to_string())
             .and_then(|e| sync_event_from_pb(e).map_err(|e| e.to_string()))
         {
-            Ok(e) => out.push(e),
+            Ok(e) => out.push(Encoded {
+                id: e.event_id(),
+                bytes: body.into(),
+            }),
             Err(e) => tracing::error!(error = %e, "skipping unreadable spool record"),
         }
     }
@@ -96,12 +115,12 @@ fn read_acks(path: &Path) -> io::Result<HashSet<Uuid>> {
 impl Spool {
     /// Opens (creating) the spool in `dir` and returns the events still unacked, in the
     /// order they were written.
-    pub fn open(dir: &Path, fsync: bool) -> io::Result<(Self, Vec<SyncEvent>)> {
+    pub fn open(dir: &Path, fsync: bool) -> io::Result<(Self, Vec<Encoded>)> {
         std::fs::create_dir_all(dir)?;
         let acked = read_acks(&dir.join(ACKS))?;
-        let pending: Vec<SyncEvent> = read_events(&dir.join(EVENTS))?
+        let pending: Vec<Encoded> = read_events(&dir.join(EVENTS))?
             .into_iter()
-            .filter(|e| !acked.contains(&e.event_id()))
+            .filter(|e| !acked.contains(&e.id))
             .collect();
         let mut spool = Self {
             dir: dir.to_owned(),
@@ -115,12 +134,9 @@ impl Spool {
         Ok((spool, pending))
     }
 
-    pub fn append(&mut self, e: &SyncEvent) -> io::Result<()> {
-        self.append_encoded(&encode(e))
-    }
-
-    /// Appends already encoded records (one or more, concatenated) with one write.
-    pub fn append_encoded(&mut self, record: &[u8]) -> io::Result<()> {
+    /// Appends records made with [`Encoded::write_record`] (one or more, concatenated)
+    /// with one write.
+    pub fn append_records(&mut self, record: &[u8]) -> io::Result<()> {
         self.events.write_all(record)?;
         if self.fsync {
             self.events.sync_data()?;
@@ -150,16 +166,19 @@ impl Spool {
 
     /// Rewrites the log with only `pending` (atomically, through a rename) and empties
     /// the ack log.
-    pub fn compact<'a>(&mut self, pending: impl Iterator<Item = &'a SyncEvent>) -> io::Result<()> {
+    pub fn compact<'a>(&mut self, pending: impl Iterator<Item = &'a Encoded>) -> io::Result<()> {
         let tmp = self.dir.join("events.log.tmp");
         let mut bytes = 0u64;
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = io::BufWriter::new(File::create(&tmp)?);
+            let mut record = Vec::new();
             for e in pending {
-                let record = encode(e);
+                record.clear();
+                e.write_record(&mut record);
                 bytes += record.len() as u64;
                 f.write_all(&record)?;
             }
+            let f = f.into_inner().map_err(io::IntoInnerError::into_error)?;
             if self.fsync {
                 f.sync_all()?;
             }

@@ -10,15 +10,15 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use toolplane_core::client::Bearer;
-use toolplane_core::convert::{delta_from_pb, snapshot_from_pb, sync_event_to_pb};
+use toolplane_core::convert::{delta_from_pb, snapshot_from_pb};
 use toolplane_core::delta::apply;
 use toolplane_core::model::Snapshot;
 use toolplane_proto::v1 as pb;
-use toolplane_proto::v1::sidecar_sync_client::SidecarSyncClient;
 use uuid::Uuid;
 
 use crate::outbox::Outbox;
 use crate::snapshot::{SharedSnapshot, SnapshotIndex};
+use crate::wire::{EncodedBatch, Outbound, OutboundRequest};
 
 const MAX_BATCH: usize = 256;
 /// Largest snapshot or delta accepted from the control plane.
@@ -27,6 +27,11 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Sends what is queued at least this often even without a wake-up.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a new event waits for others to share its batch. One message (and one
+/// ack, one database commit) per few calls rather than per call: at low load, the
+/// wake-ups of a per-call flush cost the control plane and the sidecar more CPU than
+/// the calls themselves. The event is already spooled; only its delivery waits.
+const LINGER: Duration = Duration::from_millis(2);
 
 pub struct SyncClient {
     pub control_plane: String,
@@ -74,23 +79,23 @@ impl SyncClient {
         let channel = endpoint.connect().await?;
         let bearer = Bearer::new(Some(&self.token))
             .ok_or_else(|| anyhow::anyhow!("the sidecar token has characters a header cannot carry"))?;
-        // A snapshot of a large registry is far above tonic's 4 MiB default.
-        let mut client = SidecarSyncClient::with_interceptor(channel, bearer)
-            .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
-            .max_encoding_message_size(MAX_SNAPSHOT_BYTES);
-        let (tx, rx) = mpsc::channel::<pb::ConnectRequest>(8);
+        let (tx, rx) = mpsc::channel::<OutboundRequest>(8);
         let known = self.snapshot.current().map_or(0, |s| s.revision);
-        tx.send(pb::ConnectRequest {
-            message: Some(pb::connect_request::Message::Hello(pb::SidecarHello {
+        tx.send(OutboundRequest {
+            message: Some(Outbound::Hello(pb::SidecarHello {
                 sidecar_id: self.sidecar_id.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 known_revision: known,
             })),
         })
         .await?;
-        let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+        // A snapshot of a large registry is far above tonic's 4 MiB default.
+        let mut inbound = crate::wire::connect(channel, bearer, MAX_SNAPSHOT_BYTES, ReceiverStream::new(rx)).await?;
         tracing::info!(control_plane = %self.control_plane, "connected to control plane");
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        let mut lingering = false;
         loop {
             tokio::select! {
                 msg = inbound.next() => match msg {
@@ -98,7 +103,19 @@ impl SyncClient {
                     Some(Err(status)) => anyhow::bail!("stream error: {}", status.message()),
                     None => return Ok(()),
                 },
-                _ = self.outbox.notified() => self.flush(&tx).await?,
+                _ = self.outbox.notified() => {
+                    if self.outbox.queued() >= MAX_BATCH {
+                        lingering = false;
+                        self.flush(&tx).await?;
+                    } else if !lingering {
+                        lingering = true;
+                        linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                    }
+                }
+                () = &mut linger, if lingering => {
+                    lingering = false;
+                    self.flush(&tx).await?;
+                }
                 _ = tick.tick() => self.flush(&tx).await?,
             }
         }
@@ -144,15 +161,15 @@ impl SyncClient {
         Ok(())
     }
 
-    async fn flush(&self, tx: &mpsc::Sender<pb::ConnectRequest>) -> anyhow::Result<()> {
+    async fn flush(&self, tx: &mpsc::Sender<OutboundRequest>) -> anyhow::Result<()> {
         loop {
             let batch = self.outbox.take_batch(MAX_BATCH);
             if batch.is_empty() {
                 return Ok(());
             }
-            let events = batch.iter().map(sync_event_to_pb).collect();
-            tx.send(pb::ConnectRequest {
-                message: Some(pb::connect_request::Message::Events(pb::EventBatch { events })),
+            let events = batch.into_iter().map(|e| e.bytes).collect();
+            tx.send(OutboundRequest {
+                message: Some(Outbound::Events(EncodedBatch { events })),
             })
             .await?;
         }
