@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use toolplane_core::json::json_to_struct;
 use toolplane_proto::v1 as pb;
 use toolplane_tests::grpc::{Admin, channel, http_tool, invoke_request};
-use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar};
+use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar_with, spool_dir};
 
 const C1_REQUESTS: usize = 2000;
 const C64_REQUESTS: usize = 20_000;
@@ -127,6 +127,38 @@ fn print(case: &str, c: usize, s: &Stats) {
     );
 }
 
+/// CPU time (user + system) the process has used so far, in microseconds.
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // `rest` starts at the 3rd field (state).
+    let ticks = field(14 - 3) + field(15 - 3);
+    ticks * 1e6 / 100.0
+}
+
+/// Runs one case and prints its line, then the CPU the sidecar and the control plane
+/// spent per call on it (what bounds throughput when cores are shared).
+async fn case<F, Fut>(name: &str, c: usize, n: usize, pids: (u32, u32), one: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let me = std::process::id();
+    let (sc0, cp0, me0) = (cpu_us(pids.0), cpu_us(pids.1), cpu_us(me));
+    let s = measure(c, n, one).await;
+    print(name, c, &s);
+    println!(
+        "invoke cpu case={name} c={c} sidecar_us_per_call={:.1} control_plane_us_per_call={:.1} bench_us_per_call={:.1}",
+        (cpu_us(pids.0) - sc0) / n as f64,
+        (cpu_us(pids.1) - cp0) / n as f64,
+        (cpu_us(me) - me0) / n as f64
+    );
+    s
+}
+
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
@@ -202,7 +234,10 @@ async fn main() {
     eprintln!("registered {FILLER_TOOLS} filler tools in {:?}", started.elapsed());
     let token = admin.token(pb::Role::Agent, &agent.id).await;
     let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
-    let sc = sidecar(&cp, &sidecar_token).await;
+    // `INVOKE_SIDECAR_ENV="K=V K2=V2"`: settings for the sidecar under test.
+    let extra = std::env::var("INVOKE_SIDECAR_ENV").unwrap_or_default();
+    let extra: Vec<(&str, &str)> = extra.split_whitespace().filter_map(|kv| kv.split_once('=')).collect();
+    let sc = sidecar_with(&cp, &sidecar_token, &spool_dir(), &extra).await;
     let sidecar_pid = sc_pid(&sc);
     let ex_channel = channel(&sc.url(), Some(&token)).await;
     let ex = pb::executor_client::ExecutorClient::new(ex_channel.clone());
@@ -224,14 +259,41 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_mib(sidecar_pid);
+    // For profiling: `INVOKE_PROFILE=miss|hit` (c=64) or `miss1|hit1` (c=1) runs one
+    // case long enough to attach a profiler (after printing the sidecar's and control
+    // plane's pids) and exits.
+    if let Ok(which) = std::env::var("INVOKE_PROFILE") {
+        let tool = if which.starts_with("hit") {
+            "fast_cached"
+        } else {
+            "fast"
+        };
+        let (c, n) = if which.ends_with('1') {
+            (1, 40_000)
+        } else {
+            (64, 300_000)
+        };
+        eprintln!("profile sidecar_pid={sidecar_pid} control_plane_pid={}", cp.pid());
+        let e = ex.clone();
+        let s = case(&which, c, n, (sidecar_pid, cp.pid()), move |_| {
+            let mut e = e.clone();
+            async move {
+                e.invoke(invoke_request(tool, &json!({"text": "a b"}))).await.unwrap();
+            }
+        })
+        .await;
+        eprintln!("{}", s.rps);
+        return;
+    }
 
     let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let health = tonic_health::pb::health_client::HealthClient::new(ex_channel.clone());
     let mut results = std::collections::HashMap::new();
+    let pids = (sidecar_pid, cp.pid());
     for (c, n) in [(1usize, C1_REQUESTS), (64, C64_REQUESTS)] {
         let url: hyper::Uri = format!("http://{tools_addr}/fast").parse().unwrap();
         let h = http.clone();
-        let direct = measure(c, n, move |_| {
+        let direct = case("direct", c, n, pids, move |_| {
             let (h, url) = (h.clone(), url.clone());
             async move {
                 let req = hyper::Request::post(url)
@@ -242,9 +304,8 @@ async fn main() {
             }
         })
         .await;
-        print("direct", c, &direct);
         let hc = health.clone();
-        let floor = measure(c, n, move |_| {
+        let floor = case("grpc_floor", c, n, pids, move |_| {
             let mut hc = hc.clone();
             async move {
                 hc.check(tonic_health::pb::HealthCheckRequest { service: String::new() })
@@ -253,9 +314,8 @@ async fn main() {
             }
         })
         .await;
-        print("grpc_floor", c, &floor);
         let e = ex.clone();
-        let miss = measure(c, n, move |_| {
+        let miss = case("sidecar_miss", c, n, pids, move |_| {
             let mut e = e.clone();
             async move {
                 let r = e
@@ -267,9 +327,8 @@ async fn main() {
             }
         })
         .await;
-        print("sidecar_miss", c, &miss);
         let e = ex.clone();
-        let hit = measure(c, n, move |_| {
+        let hit = case("sidecar_hit", c, n, pids, move |_| {
             let mut e = e.clone();
             async move {
                 let r = e
@@ -281,7 +340,6 @@ async fn main() {
             }
         })
         .await;
-        print("sidecar_hit", c, &hit);
         results.insert(c, (direct, floor, miss, hit));
     }
     let (d1, f1, m1, h1) = &results[&1];
