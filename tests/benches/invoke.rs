@@ -1,6 +1,7 @@
 //! `make bench-invoke`: what the sidecar adds to a tool call, on loopback, in one run.
 //!
-//! Cases at c=1 and c=64: `direct` (HTTP to the tool server), `grpc_floor` (a bare gRPC
+//! Cases at c=1 and c=64: `direct` (HTTP to the tool server, which runs in a process of
+//! its own), `grpc_floor` (a bare gRPC
 //! unary round trip to the sidecar: health Check, same client stack), `sidecar_miss`
 //! (Invoke with authn, permission, rate limit and audit on, cache missing) and
 //! `sidecar_hit` (a cache hit). Then a replay with realistic repetition against a tool
@@ -34,8 +35,10 @@ const C1_REQUESTS: usize = 2000;
 const C64_REQUESTS: usize = 20_000;
 const FILLER_TOOLS: usize = 10_000;
 
-/// The tool server: `/fast` answers at once, `/slow` after 20 ms; counts calls.
-async fn tool_server(calls: Arc<AtomicU64>) -> SocketAddr {
+/// The tool server: `/fast` answers at once, `/slow` after 20 ms; `GET /calls` says how
+/// many tool calls it has answered.
+async fn serve_tools() -> SocketAddr {
+    let calls = Arc::new(AtomicU64::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -49,6 +52,10 @@ async fn tool_server(calls: Arc<AtomicU64>) -> SocketAddr {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let calls = calls.clone();
                     async move {
+                        if req.uri().path() == "/calls" {
+                            let n = calls.load(Ordering::Relaxed).to_string();
+                            return Ok(hyper::Response::new(Full::new(Bytes::from(n))));
+                        }
                         let slow = req.uri().path() == "/slow";
                         let body = req
                             .into_body()
@@ -201,10 +208,61 @@ fn zipf_params(n: usize) -> Vec<Value> {
         .collect()
 }
 
+/// Set in the tool server's process.
+const TOOL_SERVER_ROLE: &str = "INVOKE_BENCH_TOOL_SERVER";
+
+/// The tool server runs in a process of its own, as tools do: in the bench's process,
+/// a `direct` call would never leave the client's runtime, which no real tool call
+/// does. It is this binary again, told by the environment to only serve.
+struct ToolServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl ToolServer {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(TOOL_SERVER_ROLE, "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.trim().parse().unwrap();
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        Self { child, addr, http }
+    }
+
+    async fn calls(&self) -> u64 {
+        let resp = self
+            .http
+            .get(format!("http://{}/calls", self.addr).parse().unwrap())
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        std::str::from_utf8(&body).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for ToolServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    let upstream_calls = Arc::new(AtomicU64::new(0));
-    let tools_addr = tool_server(upstream_calls.clone()).await;
+    if std::env::var_os(TOOL_SERVER_ROLE).is_some() {
+        println!("{}", serve_tools().await);
+        std::future::pending::<()>().await;
+    }
+    let tools = ToolServer::start();
+    let tools_addr = tools.addr;
     let cp = control_plane(None).await;
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
     let agent = admin.agent("bench").await;
@@ -363,7 +421,7 @@ async fn main() {
         }
     })
     .await;
-    let before = upstream_calls.load(Ordering::Relaxed);
+    let before = tools.calls().await;
     let e = ex.clone();
     let w = workload.clone();
     let cached = measure(16, workload.len(), move |i| {
@@ -373,7 +431,7 @@ async fn main() {
         }
     })
     .await;
-    let made = upstream_calls.load(Ordering::Relaxed) - before;
+    let made = tools.calls().await - before;
     println!(
         "invoke replay upstream_calls_saved_pct={:.1} mean_latency_reduction_pct={:.1}",
         100.0 * (1.0 - made as f64 / workload.len() as f64),
