@@ -1,4 +1,4 @@
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 
 use super::*;
@@ -116,4 +116,65 @@ fn the_hash_ignores_sub_microsecond_time_and_key_order() {
         record_hash(GENESIS_HASH, "c", 1, &e),
         record_hash(GENESIS_HASH, "c", 2, &e)
     );
+}
+
+/// How records were first put in canonical form: the object built with `json!`, then
+/// canonicalised. Every stored hash depends on the form staying byte for byte the same.
+fn canonical_record_reference(chain: &str, chain_seq: u64, e: &AuditEvent) -> String {
+    let opt = |u: Option<Uuid>| u.map(|u| u.to_string());
+    let v = json!({
+        "chain": chain,
+        "chain_seq": chain_seq,
+        "event_id": e.event_id.to_string(),
+        "action": e.action.as_str(),
+        "invocation_id": opt(e.invocation_id),
+        "actor_id": e.actor_id,
+        "agent_id": opt(e.agent_id),
+        "tool_id": opt(e.tool_id),
+        "tool_version": e.tool_version,
+        "task_id": e.task_id,
+        "occurred_at": stored_time(e.occurred_at).to_rfc3339_opts(SecondsFormat::Micros, true),
+        "sanitized_parameters": e.sanitized_parameters,
+        "result": e.result.as_ref().map(|r| json!({
+            "size_bytes": r.size_bytes, "status": r.status.as_str(), "digest": r.digest,
+        })),
+        "success": e.success,
+        "detail": e.detail,
+        "compliance_frameworks": e.compliance_frameworks,
+        "data_classification": e.data_classification.map(|d| d.as_str()),
+        "sidecar_id": e.sidecar_id,
+        "permission_id": opt(e.permission_id),
+    });
+    crate::json::canonical(&v)
+}
+
+#[test]
+fn the_canonical_record_is_unchanged_byte_for_byte() {
+    use crate::model::{ExecutionStatus, ResultSummary};
+    let plain = event(3);
+    let full = AuditEvent {
+        actor_id: "agent \"quoted\" ünï 🙂".to_owned(),
+        agent_id: None,
+        tool_id: None,
+        invocation_id: None,
+        permission_id: Some(Uuid::now_v7()),
+        result: Some(ResultSummary {
+            size_bytes: 42,
+            status: ExecutionStatus::PartialSuccess,
+            digest: "ab\ncd".to_owned(),
+        }),
+        success: false,
+        detail: "line\nbreak\ttab \u{1}".to_owned(),
+        compliance_frameworks: vec![],
+        data_classification: None,
+        sidecar_id: String::new(),
+        sanitized_parameters: json!({"z": null, "a": [{"y": 1.5, "x": "<b>"}], "m": -7}),
+        ..event(u32::MAX)
+    };
+    for (chain, seq, e) in [("sidecar:s1", 1, &plain), ("control-plane", u64::MAX, &full)] {
+        assert_eq!(
+            String::from_utf8(canonical_record(chain, seq, e)).unwrap(),
+            canonical_record_reference(chain, seq, e)
+        );
+    }
 }
