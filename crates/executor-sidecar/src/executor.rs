@@ -149,9 +149,15 @@ impl ExecutorService {
     }
 
     /// One call in its own span, a child of the caller's trace; the tool gets a child
-    /// of that span as `traceparent`.
+    /// of that span as `traceparent`. Without a span exporter, no span is built (the
+    /// log layer would format its fields on every call for nothing); the tool still
+    /// gets a fresh span id in the caller's trace.
     pub(crate) async fn run_call(&self, call: Call) -> Result<ToolResult, ExecError> {
         use tracing::Instrument;
+        if !toolplane_runtime::telemetry::exporting() {
+            let outgoing = toolplane_core::trace::child(call.traceparent.as_deref());
+            return self.run_call_in_span(call, outgoing).await;
+        }
         let span = tracing::info_span!(
             "toolplane.invoke",
             otel.kind = "server",

@@ -49,6 +49,15 @@ impl Telemetry {
     }
 }
 
+/// Whether spans are exported (an OTLP endpoint is configured).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans go anywhere but the logs: hot paths skip building per-call spans
+/// nobody will see (the log layer formats every span's fields, call after call).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
 /// `otlp_endpoint`: export spans there as `service`.
 pub fn init(format: LogFormat, service: &'static str, otlp_endpoint: Option<&str>) -> Telemetry {
@@ -80,6 +89,7 @@ pub fn init(format: LogFormat, service: &'static str, otlp_endpoint: Option<&str
             }
         }
     });
+    EXPORTING.store(provider.is_some(), std::sync::atomic::Ordering::Relaxed);
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
