@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 use toolplane_core::model::SyncEvent;
@@ -20,6 +21,8 @@ use crate::spool::{Encoded, Spool};
 
 /// Default bound on waiting events.
 pub const DEFAULT_CAPACITY: usize = 200_000;
+/// Most events sent in one message; a queue this long is worth a wake-up of its own.
+pub const BATCH: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FullPolicy {
@@ -63,6 +66,9 @@ pub struct Outbox {
     notify: Notify,
     /// Whether events go to a spool (fixed at construction; read without the lock).
     spooled: bool,
+    /// The sender has been woken and has not taken a batch since: later events ride
+    /// along without waking it again (a futex wake per call is not free).
+    wake_pending: AtomicBool,
 }
 
 impl Default for Outbox {
@@ -80,6 +86,7 @@ impl Outbox {
             policy,
             notify: Notify::new(),
             spooled: false,
+            wake_pending: AtomicBool::new(false),
         }
     }
 
@@ -124,7 +131,7 @@ impl Outbox {
             }
             records
         });
-        {
+        let queued = {
             let mut inner = self.lock();
             if inner.pending() + events.len() > self.capacity {
                 inner.dropped += events.len() as u64;
@@ -139,14 +146,18 @@ impl Outbox {
                 tracing::error!(error = %e, "cannot write the event spool");
             }
             inner.queue.extend(events);
+            inner.queue.len()
+        };
+        if !self.wake_pending.swap(true, Ordering::AcqRel) || queued >= BATCH {
+            self.notify.notify_one();
         }
-        self.notify.notify_one();
     }
 
     /// Moves up to `max` events to in-flight and returns them for sending (sharing
     /// their bytes: nothing is copied).
     pub fn take_batch(&self, max: usize) -> Vec<Encoded> {
         let mut inner = self.lock();
+        self.wake_pending.store(false, Ordering::Release);
         let n = max.min(inner.queue.len());
         let batch: Vec<Encoded> = inner.queue.drain(..n).collect();
         for e in &batch {

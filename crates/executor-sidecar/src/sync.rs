@@ -16,11 +16,9 @@ use toolplane_core::model::Snapshot;
 use toolplane_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::outbox::Outbox;
+use crate::outbox::{BATCH, Outbox};
 use crate::snapshot::{SharedSnapshot, SnapshotIndex};
 use crate::wire::{EncodedBatch, Outbound, OutboundRequest};
-
-const MAX_BATCH: usize = 256;
 /// Largest snapshot or delta accepted from the control plane.
 pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -104,7 +102,7 @@ impl SyncClient {
                     None => return Ok(()),
                 },
                 _ = self.outbox.notified() => {
-                    if self.outbox.queued() >= MAX_BATCH {
+                    if self.outbox.queued() >= BATCH {
                         lingering = false;
                         self.flush(&tx).await?;
                     } else if !lingering {
@@ -163,7 +161,7 @@ impl SyncClient {
 
     async fn flush(&self, tx: &mpsc::Sender<OutboundRequest>) -> anyhow::Result<()> {
         loop {
-            let batch = self.outbox.take_batch(MAX_BATCH);
+            let batch = self.outbox.take_batch(BATCH);
             if batch.is_empty() {
                 return Ok(());
             }
