@@ -146,22 +146,33 @@ fn cpu_us(pid: u32) -> f64 {
     ticks * 1e6 / 100.0
 }
 
-/// Runs one case and prints its line, then the CPU the sidecar and the control plane
-/// spent per call on it (what bounds throughput when cores are shared).
-async fn case<F, Fut>(name: &str, c: usize, n: usize, pids: (u32, u32), one: F) -> Stats
+/// The processes whose CPU each case accounts for.
+#[derive(Clone, Copy)]
+struct Pids {
+    sidecar: u32,
+    control_plane: u32,
+    tool_server: u32,
+}
+
+/// Runs one case and prints its line, then the CPU each process spent per call on it
+/// (what bounds throughput when cores are shared).
+async fn case<F, Fut>(name: &str, c: usize, n: usize, pids: Pids, one: F) -> Stats
 where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let me = std::process::id();
-    let (sc0, cp0, me0) = (cpu_us(pids.0), cpu_us(pids.1), cpu_us(me));
+    let all = [pids.sidecar, pids.control_plane, pids.tool_server, std::process::id()];
+    let before = all.map(cpu_us);
     let s = measure(c, n, one).await;
     print(name, c, &s);
+    let per_call = |i: usize| (cpu_us(all[i]) - before[i]) / n as f64;
     println!(
-        "invoke cpu case={name} c={c} sidecar_us_per_call={:.1} control_plane_us_per_call={:.1} bench_us_per_call={:.1}",
-        (cpu_us(pids.0) - sc0) / n as f64,
-        (cpu_us(pids.1) - cp0) / n as f64,
-        (cpu_us(me) - me0) / n as f64
+        "invoke cpu case={name} c={c} sidecar_us_per_call={:.1} control_plane_us_per_call={:.1} \
+         tool_server_us_per_call={:.1} bench_client_us_per_call={:.1}",
+        per_call(0),
+        per_call(1),
+        per_call(2),
+        per_call(3)
     );
     s
 }
@@ -317,6 +328,11 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_mib(sidecar_pid);
+    let pids = Pids {
+        sidecar: sidecar_pid,
+        control_plane: cp.pid(),
+        tool_server: tools.child.id(),
+    };
     // For profiling: `INVOKE_PROFILE=miss|hit` (c=64) or `miss1|hit1` (c=1) runs one
     // case long enough to attach a profiler (after printing the sidecar's and control
     // plane's pids) and exits.
@@ -333,7 +349,7 @@ async fn main() {
         };
         eprintln!("profile sidecar_pid={sidecar_pid} control_plane_pid={}", cp.pid());
         let e = ex.clone();
-        let s = case(&which, c, n, (sidecar_pid, cp.pid()), move |_| {
+        let s = case(&which, c, n, pids, move |_| {
             let mut e = e.clone();
             async move {
                 e.invoke(invoke_request(tool, &json!({"text": "a b"}))).await.unwrap();
@@ -347,7 +363,6 @@ async fn main() {
     let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let health = tonic_health::pb::health_client::HealthClient::new(ex_channel.clone());
     let mut results = std::collections::HashMap::new();
-    let pids = (sidecar_pid, cp.pid());
     for (c, n) in [(1usize, C1_REQUESTS), (64, C64_REQUESTS)] {
         let url: hyper::Uri = format!("http://{tools_addr}/fast").parse().unwrap();
         let h = http.clone();
