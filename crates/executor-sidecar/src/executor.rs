@@ -305,20 +305,20 @@ impl ExecutorService {
             return Ok(limited);
         }
         let attempts = std::sync::atomic::AtomicU32::new(0);
-        let fetched = self
-            .cache
-            .get_or_fetch(&key, ttl, async {
-                let (outcome, n) = self
-                    .call_with_retries(&compiled, credential, &call.parameters, deadline, &ctx.traceparent)
-                    .await;
-                attempts.store(n, std::sync::atomic::Ordering::Relaxed);
-                if outcome.status == ExecutionStatus::Success {
-                    Ok(outcome.output)
-                } else {
-                    Err(outcome)
-                }
-            })
-            .await;
+        // Boxed for the same reason as a fallback: only cache misses of cacheable
+        // tools need this state.
+        let fetched = Box::pin(self.cache.get_or_fetch(&key, ttl, async {
+            let (outcome, n) = self
+                .call_with_retries(&compiled, credential, &call.parameters, deadline, &ctx.traceparent)
+                .await;
+            attempts.store(n, std::sync::atomic::Ordering::Relaxed);
+            if outcome.status == ExecutionStatus::Success {
+                Ok(outcome.output)
+            } else {
+                Err(outcome)
+            }
+        }))
+        .await;
         let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
         if !matches!(fetched, Ok((_, Source::Local | Source::Shared))) {
             self.audit_cache_miss(&ctx);
@@ -364,11 +364,28 @@ impl ExecutorService {
         params: &Value,
         deadline: Option<Instant>,
     ) -> Option<ToolResult> {
-        let primary = ctx.tool;
-        let strategy = snap.fallback(primary.id)?;
-        if !strategy.applies(failed.status, failed.auth_failure) {
+        let applies = snap
+            .fallback(ctx.tool.id)
+            .is_some_and(|s| s.applies(failed.status, failed.auth_failure));
+        if !applies {
             return None;
         }
+        // Boxed: a fallback's future (another whole tool call) is large, and inline it
+        // would be part of every call's state, moved and allocated on every call.
+        Box::pin(self.fall_back(ctx, snap, agent, failed, params, deadline)).await
+    }
+
+    async fn fall_back(
+        &self,
+        ctx: &Ctx<'_>,
+        snap: &SnapshotIndex,
+        agent: &Agent,
+        failed: &Outcome,
+        params: &Value,
+        deadline: Option<Instant>,
+    ) -> Option<ToolResult> {
+        let primary = ctx.tool;
+        let strategy = snap.fallback(primary.id)?;
         match strategy.mode {
             DegradationMode::Cached => {
                 let key = cache_key(primary.id, 0, &primary.spec, &ctx.agent_id.to_string(), params);

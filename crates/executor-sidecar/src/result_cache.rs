@@ -76,18 +76,22 @@ impl ResultCache {
         F: Future<Output = Result<Value, E>>,
     {
         let source = std::sync::Mutex::new(Source::Local);
+        // The loader is boxed: moka keeps it inline in its own (already large) state.
         let loaded = self
             .l1
-            .try_get_with(key.to_owned(), async {
-                if let Some(output) = self.l2_get(key).await {
-                    *source.lock().unwrap_or_else(|e| e.into_inner()) = Source::Shared;
-                    return Ok(Arc::new(Entry { output, ttl }));
-                }
-                let output = fetch.await?;
-                *source.lock().unwrap_or_else(|e| e.into_inner()) = Source::Upstream;
-                self.l2_set(key, &output, ttl).await;
-                Ok(Arc::new(Entry { output, ttl }))
-            })
+            .try_get_with(
+                key.to_owned(),
+                Box::pin(async {
+                    if let Some(output) = self.l2_get(key).await {
+                        *source.lock().unwrap_or_else(|e| e.into_inner()) = Source::Shared;
+                        return Ok(Arc::new(Entry { output, ttl }));
+                    }
+                    let output = fetch.await?;
+                    *source.lock().unwrap_or_else(|e| e.into_inner()) = Source::Upstream;
+                    self.l2_set(key, &output, ttl).await;
+                    Ok(Arc::new(Entry { output, ttl }))
+                }),
+            )
             .await?;
         let source = *source.lock().unwrap_or_else(|e| e.into_inner());
         Ok((loaded.output.clone(), source))
