@@ -5,6 +5,11 @@ use tokio::net::TcpListener;
 use toolplane_control_plane::{config::Config, server, storage};
 use toolplane_runtime::{lifecycle, telemetry};
 
+/// mimalloc rather than glibc's malloc, as in the sidecar: ingest and snapshot
+/// building allocate and free many small buffers across worker threads.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

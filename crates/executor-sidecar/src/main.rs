@@ -5,6 +5,12 @@ use tokio::net::TcpListener;
 use toolplane_runtime::{lifecycle, telemetry};
 use toolplane_sidecar::{config::Config, server};
 
+/// mimalloc rather than glibc's malloc: a call allocates and frees many small buffers
+/// across worker threads, where glibc spent ~14 % of the sidecar's CPU in `make
+/// bench-invoke` (c=64 miss: 72 → 56 µs of CPU per call).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
