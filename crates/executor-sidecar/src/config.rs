@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use toolplane_runtime::config::{CommonArgs, parse_secs, secret};
+use toolplane_runtime::config::{CommonArgs, parse_millis, parse_secs, secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "toolplane-sidecar", version, about = "toolplane executor sidecar (gRPC)")]
@@ -45,6 +45,13 @@ pub struct Config {
     /// fsync every spooled event (survives losing the host, costs latency).
     #[arg(long, env = "TOOLPLANE_SPOOL_FSYNC", default_value_t = false)]
     pub spool_fsync: bool,
+
+    /// How long an audit event waits, already spooled, for others to share its batch
+    /// to the control plane (milliseconds; a full batch goes at once). Longer means
+    /// fewer messages, acks and commits per call; events appear in the audit table up
+    /// to this much later.
+    #[arg(long, env = "TOOLPLANE_AUDIT_LINGER_MS", value_parser = parse_millis, default_value = "25")]
+    pub audit_linger: Duration,
 
     /// Redis shared by all sidecars for rate limits; without it each sidecar limits
     /// itself.

@@ -105,6 +105,7 @@ pub async fn serve(
             sidecar_id: sidecar_id.clone(),
             snapshot: snapshot.clone(),
             outbox: outbox.clone(),
+            linger: config.audit_linger,
             held: Default::default(),
         }
         .run(),

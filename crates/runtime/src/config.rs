@@ -39,6 +39,14 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a number of seconds"))
 }
 
+/// Parses `"25"` or `"25ms"` as milliseconds (clap value parser).
+pub fn parse_millis(s: &str) -> Result<Duration, String> {
+    s.trim_end_matches("ms")
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{s:?} is not a number of milliseconds"))
+}
+
 /// A secret given inline (flag or env) or in a file (e.g. a mounted Kubernetes
 /// Secret); `None` when neither is set. Surrounding whitespace is dropped.
 pub fn secret(inline: Option<&str>, file: Option<&Path>, what: &str) -> anyhow::Result<Option<String>> {
@@ -51,5 +59,20 @@ pub fn secret(inline: Option<&str>, file: Option<&Path>, what: &str) -> anyhow::
                 .to_owned(),
         )),
         (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_or_without_their_unit() {
+        assert_eq!(parse_secs("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_secs("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_millis("25"), Ok(Duration::from_millis(25)));
+        assert_eq!(parse_millis("25ms"), Ok(Duration::from_millis(25)));
+        assert!(parse_millis("25s").unwrap_err().contains("milliseconds"));
+        assert!(parse_secs("ten").is_err());
     }
 }
