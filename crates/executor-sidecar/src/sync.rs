@@ -99,7 +99,7 @@ impl SyncClient {
         loop {
             tokio::select! {
                 msg = inbound.next() => match msg {
-                    Some(Ok(m)) => self.handle(m)?,
+                    Some(Ok(m)) => self.handle(m).await?,
                     Some(Err(status)) => anyhow::bail!("stream error: {}", status.message()),
                     None => return Ok(()),
                 },
@@ -121,9 +121,7 @@ impl SyncClient {
         }
     }
 
-    fn install(&self, snapshot: Snapshot) {
-        let previous = self.snapshot.current();
-        let index = SnapshotIndex::build(snapshot, previous.as_deref());
+    fn install(&self, index: SnapshotIndex) {
         tracing::info!(
             revision = index.revision,
             tools = index.tool_count(),
@@ -132,25 +130,48 @@ impl SyncClient {
         self.snapshot.install(index);
     }
 
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Applies what the control plane sent; an error ends the session (a reconnect
-    /// brings a full snapshot).
-    fn handle(&self, msg: pb::ConnectResponse) -> anyhow::Result<()> {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+    /// brings a full snapshot). Decoding and indexing a snapshot (compiling every
+    /// tool's schemas) runs on the blocking pool: with a large registry it takes long
+    /// enough to stall calls on a runtime with one worker thread.
+    async fn handle(&self, msg: pb::ConnectResponse) -> anyhow::Result<()> {
         match msg.message {
-            Some(pb::connect_response::Message::Snapshot(s)) => match snapshot_from_pb(s) {
-                Ok(snap) => {
-                    *held = Some(snap.clone());
-                    self.install(snap);
+            Some(pb::connect_response::Message::Snapshot(s)) => {
+                let previous = self.snapshot.current();
+                let built = tokio::task::spawn_blocking(move || {
+                    snapshot_from_pb(s).map(|snap| {
+                        let index = SnapshotIndex::build(snap.clone(), previous.as_deref());
+                        (snap, index)
+                    })
+                })
+                .await?;
+                match built {
+                    Ok((snap, index)) => {
+                        *self.held() = Some(snap);
+                        self.install(index);
+                    }
+                    Err(e) => tracing::error!(error = %e, "ignoring malformed snapshot; keeping the previous one"),
                 }
-                Err(e) => tracing::error!(error = %e, "ignoring malformed snapshot; keeping the previous one"),
-            },
+            }
             Some(pb::connect_response::Message::Delta(d)) => {
                 let delta = delta_from_pb(d).map_err(|e| anyhow::anyhow!("malformed delta: {e}"))?;
-                let snap = held
-                    .as_mut()
+                let mut snap = self
+                    .held()
+                    .take()
                     .ok_or_else(|| anyhow::anyhow!("delta before any snapshot"))?;
-                apply(snap, delta)?;
-                self.install(snap.clone());
+                let previous = self.snapshot.current();
+                let (snap, built) = tokio::task::spawn_blocking(move || {
+                    let built =
+                        apply(&mut snap, delta).map(|()| SnapshotIndex::build(snap.clone(), previous.as_deref()));
+                    (snap, built)
+                })
+                .await?;
+                *self.held() = Some(snap);
+                self.install(built?);
             }
             Some(pb::connect_response::Message::Ack(ack)) => {
                 self.outbox
