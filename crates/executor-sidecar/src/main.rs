@@ -11,9 +11,16 @@ use toolplane_sidecar::{config::Config, server};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(config.worker_threads))
+        .enable_all()
+        .build()?
+        .block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = telemetry::init(
         config.common.log_format,
         "toolplane-sidecar",
