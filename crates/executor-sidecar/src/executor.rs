@@ -364,19 +364,18 @@ impl ExecutorService {
         params: &Value,
         deadline: Option<Instant>,
     ) -> Option<ToolResult> {
-        let applies = snap
+        let strategy = snap
             .fallback(ctx.tool.id)
-            .is_some_and(|s| s.applies(failed.status, failed.auth_failure));
-        if !applies {
-            return None;
-        }
+            .filter(|s| s.applies(failed.status, failed.auth_failure))?;
         // Boxed: a fallback's future (another whole tool call) is large, and inline it
         // would be part of every call's state, moved and allocated on every call.
-        Box::pin(self.fall_back(ctx, snap, agent, failed, params, deadline)).await
+        Box::pin(self.fall_back(strategy, ctx, snap, agent, failed, params, deadline)).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn fall_back(
         &self,
+        strategy: &FallbackStrategy,
         ctx: &Ctx<'_>,
         snap: &SnapshotIndex,
         agent: &Agent,
@@ -385,7 +384,6 @@ impl ExecutorService {
         deadline: Option<Instant>,
     ) -> Option<ToolResult> {
         let primary = ctx.tool;
-        let strategy = snap.fallback(primary.id)?;
         match strategy.mode {
             DegradationMode::Cached => {
                 let key = cache_key(primary.id, 0, &primary.spec, &ctx.agent_id.to_string(), params);
