@@ -6,6 +6,11 @@
 //! (Invoke with authn, permission, rate limit and audit on, cache missing) and
 //! `sidecar_hit` (a cache hit). Then a replay with realistic repetition against a tool
 //! with 20 ms latency, and the sidecar's RSS with a 10k-tool snapshot.
+//!
+//! Besides the issue's cases, two reference fronts at both concurrencies (see
+//! `ceilings`): `bare_proxy` (HTTP/1.1 in, HTTP/1.1 to the tool) and `grpc_forward`
+//! (`Invoke` forwarded to the tool, nothing checked or recorded), and what they reach
+//! against `direct`: the most any proxy, and any gRPC front, could do on this machine.
 
 #![allow(
     clippy::unwrap_used,
@@ -30,6 +35,9 @@ use toolplane_core::json::json_to_struct;
 use toolplane_proto::v1 as pb;
 use toolplane_tests::grpc::{Admin, channel, http_tool, invoke_request};
 use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar_with, spool_dir};
+
+#[path = "invoke/ceilings.rs"]
+mod ceilings;
 
 const C1_REQUESTS: usize = 2000;
 const C64_REQUESTS: usize = 20_000;
@@ -149,7 +157,8 @@ fn cpu_us(pid: u32) -> f64 {
 /// The processes whose CPU each case accounts for.
 #[derive(Clone, Copy)]
 struct Pids {
-    sidecar: u32,
+    /// The process the bench client calls: the sidecar, or a reference front.
+    front: u32,
     control_plane: u32,
     tool_server: u32,
 }
@@ -161,13 +170,13 @@ where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let all = [pids.sidecar, pids.control_plane, pids.tool_server, std::process::id()];
+    let all = [pids.front, pids.control_plane, pids.tool_server, std::process::id()];
     let before = all.map(cpu_us);
     let s = measure(c, n, one).await;
     print(name, c, &s);
     let per_call = |i: usize| (cpu_us(all[i]) - before[i]) / n as f64;
     println!(
-        "invoke cpu case={name} c={c} sidecar_us_per_call={:.1} control_plane_us_per_call={:.1} \
+        "invoke cpu case={name} c={c} front_us_per_call={:.1} control_plane_us_per_call={:.1} \
          tool_server_us_per_call={:.1} bench_client_us_per_call={:.1}",
         per_call(0),
         per_call(1),
@@ -222,20 +231,18 @@ fn zipf_params(n: usize) -> Vec<Value> {
 /// Set in the tool server's process.
 const TOOL_SERVER_ROLE: &str = "INVOKE_BENCH_TOOL_SERVER";
 
-/// The tool server runs in a process of its own, as tools do: in the bench's process,
-/// a `direct` call would never leave the client's runtime, which no real tool call
-/// does. It is this binary again, told by the environment to only serve.
-struct ToolServer {
+/// A server in a process of its own: this binary again, told by the environment
+/// (`role=value`) to only serve, which prints its address.
+struct Helper {
     child: std::process::Child,
     addr: SocketAddr,
-    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
-impl ToolServer {
-    fn start() -> Self {
+impl Helper {
+    fn start(role: &str, value: &str) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .env(TOOL_SERVER_ROLE, "1")
+            .env(role, value)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -244,8 +251,32 @@ impl ToolServer {
             .read_line(&mut line)
             .unwrap();
         let addr = line.trim().parse().unwrap();
+        Self { child, addr }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tool server runs in a process of its own, as tools do: in the bench's process,
+/// a `direct` call would never leave the client's runtime, which no real tool call
+/// does.
+struct ToolServer {
+    helper: Helper,
+    addr: SocketAddr,
+    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl ToolServer {
+    fn start() -> Self {
+        let helper = Helper::start(TOOL_SERVER_ROLE, "1");
+        let addr = helper.addr;
         let http = Client::builder(TokioExecutor::new()).build_http();
-        Self { child, addr, http }
+        Self { helper, addr, http }
     }
 
     async fn calls(&self) -> u64 {
@@ -259,19 +290,40 @@ impl ToolServer {
     }
 }
 
-impl Drop for ToolServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Serves what `serve` binds until killed, after printing its address.
+fn serve_forever<F: std::future::Future<Output = SocketAddr>>(
+    mut runtime: tokio::runtime::Builder,
+    serve: impl FnOnce() -> F,
+) {
+    runtime.enable_all().build().unwrap().block_on(async move {
+        println!("{}", serve().await);
+        std::future::pending::<()>().await;
+    });
+}
+
+fn main() {
+    let one_thread = || {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1);
+        b
+    };
+    let upstream = |role: &str| std::env::var(role).ok().map(|a| a.parse::<SocketAddr>().unwrap());
+    if std::env::var_os(TOOL_SERVER_ROLE).is_some() {
+        serve_forever(tokio::runtime::Builder::new_multi_thread(), serve_tools);
+    } else if let Some(up) = upstream(ceilings::PROXY_ROLE) {
+        serve_forever(one_thread(), || ceilings::serve_bare_proxy(up));
+    } else if let Some(up) = upstream(ceilings::GRPC_FORWARD_ROLE) {
+        serve_forever(one_thread(), || ceilings::serve_grpc_forward(up));
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(bench());
     }
 }
 
-#[tokio::main]
-async fn main() {
-    if std::env::var_os(TOOL_SERVER_ROLE).is_some() {
-        println!("{}", serve_tools().await);
-        std::future::pending::<()>().await;
-    }
+async fn bench() {
     let tools = ToolServer::start();
     let tools_addr = tools.addr;
     let cp = control_plane(None).await;
@@ -329,9 +381,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_mib(sidecar_pid);
     let pids = Pids {
-        sidecar: sidecar_pid,
+        front: sidecar_pid,
         control_plane: cp.pid(),
-        tool_server: tools.child.id(),
+        tool_server: tools.helper.child.id(),
     };
     // For profiling: `INVOKE_PROFILE=miss|hit` (c=64) or `miss1|hit1` (c=1) runs one
     // case long enough to attach a profiler (after printing the sidecar's and control
@@ -363,20 +415,13 @@ async fn main() {
     let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let health = tonic_health::pb::health_client::HealthClient::new(ex_channel.clone());
     let mut results = std::collections::HashMap::new();
+    let proxy = Helper::start(ceilings::PROXY_ROLE, &tools_addr.to_string());
+    let grpc_forward = Helper::start(ceilings::GRPC_FORWARD_ROLE, &tools_addr.to_string());
+    let forward =
+        pb::executor_client::ExecutorClient::new(channel(&format!("http://{}", grpc_forward.addr), None).await);
+    let mut reference = std::collections::HashMap::new();
     for (c, n) in [(1usize, C1_REQUESTS), (64, C64_REQUESTS)] {
-        let url: hyper::Uri = format!("http://{tools_addr}/fast").parse().unwrap();
-        let h = http.clone();
-        let direct = case("direct", c, n, pids, move |_| {
-            let (h, url) = (h.clone(), url.clone());
-            async move {
-                let req = hyper::Request::post(url)
-                    .body(Full::new(Bytes::from_static(br#"{"text":"a b"}"#)))
-                    .unwrap();
-                let resp = h.request(req).await.unwrap();
-                resp.into_body().collect().await.unwrap();
-            }
-        })
-        .await;
+        let direct = case("direct", c, n, pids, post_fast(&http, tools_addr)).await;
         let hc = health.clone();
         let floor = case("grpc_floor", c, n, pids, move |_| {
             let mut hc = hc.clone();
@@ -414,6 +459,25 @@ async fn main() {
         })
         .await;
         results.insert(c, (direct, floor, miss, hit));
+        let at = |front: &Helper| Pids {
+            front: front.child.id(),
+            ..pids
+        };
+        let bare = case("bare_proxy", c, n, at(&proxy), post_fast(&http, proxy.addr)).await;
+        let f = forward.clone();
+        let fwd = case("grpc_forward", c, n, at(&grpc_forward), move |_| {
+            let mut f = f.clone();
+            async move {
+                let r = f
+                    .invoke(invoke_request("fast", &json!({"text": "a b"})))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.result.unwrap().status, pb::ToolExecutionStatus::Success as i32);
+            }
+        })
+        .await;
+        reference.insert(c, (bare, fwd));
     }
     let (d1, f1, m1, h1) = &results[&1];
     let (d64, _, m64, _) = &results[&64];
@@ -423,6 +487,15 @@ async fn main() {
         f1.p50_us,
         h1.p50_us as f64 / f1.p50_us.max(1) as f64,
         m64.rps / d64.rps
+    );
+    let (_, fwd1) = &reference[&1];
+    let (bare64, fwd64) = &reference[&64];
+    println!(
+        "invoke ceilings bare_proxy_rps_vs_direct={:.2} grpc_forward_rps_vs_direct={:.2} \
+         grpc_forward_added_p50_us={}",
+        bare64.rps / d64.rps,
+        fwd64.rps / d64.rps,
+        fwd1.p50_us.saturating_sub(d1.p50_us)
     );
 
     // Replay with repetition against a 20 ms tool: cached vs the same workload uncached.
@@ -457,6 +530,25 @@ async fn main() {
         rss_idle,
         rss_mib(sidecar_pid)
     );
+}
+
+/// One `direct`-style call: the same small JSON body POSTed to `<addr>/fast`.
+fn post_fast(
+    http: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync + Clone + 'static {
+    let url: hyper::Uri = format!("http://{addr}/fast").parse().unwrap();
+    let http = http.clone();
+    move |_| {
+        let (h, url) = (http.clone(), url.clone());
+        Box::pin(async move {
+            let req = hyper::Request::post(url)
+                .body(Full::new(Bytes::from_static(br#"{"text":"a b"}"#)))
+                .unwrap();
+            let resp = h.request(req).await.unwrap();
+            resp.into_body().collect().await.unwrap();
+        })
+    }
 }
 
 fn sc_pid(p: &Proc) -> u32 {
