@@ -27,11 +27,15 @@ struct State {
     tokens: HashMap<String, TokenRecord>,
     permissions: Vec<Permission>,
     access_requests: Vec<AccessRequest>,
-    audit: Vec<AuditRecord>,
+    /// Boxed, as are invocations: growing the collection then moves pointers, not
+    /// records (moving whole records on every doubling was over half of the control
+    /// plane's CPU per call under `make bench-invoke`'s load).
+    #[allow(clippy::vec_box)]
+    audit: Vec<Box<AuditRecord>>,
     audit_ids: HashSet<Uuid>,
     chain_heads: HashMap<String, ChainHead>,
     usage: BTreeMap<UsageKey, UsageCounts>,
-    invocations: HashMap<Uuid, InvocationRecord>,
+    invocations: HashMap<Uuid, Box<InvocationRecord>>,
     /// Invocation ids in arrival order.
     invocation_order: Vec<Uuid>,
     quality: HashMap<Uuid, f64>,
@@ -360,7 +364,7 @@ impl Store for MemoryStore {
                         let (chain_seq, prev_hash, hash) =
                             st.chain_heads.entry(chain.clone()).or_default().append(&chain, &event);
                         let seq = st.audit.len() as u64 + 1;
-                        st.audit.push(AuditRecord {
+                        st.audit.push(Box::new(AuditRecord {
                             event,
                             seq,
                             recorded_at: Utc::now(),
@@ -368,14 +372,14 @@ impl Store for MemoryStore {
                             chain_seq,
                             prev_hash,
                             hash,
-                        });
+                        }));
                     }
                 }
                 SyncEvent::Invocation(i) => {
                     if st.invocations.contains_key(&i.invocation_id) {
                         continue;
                     }
-                    st.invocations.insert(i.invocation_id, i.clone());
+                    st.invocations.insert(i.invocation_id, Box::new(i.clone()));
                     st.invocation_order.push(i.invocation_id);
                     let (key, counts) = usage::contribution(i);
                     st.usage.entry(key).or_default().add(&counts);
@@ -407,7 +411,7 @@ impl Store for MemoryStore {
 
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let st = self.read();
-        let matching = st.audit.iter().filter(|r| f.matches(r)).cloned();
+        let matching = st.audit.iter().filter(|r| f.matches(r)).map(|r| AuditRecord::clone(r));
         Ok(if f.limit == 0 {
             matching.collect()
         } else {
@@ -433,7 +437,7 @@ impl Store for MemoryStore {
                         .as_ref()
                         .is_none_or(|(c, n)| (r.chain.as_str(), r.chain_seq) > (c.as_str(), *n))
             })
-            .cloned()
+            .map(|r| AuditRecord::clone(r))
             .collect();
         page.sort_by(|a, b| (&a.chain, a.chain_seq).cmp(&(&b.chain, b.chain_seq)));
         page.truncate(limit);
@@ -489,7 +493,11 @@ impl Store for MemoryStore {
     }
 
     async fn get_invocation(&self, invocation_id: Uuid) -> StoreResult<Option<InvocationRecord>> {
-        Ok(self.read().invocations.get(&invocation_id).cloned())
+        Ok(self
+            .read()
+            .invocations
+            .get(&invocation_id)
+            .map(|i| InvocationRecord::clone(i)))
     }
 
     async fn recent_invocations(&self, limit: usize) -> StoreResult<Vec<(InvocationRecord, Option<f64>)>> {
@@ -497,7 +505,11 @@ impl Store for MemoryStore {
         let skip = st.invocation_order.len().saturating_sub(limit);
         Ok(st.invocation_order[skip..]
             .iter()
-            .filter_map(|id| st.invocations.get(id).map(|i| (i.clone(), st.quality.get(id).copied())))
+            .filter_map(|id| {
+                st.invocations
+                    .get(id)
+                    .map(|i| (InvocationRecord::clone(i), st.quality.get(id).copied()))
+            })
             .collect())
     }
 
@@ -508,7 +520,7 @@ impl Store for MemoryStore {
         _task_succeeded: bool,
     ) -> StoreResult<Option<InvocationRecord>> {
         let mut st = self.write();
-        let Some(i) = st.invocations.get(&invocation_id).cloned() else {
+        let Some(i) = st.invocations.get(&invocation_id).map(|i| InvocationRecord::clone(i)) else {
             return Ok(None);
         };
         st.quality.insert(invocation_id, quality);
