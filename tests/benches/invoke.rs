@@ -290,40 +290,37 @@ impl ToolServer {
     }
 }
 
-/// Serves what `serve` binds until killed, after printing its address.
-fn serve_forever<F: std::future::Future<Output = SocketAddr>>(
-    mut runtime: tokio::runtime::Builder,
-    serve: impl FnOnce() -> F,
-) {
-    runtime.enable_all().build().unwrap().block_on(async move {
+/// Serves what `serve` binds until killed, after printing its address, on one worker
+/// thread as the sidecar does by default.
+fn serve_forever<F: std::future::Future<Output = SocketAddr>>(serve: impl FnOnce() -> F) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
         println!("{}", serve().await);
         std::future::pending::<()>().await;
     });
 }
 
 fn main() {
-    let one_thread = || {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(1);
-        b
-    };
     let upstream = |role: &str| std::env::var(role).ok().map(|a| a.parse::<SocketAddr>().unwrap());
-    if std::env::var_os(TOOL_SERVER_ROLE).is_some() {
-        serve_forever(tokio::runtime::Builder::new_multi_thread(), serve_tools);
-    } else if let Some(up) = upstream(ceilings::PROXY_ROLE) {
-        serve_forever(one_thread(), || ceilings::serve_bare_proxy(up));
+    if let Some(up) = upstream(ceilings::PROXY_ROLE) {
+        serve_forever(|| ceilings::serve_bare_proxy(up));
     } else if let Some(up) = upstream(ceilings::GRPC_FORWARD_ROLE) {
-        serve_forever(one_thread(), || ceilings::serve_grpc_forward(up));
+        serve_forever(|| ceilings::serve_grpc_forward(up));
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(bench());
+        bench();
     }
 }
 
+#[tokio::main]
 async fn bench() {
+    if std::env::var_os(TOOL_SERVER_ROLE).is_some() {
+        println!("{}", serve_tools().await);
+        std::future::pending::<()>().await;
+    }
     let tools = ToolServer::start();
     let tools_addr = tools.addr;
     let cp = control_plane(None).await;
@@ -415,10 +412,6 @@ async fn bench() {
     let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let health = tonic_health::pb::health_client::HealthClient::new(ex_channel.clone());
     let mut results = std::collections::HashMap::new();
-    let proxy = Helper::start(ceilings::PROXY_ROLE, &tools_addr.to_string());
-    let grpc_forward = Helper::start(ceilings::GRPC_FORWARD_ROLE, &tools_addr.to_string());
-    let forward =
-        pb::executor_client::ExecutorClient::new(channel(&format!("http://{}", grpc_forward.addr), None).await);
     let mut reference = std::collections::HashMap::new();
     for (c, n) in [(1usize, C1_REQUESTS), (64, C64_REQUESTS)] {
         let direct = case("direct", c, n, pids, post_fast(&http, tools_addr)).await;
@@ -463,7 +456,14 @@ async fn bench() {
             front: front.child.id(),
             ..pids
         };
+        // Each reference front runs only while it is measured: idle, they still cost
+        // the cases above (direct's c=1 p50 ~30 -> ~60 µs with both waiting here).
+        let proxy = Helper::start(ceilings::PROXY_ROLE, &tools_addr.to_string());
         let bare = case("bare_proxy", c, n, at(&proxy), post_fast(&http, proxy.addr)).await;
+        drop(proxy);
+        let grpc_forward = Helper::start(ceilings::GRPC_FORWARD_ROLE, &tools_addr.to_string());
+        let forward =
+            pb::executor_client::ExecutorClient::new(channel(&format!("http://{}", grpc_forward.addr), None).await);
         let f = forward.clone();
         let fwd = case("grpc_forward", c, n, at(&grpc_forward), move |_| {
             let mut f = f.clone();
