@@ -33,7 +33,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use toolplane_core::json::json_to_struct;
 use toolplane_proto::v1 as pb;
-use toolplane_tests::grpc::{Admin, channel, http_tool, invoke_request};
+use toolplane_tests::grpc::{Admin, Authed, channel, http_tool, invoke_request};
 use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar_with, spool_dir};
 
 #[path = "invoke/ceilings.rs"]
@@ -425,19 +425,7 @@ async fn bench() {
             }
         })
         .await;
-        let e = ex.clone();
-        let miss = case("sidecar_miss", c, n, pids, move |_| {
-            let mut e = e.clone();
-            async move {
-                let r = e
-                    .invoke(invoke_request("fast", &json!({"text": "a b"})))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(r.result.unwrap().status, pb::ToolExecutionStatus::Success as i32);
-            }
-        })
-        .await;
+        let miss = case("sidecar_miss", c, n, pids, invoke_fast(&ex)).await;
         let e = ex.clone();
         let hit = case("sidecar_hit", c, n, pids, move |_| {
             let mut e = e.clone();
@@ -464,19 +452,7 @@ async fn bench() {
         let grpc_forward = Helper::start(ceilings::GRPC_FORWARD_ROLE, &tools_addr.to_string());
         let forward =
             pb::executor_client::ExecutorClient::new(channel(&format!("http://{}", grpc_forward.addr), None).await);
-        let f = forward.clone();
-        let fwd = case("grpc_forward", c, n, at(&grpc_forward), move |_| {
-            let mut f = f.clone();
-            async move {
-                let r = f
-                    .invoke(invoke_request("fast", &json!({"text": "a b"})))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                assert_eq!(r.result.unwrap().status, pb::ToolExecutionStatus::Success as i32);
-            }
-        })
-        .await;
+        let fwd = case("grpc_forward", c, n, at(&grpc_forward), invoke_fast(&forward)).await;
         reference.insert(c, (bare, fwd));
     }
     let (d1, f1, m1, h1) = &results[&1];
@@ -547,6 +523,24 @@ fn post_fast(
                 .unwrap();
             let resp = h.request(req).await.unwrap();
             resp.into_body().collect().await.unwrap();
+        })
+    }
+}
+
+/// One `sidecar_miss`-style call: `Invoke` of the `fast` tool, which must succeed.
+fn invoke_fast(
+    client: &pb::executor_client::ExecutorClient<Authed>,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync + Clone + 'static {
+    let client = client.clone();
+    move |_| {
+        let mut client = client.clone();
+        Box::pin(async move {
+            let r = client
+                .invoke(invoke_request("fast", &json!({"text": "a b"})))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.result.unwrap().status, pb::ToolExecutionStatus::Success as i32);
         })
     }
 }
