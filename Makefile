@@ -33,7 +33,7 @@ test: build $(VENV)/.installed
 bench-registry:
 	scripts/with-services.sh $(CARGO) bench -p toolplane-control-plane --bench registry
 
-## What the sidecar adds to a call (direct, gRPC floor, miss, hit; replay; RSS), release build.
+## What the sidecar adds to a call (direct, gRPC floor, miss, hit, reference fronts; replay; RSS), release build.
 bench-invoke:
 	$(CARGO) build --release --bins
 	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench invoke
