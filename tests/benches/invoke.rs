@@ -26,9 +26,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use serde_json::{Value, json};
 use toolplane_core::json::json_to_struct;
@@ -47,46 +46,30 @@ const FILLER_TOOLS: usize = 10_000;
 /// many tool calls it has answered.
 async fn serve_tools() -> SocketAddr {
     let calls = Arc::new(AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let _ = stream.set_nodelay(true);
-            let calls = calls.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let calls = calls.clone();
-                    async move {
-                        if req.uri().path() == "/calls" {
-                            let n = calls.load(Ordering::Relaxed).to_string();
-                            return Ok(hyper::Response::new(Full::new(Bytes::from(n))));
-                        }
-                        let slow = req.uri().path() == "/slow";
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        calls.fetch_add(1, Ordering::Relaxed);
-                        if slow {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        let params: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        let out = json!({"words": params["text"].as_str().map_or(0, |t| t.split_whitespace().count())});
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(out.to_string()))))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    ceilings::serve_http(move |req: hyper::Request<hyper::body::Incoming>| {
+        let calls = calls.clone();
+        async move {
+            if req.uri().path() == "/calls" {
+                let n = calls.load(Ordering::Relaxed).to_string();
+                return Ok(hyper::Response::new(Full::new(Bytes::from(n))));
+            }
+            let slow = req.uri().path() == "/slow";
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            calls.fetch_add(1, Ordering::Relaxed);
+            if slow {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let params: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let out = json!({"words": params["text"].as_str().map_or(0, |t| t.split_whitespace().count())});
+            Ok(hyper::Response::new(Full::new(Bytes::from(out.to_string()))))
         }
-    });
-    addr
+    })
+    .await
 }
 
 struct Stats {

@@ -31,43 +31,53 @@ fn http_client() -> Http {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-/// Forwards every request, body and all, to `upstream`, and its answer back.
-pub async fn serve_bare_proxy(upstream: SocketAddr) -> SocketAddr {
+/// Serves `handle` over HTTP/1.1 and h2 on a fresh loopback port until the process
+/// ends; the bench's tool server and the bare proxy both answer this way.
+pub async fn serve_http<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<hyper::Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let http = http_client();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let _ = stream.set_nodelay(true);
-            let http = http.clone();
+            let handle = handle.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let http = http.clone();
-                    async move {
-                        let (parts, body) = req.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let uri: hyper::Uri = format!("http://{upstream}{}", parts.uri.path()).parse().unwrap();
-                        let forward = hyper::Request::builder()
-                            .method(parts.method)
-                            .uri(uri)
-                            .body(Full::new(body))
-                            .unwrap();
-                        let resp = http.request(forward).await.unwrap();
-                        let (parts, body) = resp.into_parts();
-                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        Ok::<_, Infallible>(hyper::Response::from_parts(parts, Full::new(body)))
-                    }
-                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
                     .await;
             });
         }
     });
     addr
+}
+
+/// Forwards every request, body and all, to `upstream`, and its answer back.
+pub async fn serve_bare_proxy(upstream: SocketAddr) -> SocketAddr {
+    let http = http_client();
+    serve_http(move |req: hyper::Request<hyper::body::Incoming>| {
+        let http = http.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let uri: hyper::Uri = format!("http://{upstream}{}", parts.uri.path()).parse().unwrap();
+            let forward = hyper::Request::builder()
+                .method(parts.method)
+                .uri(uri)
+                .body(Full::new(body))
+                .unwrap();
+            let resp = http.request(forward).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            Ok(hyper::Response::from_parts(parts, Full::new(body)))
+        }
+    })
+    .await
 }
 
 /// `Invoke` and nothing else: the parameters as JSON to the tool, its JSON answer back
