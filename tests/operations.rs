@@ -534,7 +534,9 @@ async fn toolctl_operates_the_registry_grants_requests_and_selection() {
     ));
     ok(toolctl(&cp, ADMIN_TOKEN, &["tools", "delete", "notes_search"], None));
     let url = cp.url();
-    drop(cp);
+    // Killed and reaped before toolctl runs: dropping only sends the signal, and a
+    // control plane still dying can take the connection and then break the call.
+    cp.kill().await;
     let out = std::process::Command::new(toolplane_tests::procs::bin("toolctl"))
         .args(["--server", &url, "--token", ADMIN_TOKEN, "tools", "list"])
         .output()
