@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use serde_json::json;
-use toolplane_control_plane::storage::{AuditFilter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter};
+use toolplane_control_plane::storage::{
+    AuditFilter, DeadLetter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter,
+};
 use toolplane_core::model::*;
 use toolplane_core::testutil;
 use toolplane_tests::pg::TestDb;
@@ -58,7 +60,14 @@ conformance!(
     versions_are_immutable_and_outlive_deletion,
     outcomes_update_tool_statistics_once,
     remembered_tasks_merge_stay_bounded_and_expire,
+    admin_changes_and_their_audit_events_are_stored_together,
+    dead_letters_are_kept_once_and_paged,
 );
+
+/// The audit event an administrative change carries (its content does not matter here).
+fn ev() -> AuditEvent {
+    testutil::admin_event()
+}
 
 fn outcome(tool: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent {
     let id = Uuid::now_v7();
@@ -97,7 +106,7 @@ async fn outcomes_update_tool_statistics_once(s: Arc<dyn Store>) {
     let mut t = testutil::tool("measured");
     t.spec.reliability_score = 0.0;
     t.spec.average_latency_ms = 0;
-    s.create_tool(&t).await.unwrap();
+    s.create_tool(&t, &ev()).await.unwrap();
     let first = outcome(&t, ExecutionStatus::Success, 100);
     s.append_events(std::slice::from_ref(&first)).await.unwrap();
     s.append_events(&[first]).await.unwrap(); // a resend counts once
@@ -120,17 +129,20 @@ async fn outcomes_update_tool_statistics_once(s: Arc<dyn Store>) {
 
 async fn versions_are_immutable_and_outlive_deletion(s: Arc<dyn Store>) {
     let v1 = testutil::tool("versioned");
-    s.create_tool(&v1).await.unwrap();
+    s.create_tool(&v1, &ev()).await.unwrap();
     let mut v2 = v1.clone();
     v2.version = 2;
     v2.spec.description = "second".into();
     v2.updated_at = Utc::now();
-    s.update_tool(&v2).await.unwrap();
+    s.update_tool(&v2, &ev()).await.unwrap();
     // A stale writer (also proposing version 2) loses.
     let mut stale = v1.clone();
     stale.version = 2;
     stale.spec.description = "stale".into();
-    assert!(matches!(s.update_tool(&stale).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.update_tool(&stale, &ev()).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.get_tool(v1.id).await.unwrap().unwrap().spec.description, "second");
     assert_eq!(s.get_tool_by_name("versioned").await.unwrap().unwrap().version, 2);
     assert_eq!(
@@ -143,26 +155,35 @@ async fn versions_are_immutable_and_outlive_deletion(s: Arc<dyn Store>) {
     );
     assert!(s.get_tool_version(v1.id, 3).await.unwrap().is_none());
 
-    let off = s.set_tool_enabled(v1.id, false, Utc::now()).await.unwrap().unwrap();
+    let off = s
+        .set_tool_enabled(v1.id, false, Utc::now(), &ev())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!off.spec.enabled);
     assert_eq!(off.version, 2, "enabling and disabling do not make versions");
     assert!(!s.get_tool_version(v1.id, 1).await.unwrap().unwrap().spec.enabled);
 
-    assert!(s.delete_tool(v1.id, Utc::now()).await.unwrap());
-    assert!(!s.delete_tool(v1.id, Utc::now()).await.unwrap());
+    assert!(s.delete_tool(v1.id, Utc::now(), &ev()).await.unwrap());
+    assert!(!s.delete_tool(v1.id, Utc::now(), &ev()).await.unwrap());
     assert!(s.get_tool(v1.id).await.unwrap().is_none());
     assert!(s.get_tool_by_name("versioned").await.unwrap().is_none());
     assert!(s.list_tools(&ToolFilter::default(), None, 10).await.unwrap().is_empty());
-    assert!(s.set_tool_enabled(v1.id, true, Utc::now()).await.unwrap().is_none());
+    assert!(
+        s.set_tool_enabled(v1.id, true, Utc::now(), &ev())
+            .await
+            .unwrap()
+            .is_none()
+    );
     let mut v3 = v2.clone();
     v3.version = 3;
-    assert!(matches!(s.update_tool(&v3).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(s.update_tool(&v3, &ev()).await, Err(StoreError::NotFound(_))));
     // History outlives deletion, and the name can be registered again.
     assert_eq!(
         s.get_tool_version(v1.id, 2).await.unwrap().unwrap().spec.description,
         "second"
     );
-    s.create_tool(&testutil::tool("versioned")).await.unwrap();
+    s.create_tool(&testutil::tool("versioned"), &ev()).await.unwrap();
 }
 
 async fn tools_round_trip_by_id_and_name(s: Arc<dyn Store>) {
@@ -171,7 +192,7 @@ async fn tools_round_trip_by_id_and_name(s: Arc<dyn Store>) {
     t.spec.examples[0].expected_output = json!({"words": 2});
     // Postgres keeps microseconds.
     t.created_at = t.created_at.with_timezone(&Utc);
-    s.create_tool(&t).await.unwrap();
+    s.create_tool(&t, &ev()).await.unwrap();
     let by_id = s.get_tool(t.id).await.unwrap().unwrap();
     assert_eq!(by_id.spec, t.spec);
     assert_eq!(by_id.spec.cost_per_call.to_string(), "0.0020");
@@ -183,11 +204,79 @@ async fn tools_round_trip_by_id_and_name(s: Arc<dyn Store>) {
 }
 
 async fn duplicate_tool_names_conflict(s: Arc<dyn Store>) {
-    s.create_tool(&testutil::tool("dup")).await.unwrap();
-    match s.create_tool(&testutil::tool("dup")).await {
+    s.create_tool(&testutil::tool("dup"), &ev()).await.unwrap();
+    match s.create_tool(&testutil::tool("dup"), &ev()).await {
         Err(StoreError::Conflict(m)) => assert!(m.contains("dup"), "{m}"),
         other => panic!("expected a conflict, got {other:?}"),
     }
+}
+
+async fn admin_changes_and_their_audit_events_are_stored_together(s: Arc<dyn Store>) {
+    let recorded = |s: Arc<dyn Store>| async move {
+        s.audit_events(&AuditFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event.event_id)
+            .collect::<Vec<_>>()
+    };
+    let t = testutil::tool("audited");
+    let created = ev();
+    s.create_tool(&t, &created).await.unwrap();
+    assert_eq!(recorded(s.clone()).await, vec![created.event_id]);
+    // A change that does not happen records nothing.
+    let refused = ev();
+    assert!(s.create_tool(&testutil::tool("audited"), &refused).await.is_err());
+    assert!(!s.delete_tool(Uuid::now_v7(), Utc::now(), &refused).await.unwrap());
+    assert!(!s.revoke_token(Uuid::now_v7(), Utc::now(), &refused).await.unwrap());
+    assert!(
+        s.revoke_permission(Uuid::now_v7(), Utc::now(), &|_| vec![refused.clone()])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(recorded(s.clone()).await, vec![created.event_id]);
+    // A revocation's record is built from the grant it revoked.
+    let a = testutil::agent("auditee");
+    s.create_agent(&a, &ev()).await.unwrap();
+    let g = testutil::grant(&a, &t, PermissionType::FullAccess);
+    s.create_permission(&g, &ev()).await.unwrap();
+    let revoked = s
+        .revoke_permission(g.id, Utc::now(), &|p| {
+            let mut e = ev();
+            e.agent_id = Some(p.agent_id);
+            vec![e]
+        })
+        .await
+        .unwrap();
+    assert!(revoked.is_some());
+    let trail = s.audit_events(&AuditFilter::default()).await.unwrap();
+    assert_eq!(trail.len(), 4);
+    assert_eq!(trail[3].event.agent_id, Some(a.id));
+}
+
+async fn dead_letters_are_kept_once_and_paged(s: Arc<dyn Store>) {
+    let letter = |event_id: &str| DeadLetter {
+        id: 0,
+        received_at: Utc::now(),
+        source: "sidecar:x".into(),
+        event_id: event_id.into(),
+        kind: "audit".into(),
+        error: "not stored: invalid byte sequence".into(),
+        raw: vec![0, 1, 2, 255],
+    };
+    s.dead_letter(&[letter("a"), letter("b")]).await.unwrap();
+    s.dead_letter(&[letter("b"), letter("c")]).await.unwrap(); // "b" resent
+    let (all, total) = s.dead_letters(0, 10).await.unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(
+        all.iter().map(|l| l.event_id.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    assert_eq!(all[0].raw, vec![0, 1, 2, 255]);
+    let (page, _) = s.dead_letters(all[0].id, 1).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].event_id, "b");
 }
 
 async fn list_filters_and_pages_by_name(s: Arc<dyn Store>) {
@@ -203,7 +292,7 @@ async fn list_filters_and_pages_by_name(s: Arc<dyn Store>) {
         t.spec.enabled = enabled;
         t.spec.provider = provider.to_owned();
         t.spec.description = format!("The {name} Tool");
-        s.create_tool(&t).await.unwrap();
+        s.create_tool(&t, &ev()).await.unwrap();
     }
     let names = |v: Vec<Tool>| v.into_iter().map(|t| t.spec.name).collect::<Vec<_>>();
     let all = ToolFilter::default();
@@ -262,13 +351,13 @@ async fn agents_round_trip_and_names_are_unique(s: Arc<dyn Store>) {
     let mut a = testutil::agent("planner");
     a.skills = vec!["sql".into()];
     a.created_at = chrono::DateTime::from_timestamp(a.created_at.timestamp(), 0).unwrap();
-    s.create_agent(&a).await.unwrap();
+    s.create_agent(&a, &ev()).await.unwrap();
     assert_eq!(s.get_agent(a.id).await.unwrap().unwrap(), a);
     assert!(matches!(
-        s.create_agent(&testutil::agent("planner")).await,
+        s.create_agent(&testutil::agent("planner"), &ev()).await,
         Err(StoreError::Conflict(_))
     ));
-    s.create_agent(&testutil::agent("analyst")).await.unwrap();
+    s.create_agent(&testutil::agent("analyst"), &ev()).await.unwrap();
     let names: Vec<String> = s.list_agents().await.unwrap().into_iter().map(|a| a.name).collect();
     assert_eq!(names, ["analyst", "planner"]);
 }
@@ -289,12 +378,12 @@ fn token(role: Role, agent: Option<Uuid>, expires_in: Duration, revoked: bool) -
 
 async fn tokens_by_digest_and_only_active_listed(s: Arc<dyn Store>) {
     let a = testutil::agent("a");
-    s.create_agent(&a).await.unwrap();
+    s.create_agent(&a, &ev()).await.unwrap();
     let live = token(Role::Agent, Some(a.id), Duration::hours(1), false);
     let expired = token(Role::Sidecar, None, Duration::hours(-1), false);
     let revoked = token(Role::Admin, None, Duration::hours(1), true);
     for t in [&live, &expired, &revoked] {
-        s.create_token(t).await.unwrap();
+        s.create_token(t, &ev()).await.unwrap();
     }
     let found = s.token_by_digest(&live.sha256).await.unwrap().unwrap();
     assert_eq!(
@@ -318,10 +407,10 @@ async fn permissions_need_agent_and_tool_and_filter(s: Arc<dyn Store>) {
     let t = testutil::tool("t");
     let u = testutil::tool("u");
     for ag in [&a, &b] {
-        s.create_agent(ag).await.unwrap();
+        s.create_agent(ag, &ev()).await.unwrap();
     }
     for tl in [&t, &u] {
-        s.create_tool(tl).await.unwrap();
+        s.create_tool(tl, &ev()).await.unwrap();
     }
     let mut g1 = testutil::grant(&a, &t, PermissionType::DataRestricted);
     g1.max_sensitivity = Some(DataSensitivity::Confidential);
@@ -329,7 +418,7 @@ async fn permissions_need_agent_and_tool_and_filter(s: Arc<dyn Store>) {
     let g2 = testutil::grant(&a, &u, PermissionType::FullAccess);
     let g3 = testutil::grant(&b, &t, PermissionType::ReadOnly);
     for g in [&g1, &g2, &g3] {
-        s.create_permission(g).await.unwrap();
+        s.create_permission(g, &ev()).await.unwrap();
     }
     let ids = |v: Vec<Permission>| {
         let mut v: Vec<Uuid> = v.into_iter().map(|p| p.id).collect();
@@ -348,7 +437,7 @@ async fn permissions_need_agent_and_tool_and_filter(s: Arc<dyn Store>) {
 
     let stray = testutil::grant(&testutil::agent("ghost"), &t, PermissionType::FullAccess);
     assert!(matches!(
-        s.create_permission(&stray).await,
+        s.create_permission(&stray, &ev()).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -356,8 +445,8 @@ async fn permissions_need_agent_and_tool_and_filter(s: Arc<dyn Store>) {
 async fn access_requests_are_reviewed_once_with_their_grant(s: Arc<dyn Store>) {
     let a = testutil::agent("a");
     let t = testutil::tool("t");
-    s.create_agent(&a).await.unwrap();
-    s.create_tool(&t).await.unwrap();
+    s.create_agent(&a, &ev()).await.unwrap();
+    s.create_tool(&t, &ev()).await.unwrap();
     let pending = AccessRequest {
         id: Uuid::now_v7(),
         agent_id: a.id,
@@ -371,7 +460,7 @@ async fn access_requests_are_reviewed_once_with_their_grant(s: Arc<dyn Store>) {
         review_reason: String::new(),
         permission_id: None,
     };
-    s.create_access_request(&pending).await.unwrap();
+    s.create_access_request(&pending, &ev()).await.unwrap();
     assert_eq!(s.get_access_request(pending.id).await.unwrap().unwrap(), pending);
     let listed = s
         .list_access_requests(Some(AccessRequestStatus::Pending), Some(a.id))
@@ -388,7 +477,11 @@ async fn access_requests_are_reviewed_once_with_their_grant(s: Arc<dyn Store>) {
         permission_id: Some(grant.id),
         ..pending.clone()
     };
-    let got = s.review_access_request(&approved, Some(&grant)).await.unwrap().unwrap();
+    let got = s
+        .review_access_request(&approved, Some(&grant), &|_| vec![ev()])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.status, AccessRequestStatus::Approved);
     assert_eq!(got.permission_id, Some(grant.id));
     assert_eq!(s.list_permissions(Some(a.id), Some(t.id)).await.unwrap().len(), 1);
@@ -401,7 +494,7 @@ async fn access_requests_are_reviewed_once_with_their_grant(s: Arc<dyn Store>) {
         ..approved.clone()
     };
     assert!(
-        s.review_access_request(&denied, Some(&other_grant))
+        s.review_access_request(&denied, Some(&other_grant), &|_| vec![ev()])
             .await
             .unwrap()
             .is_none()
@@ -595,8 +688,8 @@ async fn remembered_tasks_merge_stay_bounded_and_expire(s: Arc<dyn Store>) {
     use toolplane_control_plane::selection::memory::TaskSource;
     use toolplane_control_plane::storage::TaskEntry;
     let (a, b) = (testutil::tool("tasks_a"), testutil::tool("tasks_b"));
-    s.create_tool(&a).await.unwrap();
-    s.create_tool(&b).await.unwrap();
+    s.create_tool(&a, &ev()).await.unwrap();
+    s.create_tool(&b, &ev()).await.unwrap();
     let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
     let at = |days: i64| now - Duration::days(days);
     let entry = |t: &Tool, text: &str, days| TaskEntry::new(t.id, text, TaskSource::Selection, at(days));

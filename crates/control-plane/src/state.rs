@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use toolplane_core::crypto::Keyring;
 use toolplane_core::model::{
-    AuditAction, AuditEvent, Credential, ExecutionStatus, InvocationRecord, Principal, Snapshot, SyncEvent,
+    AuditAction, AuditEvent, Credential, ExecutionStatus, InvocationRecord, Principal, Snapshot,
 };
 use toolplane_core::validate::ToolPolicy;
 use uuid::Uuid;
@@ -174,16 +174,17 @@ impl AppState {
         })
     }
 
-    /// Records an administrative action in the audit trail.
-    pub async fn audit_admin(
+    /// The audit event of an administrative action, for the store to append in the
+    /// same transaction as the change itself.
+    pub fn admin_event(
         &self,
         actor: &Principal,
         action: AuditAction,
         agent_id: Option<Uuid>,
         tool_id: Option<Uuid>,
         detail: String,
-    ) -> ApiResult<()> {
-        let event = AuditEvent {
+    ) -> AuditEvent {
+        AuditEvent {
             event_id: Uuid::now_v7(),
             action,
             invocation_id: None,
@@ -201,8 +202,6 @@ impl AppState {
             data_classification: None,
             sidecar_id: String::new(),
             permission_id: None,
-        };
-        self.store.append_events(&[SyncEvent::Audit(event)]).await?;
-        Ok(())
+        }
     }
 }

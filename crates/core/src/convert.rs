@@ -217,6 +217,8 @@ pub fn action_from_pb(v: i32) -> Option<AuditAction> {
         A::TokenRevoked => AuditAction::TokenRevoked,
         A::ToolDeleted => AuditAction::ToolDeleted,
         A::CredentialSet => AuditAction::CredentialSet,
+        A::AgentCreated => AuditAction::AgentCreated,
+        A::FallbackStrategySet => AuditAction::FallbackStrategySet,
     })
 }
 
@@ -241,6 +243,8 @@ pub fn action_to_pb(v: AuditAction) -> i32 {
         AuditAction::TokenRevoked => A::TokenRevoked,
         AuditAction::ToolDeleted => A::ToolDeleted,
         AuditAction::CredentialSet => A::CredentialSet,
+        AuditAction::AgentCreated => A::AgentCreated,
+        AuditAction::FallbackStrategySet => A::FallbackStrategySet,
     }) as i32
 }
 

@@ -260,6 +260,8 @@ text_enum!(AuditAction {
     TokenRevoked = "token_revoked",
     ToolDeleted = "tool_deleted",
     CredentialSet = "credential_set",
+    AgentCreated = "agent_created",
+    FallbackStrategySet = "fallback_strategy_set",
 });
 text_enum!(ExecutionStatus {
     Success = "success",
@@ -301,6 +303,18 @@ pub struct AuditEvent {
     pub data_classification: Option<DataSensitivity>,
     pub sidecar_id: String,
     pub permission_id: Option<Uuid>,
+}
+
+impl AuditEvent {
+    /// Marks an administrative event as concerning `tool`: its version, data class and
+    /// compliance frameworks, so the event is in that framework's reports.
+    pub fn about(mut self, tool: &Tool) -> Self {
+        self.tool_id = Some(tool.id);
+        self.tool_version = tool.version;
+        self.compliance_frameworks = tool.spec.compliance_frameworks.clone();
+        self.data_classification = Some(tool.spec.requirements.data_sensitivity);
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -84,3 +84,26 @@ pub fn grant(agent: &Agent, tool: &Tool, kind: PermissionType) -> Permission {
         granted_by: "test".to_owned(),
     }
 }
+
+/// An administrative audit event, as the control plane writes one.
+pub fn admin_event() -> AuditEvent {
+    AuditEvent {
+        event_id: Uuid::now_v7(),
+        action: AuditAction::ToolUpdated,
+        invocation_id: None,
+        actor_id: "admin:bootstrap".to_owned(),
+        agent_id: None,
+        tool_id: None,
+        tool_version: 0,
+        task_id: String::new(),
+        occurred_at: Utc::now(),
+        sanitized_parameters: serde_json::Value::Null,
+        result: None,
+        success: true,
+        detail: "test change".to_owned(),
+        compliance_frameworks: Vec::new(),
+        data_classification: None,
+        sidecar_id: String::new(),
+        permission_id: None,
+    }
+}

@@ -36,6 +36,9 @@ pub const REDIS_DEGRADED: &str = "toolplane_redis_degraded_decisions_total";
 pub const SELECTION_SECONDS: &str = "toolplane_selection_duration_seconds";
 /// Sync events stored by the control plane, by `kind` (`audit` or `invocation`).
 pub const EVENTS_STORED: &str = "toolplane_sync_events_stored_total";
+/// Sync events the control plane could not store in the trail and kept in the
+/// dead-letter table, by `reason` (`unparseable`, `refused`, `rejected`).
+pub const EVENTS_DEAD_LETTERED: &str = "toolplane_sync_events_dead_lettered_total";
 
 /// Installs the process-wide recorder; `None` if one is already installed (tests that
 /// start several servers in one process).

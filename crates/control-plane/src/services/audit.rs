@@ -291,4 +291,37 @@ impl pb::audit_server::Audit for AuditService {
         principal(&request)?.require(&[Role::Admin], "Audit.GetUsageStatistics")?;
         Ok(Response::new(self.usage(request.into_inner()).await?))
     }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        principal(&request)?.require(&[Role::Admin], "Audit.ListDeadLetters")?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let (letters, total) = self
+            .state
+            .store
+            .dead_letters(req.after_id, limit)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            letters: letters
+                .into_iter()
+                .map(|l| pb::DeadLetter {
+                    id: l.id,
+                    received_at: Some(toolplane_core::convert::ts(l.received_at)),
+                    source: l.source,
+                    event_id: l.event_id,
+                    kind: l.kind,
+                    error: l.error,
+                    raw: l.raw,
+                })
+                .collect(),
+            total,
+        }))
+    }
 }

@@ -50,7 +50,14 @@ impl IdentityService {
             created_at: Utc::now(),
             task_memory_opt_out: req.task_memory_opt_out,
         };
-        self.state.store.create_agent(&agent).await?;
+        let audit = self.state.admin_event(
+            who,
+            AuditAction::AgentCreated,
+            Some(agent.id),
+            None,
+            format!("created agent {}", agent.name),
+        );
+        self.state.store.create_agent(&agent, &audit).await?;
         self.state.changed();
         tracing::info!(agent = %agent.name, id = %agent.id, actor = %who.actor_id(), "agent created");
         Ok(agent)
@@ -90,16 +97,14 @@ impl IdentityService {
             expires_at: now + Duration::seconds(i64::from(ttl)),
             revoked_at: None,
         };
-        self.state.store.create_token(&record).await?;
-        self.state
-            .audit_admin(
-                who,
-                AuditAction::TokenIssued,
-                agent_id,
-                None,
-                format!("issued {role} token {}", record.id),
-            )
-            .await?;
+        let audit = self.state.admin_event(
+            who,
+            AuditAction::TokenIssued,
+            agent_id,
+            None,
+            format!("issued {role} token {}", record.id),
+        );
+        self.state.store.create_token(&record, &audit).await?;
         self.state.changed();
         Ok(pb::IssueTokenResponse {
             token_id: record.id.to_string(),
@@ -156,24 +161,22 @@ impl Identity for IdentityService {
         let who = principal(&request)?;
         who.require(&[Role::Admin], "RevokeToken")?;
         let id = uuid_field("token_id", &request.get_ref().token_id)?;
+        let audit = self.state.admin_event(
+            &who,
+            AuditAction::TokenRevoked,
+            None,
+            None,
+            format!("revoked token {id}"),
+        );
         if !self
             .state
             .store
-            .revoke_token(id, Utc::now())
+            .revoke_token(id, Utc::now(), &audit)
             .await
             .map_err(ApiError::from)?
         {
             return Err(ApiError::NotFound(format!("no unrevoked token {id}")).into());
         }
-        self.state
-            .audit_admin(
-                &who,
-                AuditAction::TokenRevoked,
-                None,
-                None,
-                format!("revoked token {id}"),
-            )
-            .await?;
         // Sidecars drop it with the next delta (milliseconds).
         self.state.changed();
         Ok(Response::new(pb::RevokeTokenResponse {}))

@@ -7,6 +7,7 @@ pub mod permissions;
 pub mod registry;
 pub mod selector;
 pub mod sync;
+mod sync_ingest;
 
 use toolplane_core::Violations;
 use uuid::Uuid;

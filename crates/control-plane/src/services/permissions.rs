@@ -10,7 +10,7 @@ use toolplane_core::convert::{
     sensitivity_from_pb,
 };
 use toolplane_core::model::{
-    AccessRequest, AccessRequestStatus, AuditAction, Permission, PermissionType, Principal, Role,
+    AccessRequest, AccessRequestStatus, AuditAction, AuditEvent, Permission, PermissionType, Principal, Role,
 };
 use toolplane_core::permission::{evaluate, parse_time_zone};
 use toolplane_proto::v1 as pb;
@@ -42,22 +42,20 @@ impl PermissionsService {
         if self.state.store.get_tool(tool_id).await?.is_none() {
             return Err(ApiError::NotFound(format!("tool {tool_id} not found")));
         }
-        self.state.store.create_permission(&permission).await?;
-        self.audit_grant(who, &permission).await?;
+        let audit = self.grant_event(who, &permission);
+        self.state.store.create_permission(&permission, &audit).await?;
         self.state.changed();
         Ok(permission)
     }
 
-    async fn audit_grant(&self, who: &Principal, p: &Permission) -> ApiResult<()> {
-        self.state
-            .audit_admin(
-                who,
-                AuditAction::PermissionGranted,
-                Some(p.agent_id),
-                Some(p.tool_id),
-                format!("granted {} as {}", p.kind, p.id),
-            )
-            .await
+    fn grant_event(&self, who: &Principal, p: &Permission) -> AuditEvent {
+        self.state.admin_event(
+            who,
+            AuditAction::PermissionGranted,
+            Some(p.agent_id),
+            Some(p.tool_id),
+            format!("granted {} as {}", p.kind, p.id),
+        )
     }
 
     async fn request_access(&self, who: &Principal, req: pb::RequestAccessRequest) -> ApiResult<AccessRequest> {
@@ -102,16 +100,14 @@ impl PermissionsService {
             review_reason: String::new(),
             permission_id: None,
         };
-        self.state.store.create_access_request(&request).await?;
-        self.state
-            .audit_admin(
-                who,
-                AuditAction::AccessRequested,
-                Some(*agent_id),
-                Some(tool_id),
-                format!("access request {}: {}", request.id, request.justification),
-            )
-            .await?;
+        let audit = self.state.admin_event(
+            who,
+            AuditAction::AccessRequested,
+            Some(*agent_id),
+            Some(tool_id),
+            format!("access request {}: {}", request.id, request.justification),
+        );
+        self.state.store.create_access_request(&request, &audit).await?;
         Ok(request)
     }
 
@@ -154,27 +150,28 @@ impl PermissionsService {
             permission_id: grant.as_ref().map(|g| g.id),
             ..request
         };
+        let audit = |reviewed: &AccessRequest| {
+            let mut events = vec![self.state.admin_event(
+                who,
+                AuditAction::AccessReviewed,
+                Some(reviewed.agent_id),
+                Some(reviewed.tool_id),
+                format!("access request {id} {}: {}", reviewed.status, reviewed.review_reason),
+            )];
+            events.extend(grant.as_ref().map(|g| self.grant_event(who, g)));
+            events
+        };
         let Some(reviewed) = self
             .state
             .store
-            .review_access_request(&reviewed, grant.as_ref())
+            .review_access_request(&reviewed, grant.as_ref(), &audit)
             .await?
         else {
             return Err(ApiError::FailedPrecondition(format!(
                 "access request {id} is not pending any more"
             )));
         };
-        self.state
-            .audit_admin(
-                who,
-                AuditAction::AccessReviewed,
-                Some(reviewed.agent_id),
-                Some(reviewed.tool_id),
-                format!("access request {id} {}: {}", reviewed.status, reviewed.review_reason),
-            )
-            .await?;
-        if let Some(g) = &grant {
-            self.audit_grant(who, g).await?;
+        if grant.is_some() {
             self.state.changed();
         }
         Ok(reviewed)
@@ -233,23 +230,21 @@ impl Permissions for PermissionsService {
         let who = principal(&request)?;
         who.require(&[Role::Admin], "Revoke")?;
         let id = uuid_field("permission_id", &request.get_ref().permission_id)?;
-        let p = self
-            .state
-            .store
-            .revoke_permission(id, Utc::now())
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("no unrevoked grant {id}")))?;
-        let detail = format!("revoked {} grant {id}", p.kind);
-        self.state
-            .audit_admin(
+        let audit = |p: &Permission| {
+            vec![self.state.admin_event(
                 &who,
                 AuditAction::PermissionRevoked,
                 Some(p.agent_id),
                 Some(p.tool_id),
-                detail,
-            )
-            .await?;
+                format!("revoked {} grant {id}", p.kind),
+            )]
+        };
+        self.state
+            .store
+            .revoke_permission(id, Utc::now(), &audit)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("no unrevoked grant {id}")))?;
         self.state.changed();
         Ok(Response::new(pb::RevokeResponse {}))
     }

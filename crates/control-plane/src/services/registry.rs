@@ -49,16 +49,17 @@ impl RegistryService {
             created_at: now,
             updated_at: now,
         };
-        self.state.store.create_tool(&tool).await?;
-        self.state
-            .audit_admin(
+        let audit = self
+            .state
+            .admin_event(
                 who,
                 AuditAction::ToolRegistered,
                 None,
                 Some(tool.id),
                 format!("registered {}", tool.spec.name),
             )
-            .await?;
+            .about(&tool);
+        self.state.store.create_tool(&tool, &audit).await?;
         self.state.changed();
         tracing::info!(tool = %tool.spec.name, id = %tool.id, "tool registered");
         Ok(tool)
@@ -126,24 +127,25 @@ impl RegistryService {
             created_at: current.created_at,
             updated_at: Utc::now(),
         };
-        self.state.store.update_tool(&tool).await?;
+        let detail = format!("{} is now version {}", tool.spec.name, tool.version);
+        let audit = self
+            .state
+            .admin_event(who, AuditAction::ToolUpdated, None, Some(tool.id), detail)
+            .about(&tool);
+        self.state.store.update_tool(&tool, &audit).await?;
         if tool.spec.requirements.data_sensitivity == toolplane_core::model::DataSensitivity::Restricted {
             self.state.forget_tool_tasks(tool.id).await?;
         }
-        let detail = format!("{} is now version {}", tool.spec.name, tool.version);
-        self.state
-            .audit_admin(who, AuditAction::ToolUpdated, None, Some(tool.id), detail)
-            .await?;
         self.state.changed();
         Ok(tool)
     }
 
     async fn set_enabled(&self, who: &Principal, req: pb::SetToolEnabledRequest) -> ApiResult<Tool> {
         let id = uuid_field("tool_id", &req.tool_id)?;
-        let tool = self
+        let current = self
             .state
             .store
-            .set_tool_enabled(id, req.enabled, Utc::now())
+            .get_tool(id)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))?;
         let (action, verb) = if req.enabled {
@@ -151,21 +153,41 @@ impl RegistryService {
         } else {
             (AuditAction::ToolDisabled, "disabled")
         };
-        self.state
-            .audit_admin(who, action, None, Some(id), format!("{verb} {}", tool.spec.name))
-            .await?;
+        let audit = self
+            .state
+            .admin_event(who, action, None, Some(id), format!("{verb} {}", current.spec.name))
+            .about(&current);
+        let tool = self
+            .state
+            .store
+            .set_tool_enabled(id, req.enabled, Utc::now(), &audit)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))?;
         self.state.changed();
         Ok(tool)
     }
 
     async fn delete(&self, who: &Principal, req: pb::DeleteToolRequest) -> ApiResult<()> {
         let id = uuid_field("tool_id", &req.tool_id)?;
-        if !self.state.store.delete_tool(id, Utc::now()).await? {
+        let current = self
+            .state
+            .store
+            .get_tool(id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))?;
+        let audit = self
+            .state
+            .admin_event(
+                who,
+                AuditAction::ToolDeleted,
+                None,
+                Some(id),
+                format!("deleted {} ({id})", current.spec.name),
+            )
+            .about(&current);
+        if !self.state.store.delete_tool(id, Utc::now(), &audit).await? {
             return Err(ApiError::NotFound(format!("tool {id} not found")));
         }
-        self.state
-            .audit_admin(who, AuditAction::ToolDeleted, None, Some(id), format!("deleted {id}"))
-            .await?;
         self.state.changed();
         Ok(())
     }
@@ -241,9 +263,9 @@ impl RegistryService {
             v.push("strategy.max_attempts", "must be at most 10");
         }
         v.into_result()?;
-        if self.state.store.get_tool(strategy.tool_id).await?.is_none() {
+        let Some(tool) = self.state.store.get_tool(strategy.tool_id).await? else {
             return Err(ApiError::NotFound(format!("tool {} not found", strategy.tool_id)));
-        }
+        };
         for (i, id) in strategy.fallback_tool_ids.iter().enumerate() {
             if self.state.store.get_tool(*id).await?.is_none() {
                 return Err(Violations::single(
@@ -253,15 +275,23 @@ impl RegistryService {
                 .into());
             }
         }
-        self.state.store.set_fallback(&strategy).await?;
         let detail = format!(
-            "fallback strategy set: {} ({} tools)",
+            "fallback strategy of {} set: {} ({} tools)",
+            tool.spec.name,
             strategy.mode,
             strategy.fallback_tool_ids.len()
         );
-        self.state
-            .audit_admin(who, AuditAction::ToolUpdated, None, Some(strategy.tool_id), detail)
-            .await?;
+        let audit = self
+            .state
+            .admin_event(
+                who,
+                AuditAction::FallbackStrategySet,
+                None,
+                Some(strategy.tool_id),
+                detail,
+            )
+            .about(&tool);
+        self.state.store.set_fallback(&strategy, &audit).await?;
         self.state.changed();
         Ok(strategy)
     }
@@ -289,6 +319,12 @@ impl RegistryService {
                 "no master key is configured (TOOLPLANE_MASTER_KEY); credentials cannot be stored".to_owned(),
             )
         })?;
+        let tool = self
+            .state
+            .store
+            .get_tool(tool_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("tool {tool_id} not found")))?;
         let credential = StoredCredential {
             tool_id,
             auth_type: auth_from_pb(req.auth_type),
@@ -296,11 +332,15 @@ impl RegistryService {
             sealed: keyring.seal(req.secret.as_bytes(), tool_id.as_bytes()),
             updated_at: Utc::now(),
         };
-        self.state.store.set_credential(&credential).await?;
-        let detail = format!("credential set (key {})", credential.sealed.key_id);
-        self.state
-            .audit_admin(who, AuditAction::CredentialSet, None, Some(tool_id), detail)
-            .await?;
+        let detail = format!(
+            "credential of {} set (key {})",
+            tool.spec.name, credential.sealed.key_id
+        );
+        let audit = self
+            .state
+            .admin_event(who, AuditAction::CredentialSet, None, Some(tool_id), detail)
+            .about(&tool);
+        self.state.store.set_credential(&credential, &audit).await?;
         self.state.changed();
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! `SidecarSync.Connect`: pushes a snapshot on connect and after every change; stores
-//! the events a sidecar sends and acks their ids only after the database commit.
+//! the events a sidecar sends (see `sync_ingest`) and acks their ids only after the
+//! database commit.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use toolplane_core::convert::{delta_to_pb, snapshot_to_pb, sync_event_from_pb};
+use toolplane_core::convert::{delta_to_pb, snapshot_to_pb};
 use toolplane_core::delta::diff;
 use toolplane_core::model::Role;
 use toolplane_core::model::Snapshot;
@@ -18,6 +19,7 @@ use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::sidecar_sync_server::SidecarSync;
 use toolplane_runtime::auth::{PrincipalExt, principal};
 
+use super::sync_ingest::{Sender, store_batch};
 use crate::state::AppState;
 
 /// A sidecar that says nothing for this long after connecting is dropped.
@@ -60,51 +62,12 @@ async fn push_state(state: &AppState, tx: &mpsc::Sender<Out>, held: Option<Arc<S
     Some(current)
 }
 
-/// Stores a batch and answers with the ids now durably stored. Events that cannot be
-/// parsed are logged and acked, so one bad event cannot wedge a sidecar's queue.
-async fn store_batch(state: &AppState, batch: pb::EventBatch) -> Result<Vec<String>, Status> {
-    let mut ids = Vec::with_capacity(batch.events.len());
-    let mut events = Vec::with_capacity(batch.events.len());
-    for e in batch.events {
-        ids.push(e.event_id.clone());
-        let id = e.event_id.clone();
-        match sync_event_from_pb(e) {
-            Ok(ev) => events.push(ev),
-            Err(v) => tracing::error!(event_id = %id, error = %v, "dropping malformed sync event"),
-        }
-    }
-    state
-        .store
-        .append_events(&events)
-        .await
-        .map_err(|e| Status::from(crate::error::ApiError::from(e)))?;
-    let invocations: Vec<&toolplane_core::model::InvocationRecord> = events
-        .iter()
-        .filter_map(|e| match e {
-            toolplane_core::model::SyncEvent::Invocation(i) => Some(i),
-            toolplane_core::model::SyncEvent::Audit(_) => None,
-        })
-        .collect();
-    // After the commit: the events are safe whatever happens here, so a failure only
-    // costs what task memory would have learned from them.
-    if let Err(e) = state.remember_tasks(&invocations).await {
-        tracing::warn!(error = %e, "could not update task memory from a batch");
-    }
-    for e in &events {
-        match e {
-            toolplane_core::model::SyncEvent::Invocation(i) => {
-                metrics::counter!(toolplane_runtime::metrics::EVENTS_STORED, "kind" => "invocation").increment(1);
-                state.learn(i, None);
-            }
-            toolplane_core::model::SyncEvent::Audit(_) => {
-                metrics::counter!(toolplane_runtime::metrics::EVENTS_STORED, "kind" => "audit").increment(1);
-            }
-        }
-    }
-    Ok(ids)
-}
-
-async fn session(state: Arc<AppState>, mut inbound: Streaming<pb::ConnectRequest>, tx: mpsc::Sender<Out>) {
+async fn session(
+    state: Arc<AppState>,
+    sender: Sender,
+    mut inbound: Streaming<pb::ConnectRequest>,
+    tx: mpsc::Sender<Out>,
+) {
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
         Ok(Some(Ok(pb::ConnectRequest {
             message: Some(pb::connect_request::Message::Hello(h)),
@@ -116,7 +79,13 @@ async fn session(state: Arc<AppState>, mut inbound: Streaming<pb::ConnectRequest
             return;
         }
     };
-    let sidecar = hello.sidecar_id.clone();
+    // The sidecar's own name for itself, for logs only: its events carry the identity
+    // of its token.
+    let sidecar = format!(
+        "{} ({})",
+        hello.sidecar_id.chars().take(128).collect::<String>(),
+        sender.source
+    );
     tracing::info!(sidecar = %sidecar, version = %hello.version, known_revision = hello.known_revision, "sidecar connected");
     let mut changes = state.subscribe();
     changes.mark_unchanged();
@@ -127,16 +96,16 @@ async fn session(state: Arc<AppState>, mut inbound: Streaming<pb::ConnectRequest
         tokio::select! {
             msg = inbound.next() => match msg {
                 Some(Ok(pb::ConnectRequest { message: Some(pb::connect_request::Message::Events(batch)) })) => {
-                    match store_batch(&state, batch).await {
+                    match store_batch(&state, &sender, batch).await {
                         Ok(ids) => {
                             let ack = pb::ConnectResponse { message: Some(pb::connect_response::Message::Ack(pb::EventAck { event_ids: ids })) };
                             if tx.send(Ok(ack)).await.is_err() { break; }
                         }
                         // Not acked: end the stream so the sidecar requeues its in-flight
                         // events and resends them after reconnecting with backoff.
-                        Err(status) => {
-                            tracing::warn!(sidecar = %sidecar, error = %status.message(), "could not store events; closing stream");
-                            let _ = tx.send(Err(status)).await;
+                        Err(e) => {
+                            tracing::warn!(sidecar = %sidecar, error = %e, "could not store events; closing stream");
+                            let _ = tx.send(Err(Status::from(crate::error::ApiError::from(e)))).await;
                             break;
                         }
                     }
@@ -168,9 +137,11 @@ impl SidecarSync for SyncService {
         &self,
         request: Request<Streaming<pb::ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        principal(&request)?.require(&[Role::Sidecar, Role::Admin], "SidecarSync.Connect")?;
+        let who = principal(&request)?;
+        who.require(&[Role::Sidecar, Role::Admin], "SidecarSync.Connect")?;
+        let sender = Sender::of(&who);
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(session(self.state.clone(), request.into_inner(), tx));
+        tokio::spawn(session(self.state.clone(), sender, request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

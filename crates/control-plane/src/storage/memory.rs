@@ -6,12 +6,15 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use chrono::{DateTime, NaiveDate, Utc};
 use toolplane_core::audit::{AuditRecord, ChainHead, chain_of, stored_time};
 use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
-use toolplane_core::model::{Agent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
 use toolplane_core::stats::{self, ToolStats};
 use toolplane_core::usage::{self, UsageCounts, UsageKey};
 use uuid::Uuid;
 
-use super::{AuditFilter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry, ToolFilter, UsageRow};
+use super::{
+    AuditFilter, AuditOf, DeadLetter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry, ToolFilter,
+    UsageRow,
+};
 
 #[derive(Default)]
 struct State {
@@ -34,6 +37,8 @@ struct State {
     audit: Vec<Box<AuditRecord>>,
     audit_ids: HashSet<Uuid>,
     chain_heads: HashMap<String, ChainHead>,
+    dead_letters: Vec<DeadLetter>,
+    dead_letter_keys: HashSet<(String, String)>,
     usage: BTreeMap<UsageKey, UsageCounts>,
     invocations: HashMap<Uuid, Box<InvocationRecord>>,
     /// Invocation ids in arrival order.
@@ -63,6 +68,33 @@ impl MemoryStore {
     }
 }
 
+impl State {
+    /// Appends an audit event to its chain; an event id already stored is skipped.
+    fn append_audit(&mut self, a: &AuditEvent) {
+        if !self.audit_ids.insert(a.event_id) {
+            return;
+        }
+        let chain = chain_of(a);
+        let mut event = a.clone();
+        event.occurred_at = stored_time(event.occurred_at);
+        let (chain_seq, prev_hash, hash) = self
+            .chain_heads
+            .entry(chain.clone())
+            .or_default()
+            .append(&chain, &event);
+        let seq = self.audit.len() as u64 + 1;
+        self.audit.push(Box::new(AuditRecord {
+            event,
+            seq,
+            recorded_at: Utc::now(),
+            chain,
+            chain_seq,
+            prev_hash,
+            hash,
+        }));
+    }
+}
+
 fn matches(tool: &Tool, f: &ToolFilter) -> bool {
     let s = &tool.spec;
     f.category.as_ref().is_none_or(|c| &s.category == c)
@@ -77,7 +109,7 @@ fn matches(tool: &Tool, f: &ToolFilter) -> bool {
 
 #[async_trait::async_trait]
 impl Store for MemoryStore {
-    async fn create_tool(&self, tool: &Tool) -> StoreResult<()> {
+    async fn create_tool(&self, tool: &Tool, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         if st.names.contains_key(&tool.spec.name) {
             return Err(StoreError::Conflict(format!(
@@ -88,10 +120,11 @@ impl Store for MemoryStore {
         st.names.insert(tool.spec.name.clone(), tool.id);
         st.tools.insert(tool.id, tool.clone());
         st.versions.insert((tool.id, tool.version), tool.clone());
+        st.append_audit(audit);
         Ok(())
     }
 
-    async fn update_tool(&self, tool: &Tool) -> StoreResult<()> {
+    async fn update_tool(&self, tool: &Tool, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         let Some(current) = st.tools.get(&tool.id) else {
             return Err(StoreError::NotFound(format!("tool {}", tool.id)));
@@ -117,6 +150,7 @@ impl Store for MemoryStore {
         }
         st.tools.insert(tool.id, tool.clone());
         st.versions.insert((tool.id, tool.version), tool.clone());
+        st.append_audit(audit);
         Ok(())
     }
 
@@ -129,20 +163,31 @@ impl Store for MemoryStore {
         }))
     }
 
-    async fn set_tool_enabled(&self, id: Uuid, enabled: bool, at: DateTime<Utc>) -> StoreResult<Option<Tool>> {
+    async fn set_tool_enabled(
+        &self,
+        id: Uuid,
+        enabled: bool,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<Option<Tool>> {
         let mut st = self.write();
-        Ok(st.tools.get_mut(&id).map(|t| {
+        let Some(tool) = st.tools.get_mut(&id).map(|t| {
             t.spec.enabled = enabled;
             t.updated_at = at;
             t.clone()
-        }))
+        }) else {
+            return Ok(None);
+        };
+        st.append_audit(audit);
+        Ok(Some(tool))
     }
 
-    async fn delete_tool(&self, id: Uuid, _at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn delete_tool(&self, id: Uuid, _at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<bool> {
         let mut st = self.write();
         match st.tools.remove(&id) {
             Some(t) => {
                 st.names.remove(&t.spec.name);
+                st.append_audit(audit);
                 Ok(true)
             }
             None => Ok(false),
@@ -172,12 +217,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn set_credential(&self, credential: &StoredCredential) -> StoreResult<()> {
+    async fn set_credential(&self, credential: &StoredCredential, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         if !st.tools.contains_key(&credential.tool_id) {
             return Err(StoreError::NotFound(format!("tool {}", credential.tool_id)));
         }
         st.credentials.insert(credential.tool_id, credential.clone());
+        st.append_audit(audit);
         Ok(())
     }
 
@@ -191,12 +237,13 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn set_fallback(&self, strategy: &FallbackStrategy) -> StoreResult<()> {
+    async fn set_fallback(&self, strategy: &FallbackStrategy, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         if !st.tools.contains_key(&strategy.tool_id) {
             return Err(StoreError::NotFound(format!("tool {}", strategy.tool_id)));
         }
         st.fallbacks.insert(strategy.tool_id, strategy.clone());
+        st.append_audit(audit);
         Ok(())
     }
 
@@ -214,7 +261,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn create_agent(&self, agent: &Agent) -> StoreResult<()> {
+    async fn create_agent(&self, agent: &Agent, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         if st.agents.values().any(|a| a.name == agent.name) {
             return Err(StoreError::Conflict(format!(
@@ -223,6 +270,7 @@ impl Store for MemoryStore {
             )));
         }
         st.agents.insert(agent.id, agent.clone());
+        st.append_audit(audit);
         Ok(())
     }
 
@@ -236,12 +284,13 @@ impl Store for MemoryStore {
         Ok(agents)
     }
 
-    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
+    async fn create_token(&self, token: &TokenRecord, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         if st.tokens.contains_key(&token.sha256) {
             return Err(StoreError::Conflict("token digest collision".to_owned()));
         }
         st.tokens.insert(token.sha256.clone(), token.clone());
+        st.append_audit(audit);
         Ok(())
     }
 
@@ -249,22 +298,33 @@ impl Store for MemoryStore {
         Ok(self.read().tokens.get(sha256).cloned())
     }
 
-    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<bool> {
         let mut st = self.write();
-        Ok(st
+        let revoked = st
             .tokens
             .values_mut()
             .find(|t| t.id == id && t.revoked_at.is_none())
             .map(|t| t.revoked_at = Some(at))
-            .is_some())
+            .is_some();
+        if revoked {
+            st.append_audit(audit);
+        }
+        Ok(revoked)
     }
 
-    async fn revoke_permission(&self, id: Uuid, _at: DateTime<Utc>) -> StoreResult<Option<Permission>> {
+    async fn revoke_permission(
+        &self,
+        id: Uuid,
+        _at: DateTime<Utc>,
+        audit: &AuditOf<'_, Permission>,
+    ) -> StoreResult<Option<Permission>> {
         let mut st = self.write();
         let Some(i) = st.permissions.iter().position(|p| p.id == id) else {
             return Ok(None);
         };
-        Ok(Some(st.permissions.remove(i)))
+        let revoked = st.permissions.remove(i);
+        audit(&revoked).iter().for_each(|e| st.append_audit(e));
+        Ok(Some(revoked))
     }
 
     async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>> {
@@ -277,7 +337,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn create_permission(&self, permission: &Permission) -> StoreResult<()> {
+    async fn create_permission(&self, permission: &Permission, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         if !st.agents.contains_key(&permission.agent_id) {
             return Err(StoreError::NotFound(format!("agent {}", permission.agent_id)));
@@ -286,10 +346,11 @@ impl Store for MemoryStore {
             return Err(StoreError::NotFound(format!("tool {}", permission.tool_id)));
         }
         st.permissions.push(permission.clone());
+        st.append_audit(audit);
         Ok(())
     }
 
-    async fn create_access_request(&self, request: &AccessRequest) -> StoreResult<()> {
+    async fn create_access_request(&self, request: &AccessRequest, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         if !st.agents.contains_key(&request.agent_id) {
             return Err(StoreError::NotFound(format!("agent {}", request.agent_id)));
@@ -298,6 +359,7 @@ impl Store for MemoryStore {
             return Err(StoreError::NotFound(format!("tool {}", request.tool_id)));
         }
         st.access_requests.push(request.clone());
+        st.append_audit(audit);
         Ok(())
     }
 
@@ -309,6 +371,7 @@ impl Store for MemoryStore {
         &self,
         reviewed: &AccessRequest,
         grant: Option<&Permission>,
+        audit: &AuditOf<'_, AccessRequest>,
     ) -> StoreResult<Option<AccessRequest>> {
         let mut st = self.write();
         let Some(i) = st
@@ -325,6 +388,7 @@ impl Store for MemoryStore {
             st.permissions.push(g.clone());
         }
         st.access_requests[i] = reviewed.clone();
+        audit(reviewed).iter().for_each(|e| st.append_audit(e));
         Ok(Some(reviewed.clone()))
     }
 
@@ -356,25 +420,7 @@ impl Store for MemoryStore {
         let mut st = self.write();
         for e in events {
             match e {
-                SyncEvent::Audit(a) => {
-                    if st.audit_ids.insert(a.event_id) {
-                        let chain = chain_of(a);
-                        let mut event = a.clone();
-                        event.occurred_at = stored_time(event.occurred_at);
-                        let (chain_seq, prev_hash, hash) =
-                            st.chain_heads.entry(chain.clone()).or_default().append(&chain, &event);
-                        let seq = st.audit.len() as u64 + 1;
-                        st.audit.push(Box::new(AuditRecord {
-                            event,
-                            seq,
-                            recorded_at: Utc::now(),
-                            chain,
-                            chain_seq,
-                            prev_hash,
-                            hash,
-                        }));
-                    }
-                }
+                SyncEvent::Audit(a) => st.append_audit(a),
                 SyncEvent::Invocation(i) => {
                     if st.invocations.contains_key(&i.invocation_id) {
                         continue;
@@ -451,6 +497,29 @@ impl Store for MemoryStore {
             .iter()
             .find(|r| r.chain == chain && r.chain_seq == chain_seq)
             .map(|r| r.hash.clone()))
+    }
+
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> StoreResult<()> {
+        let mut s = self.write();
+        for l in letters {
+            if s.dead_letter_keys.insert((l.source.clone(), l.event_id.clone())) {
+                let id = s.dead_letters.len() as u64 + 1;
+                s.dead_letters.push(DeadLetter { id, ..l.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, after_id: u64, limit: usize) -> StoreResult<(Vec<DeadLetter>, u64)> {
+        let s = self.read();
+        let page = s
+            .dead_letters
+            .iter()
+            .filter(|l| l.id > after_id)
+            .take(limit)
+            .cloned()
+            .collect();
+        Ok((page, s.dead_letters.len() as u64))
     }
 
     async fn audit_chain_heads(&self) -> StoreResult<Vec<(String, u64)>> {

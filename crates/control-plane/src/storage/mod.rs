@@ -12,7 +12,9 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use toolplane_core::audit::AuditRecord;
 use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
-use toolplane_core::model::{Agent, AuditAction, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::model::{
+    Agent, AuditAction, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool,
+};
 use toolplane_core::usage::{UsageCounts, UsageKey};
 use uuid::Uuid;
 
@@ -36,6 +38,10 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Builds an administrative change's audit events from what the change found (e.g. the
+/// grant a revocation revoked), for changes whose record names it.
+pub type AuditOf<'a, T> = dyn Fn(&T) -> Vec<AuditEvent> + Send + Sync + 'a;
 
 #[derive(Debug, Clone, Default)]
 pub struct ToolFilter {
@@ -96,6 +102,23 @@ pub struct SelectionLogEntry {
     pub selected_at: DateTime<Utc>,
 }
 
+/// An event a sidecar sent that could not enter the audit trail, kept whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Assigned by the store, in arrival order (a paging cursor).
+    pub id: u64,
+    pub received_at: DateTime<Utc>,
+    /// The authenticated sender (`sidecar:<token id>`).
+    pub source: String,
+    /// As sent; it may not be a valid id.
+    pub event_id: String,
+    /// `audit`, `invocation` or `unknown`.
+    pub kind: String,
+    pub error: String,
+    /// The protobuf `SyncEvent` as received.
+    pub raw: Vec<u8>,
+}
+
 /// One row of usage statistics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRow {
@@ -104,56 +127,72 @@ pub struct UsageRow {
 }
 
 #[async_trait::async_trait]
+///
+/// Every administrative change takes its audit event and stores both atomically (one
+/// transaction on PostgreSQL, one critical section in memory), appending the event
+/// only when the change took effect: no change goes unrecorded, and no record claims a
+/// change that was not made.
 pub trait Store: Send + Sync + 'static {
     /// `Conflict` when a live tool already has the name.
-    async fn create_tool(&self, tool: &Tool) -> StoreResult<()>;
+    async fn create_tool(&self, tool: &Tool, audit: &AuditEvent) -> StoreResult<()>;
     /// Stores `tool` as the next version: `tool.version` must be the live version + 1
     /// (`Conflict` otherwise, so concurrent updates cannot both win); `NotFound` when
     /// the tool does not exist or was deleted.
-    async fn update_tool(&self, tool: &Tool) -> StoreResult<()>;
+    async fn update_tool(&self, tool: &Tool, audit: &AuditEvent) -> StoreResult<()>;
     /// Live (not deleted) tools only.
     async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>>;
     /// Any recorded version, deleted tools included (history keeps working); its
     /// `enabled` is the tool's current state.
     async fn get_tool_version(&self, id: Uuid, version: u32) -> StoreResult<Option<Tool>>;
     /// `None` when the tool does not exist or was deleted. Does not create a version.
-    async fn set_tool_enabled(&self, id: Uuid, enabled: bool, at: DateTime<Utc>) -> StoreResult<Option<Tool>>;
+    async fn set_tool_enabled(
+        &self,
+        id: Uuid,
+        enabled: bool,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<Option<Tool>>;
     /// Soft delete; `false` when there was no live tool.
-    async fn delete_tool(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
+    async fn delete_tool(&self, id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<bool>;
     async fn get_tool_by_name(&self, name: &str) -> StoreResult<Option<Tool>>;
     /// Live tools matching `filter`, ordered by name, names strictly after `after`.
     async fn list_tools(&self, filter: &ToolFilter, after: Option<&str>, limit: usize) -> StoreResult<Vec<Tool>>;
 
     /// Creates or replaces the tool's credential.
-    async fn set_credential(&self, credential: &StoredCredential) -> StoreResult<()>;
+    async fn set_credential(&self, credential: &StoredCredential, audit: &AuditEvent) -> StoreResult<()>;
     /// Credentials of live tools.
     async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>>;
 
     /// Creates or replaces the tool's fallback strategy.
-    async fn set_fallback(&self, strategy: &FallbackStrategy) -> StoreResult<()>;
+    async fn set_fallback(&self, strategy: &FallbackStrategy, audit: &AuditEvent) -> StoreResult<()>;
     async fn get_fallback(&self, tool_id: Uuid) -> StoreResult<Option<FallbackStrategy>>;
     /// Strategies of live tools.
     async fn list_fallbacks(&self) -> StoreResult<Vec<FallbackStrategy>>;
 
     /// `Conflict` when the name is taken.
-    async fn create_agent(&self, agent: &Agent) -> StoreResult<()>;
+    async fn create_agent(&self, agent: &Agent, audit: &AuditEvent) -> StoreResult<()>;
     async fn get_agent(&self, id: Uuid) -> StoreResult<Option<Agent>>;
     async fn list_agents(&self) -> StoreResult<Vec<Agent>>;
 
-    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    async fn create_token(&self, token: &TokenRecord, audit: &AuditEvent) -> StoreResult<()>;
     async fn token_by_digest(&self, sha256: &str) -> StoreResult<Option<TokenRecord>>;
     /// Unrevoked, unexpired tokens.
     async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>>;
     /// `false` when there is no such unrevoked token.
-    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<bool>;
 
-    async fn create_permission(&self, permission: &Permission) -> StoreResult<()>;
+    async fn create_permission(&self, permission: &Permission, audit: &AuditEvent) -> StoreResult<()>;
     /// The revoked grant, or `None` when there is no such unrevoked grant.
-    async fn revoke_permission(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<Option<Permission>>;
+    async fn revoke_permission(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditOf<'_, Permission>,
+    ) -> StoreResult<Option<Permission>>;
     /// Unrevoked grants, optionally narrowed to one agent and/or tool.
     async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>>;
 
-    async fn create_access_request(&self, request: &AccessRequest) -> StoreResult<()>;
+    async fn create_access_request(&self, request: &AccessRequest, audit: &AuditEvent) -> StoreResult<()>;
     async fn get_access_request(&self, id: Uuid) -> StoreResult<Option<AccessRequest>>;
     /// Records the review of a pending request, and the grant an approval creates, in
     /// one step: `None` when the request is not pending any more (or does not exist), so
@@ -162,6 +201,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         reviewed: &AccessRequest,
         grant: Option<&Permission>,
+        audit: &AuditOf<'_, AccessRequest>,
     ) -> StoreResult<Option<AccessRequest>>;
     /// Oldest first.
     async fn list_access_requests(
@@ -175,6 +215,12 @@ pub trait Store: Send + Sync + 'static {
     /// event is appended to its writer's hash chain; each newly stored invocation
     /// updates its tool's reliability and average latency and the usage statistics.
     async fn append_events(&self, events: &[SyncEvent]) -> StoreResult<()>;
+    /// Keeps events that cannot enter the trail. A letter whose (source, event id) is
+    /// already kept is skipped, so a resent batch adds nothing; `id` is assigned here.
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> StoreResult<()>;
+    /// Letters with an id above `after_id`, oldest first, at most `limit`; and how many
+    /// are kept in all.
+    async fn dead_letters(&self, after_id: u64, limit: usize) -> StoreResult<(Vec<DeadLetter>, u64)>;
     /// Ordered by the sequence in which they were recorded.
     async fn audit_events(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditRecord>>;
     /// Records that occurred in [since, until), in (chain, chain_seq) order, strictly

@@ -13,8 +13,8 @@ use toolplane_core::model::*;
 use uuid::Uuid;
 
 use super::{
-    AuditFilter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry, ToolFilter, UsageRow, migrate,
-    postgres_audit,
+    AuditFilter, AuditOf, DeadLetter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry, ToolFilter,
+    UsageRow, migrate, postgres_audit,
 };
 use toolplane_core::audit::AuditRecord;
 
@@ -267,6 +267,14 @@ impl<'a> ToolRow<'a> {
     }
 }
 
+/// Appends an administrative change's audit event in the change's own transaction and
+/// commits both: a change is never applied without its record, nor recorded without
+/// being applied.
+async fn commit_audited(tx: deadpool_postgres::Transaction<'_>, audit: &[&AuditEvent]) -> StoreResult<()> {
+    postgres_audit::append_audit(&tx, audit).await?;
+    tx.commit().await.map_err(db_err)
+}
+
 async fn insert_version(tx: &deadpool_postgres::Transaction<'_>, t: &Tool) -> StoreResult<()> {
     let spec = serde_json::to_value(&t.spec).map_err(|e| StoreError::Backend(e.to_string()))?;
     tx.execute(
@@ -424,7 +432,7 @@ fn invocation_from_row(r: &Row) -> StoreResult<InvocationRecord> {
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
-    async fn create_tool(&self, t: &Tool) -> StoreResult<()> {
+    async fn create_tool(&self, t: &Tool, audit: &AuditEvent) -> StoreResult<()> {
         let row = ToolRow::new(t)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
@@ -437,10 +445,10 @@ impl Store for PostgresStore {
             other => other,
         })?;
         insert_version(&tx, t).await?;
-        tx.commit().await.map_err(db_err)
+        commit_audited(tx, &[audit]).await
     }
 
-    async fn update_tool(&self, t: &Tool) -> StoreResult<()> {
+    async fn update_tool(&self, t: &Tool, audit: &AuditEvent) -> StoreResult<()> {
         let row = ToolRow::new(t)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
@@ -469,7 +477,7 @@ impl Store for PostgresStore {
             });
         }
         insert_version(&tx, t).await?;
-        tx.commit().await.map_err(db_err)
+        commit_audited(tx, &[audit]).await
     }
 
     async fn get_tool_version(&self, id: Uuid, version: u32) -> StoreResult<Option<Tool>> {
@@ -497,30 +505,41 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn set_tool_enabled(&self, id: Uuid, enabled: bool, at: DateTime<Utc>) -> StoreResult<Option<Tool>> {
+    async fn set_tool_enabled(
+        &self,
+        id: Uuid,
+        enabled: bool,
+        at: DateTime<Utc>,
+        audit: &AuditEvent,
+    ) -> StoreResult<Option<Tool>> {
         let sql = format!(
             "UPDATE tools SET enabled = $2, updated_at = $3 WHERE id = $1 AND deleted_at IS NULL RETURNING {TOOL_COLUMNS}"
         );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id, &enabled, &at])
-            .await
-            .map_err(db_err)?;
-        row.as_ref().map(tool_from_row).transpose()
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let row = tx.query_opt(&sql, &[&id, &enabled, &at]).await.map_err(db_err)?;
+        let Some(tool) = row.as_ref().map(tool_from_row).transpose()? else {
+            return Ok(None);
+        };
+        commit_audited(tx, &[audit]).await?;
+        Ok(Some(tool))
     }
 
-    async fn delete_tool(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
-        let n = self
-            .client()
-            .await?
+    async fn delete_tool(&self, id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = tx
             .execute(
                 "UPDATE tools SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
                 &[&id, &at],
             )
             .await
             .map_err(db_err)?;
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(false);
+        }
+        commit_audited(tx, &[audit]).await?;
+        Ok(true)
     }
 
     async fn get_tool(&self, id: Uuid) -> StoreResult<Option<Tool>> {
@@ -564,10 +583,10 @@ impl Store for PostgresStore {
         rows.iter().map(tool_from_row).collect()
     }
 
-    async fn set_credential(&self, c: &StoredCredential) -> StoreResult<()> {
-        let n = self
-            .client()
-            .await?
+    async fn set_credential(&self, c: &StoredCredential, audit: &AuditEvent) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = tx
             .execute(
                 "INSERT INTO credentials (tool_id, auth_type, header_name, key_id, nonce, ciphertext, updated_at) \
                  SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM tools WHERE id = $1 AND deleted_at IS NULL) \
@@ -588,7 +607,7 @@ impl Store for PostgresStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("tool {}", c.tool_id)));
         }
-        Ok(())
+        commit_audited(tx, &[audit]).await
     }
 
     async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>> {
@@ -618,11 +637,11 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn set_fallback(&self, f: &FallbackStrategy) -> StoreResult<()> {
+    async fn set_fallback(&self, f: &FallbackStrategy, audit: &AuditEvent) -> StoreResult<()> {
         let json = serde_json::to_value(f).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let n = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = tx
             .execute(
                 "INSERT INTO fallback_strategies (tool_id, strategy, updated_at) SELECT $1, $2, now() \
                  WHERE EXISTS (SELECT 1 FROM tools WHERE id = $1 AND deleted_at IS NULL) \
@@ -634,7 +653,7 @@ impl Store for PostgresStore {
         if n == 0 {
             return Err(StoreError::NotFound(format!("tool {}", f.tool_id)));
         }
-        Ok(())
+        commit_audited(tx, &[audit]).await
     }
 
     async fn get_fallback(&self, tool_id: Uuid) -> StoreResult<Option<FallbackStrategy>> {
@@ -666,27 +685,27 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn create_agent(&self, a: &Agent) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO agents (id, name, skills, team, created_at, task_memory_opt_out) \
+    async fn create_agent(&self, a: &Agent, audit: &AuditEvent) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO agents (id, name, skills, team, created_at, task_memory_opt_out) \
                  VALUES ($1,$2,$3,$4,$5,$6)",
-                &[
-                    &a.id,
-                    &a.name,
-                    &a.skills,
-                    &a.team,
-                    &a.created_at,
-                    &a.task_memory_opt_out,
-                ],
-            )
-            .await
-            .map_err(|e| match db_err(e) {
-                StoreError::Conflict(_) => StoreError::Conflict(format!("an agent named {:?} already exists", a.name)),
-                other => other,
-            })?;
-        Ok(())
+            &[
+                &a.id,
+                &a.name,
+                &a.skills,
+                &a.team,
+                &a.created_at,
+                &a.task_memory_opt_out,
+            ],
+        )
+        .await
+        .map_err(|e| match db_err(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("an agent named {:?} already exists", a.name)),
+            other => other,
+        })?;
+        commit_audited(tx, &[audit]).await
     }
 
     async fn get_agent(&self, id: Uuid) -> StoreResult<Option<Agent>> {
@@ -709,26 +728,26 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(agent_from_row).collect())
     }
 
-    async fn create_token(&self, t: &TokenRecord) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO tokens (id, sha256, role, agent_id, description, created_at, expires_at, revoked_at) \
+    async fn create_token(&self, t: &TokenRecord, audit: &AuditEvent) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO tokens (id, sha256, role, agent_id, description, created_at, expires_at, revoked_at) \
                  VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-                &[
-                    &t.id,
-                    &t.sha256,
-                    &t.role.as_str(),
-                    &t.agent_id,
-                    &t.description,
-                    &t.created_at,
-                    &t.expires_at,
-                    &t.revoked_at,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(())
+            &[
+                &t.id,
+                &t.sha256,
+                &t.role.as_str(),
+                &t.agent_id,
+                &t.description,
+                &t.created_at,
+                &t.expires_at,
+                &t.revoked_at,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+        commit_audited(tx, &[audit]).await
     }
 
     async fn token_by_digest(&self, sha256: &str) -> StoreResult<Option<TokenRecord>> {
@@ -741,30 +760,43 @@ impl Store for PostgresStore {
         row.as_ref().map(token_from_row).transpose()
     }
 
-    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
-        let n = self
-            .client()
-            .await?
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = tx
             .execute(
                 "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
                 &[&id, &at],
             )
             .await
             .map_err(db_err)?;
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(false);
+        }
+        commit_audited(tx, &[audit]).await?;
+        Ok(true)
     }
 
-    async fn revoke_permission(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<Option<Permission>> {
-        let row = self
-            .client()
-            .await?
+    async fn revoke_permission(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditOf<'_, Permission>,
+    ) -> StoreResult<Option<Permission>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let row = tx
             .query_opt(
                 "UPDATE permissions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING *",
                 &[&id, &at],
             )
             .await
             .map_err(db_err)?;
-        row.as_ref().map(permission_from_row).transpose()
+        let Some(revoked) = row.as_ref().map(permission_from_row).transpose()? else {
+            return Ok(None);
+        };
+        commit_audited(tx, &audit(&revoked).iter().collect::<Vec<_>>()).await?;
+        Ok(Some(revoked))
     }
 
     async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>> {
@@ -780,28 +812,31 @@ impl Store for PostgresStore {
         rows.iter().map(token_from_row).collect()
     }
 
-    async fn create_permission(&self, p: &Permission) -> StoreResult<()> {
-        insert_permission(&**self.client().await?, p).await
+    async fn create_permission(&self, p: &Permission, audit: &AuditEvent) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        insert_permission(&*tx, p).await?;
+        commit_audited(tx, &[audit]).await
     }
 
-    async fn create_access_request(&self, r: &AccessRequest) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO access_requests (id, agent_id, tool_id, justification, status, requested_at) \
+    async fn create_access_request(&self, r: &AccessRequest, audit: &AuditEvent) -> StoreResult<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO access_requests (id, agent_id, tool_id, justification, status, requested_at) \
                  VALUES ($1,$2,$3,$4,$5,$6)",
-                &[
-                    &r.id,
-                    &r.agent_id,
-                    &r.tool_id,
-                    &r.justification,
-                    &r.status.as_str(),
-                    &r.requested_at,
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-        Ok(())
+            &[
+                &r.id,
+                &r.agent_id,
+                &r.tool_id,
+                &r.justification,
+                &r.status.as_str(),
+                &r.requested_at,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+        commit_audited(tx, &[audit]).await
     }
 
     async fn get_access_request(&self, id: Uuid) -> StoreResult<Option<AccessRequest>> {
@@ -818,6 +853,7 @@ impl Store for PostgresStore {
         &self,
         r: &AccessRequest,
         grant: Option<&Permission>,
+        audit: &AuditOf<'_, AccessRequest>,
     ) -> StoreResult<Option<AccessRequest>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
@@ -844,7 +880,7 @@ impl Store for PostgresStore {
             return Ok(None);
         };
         let reviewed = access_request_from_row(&row)?;
-        tx.commit().await.map_err(db_err)?;
+        commit_audited(tx, &audit(&reviewed).iter().collect::<Vec<_>>()).await?;
         Ok(Some(reviewed))
     }
 
@@ -965,6 +1001,14 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn dead_letter(&self, letters: &[DeadLetter]) -> StoreResult<()> {
+        postgres_audit::dead_letter(&**self.client().await?, letters).await
+    }
+
+    async fn dead_letters(&self, after_id: u64, limit: usize) -> StoreResult<(Vec<DeadLetter>, u64)> {
+        postgres_audit::dead_letters(&**self.client().await?, after_id, limit).await
     }
 
     async fn audit_chain_heads(&self) -> StoreResult<Vec<(String, u64)>> {

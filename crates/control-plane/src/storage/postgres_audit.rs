@@ -16,7 +16,7 @@ use toolplane_core::usage::{self, UsageCounts, UsageKey};
 use uuid::Uuid;
 
 use super::postgres::{db_err, parse_text, u32_of};
-use super::{AuditFilter, StoreResult, UsageRow};
+use super::{AuditFilter, DeadLetter, StoreResult, UsageRow};
 
 /// Separates compliance frameworks inside one UNNEST text element.
 const LIST_SEPARATOR: char = '\u{1f}';
@@ -430,4 +430,68 @@ pub(super) fn usage_from_row(r: &Row) -> UsageRow {
             total_cost: r.get("total_cost"),
         },
     }
+}
+
+pub(super) async fn dead_letter(
+    client: &impl tokio_postgres::GenericClient,
+    letters: &[DeadLetter],
+) -> StoreResult<()> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&DeadLetter) -> &str| letters.iter().map(f).collect::<Vec<&str>>();
+    let at: Vec<DateTime<Utc>> = letters.iter().map(|l| l.received_at).collect();
+    let raw: Vec<&[u8]> = letters.iter().map(|l| l.raw.as_slice()).collect();
+    client
+        .execute(
+            "INSERT INTO audit_dead_letters (received_at, source, event_id, kind, error, raw) \
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[]) \
+             ON CONFLICT (source, event_id) DO NOTHING",
+            &[
+                &at,
+                &col(|l| &l.source),
+                &col(|l| &l.event_id),
+                &col(|l| &l.kind),
+                &col(|l| &l.error),
+                &raw,
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub(super) async fn dead_letters(
+    client: &impl tokio_postgres::GenericClient,
+    after_id: u64,
+    limit: usize,
+) -> StoreResult<(Vec<DeadLetter>, u64)> {
+    let after = i64::try_from(after_id).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            "SELECT id, received_at, source, event_id, kind, error, raw FROM audit_dead_letters \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after, &limit],
+        )
+        .await
+        .map_err(db_err)?;
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM audit_dead_letters", &[])
+        .await
+        .map_err(db_err)?
+        .get(0);
+    let letters = rows
+        .iter()
+        .map(|r| DeadLetter {
+            id: u64::try_from(r.get::<_, i64>("id")).unwrap_or(0),
+            received_at: r.get("received_at"),
+            source: r.get("source"),
+            event_id: r.get("event_id"),
+            kind: r.get("kind"),
+            error: r.get("error"),
+            raw: r.get("raw"),
+        })
+        .collect();
+    Ok((letters, u64::try_from(total).unwrap_or(0)))
 }
