@@ -140,7 +140,17 @@ async fn agent_token_to_tool_to_audit_row_in_postgres() {
     assert!(row.get::<_, bool>("success"));
     assert_eq!(row.get::<_, uuid::Uuid>("agent_id").to_string(), sys.agent.id);
     assert_eq!(row.get::<_, String>("task_id"), "task-1");
-    assert_eq!(row.get::<_, String>("sidecar_id"), "test-sidecar");
+    // Stamped by the control plane with the sending sidecar's token, whatever the
+    // sidecar calls itself (`test-sidecar`).
+    let sidecar_token_id: String = sys
+        .db
+        .client()
+        .await
+        .query_one("SELECT id::text FROM tokens WHERE role = 'sidecar'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(row.get::<_, String>("sidecar_id"), sidecar_token_id);
     assert!(row.get::<_, Option<uuid::Uuid>>("permission_id").is_some());
     let params: Value = row.get("sanitized_parameters");
     assert_eq!(params, json!({"text": "the quick brown fox", "api_key": "[REDACTED]"}));

@@ -136,6 +136,16 @@ pub(super) fn db_err(e: tokio_postgres::Error) -> StoreError {
                 .unwrap_or("referenced row")
                 .to_owned(),
         ),
+        // Connection trouble, rolled-back transactions (deadlock, serialization),
+        // exhausted resources and operator intervention pass; the same statement may
+        // succeed when retried.
+        Some(c)
+            if ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| c.code().starts_with(class)) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
         Some(_) => StoreError::Backend(e.to_string()),
         None => StoreError::Unavailable(e.to_string()),
     }
