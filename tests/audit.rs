@@ -236,8 +236,8 @@ async fn the_trail_streams_reports_and_counts_and_holds_no_secret() {
         .into_inner();
     assert_eq!(
         report.total_events,
-        t.calls as u64 + 1,
-        "invocations + the schema error"
+        t.calls as u64 + 3,
+        "invocations + the schema error + the tool's registration and its grant"
     );
     assert_eq!(report.sensitive_accesses, t.calls as u64);
     assert_eq!(report.agents, [t.agent.id.clone()]);
@@ -255,10 +255,17 @@ async fn the_trail_streams_reports_and_counts_and_holds_no_secret() {
             .unwrap()
             .starts_with("agent_id,tool_id,data_classification,events")
     );
-    let line = lines.next().unwrap();
+    let lines: Vec<&str> = lines.collect();
+    // The tool's registration, which names no agent, has a line of its own.
     assert!(
-        line.starts_with(&format!("{},{},confidential,{}", t.agent.id, t.phi.id, t.calls + 1)),
-        "{line}"
+        lines.contains(&format!(",{},confidential,1,1,0,0,0,0", t.phi.id).as_str()),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{},{},confidential,{}", t.agent.id, t.phi.id, t.calls + 2))),
+        "the calls, the schema error and the grant: {lines:?}"
     );
 
     // Usage statistics, maintained as the events arrived.

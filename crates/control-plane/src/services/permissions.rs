@@ -39,10 +39,10 @@ impl PermissionsService {
         if self.state.store.get_agent(agent_id).await?.is_none() {
             return Err(ApiError::NotFound(format!("agent {agent_id} not found")));
         }
-        if self.state.store.get_tool(tool_id).await?.is_none() {
+        let Some(tool) = self.state.store.get_tool(tool_id).await? else {
             return Err(ApiError::NotFound(format!("tool {tool_id} not found")));
-        }
-        let audit = self.grant_event(who, &permission);
+        };
+        let audit = self.grant_event(who, &permission).about(&tool);
         self.state.store.create_permission(&permission, &audit).await?;
         self.state.changed();
         Ok(permission)
