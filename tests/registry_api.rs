@@ -51,6 +51,7 @@ both_backends!(
     listing_filters_and_pages,
     bad_input_is_refused_with_the_field_at_fault,
     mcp_import_registers_and_reversions_tools,
+    agents_see_only_the_tools_they_may_use_and_never_where_they_live,
 );
 
 async fn mcp_server(variant: &str, listen: &str) -> Proc {
@@ -439,7 +440,100 @@ async fn bad_input_is_refused_with_the_field_at_fault(mut cp: Cp) {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(
-        as_agent.list_tools(pb::ListToolsRequest::default()).await.is_ok(),
-        "reads are open to agents"
+        as_agent
+            .list_tools(pb::ListToolsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .tools
+            .is_empty(),
+        "an agent without grants sees no tool"
+    );
+}
+
+async fn agents_see_only_the_tools_they_may_use_and_never_where_they_live(cp: Cp) {
+    let mut a = cp.admin;
+    let mut granted = Vec::new();
+    for i in 0..5 {
+        let t = a
+            .register(http_tool(
+                &format!("tool_{i}"),
+                &format!("http://127.0.0.1:9/secret-path-{i}"),
+            ))
+            .await
+            .unwrap();
+        granted.push(t);
+    }
+    let agent = a.agent("scoped").await;
+    for t in [&granted[1], &granted[3]] {
+        a.grant_full(&agent.id, &t.id).await;
+    }
+    let token = a.token(pb::Role::Agent, &agent.id).await;
+    let mut as_agent = pb::tool_registry_client::ToolRegistryClient::new(channel(&cp.proc.url(), Some(&token)).await);
+
+    // Paged one at a time, the agent's pages still hold only its tools.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = as_agent
+            .list_tools(pb::ListToolsRequest {
+                page_size: 1,
+                page_token: page_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for t in &page.tools {
+            assert!(t.endpoint.is_empty(), "{} shows its endpoint", t.name);
+            assert!(t.schema.is_some(), "the schema is what an agent needs");
+            seen.push(t.name.clone());
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen, ["tool_1", "tool_3"]);
+
+    let got = as_agent
+        .get_tool(pb::GetToolRequest {
+            key: Some(pb::get_tool_request::Key::Name("tool_3".into())),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tool
+        .unwrap();
+    assert!(got.endpoint.is_empty());
+    let hidden = as_agent
+        .get_tool(pb::GetToolRequest {
+            key: Some(pb::get_tool_request::Key::Id(granted[0].id.clone())),
+            version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound, "an ungranted tool looks like no tool");
+    let e = as_agent
+        .get_fallback_strategy(pb::GetFallbackStrategyRequest {
+            tool_id: granted[1].id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // An admin still sees everything, endpoints included.
+    let all = a
+        .registry
+        .list_tools(pb::ListToolsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tools;
+    assert_eq!(all.len(), 5);
+    assert!(
+        all.iter()
+            .all(|t| t.endpoint.starts_with("http://127.0.0.1:9/secret-path-"))
     );
 }

@@ -345,7 +345,7 @@ impl RegistryService {
         Ok(())
     }
 
-    async fn list(&self, req: pb::ListToolsRequest) -> ApiResult<pb::ListToolsResponse> {
+    async fn list(&self, reader: &CatalogReader, req: pb::ListToolsRequest) -> ApiResult<pb::ListToolsResponse> {
         let size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n > MAX_PAGE_SIZE => {
@@ -371,7 +371,23 @@ impl RegistryService {
             provider: non_empty(req.provider),
             text: non_empty(req.text),
         };
-        let mut tools = self.state.store.list_tools(&filter, after.as_deref(), size + 1).await?;
+        // An agent's page holds only tools it may use: read on until the page is full
+        // or the catalog ends.
+        let mut tools = Vec::with_capacity(size + 1);
+        let mut cursor = after;
+        loop {
+            let page = self
+                .state
+                .store
+                .list_tools(&filter, cursor.as_deref(), size + 1)
+                .await?;
+            let done = page.len() <= size;
+            cursor = page.last().map(|t| t.spec.name.clone());
+            tools.extend(page.into_iter().filter(|t| reader.may_see(t.id)));
+            if done || tools.len() > size {
+                break;
+            }
+        }
         let next_page_token = if tools.len() > size {
             tools.truncate(size);
             tools.last().map(|t| hex::encode(&t.spec.name)).unwrap_or_default()
@@ -379,7 +395,7 @@ impl RegistryService {
             String::new()
         };
         Ok(pb::ListToolsResponse {
-            tools: tools.iter().map(tool_to_pb).collect(),
+            tools: tools.iter().map(|t| reader.view(t)).collect(),
             next_page_token,
         })
     }
@@ -400,9 +416,15 @@ impl ToolRegistry for RegistryService {
     }
 
     async fn get_tool(&self, request: Request<pb::GetToolRequest>) -> Result<Response<pb::GetToolResponse>, Status> {
+        let reader = CatalogReader::of(&self.state, &principal(&request)?).await?;
         let tool = self.get(request.into_inner()).await?;
+        if !reader.may_see(tool.id) {
+            // Said the same way as a tool that does not exist: an agent learns nothing
+            // of tools it may not use.
+            return Err(ApiError::NotFound(format!("tool {} not found", tool.spec.name)).into());
+        }
         Ok(Response::new(pb::GetToolResponse {
-            tool: Some(tool_to_pb(&tool)),
+            tool: Some(reader.view(&tool)),
         }))
     }
 
@@ -410,7 +432,8 @@ impl ToolRegistry for RegistryService {
         &self,
         request: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        let reader = CatalogReader::of(&self.state, &principal(&request)?).await?;
+        Ok(Response::new(self.list(&reader, request.into_inner()).await?))
     }
 
     async fn update_tool(
@@ -482,6 +505,7 @@ impl ToolRegistry for RegistryService {
         &self,
         request: Request<pb::GetFallbackStrategyRequest>,
     ) -> Result<Response<pb::GetFallbackStrategyResponse>, Status> {
+        principal(&request)?.require(&[Role::Admin, Role::Sidecar], "GetFallbackStrategy")?;
         let tool_id = uuid_field("tool_id", &request.get_ref().tool_id)?;
         let strategy = self
             .state
@@ -493,5 +517,52 @@ impl ToolRegistry for RegistryService {
         Ok(Response::new(pb::GetFallbackStrategyResponse {
             strategy: Some(fallback_to_pb(&strategy)),
         }))
+    }
+}
+
+/// Who reads the catalog, and so what they see: admins and sidecars the whole catalog;
+/// an agent only the tools it holds a live grant for, without where they live or how
+/// they authenticate (it calls them through its sidecar, never directly).
+enum CatalogReader {
+    Everything,
+    Agent(std::collections::HashSet<Uuid>),
+}
+
+impl CatalogReader {
+    async fn of(state: &AppState, who: &Principal) -> ApiResult<Self> {
+        match who {
+            Principal::Agent { agent_id, .. } => {
+                let now = Utc::now();
+                let granted = state
+                    .store
+                    .list_permissions(Some(*agent_id), None)
+                    .await?
+                    .into_iter()
+                    .filter(|p| p.expires_at.is_none_or(|t| t > now))
+                    .map(|p| p.tool_id)
+                    .collect();
+                Ok(Self::Agent(granted))
+            }
+            Principal::Admin { .. } | Principal::Sidecar { .. } => Ok(Self::Everything),
+        }
+    }
+
+    fn may_see(&self, tool: Uuid) -> bool {
+        match self {
+            Self::Everything => true,
+            Self::Agent(granted) => granted.contains(&tool),
+        }
+    }
+
+    fn view(&self, tool: &Tool) -> pb::Tool {
+        let mut t = tool_to_pb(tool);
+        if let Self::Agent(_) = self {
+            t.endpoint.clear();
+            t.remote_name.clear();
+            if let Some(r) = t.requirements.as_mut() {
+                r.authentication = pb::AuthType::Unspecified as i32;
+            }
+        }
+        t
     }
 }
