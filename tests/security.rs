@@ -276,14 +276,16 @@ async fn access_requests_go_pending_then_reviewed_and_every_step_is_audited() {
         .request_access(pb::RequestAccessRequest {
             tool_id: s.tool.id.clone(),
             justification: "  ".to_owned(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let request = as_agent
         .request_access(pb::RequestAccessRequest {
-            tool_id: s.tool.id.clone(),
+            tool_name: s.tool.name.clone(),
             justification: "word counts for the weekly report".to_owned(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -295,6 +297,7 @@ async fn access_requests_go_pending_then_reviewed_and_every_step_is_audited() {
         .request_access(pb::RequestAccessRequest {
             tool_id: s.tool.id.clone(),
             justification: "please".to_owned(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -254,8 +254,9 @@ pub async fn run(cmd: PermissionsCmd, ch: Authed, out: Output) -> Result<(), Fai
         PermissionsCmd::Request { tool, justification } => {
             let r = c
                 .request_access(pb::RequestAccessRequest {
-                    tool_id: tool_id(&ch, &tool).await?,
+                    tool_name: tool.clone(),
                     justification,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()

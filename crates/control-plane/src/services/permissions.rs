@@ -64,7 +64,15 @@ impl PermissionsService {
                 "only agents request access (admins grant directly)".to_owned(),
             ));
         };
-        let tool_id = uuid_field("tool_id", &req.tool_id)?;
+        let tool = if req.tool_id.is_empty() && !req.tool_name.is_empty() {
+            self.state.store.get_tool_by_name(&req.tool_name).await?
+        } else {
+            self.state.store.get_tool(uuid_field("tool_id", &req.tool_id)?).await?
+        };
+        let Some(tool) = tool else {
+            return Err(ApiError::NotFound("tool not found".to_owned()));
+        };
+        let tool_id = tool.id;
         let justification = req.justification.trim();
         if justification.is_empty() {
             return Err(Violations::single("justification", "is required: say what the tool is needed for").into());
@@ -73,9 +81,6 @@ impl PermissionsService {
             return Err(
                 Violations::single("justification", format!("is longer than {MAX_JUSTIFICATION} bytes")).into(),
             );
-        }
-        if self.state.store.get_tool(tool_id).await?.is_none() {
-            return Err(ApiError::NotFound(format!("tool {tool_id} not found")));
         }
         let pending = self
             .state
