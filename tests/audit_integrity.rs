@@ -12,66 +12,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use toolplane_core::convert::ts;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::sidecar_sync_client::SidecarSyncClient;
+use toolplane_tests::fake_sidecar::FakeSidecar;
 use toolplane_tests::grpc::{Admin, Authed, channel, http_tool};
 use toolplane_tests::pg::TestDb;
 use toolplane_tests::procs::{ADMIN_TOKEN, control_plane};
 use uuid::Uuid;
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A sync stream opened by the test, as a sidecar would.
-struct FakeSidecar {
-    tx: mpsc::Sender<pb::ConnectRequest>,
-    inbound: tonic::Streaming<pb::ConnectResponse>,
-}
-
-impl FakeSidecar {
-    async fn connect(url: &str, token: &str, claimed_id: &str) -> Self {
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(pb::ConnectRequest {
-            message: Some(pb::connect_request::Message::Hello(pb::SidecarHello {
-                sidecar_id: claimed_id.to_owned(),
-                version: "test".to_owned(),
-                known_revision: 0,
-            })),
-        })
-        .await
-        .unwrap();
-        let mut client = SidecarSyncClient::new(channel(url, Some(token)).await);
-        let inbound = client.connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        Self { tx, inbound }
-    }
-
-    /// Sends a batch and returns the ids the control plane acked for it.
-    async fn send(&mut self, events: Vec<pb::SyncEvent>) -> Vec<String> {
-        self.tx
-            .send(pb::ConnectRequest {
-                message: Some(pb::connect_request::Message::Events(pb::EventBatch { events })),
-            })
-            .await
-            .unwrap();
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.inbound.next())
-                .await
-                .expect("an answer from the control plane")
-                .expect("the stream stays open")
-                .expect("no stream error");
-            if let Some(pb::connect_response::Message::Ack(a)) = msg.message {
-                return a.event_ids;
-            }
-        }
-    }
-}
 
 /// An audit event as an honest sidecar records a call of `agent`.
 fn call_event(agent: &str, tool: &str, task_id: &str) -> pb::SyncEvent {

@@ -21,6 +21,16 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
 
+    /// Milliseconds between heartbeats on each sidecar's sync stream (keep it well
+    /// under the sidecars' TOOLPLANE_MAX_SNAPSHOT_AGE).
+    #[arg(long, env = "TOOLPLANE_SYNC_HEARTBEAT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub sync_heartbeat_ms: u64,
+
+    /// Seconds a sidecar's sync session lasts before it must reconnect and
+    /// authenticate again.
+    #[arg(long, env = "TOOLPLANE_SYNC_SESSION_MAX_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_session_max_secs: u64,
+
     /// Bootstrap admin token. Prefer --admin-token-file in production.
     #[arg(long, env = "TOOLPLANE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

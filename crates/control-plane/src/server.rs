@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,7 +24,7 @@ use crate::services::learning::LearningService;
 use crate::services::permissions::PermissionsService;
 use crate::services::registry::RegistryService;
 use crate::services::selector::SelectorService;
-use crate::services::sync::SyncService;
+use crate::services::sync::{SessionPolicy, SyncService};
 use crate::state::AppState;
 use crate::storage::{Store, spawn_change_listener};
 
@@ -122,7 +123,11 @@ pub async fn serve(
         let _ = draining_tx.send(true);
     });
     let mut drained = draining.clone();
-    let mut builder = Server::builder();
+    // HTTP/2 pings find a peer that vanished without closing (a sidecar's node died):
+    // its stream ends within a minute instead of holding a session forever.
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = config.common.tls.server_config("control plane")? {
         builder = builder.tls_config(tls)?;
     }
@@ -141,8 +146,14 @@ pub async fn serve(
             state.clone(),
         )))
         .add_service(
-            pb::sidecar_sync_server::SidecarSyncServer::new(SyncService::new(state.clone()))
-                .max_decoding_message_size(64 * 1024 * 1024),
+            pb::sidecar_sync_server::SidecarSyncServer::new(SyncService::new(
+                state.clone(),
+                SessionPolicy {
+                    heartbeat: Duration::from_millis(config.sync_heartbeat_ms),
+                    max_lifetime: Duration::from_secs(config.sync_session_max_secs),
+                },
+            ))
+            .max_decoding_message_size(64 * 1024 * 1024),
         )
         .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService::new(
             state.clone(),

@@ -36,6 +36,8 @@ pub const REDIS_DEGRADED: &str = "toolplane_redis_degraded_decisions_total";
 pub const SELECTION_SECONDS: &str = "toolplane_selection_duration_seconds";
 /// Sync events stored by the control plane, by `kind` (`audit` or `invocation`).
 pub const EVENTS_STORED: &str = "toolplane_sync_events_stored_total";
+/// Sidecar sync sessions open on this control plane replica.
+pub const SYNC_SESSIONS: &str = "toolplane_sync_sessions";
 /// Sync events the control plane could not store in the trail and kept in the
 /// dead-letter table, by `reason` (`unparseable`, `refused`, `rejected`).
 pub const EVENTS_DEAD_LETTERED: &str = "toolplane_sync_events_dead_lettered_total";
