@@ -157,6 +157,37 @@ pub fn verify(
     report
 }
 
+/// Trims each chain of an export to its gap-free run of positions from its first
+/// record; returns the records kept, in (chain, position) order, and how many were
+/// left out. The trail streams in global order, and a transaction that took a lower
+/// sequence number can commit after the stream passed it: its records then show up as
+/// a gap with later ones after it. Those all arrived during the export, after its
+/// checkpoints were read, so no checkpoint covers them and leaving them out loses
+/// nothing that could be verified.
+pub fn settled(mut records: Vec<ExportedRecord>) -> (Vec<ExportedRecord>, u64) {
+    records.sort_by(|a, b| (&a.chain, a.chain_seq).cmp(&(&b.chain, b.chain_seq)));
+    let total = records.len();
+    let mut last: Option<(String, u64)> = None;
+    let mut cut: Option<String> = None;
+    records.retain(|r| {
+        if cut.as_deref() == Some(r.chain.as_str()) {
+            return false;
+        }
+        let keep = match &last {
+            Some((c, n)) if *c == r.chain => r.chain_seq == n + 1,
+            _ => true,
+        };
+        if keep {
+            last = Some((r.chain.clone(), r.chain_seq));
+        } else {
+            cut = Some(r.chain.clone());
+        }
+        keep
+    });
+    let left_out = (total - records.len()) as u64;
+    (records, left_out)
+}
+
 /// The canonical form names its own chain, position and event; a record whose outer
 /// fields say otherwise was moved or relabelled.
 fn misplaced(r: &ExportedRecord) -> Option<String> {

@@ -198,3 +198,32 @@ fn lines_round_trip_as_tagged_json() {
         assert_eq!(serde_json::from_str::<ExportLine>(&text).unwrap(), line);
     }
 }
+
+#[test]
+fn records_that_arrived_during_an_export_after_a_gap_are_left_out() {
+    let (_, records) = trail(5);
+    // Chain a's third record committed late: the stream passed it.
+    let mut streamed: Vec<ExportedRecord> = records
+        .iter()
+        .filter(|r| !(r.chain == "sidecar:a" && r.chain_seq == 3))
+        .cloned()
+        .collect();
+    streamed.reverse();
+    let (kept, left_out) = settled(streamed);
+    assert_eq!(left_out, 2, "positions 4 and 5 of chain a");
+    let a: Vec<u64> = kept
+        .iter()
+        .filter(|r| r.chain == "sidecar:a")
+        .map(|r| r.chain_seq)
+        .collect();
+    let b: Vec<u64> = kept
+        .iter()
+        .filter(|r| r.chain == "sidecar:b")
+        .map(|r| r.chain_seq)
+        .collect();
+    assert_eq!((a, b), (vec![1, 2], vec![1, 2, 3, 4, 5]));
+    let cps = checkpoints(&records, 2);
+    assert!(verify(kept, &cps, &trusted()).intact());
+    let (all, none) = settled(records.clone());
+    assert_eq!((all.len(), none), (records.len(), 0));
+}

@@ -65,7 +65,7 @@ pub async fn export(c: &mut Client, path: &Path, out: Output) -> Result<(), Fail
         line(&mut w, &ExportLine::Checkpoint(cp))?;
         checkpoints += 1;
     }
-    let mut records = 0u64;
+    let mut records = Vec::new();
     let mut stream = c
         .query_audit_trail(pb::QueryAuditTrailRequest {
             include_canonical_form: true,
@@ -89,16 +89,24 @@ pub async fn export(c: &mut Client, path: &Path, out: Output) -> Result<(), Fail
             hash: r.hash,
             canonical: r.canonical_form,
         };
-        line(&mut w, &ExportLine::Record(record))?;
-        records += 1;
+        records.push(record);
+    }
+    let (records, left_out) = audit_export::settled(records);
+    let n = records.len();
+    for r in records {
+        line(&mut w, &ExportLine::Record(r))?;
     }
     w.flush().map_err(written)?;
-    let v = json!({"file": path.display().to_string(), "records": records, "checkpoints": checkpoints});
-    print(out, &v, &records.to_string(), || {
+    let v = json!({"file": path.display().to_string(), "records": n, "checkpoints": checkpoints,
+                   "left_out_arrived_during_export": left_out});
+    print(out, &v, &n.to_string(), || {
         println!(
-            "exported {records} records and {checkpoints} checkpoints to {}",
+            "exported {n} records and {checkpoints} checkpoints to {}",
             path.display()
-        )
+        );
+        if left_out > 0 {
+            println!("left out {left_out} records that arrived during the export (after a gap)");
+        }
     });
     Ok(())
 }
@@ -114,7 +122,7 @@ fn read(
     Failure,
 > {
     let file = std::fs::File::open(path).map_err(|e| usage(format!("cannot open {}: {e}", path.display())))?;
-    let (mut records, mut checkpoints) = (Vec::new(), Vec::new());
+    let (mut records, mut checkpoints, mut header) = (Vec::new(), Vec::new(), false);
     for (n, text) in std::io::BufReader::new(file).lines().enumerate() {
         let text = text.map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
         if text.trim().is_empty() {
@@ -130,9 +138,15 @@ fn read(
                     h.format
                 )));
             }
-            Ok(ExportLine::Header(_)) => {}
+            Ok(ExportLine::Header(_)) => header = true,
             Err(e) => return Err(usage(format!("{} line {}: {e}", path.display(), n + 1))),
         }
+    }
+    if !header {
+        return Err(usage(format!(
+            "{} is not an audit export (no header line)",
+            path.display()
+        )));
     }
     Ok((records, checkpoints))
 }
