@@ -62,6 +62,7 @@ conformance!(
     remembered_tasks_merge_stay_bounded_and_expire,
     admin_changes_and_their_audit_events_are_stored_together,
     dead_letters_are_kept_once_and_paged,
+    audit_checkpoints_are_kept_once_and_listed_in_byte_order,
 );
 
 /// The audit event an administrative change carries (its content does not matter here).
@@ -725,4 +726,105 @@ async fn remembered_tasks_merge_stay_bounded_and_expire(s: Arc<dyn Store>) {
     assert!(!s.forget_task(a.id, &recent.hash).await.unwrap());
     assert_eq!(s.forget_tool_tasks(a.id).await.unwrap(), 1);
     assert!(s.task_memory(at(365)).await.unwrap().is_empty());
+}
+
+async fn audit_checkpoints_are_kept_once_and_listed_in_byte_order(s: Arc<dyn Store>) {
+    use toolplane_core::audit_checkpoint::{AuditCheckpoint, CheckpointSigner};
+    let k1 = CheckpointSigner::from_seed_hex(&"01".repeat(32)).unwrap();
+    let k2 = CheckpointSigner::from_seed_hex(&"02".repeat(32)).unwrap();
+    // Nanoseconds: stored to the microsecond, which signing already truncated to.
+    let at = Utc::now();
+    let hash = |n: u64| format!("{n:064x}");
+    // "sidecar:B" sorts before "sidecar:a" byte-wise (not in a natural-language collation).
+    let mut all = Vec::new();
+    for chain in ["sidecar:a", "control-plane", "sidecar:B"] {
+        for n in [3, 1, 2] {
+            all.push(k1.sign(chain, n, &hash(n), at));
+        }
+    }
+    all.push(k2.sign("sidecar:a", 2, &hash(2), at));
+    for c in &all {
+        s.add_audit_checkpoint(c).await.unwrap();
+    }
+    // The same chain, position and key again (another replica): the first one stays.
+    let again = k1.sign("sidecar:a", 3, &hash(3), at + Duration::seconds(5));
+    s.add_audit_checkpoint(&again).await.unwrap();
+
+    let key = |c: &AuditCheckpoint| (c.chain.clone(), c.chain_seq, c.key_id.clone());
+    let mut expected = all.clone();
+    expected.sort_by_key(key);
+    let listed = s.audit_checkpoints(None, None, 100).await.unwrap();
+    assert_eq!(listed, expected, "every checkpoint, exactly as signed, in byte order");
+    assert_eq!(listed[0].chain, "control-plane");
+    assert_eq!(listed[3].chain, "sidecar:B");
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.audit_checkpoints(None, after.take(), 4).await.unwrap();
+        paged.extend(page.iter().cloned());
+        match page.last() {
+            Some(c) if page.len() == 4 => after = Some(key(c)),
+            _ => break,
+        }
+    }
+    assert_eq!(paged, expected, "resumed page by page");
+    let one = s.audit_checkpoints(Some("sidecar:a"), None, 100).await.unwrap();
+    assert_eq!(one.len(), 4);
+    assert!(one.iter().all(|c| c.chain == "sidecar:a"));
+
+    let latest = s.latest_audit_checkpoints().await.unwrap();
+    let got: Vec<(String, u64, String)> = latest.iter().map(key).collect();
+    let mut want = vec![
+        ("control-plane".to_owned(), 3, k1.key_id().to_owned()),
+        ("sidecar:B".to_owned(), 3, k1.key_id().to_owned()),
+        ("sidecar:a".to_owned(), 3, k1.key_id().to_owned()),
+        ("sidecar:a".to_owned(), 2, k2.key_id().to_owned()),
+    ];
+    want.sort_by(|a, b| (&a.0, &a.2).cmp(&(&b.0, &b.2)));
+    assert_eq!(got, want, "the highest position per chain and key, by chain then key");
+    assert_eq!(
+        latest
+            .iter()
+            .find(|c| c.chain == "sidecar:a" && c.key_id == k1.key_id())
+            .unwrap()
+            .signed_at,
+        all[0].signed_at
+    );
+}
+
+#[tokio::test]
+async fn postgres_audit_checkpoints_are_append_only_even_for_the_application_role() {
+    let db = TestDb::create().await;
+    let store = PostgresStore::connect(&db.url, 2).await.unwrap();
+    let signer = toolplane_core::audit_checkpoint::CheckpointSigner::generate();
+    store
+        .add_audit_checkpoint(&signer.sign("control-plane", 1, &"ab".repeat(32), Utc::now()))
+        .await
+        .unwrap();
+    let c = db.client().await;
+    for sql in [
+        "UPDATE audit_checkpoints SET chain_seq = 2",
+        "DELETE FROM audit_checkpoints",
+    ] {
+        let e = c.batch_execute(sql).await.unwrap_err();
+        assert!(format!("{e:?}").contains("append-only"), "{sql}: {e:?}");
+    }
+    c.batch_execute("SET ROLE toolplane_app").await.unwrap();
+    let e = c
+        .batch_execute("UPDATE audit_checkpoints SET chain_seq = 2")
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("permission denied"), "{e:?}");
+    c.batch_execute(
+        "INSERT INTO audit_checkpoints SELECT chain, 2, head_hash, signed_at, key_id, signature, version \
+         FROM audit_checkpoints",
+    )
+    .await
+    .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM audit_checkpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "the application role may read and add");
 }

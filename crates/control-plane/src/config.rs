@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use toolplane_core::audit_checkpoint::{CheckpointSigner, TrustedKeys};
 use toolplane_core::crypto::Keyring;
 use toolplane_runtime::config::{CommonArgs, secret};
 
@@ -56,6 +57,26 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub retired_master_keys: Vec<String>,
+
+    /// Ed25519 key (its 32-byte seed, 64 hex characters) that signs the audit chains'
+    /// checkpoints; keep it out of the database. Without one (nor its file) a key is
+    /// made up at start, and its checkpoints verify only while its public key is kept.
+    #[arg(long, env = "TOOLPLANE_AUDIT_SIGNING_KEY", hide_env_values = true)]
+    pub audit_signing_key: Option<String>,
+
+    /// File holding the audit signing key (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "TOOLPLANE_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<PathBuf>,
+
+    /// Public keys (hex, comma-separated) of earlier signing keys whose checkpoints are
+    /// still trusted after a rotation.
+    #[arg(long, env = "TOOLPLANE_AUDIT_TRUSTED_KEYS", value_delimiter = ',')]
+    pub audit_trusted_keys: Vec<String>,
+
+    /// Seconds between checkpoints of the chains whose head moved; 0: only on demand
+    /// (`Audit.SignAuditCheckpoints`).
+    #[arg(long, env = "TOOLPLANE_AUDIT_CHECKPOINT_SECS", default_value_t = 60)]
+    pub audit_checkpoint_secs: u64,
 
     /// Selection exploration: `off` (deterministic: always the best estimate) or
     /// `thompson` (sample each tool's suitability from its posterior, so tools with
@@ -132,6 +153,24 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The checkpoint signing key, or `None` when none is configured (the caller makes
+    /// up an ephemeral one), and the trusted earlier public keys.
+    pub fn audit_keys(&self) -> anyhow::Result<(Option<CheckpointSigner>, TrustedKeys)> {
+        let signer = secret(
+            self.audit_signing_key.as_deref(),
+            self.audit_signing_key_file.as_deref(),
+            "audit signing key",
+        )?
+        .map(|k| CheckpointSigner::from_seed_hex(&k))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("TOOLPLANE_AUDIT_SIGNING_KEY: {e}"))?;
+        let trusted = TrustedKeys::parse(self.audit_trusted_keys.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("TOOLPLANE_AUDIT_TRUSTED_KEYS: {e}"))?;
+        Ok((signer, trusted))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +184,44 @@ mod tests {
         assert_eq!(c.listen.port(), 0);
         assert!(c.admin_token().is_err());
         assert!(Config::try_parse_from(["cp", "--shutdown-grace", "x"]).is_err());
+    }
+
+    #[test]
+    fn audit_keys_parse_from_hex_and_refuse_anything_else() {
+        let seed = "11".repeat(32);
+        let public = CheckpointSigner::from_seed_hex(&seed).unwrap().public_key().to_hex();
+        let c = Config::try_parse_from([
+            "cp",
+            "--audit-signing-key",
+            &seed,
+            "--audit-trusted-keys",
+            &format!("{public},{public}"),
+        ])
+        .unwrap();
+        let (signer, trusted) = c.audit_keys().unwrap();
+        assert_eq!(signer.unwrap().public_key().to_hex(), public);
+        assert_eq!(trusted.keys().count(), 1);
+        let file = std::env::temp_dir().join(format!("audit-key-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&file, format!("{seed}\n")).unwrap();
+        let c = Config::try_parse_from(["cp", "--audit-signing-key-file", file.to_str().unwrap()]).unwrap();
+        assert!(
+            c.audit_keys().unwrap().0.is_some(),
+            "read from the file, newline trimmed"
+        );
+        std::fs::remove_file(&file).unwrap();
+        for bad in [
+            vec!["cp", "--audit-signing-key", "abcd"],
+            vec!["cp", "--audit-trusted-keys", "not-a-key"],
+        ] {
+            let err = Config::try_parse_from(bad).unwrap().audit_keys().unwrap_err();
+            assert!(err.to_string().contains("TOOLPLANE_AUDIT_"), "{err}");
+        }
+        let c = Config::try_parse_from(["cp"]).unwrap();
+        if std::env::var_os("TOOLPLANE_AUDIT_SIGNING_KEY").is_none() {
+            assert!(c.audit_keys().unwrap().0.is_none());
+        }
+        if std::env::var_os("TOOLPLANE_AUDIT_CHECKPOINT_SECS").is_none() {
+            assert_eq!(c.audit_checkpoint_secs, 60);
+        }
     }
 }

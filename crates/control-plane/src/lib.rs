@@ -2,6 +2,7 @@
 //! grants, the sink of every sidecar's audit events and results, behind gRPC.
 
 pub mod auth;
+pub mod checkpoints;
 pub mod config;
 pub mod error;
 pub mod mcp_import;

@@ -16,6 +16,7 @@ use toolplane_runtime::lifecycle::incoming;
 use toolplane_runtime::lifecycle::with_grace;
 
 use crate::auth::StoreAuthenticator;
+use crate::checkpoints::Checkpoints;
 use crate::config::Config;
 use crate::selection::memory::MemoryConfig;
 use crate::services::audit::AuditService;
@@ -112,6 +113,12 @@ pub async fn serve(
         spawn_change_listener(url.clone(), state.replica_id, move || s.bump());
     }
 
+    let (signer, earlier) = config.audit_keys()?;
+    let checkpoints = Arc::new(Checkpoints::new(signer, earlier));
+    if config.audit_checkpoint_secs > 0 {
+        checkpoints.spawn(state.store.clone(), Duration::from_secs(config.audit_checkpoint_secs));
+    }
+
     toolplane_runtime::metrics::start(config.common.metrics_listen).await?;
     let (health, health_service) = grpc::health(SERVICES).await;
     let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
@@ -158,7 +165,10 @@ pub async fn serve(
         .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService::new(
             state.clone(),
         )))
-        .add_service(pb::audit_server::AuditServer::new(AuditService::new(state.clone())))
+        .add_service(pb::audit_server::AuditServer::new(AuditService::new(
+            state.clone(),
+            checkpoints,
+        )))
         .add_service(pb::learning_server::LearningServer::new(LearningService::new(
             state.clone(),
         )))

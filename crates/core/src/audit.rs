@@ -126,10 +126,24 @@ fn scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 
 /// The hash of a record at `chain_seq` of `chain` whose predecessor hashed to `prev`.
 pub fn record_hash(prev: &str, chain: &str, chain_seq: u64, e: &AuditEvent) -> String {
+    canonical_hash(prev, &canonical_record(chain, chain_seq, e))
+}
+
+/// The exact bytes a record's hash covers (after its predecessor's hash), as text: an
+/// exported trail carries them so it can be re-hashed offline without depending on how
+/// JSON numbers survive a round trip through protobuf.
+pub fn canonical_form(chain: &str, chain_seq: u64, e: &AuditEvent) -> String {
+    // serde_json writes only UTF-8, and the rest is ASCII punctuation.
+    String::from_utf8(canonical_record(chain, chain_seq, e))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// SHA-256 over the predecessor's hash and a record's canonical form.
+pub fn canonical_hash(prev: &str, canonical: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(b"\n");
-    h.update(canonical_record(chain, chain_seq, e));
+    h.update(canonical);
     hex::encode(h.finalize())
 }
 
@@ -170,6 +184,17 @@ pub struct Break {
     pub problem: String,
 }
 
+/// A record's place in its chain, without its content.
+#[derive(Debug, Clone, Copy)]
+pub struct Link<'a> {
+    pub seq: u64,
+    pub event_id: Uuid,
+    pub chain: &'a str,
+    pub chain_seq: u64,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
 /// A walk over records in (chain, chain_seq) order.
 #[derive(Debug, Default)]
 pub struct ChainWalk {
@@ -190,14 +215,35 @@ impl ChainWalk {
     /// Checks one record. `predecessor` matters only when `r` opens its chain in this
     /// walk and is not the chain's first record: `None` means nothing before it exists.
     pub fn next(&mut self, r: &AuditRecord, predecessor: Option<&str>) -> Result<(), Break> {
-        let fail = |problem: String| Break {
+        let link = Link {
             seq: r.seq,
             event_id: r.event.event_id,
-            chain: r.chain.clone(),
+            chain: &r.chain,
+            chain_seq: r.chain_seq,
+            prev_hash: &r.prev_hash,
+            hash: &r.hash,
+        };
+        self.next_link(&link, predecessor, || {
+            record_hash(&r.prev_hash, &r.chain, r.chain_seq, &r.event)
+        })
+    }
+
+    /// [`ChainWalk::next`] for a record known by its links only; `content_hash`
+    /// recomputes its hash from its content (an exported trail's canonical form).
+    pub fn next_link(
+        &mut self,
+        r: &Link<'_>,
+        predecessor: Option<&str>,
+        content_hash: impl FnOnce() -> String,
+    ) -> Result<(), Break> {
+        let fail = |problem: String| Break {
+            seq: r.seq,
+            event_id: r.event_id,
+            chain: r.chain.to_owned(),
             chain_seq: r.chain_seq,
             problem,
         };
-        if self.opens_chain(r) {
+        if self.current.as_ref().is_none_or(|(c, _, _)| c != r.chain) {
             let expected = if r.chain_seq == 1 {
                 GENESIS_HASH
             } else {
@@ -233,13 +279,13 @@ impl ChainWalk {
                 ));
             }
         }
-        if record_hash(&r.prev_hash, &r.chain, r.chain_seq, &r.event) != r.hash {
+        if content_hash() != r.hash {
             return Err(fail(
                 "content does not match its hash (edited after it was written)".to_owned(),
             ));
         }
-        self.current = Some((r.chain.clone(), r.chain_seq, r.hash.clone()));
-        self.last.insert(r.chain.clone(), r.chain_seq);
+        self.current = Some((r.chain.to_owned(), r.chain_seq, r.hash.to_owned()));
+        self.last.insert(r.chain.to_owned(), r.chain_seq);
         self.checked += 1;
         Ok(())
     }

@@ -838,5 +838,34 @@ pub fn audit_record_to_pb(r: &crate::audit::AuditRecord) -> pb::AuditRecord {
         hash: r.hash.clone(),
         chain: r.chain.clone(),
         chain_sequence: r.chain_seq,
+        canonical_form: String::new(),
     }
+}
+
+pub fn checkpoint_to_pb(c: &crate::audit_checkpoint::AuditCheckpoint) -> pb::AuditCheckpoint {
+    pb::AuditCheckpoint {
+        chain: c.chain.clone(),
+        chain_sequence: c.chain_seq,
+        head_hash: c.head_hash.clone(),
+        signed_at: Some(ts(c.signed_at)),
+        key_id: c.key_id.clone(),
+        signature: c.signature.clone(),
+        version: c.version,
+    }
+}
+
+pub fn checkpoint_from_pb(c: pb::AuditCheckpoint) -> Result<crate::audit_checkpoint::AuditCheckpoint, Violations> {
+    Ok(crate::audit_checkpoint::AuditCheckpoint {
+        signed_at: c
+            .signed_at
+            .as_ref()
+            .and_then(from_ts)
+            .ok_or_else(|| Violations::single("checkpoint.signed_at", "is required"))?,
+        chain: c.chain,
+        chain_seq: c.chain_sequence,
+        head_hash: c.head_hash,
+        key_id: c.key_id,
+        signature: c.signature,
+        version: c.version,
+    })
 }

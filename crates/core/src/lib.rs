@@ -3,6 +3,8 @@
 //! JSON and digests, redaction, tokens and permission evaluation.
 
 pub mod audit;
+pub mod audit_checkpoint;
+pub mod audit_export;
 pub mod cache_key;
 pub mod circuit;
 pub mod client;

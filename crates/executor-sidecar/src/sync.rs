@@ -177,7 +177,7 @@ impl SyncClient {
                 self.outbox
                     .ack(ack.event_ids.iter().filter_map(|id| Uuid::parse_str(id).ok()));
             }
-            None => {}
+            Some(pb::connect_response::Message::Heartbeat(_)) | None => {}
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! `toolctl audit`: query the trail, export compliance reports, verify the hash chain,
-//! read usage statistics.
+//! `toolctl audit`: query the trail, export compliance reports, verify the hash chains
+//! and signed checkpoints (online, or offline from an export), read usage statistics.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::{Subcommand, ValueEnum};
@@ -8,7 +8,7 @@ use toolplane_core::convert::ts;
 use toolplane_core::json::value_from_pb;
 use toolplane_proto::v1 as pb;
 
-use crate::{Failure, Output, channel, print};
+use crate::{Failure, Output, audit_trail, channel, print};
 
 #[derive(Subcommand)]
 pub enum AuditCmd {
@@ -50,13 +50,35 @@ pub enum AuditCmd {
         #[arg(long, value_enum, default_value = "json")]
         format: ReportFormat,
     },
-    /// Verify the hash chain; exits 4 when a link is broken or missing.
+    /// Verify the hash chains and the signed checkpoints; exits 4 when a link is
+    /// broken or missing or a chain no longer matches its checkpoint. With --file,
+    /// checks an exported trail offline (no server) under --public-key.
     Verify {
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = parse_time, conflicts_with = "file")]
         since: Option<DateTime<Utc>>,
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_parser = parse_time, conflicts_with = "file")]
         until: Option<DateTime<Utc>>,
+        /// Trusted Ed25519 public keys (hex; repeat or comma-separate). Online: the
+        /// server's checkpoints are checked again here under them.
+        #[arg(long = "public-key", value_delimiter = ',')]
+        public_keys: Vec<String>,
+        /// An export (`audit export`) to verify offline; needs --public-key.
+        #[arg(long, requires = "public_keys")]
+        file: Option<std::path::PathBuf>,
     },
+    /// Write the whole trail (records with their canonical forms and hashes, and every
+    /// signed checkpoint) as JSON lines, for `audit verify --file`.
+    Export {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Sign the head of every chain that moved since its last checkpoint, now.
+    Checkpoint,
+    /// The public key checkpoints are signed with, and the earlier trusted ones.
+    PublicKey,
+    /// Make a new checkpoint signing key (offline): TOOLPLANE_AUDIT_SIGNING_KEY and its
+    /// public key.
+    Keygen,
     /// Usage per tool, agent and day.
     Stats {
         #[arg(long)]
@@ -94,6 +116,14 @@ fn action(name: &str) -> Result<i32, Failure> {
         .ok_or_else(|| Failure::Usage(anyhow::anyhow!("unknown action {name:?}")))
 }
 
+fn checkpoint_json(c: &pb::AuditCheckpoint) -> Value {
+    json!({
+        "chain": c.chain, "chain_sequence": c.chain_sequence, "head_hash": c.head_hash,
+        "signed_at": c.signed_at.map(|t| t.to_string()), "key_id": c.key_id, "signature": c.signature,
+        "version": c.version,
+    })
+}
+
 fn record_json(r: &pb::AuditRecord, cursor: &str) -> Value {
     let e = r.event.clone().unwrap_or_default();
     let action = pb::AuditAction::try_from(e.action).map_or("UNKNOWN", |a| a.as_str_name());
@@ -110,8 +140,58 @@ fn record_json(r: &pb::AuditRecord, cursor: &str) -> Value {
 }
 
 pub async fn run(cmd: AuditCmd, server: &str, token: Option<&str>, out: Output) -> Result<(), Failure> {
+    // Offline: no server involved.
+    match &cmd {
+        AuditCmd::Keygen => {
+            audit_trail::keygen(out);
+            return Ok(());
+        }
+        AuditCmd::Verify {
+            file: Some(file),
+            public_keys,
+            ..
+        } => return audit_trail::verify_file(file, public_keys, out),
+        _ => {}
+    }
     let mut c = pb::audit_client::AuditClient::new(channel(server, token).await?);
     match cmd {
+        AuditCmd::Keygen => {}
+        AuditCmd::Export { out: path } => audit_trail::export(&mut c, &path, out).await?,
+        AuditCmd::Checkpoint => {
+            let r = c
+                .sign_audit_checkpoints(pb::SignAuditCheckpointsRequest {})
+                .await?
+                .into_inner();
+            let v = json!({
+                "signed": r.signed.iter().map(checkpoint_json).collect::<Vec<_>>(),
+                "latest": r.latest.iter().map(checkpoint_json).collect::<Vec<_>>(),
+            });
+            print(out, &v, &r.signed.len().to_string(), || {
+                println!("signed {} checkpoints", r.signed.len());
+                for cp in &r.latest {
+                    println!("  {:<40} position {:>8}  {}", cp.chain, cp.chain_sequence, cp.head_hash);
+                }
+            });
+        }
+        AuditCmd::PublicKey => {
+            let r = c
+                .get_audit_public_key(pb::GetAuditPublicKeyRequest {})
+                .await?
+                .into_inner();
+            let v = json!({
+                "public_key": r.public_key, "key_id": r.key_id,
+                "trusted_public_keys": r.trusted_public_keys, "ephemeral": r.ephemeral,
+            });
+            print(out, &v, &r.public_key, || {
+                println!("{} (key id {})", r.public_key, r.key_id);
+                if r.ephemeral {
+                    println!("ephemeral: made up at start; keep it to verify its checkpoints later");
+                }
+                for k in &r.trusted_public_keys {
+                    println!("also trusted: {k}");
+                }
+            });
+        }
         AuditCmd::Query {
             agent,
             tool,
@@ -134,6 +214,7 @@ pub async fn run(cmd: AuditCmd, server: &str, token: Option<&str>, out: Output) 
                 until: until.map(ts),
                 cursor,
                 limit,
+                include_canonical_form: false,
             };
             let mut stream = c.query_audit_trail(req).await?.into_inner();
             let mut all = Vec::new();
@@ -191,22 +272,43 @@ pub async fn run(cmd: AuditCmd, server: &str, token: Option<&str>, out: Output) 
                 }
             }
         }
-        AuditCmd::Verify { since, until } => {
-            let r = c
+        AuditCmd::Verify {
+            since,
+            until,
+            public_keys,
+            file: _,
+        } => {
+            let mut r = c
                 .verify_audit_chain(pb::VerifyAuditChainRequest {
                     since: since.map(ts),
                     until: until.map(ts),
                 })
                 .await?
                 .into_inner();
+            if r.intact
+                && !public_keys.is_empty()
+                && let Some(problem) = audit_trail::recheck_online(&r, &public_keys)?
+            {
+                r.intact = false;
+                r.problem = problem;
+            }
             let v = json!({
                 "intact": r.intact, "records_checked": r.records_checked, "chains_checked": r.chains_checked,
                 "first_bad_sequence": r.first_bad_sequence, "first_bad_event_id": r.first_bad_event_id,
                 "chain": r.chain, "problem": r.problem,
+                "checkpoints_checked": r.checkpoints_checked, "checkpoints_unverifiable": r.checkpoints_unverifiable,
+                "public_key": r.public_key,
+                "latest_checkpoints": r.latest_checkpoints.iter().map(checkpoint_json).collect::<Vec<_>>(),
             });
             print(out, &v, &r.intact.to_string(), || {
                 if r.intact {
-                    println!("intact: {} records in {} chains", r.records_checked, r.chains_checked);
+                    println!(
+                        "intact: {} records in {} chains; {} signed checkpoints hold (key {})",
+                        r.records_checked, r.chains_checked, r.checkpoints_checked, r.public_key
+                    );
+                    for cp in &r.latest_checkpoints {
+                        println!("  {:<40} signed up to position {}", cp.chain, cp.chain_sequence);
+                    }
                 } else {
                     println!(
                         "BROKEN at sequence {} (event {}): {}",

@@ -6,6 +6,7 @@
 
 mod access;
 mod audit;
+mod audit_trail;
 mod tool_file;
 mod tools;
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use toolplane_core::Violations;
-use toolplane_core::audit::ChainWalk;
+use toolplane_core::audit::{ChainWalk, canonical_form};
 use toolplane_core::compliance::Report;
 use toolplane_core::convert::{action_from_pb, audit_record_to_pb, from_ts};
 use toolplane_core::json::json_to_struct;
@@ -18,7 +18,9 @@ use toolplane_core::model::Role;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::{PrincipalExt, principal};
 
+use super::audit_checkpoints::CheckpointStream;
 use super::opt_uuid;
+use crate::checkpoints::Checkpoints;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::storage::AuditFilter;
@@ -27,12 +29,13 @@ use crate::storage::AuditFilter;
 const PAGE: usize = 1000;
 
 pub struct AuditService {
-    state: Arc<AppState>,
+    pub(super) state: Arc<AppState>,
+    pub(super) checkpoints: Arc<Checkpoints>,
 }
 
 impl AuditService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<AppState>, checkpoints: Arc<Checkpoints>) -> Self {
+        Self { state, checkpoints }
     }
 }
 
@@ -108,6 +111,7 @@ impl AuditService {
                         first_bad_event_id: b.event_id.to_string(),
                         chain: b.chain,
                         chains_checked: walk.last.len() as u64,
+                        ..Default::default()
                     });
                 }
             }
@@ -136,6 +140,7 @@ impl AuditService {
                         first_bad_event_id: String::new(),
                         chain,
                         chains_checked: walk.last.len() as u64,
+                        ..Default::default()
                     });
                 }
             }
@@ -234,6 +239,7 @@ impl pb::audit_server::Audit for AuditService {
     ) -> Result<Response<Self::QueryAuditTrailStream>, Status> {
         principal(&request)?.require(&[Role::Admin], "Audit.QueryAuditTrail")?;
         let mut filter = filter_from(request.get_ref())?;
+        let canonical = request.get_ref().include_canonical_form;
         let mut remaining = if filter.limit == 0 { usize::MAX } else { filter.limit };
         let store = self.state.store.clone();
         let (tx, rx) = mpsc::channel(64);
@@ -248,8 +254,12 @@ impl pb::audit_server::Audit for AuditService {
                     }
                 };
                 for r in &page {
+                    let mut record = audit_record_to_pb(r);
+                    if canonical {
+                        record.canonical_form = canonical_form(&r.chain, r.chain_seq, &r.event);
+                    }
                     let item = pb::QueryAuditTrailResponse {
-                        record: Some(audit_record_to_pb(r)),
+                        record: Some(record),
                         cursor: r.seq.to_string(),
                     };
                     if tx.send(Ok(item)).await.is_err() {
@@ -281,7 +291,9 @@ impl pb::audit_server::Audit for AuditService {
         principal(&request)?.require(&[Role::Admin], "Audit.VerifyAuditChain")?;
         let req = request.into_inner();
         let (since, until) = period(req.since.as_ref(), req.until.as_ref())?;
-        Ok(Response::new(self.verify(since, until).await?))
+        let mut answer = self.verify(since, until).await?;
+        self.check_checkpoints(&mut answer).await?;
+        Ok(Response::new(answer))
     }
 
     async fn get_usage_statistics(
@@ -323,5 +335,33 @@ impl pb::audit_server::Audit for AuditService {
                 .collect(),
             total,
         }))
+    }
+
+    // Signed checkpoints (services/audit_checkpoints.rs).
+
+    type ListAuditCheckpointsStream = CheckpointStream;
+
+    async fn sign_audit_checkpoints(
+        &self,
+        request: Request<pb::SignAuditCheckpointsRequest>,
+    ) -> Result<Response<pb::SignAuditCheckpointsResponse>, Status> {
+        principal(&request)?.require(&[Role::Admin], "Audit.SignAuditCheckpoints")?;
+        Ok(Response::new(self.sign_checkpoints().await?))
+    }
+
+    async fn get_audit_public_key(
+        &self,
+        request: Request<pb::GetAuditPublicKeyRequest>,
+    ) -> Result<Response<pb::GetAuditPublicKeyResponse>, Status> {
+        principal(&request)?;
+        Ok(Response::new(self.public_key()))
+    }
+
+    async fn list_audit_checkpoints(
+        &self,
+        request: Request<pb::ListAuditCheckpointsRequest>,
+    ) -> Result<Response<Self::ListAuditCheckpointsStream>, Status> {
+        principal(&request)?.require(&[Role::Admin], "Audit.ListAuditCheckpoints")?;
+        Ok(Response::new(self.list_checkpoints(request.into_inner())))
     }
 }

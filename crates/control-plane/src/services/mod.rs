@@ -1,6 +1,7 @@
 //! gRPC service implementations, one file per service of `toolplane.v1`.
 
 pub mod audit;
+mod audit_checkpoints;
 pub mod identity;
 pub mod learning;
 pub mod permissions;

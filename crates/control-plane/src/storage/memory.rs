@@ -5,6 +5,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use toolplane_core::audit::{AuditRecord, ChainHead, chain_of, stored_time};
+use toolplane_core::audit_checkpoint::AuditCheckpoint;
 use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
 use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
 use toolplane_core::stats::{self, ToolStats};
@@ -54,6 +55,8 @@ struct State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: RwLock<State>,
+    /// Signed audit checkpoints by (chain, chain_seq, key_id).
+    checkpoints: RwLock<BTreeMap<(String, u64, String), AuditCheckpoint>>,
 }
 
 impl MemoryStore {
@@ -695,5 +698,40 @@ impl Store for MemoryStore {
         }
         st.tasks.retain(|_, t| !t.is_empty());
         Ok(n)
+    }
+
+    async fn add_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> StoreResult<()> {
+        let mut all = self.checkpoints.write().unwrap_or_else(|e| e.into_inner());
+        let key = |c: &AuditCheckpoint| (c.chain.clone(), c.chain_seq, c.key_id.clone());
+        all.entry(key(checkpoint)).or_insert_with(|| checkpoint.clone());
+        Ok(())
+    }
+
+    async fn latest_audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>> {
+        let all = self.checkpoints.read().unwrap_or_else(|e| e.into_inner());
+        let mut latest: BTreeMap<(&str, &str), &AuditCheckpoint> = BTreeMap::new();
+        // In position order, so the last one kept per chain and key is the highest.
+        for c in all.values() {
+            latest.insert((&c.chain, &c.key_id), c);
+        }
+        Ok(latest.into_values().cloned().collect())
+    }
+
+    async fn audit_checkpoints(
+        &self,
+        chain: Option<&str>,
+        after: Option<(String, u64, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditCheckpoint>> {
+        use std::ops::Bound;
+        let all = self.checkpoints.read().unwrap_or_else(|e| e.into_inner());
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(all
+            .range((from, Bound::Unbounded))
+            .map(|(_, c)| c)
+            .filter(|c| chain.is_none_or(|ch| c.chain == ch))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }

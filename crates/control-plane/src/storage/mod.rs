@@ -6,11 +6,13 @@ mod memory;
 mod migrate;
 mod postgres;
 mod postgres_audit;
+mod postgres_checkpoints;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use toolplane_core::audit::AuditRecord;
+use toolplane_core::audit_checkpoint::AuditCheckpoint;
 use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
 use toolplane_core::model::{
     Agent, AuditAction, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool,
@@ -277,6 +279,23 @@ pub trait Store: Send + Sync + 'static {
     async fn publish_change(&self, _origin: Uuid) -> StoreResult<()> {
         Ok(())
     }
+
+    // Signed checkpoints of the audit chains (append-only).
+
+    /// Stores a signed checkpoint. One already stored for the same chain, position and
+    /// key is kept as it is (replicas sharing a key may sign the same head).
+    async fn add_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> StoreResult<()>;
+    /// The checkpoint at the highest position of each chain by each key, ordered by
+    /// chain, then key id.
+    async fn latest_audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>>;
+    /// Checkpoints of `chain` (or of every chain) in (chain, chain_seq, key_id) byte
+    /// order, strictly after `after`, at most `limit`.
+    async fn audit_checkpoints(
+        &self,
+        chain: Option<&str>,
+        after: Option<(String, u64, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditCheckpoint>>;
 }
 
 /// Applies pending migrations (under the advisory lock) and returns: the Kubernetes

@@ -14,9 +14,10 @@ use uuid::Uuid;
 
 use super::{
     AuditFilter, AuditOf, DeadLetter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry, ToolFilter,
-    UsageRow, migrate, postgres_audit,
+    UsageRow, migrate, postgres_audit, postgres_checkpoints,
 };
 use toolplane_core::audit::AuditRecord;
+use toolplane_core::audit_checkpoint::AuditCheckpoint;
 
 use crate::selection::memory::TaskSource;
 
@@ -1247,5 +1248,22 @@ impl Store for PostgresStore {
             .execute("DELETE FROM task_memory WHERE last_seen < $1", &[&before])
             .await
             .map_err(db_err)
+    }
+
+    async fn add_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> StoreResult<()> {
+        postgres_checkpoints::add(&**self.client().await?, checkpoint).await
+    }
+
+    async fn latest_audit_checkpoints(&self) -> StoreResult<Vec<AuditCheckpoint>> {
+        postgres_checkpoints::latest(&**self.client().await?).await
+    }
+
+    async fn audit_checkpoints(
+        &self,
+        chain: Option<&str>,
+        after: Option<(String, u64, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<AuditCheckpoint>> {
+        postgres_checkpoints::page(&**self.client().await?, chain, after, limit).await
     }
 }
