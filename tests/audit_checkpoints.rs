@@ -26,7 +26,6 @@ use toolplane_tests::tool_server::ToolServer;
 const WAIT: Duration = Duration::from_secs(20);
 /// The signing key's seed, as an operator would put it in a Secret.
 const SEED: &str = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
-const SIDECAR_CHAIN: &str = "sidecar:test-sidecar";
 
 fn public_key() -> String {
     CheckpointSigner::from_seed_hex(SEED).unwrap().public_key().to_hex()
@@ -38,6 +37,8 @@ struct Stack {
     cp: Proc,
     _sidecar: Proc,
     audit: pb::audit_client::AuditClient<Authed>,
+    /// `sidecar:<token id>`: the control plane names a sidecar's chain after its token.
+    sidecar_chain: String,
 }
 
 async fn start_control_plane(db: &TestDb, env: &[(&str, &str)]) -> Proc {
@@ -59,8 +60,17 @@ async fn stack() -> Stack {
     let agent = admin.agent("checkpointed").await;
     admin.grant_full(&agent.id, &tool.id).await;
     let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
-    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
-    let sc = sidecar(&cp, &sidecar_token).await;
+    let issued = admin
+        .identity
+        .issue_token(pb::IssueTokenRequest {
+            role: pb::Role::Sidecar as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let sidecar_chain = format!("sidecar:{}", issued.token_id);
+    let sc = sidecar(&cp, &issued.token).await;
     let ex = executor(&sc.url(), Some(&agent_token)).await;
     let params = json!({"text": "one two three"});
     eventually("the sidecar to serve", WAIT, || {
@@ -74,10 +84,10 @@ async fn stack() -> Stack {
     }
     let client = db.client().await;
     eventually("the calls' audit events in PostgreSQL", WAIT, || {
-        let client = &client;
+        let (client, sidecar_chain) = (&client, &sidecar_chain);
         async move {
             let n: i64 = client
-                .query_one("SELECT count(*) FROM audit_events WHERE chain = $1", &[&SIDECAR_CHAIN])
+                .query_one("SELECT count(*) FROM audit_events WHERE chain = $1", &[sidecar_chain])
                 .await
                 .unwrap()
                 .get(0);
@@ -92,6 +102,7 @@ async fn stack() -> Stack {
         cp,
         _sidecar: sc,
         audit,
+        sidecar_chain,
     }
 }
 
@@ -177,6 +188,8 @@ async fn rewrite(db: &TestDb, records: &[AuditRecord], victim: usize) {
 #[tokio::test]
 async fn a_consistent_rewrite_is_caught_by_the_signed_checkpoint_online_and_offline() {
     let mut s = stack().await;
+    let sidecar_chain_name = s.sidecar_chain.clone();
+    let sidecar_chain_name = sidecar_chain_name.as_str();
     let key = s
         .audit
         .get_audit_public_key(pb::GetAuditPublicKeyRequest {})
@@ -194,11 +207,11 @@ async fn a_consistent_rewrite_is_caught_by_the_signed_checkpoint_online_and_offl
         .unwrap()
         .into_inner();
     let chains: Vec<&str> = signed.signed.iter().map(|c| c.chain.as_str()).collect();
-    assert_eq!(chains, ["control-plane", SIDECAR_CHAIN]);
+    assert_eq!(chains, ["control-plane", sidecar_chain_name]);
     let store = PostgresStore::connect(&s.db.url, 1).await.unwrap();
-    let sidecar_chain = chain(&store, SIDECAR_CHAIN).await;
+    let sidecar_chain = chain(&store, sidecar_chain_name).await;
     let head = sidecar_chain.last().unwrap();
-    let cp = signed.signed.iter().find(|c| c.chain == SIDECAR_CHAIN).unwrap();
+    let cp = signed.signed.iter().find(|c| c.chain == sidecar_chain_name).unwrap();
     assert_eq!(
         (cp.chain_sequence, cp.head_hash.as_str()),
         (head.chain_seq, head.hash.as_str())
@@ -229,7 +242,7 @@ async fn a_consistent_rewrite_is_caught_by_the_signed_checkpoint_online_and_offl
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(v["intact"], true, "{v}");
     assert_eq!(v["checkpoints_checked"], 2, "{v}");
-    assert_eq!(v["chains"][SIDECAR_CHAIN]["signed_up_to"], head.chain_seq, "{v}");
+    assert_eq!(v["chains"][sidecar_chain_name]["signed_up_to"], head.chain_seq, "{v}");
     let stranger = CheckpointSigner::generate().public_key().to_hex();
     let (code, v, out) = verify_offline(&s.cp, &untouched, &stranger);
     assert_eq!(code, Some(4), "{out}");
@@ -240,7 +253,7 @@ async fn a_consistent_rewrite_is_caught_by_the_signed_checkpoint_online_and_offl
 
     // A consistent rewrite of the sidecar's second record.
     rewrite(&s.db, &sidecar_chain, 1).await;
-    let rewritten = chain(&store, SIDECAR_CHAIN).await;
+    let rewritten = chain(&store, sidecar_chain_name).await;
     assert_eq!(rewritten[1].event.detail, "nothing happened here");
     assert_ne!(rewritten.last().unwrap().hash, head.hash);
     let mut walk = ChainWalk::default();
@@ -250,7 +263,7 @@ async fn a_consistent_rewrite_is_caught_by_the_signed_checkpoint_online_and_offl
 
     let v = verify(&mut s.audit).await;
     assert!(!v.intact, "the rewrite went unnoticed");
-    assert_eq!(v.chain, SIDECAR_CHAIN);
+    assert_eq!(v.chain, sidecar_chain_name);
     assert!(v.problem.contains("rewritten after it was signed"), "{}", v.problem);
     assert!(
         v.problem.contains(&format!("position {}", head.chain_seq)) && v.problem.contains(&key.key_id),
@@ -272,7 +285,7 @@ async fn a_consistent_rewrite_is_caught_by_the_signed_checkpoint_online_and_offl
     export(&s.cp, &tampered);
     let (code, v, out) = verify_offline(&s.cp, &tampered, &public_key());
     assert_eq!(code, Some(4), "{out}");
-    assert_eq!(v["chain"], SIDECAR_CHAIN, "{v}");
+    assert_eq!(v["chain"], sidecar_chain_name, "{v}");
     assert!(
         v["problem"].as_str().unwrap().contains("rewritten after it was signed"),
         "{v}"
