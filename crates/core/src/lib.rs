@@ -3,6 +3,7 @@
 //! JSON and digests, redaction, tokens and permission evaluation.
 
 pub mod audit;
+pub mod audit_clean;
 pub mod cache_key;
 pub mod circuit;
 pub mod client;
