@@ -14,6 +14,7 @@ use toolplane_core::model::{ExecutionStatus, ToolResult};
 use toolplane_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::detach::CallerGone;
 use crate::error::ExecError;
 use crate::executor::{Call, ExecutorService};
 
@@ -27,6 +28,7 @@ pub async fn execute(
     traceparent: Option<String>,
     req: pb::ExecuteTaskRequest,
     deadline: Option<Duration>,
+    caller: CallerGone,
 ) -> Result<pb::ExecuteTaskResponse, Status> {
     let started = Instant::now();
     let Some(selector) = &svc.selector else {
@@ -91,6 +93,7 @@ pub async fn execute(
             selection_id,
             deadline: remaining,
             traceparent: traceparent.clone(),
+            caller: caller.clone(),
         };
         match svc.run_call(call).await {
             Ok(r) => {
