@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use crate::error::ExecError;
 
@@ -34,8 +35,14 @@ impl Drop for Watch {
     }
 }
 
-/// Runs `work` on its own task and waits for it. If the waiting future is dropped
+/// Runs `work` and waits for it: first inline, then, once it has to wait (for the
+/// tool, a limiter, the cache), on its own task. If the waiting future is dropped
 /// first, `work` carries on to its end and sees its [`CallerGone`] set.
+///
+/// Work that finishes on its first poll (most cache hits, refusals) never needs a
+/// task: it is answered at once and in order, as without this wrapper. A future
+/// polled once can move to a task because it is boxed (pinned on the heap); what it
+/// waits on registers the task's waker at the task's first poll.
 pub async fn detached<T, E, F>(work: impl FnOnce(CallerGone) -> F) -> Result<T, E>
 where
     F: Future<Output = Result<T, E>> + Send + 'static,
@@ -47,7 +54,12 @@ where
         gone: gone.clone(),
         answered: false,
     };
-    let outcome = tokio::spawn(work(gone)).await;
+    let mut work = Box::pin(work(gone));
+    if let Poll::Ready(out) = futures::poll!(work.as_mut()) {
+        watch.answered = true;
+        return out;
+    }
+    let outcome = tokio::spawn(work).await;
     watch.answered = true;
     outcome.map_err(|e| E::from(ExecError::Internal(format!("the call did not complete: {e}"))))?
 }

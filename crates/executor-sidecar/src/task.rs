@@ -77,6 +77,10 @@ pub async fn execute(
     let mut outcome: Option<ToolResult> = None;
     let mut refused: Option<ExecError> = None;
     for id in candidates {
+        // A call already made runs to its end; none is started for a caller gone.
+        if caller.is_gone() {
+            break;
+        }
         let remaining = match deadline {
             Some(d) => match d.checked_sub(started.elapsed()) {
                 Some(r) if !r.is_zero() => Some(r),
