@@ -83,6 +83,7 @@ fn outcome(tool: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent 
         sidecar_id: "s".into(),
         task_category: "weather".into(),
         selection_id: None,
+        caller_cancelled: false,
         result: ToolResult {
             invocation_id: id,
             tool_id: tool.id,
@@ -554,6 +555,8 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         sidecar_id: "s1".into(),
         task_category: String::new(),
         selection_id: Some(Uuid::now_v7()),
+        // Stored and read back (an abandoned call's row says so).
+        caller_cancelled: true,
         result: ToolResult {
             invocation_id: inv,
             tool_id: Uuid::new_v4(),

@@ -126,6 +126,12 @@ impl ToolServer {
             }
             "/throttled" => (StatusCode::OK, json!({"words": 2}).to_string()),
             "/bad_json" => (StatusCode::OK, "this is not json".to_owned()),
+            // A failure whose body is not text: NUL bytes and invalid UTF-8.
+            "/binary_error" => {
+                let mut resp = Response::new(Full::new(Bytes::from_static(b"oops\x00\xff\xfe{\x00}\xc3(")));
+                *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                return Ok(resp);
+            }
             "/bad_output" => (StatusCode::OK, json!({"words": "many"}).to_string()),
             _ => (StatusCode::NOT_FOUND, "{}".to_owned()),
         };

@@ -789,6 +789,7 @@ pub fn invocation_to_pb(i: &InvocationRecord) -> pb::InvocationRecord {
         sidecar_id: i.sidecar_id.clone(),
         task_category: i.task_category.clone(),
         selection_id: i.selection_id.map(|s| s.to_string()).unwrap_or_default(),
+        caller_cancelled: i.caller_cancelled,
     }
 }
 
@@ -807,6 +808,7 @@ pub fn invocation_from_pb(i: pb::InvocationRecord) -> Result<InvocationRecord, V
         sidecar_id: i.sidecar_id,
         task_category: i.task_category,
         selection_id: parse_opt_uuid("invocation.selection_id", &i.selection_id)?,
+        caller_cancelled: i.caller_cancelled,
     })
 }
 

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod audit_checkpoint;
+pub mod audit_clean;
 pub mod audit_export;
 pub mod cache_key;
 pub mod circuit;

@@ -414,6 +414,9 @@ pub struct InvocationRecord {
     pub task_category: String,
     /// The `SelectTool` decision this call followed.
     pub selection_id: Option<Uuid>,
+    /// The caller went away (cancelled, or its connection dropped) before the answer;
+    /// the call still ran to its end.
+    pub caller_cancelled: bool,
 }
 
 /// What a sidecar reports; each is stored once by `event_id`.

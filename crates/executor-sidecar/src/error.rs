@@ -26,6 +26,9 @@ pub enum ExecError {
     SpoolFull,
     #[error("{0} is not implemented yet (see README: not implemented yet)")]
     Unimplemented(&'static str),
+    /// A bug: the call's task panicked.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<ExecError> for tonic::Status {
@@ -42,6 +45,7 @@ impl From<ExecError> for tonic::Status {
             }
             e @ (ExecError::NoSnapshot | ExecError::SpoolFull) => tonic::Status::unavailable(e.to_string()),
             e @ ExecError::Unimplemented(_) => tonic::Status::unimplemented(e.to_string()),
+            ExecError::Internal(m) => tonic::Status::internal(m),
         }
     }
 }

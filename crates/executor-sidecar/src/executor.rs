@@ -26,6 +26,7 @@ use toolplane_proto::v1::executor_server::Executor;
 use toolplane_runtime::auth::principal;
 use uuid::Uuid;
 
+use crate::detach::{CallerGone, detached};
 use crate::error::ExecError;
 use crate::outbox::Outbox;
 use crate::quota::{Consumed, Quotas};
@@ -42,6 +43,12 @@ pub const MAX_BATCH_CALLS: usize = 100;
 pub const MAX_BATCH_CONCURRENCY: usize = 16;
 /// Kept back from the caller's deadline so the answer can still reach it.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+/// Most fallback tools one call tries.
+const MAX_FALLBACK_CANDIDATES: usize = 16;
+/// Most events one call can push, reserved in the outbox when it is admitted: at most
+/// one per fallback candidate tried (refused or rate limited), plus a cache miss, a
+/// FALLBACK_USED and the final pair (TOOL_INVOKED or CACHE_HIT, and the invocation).
+pub const MAX_EVENTS_PER_CALL: usize = MAX_FALLBACK_CANDIDATES + 4;
 
 pub struct ExecutorService {
     pub snapshot: SharedSnapshot,
@@ -102,6 +109,8 @@ struct Ctx<'a> {
     stale: bool,
     /// `traceparent` sent to the tool: a child span of the caller's trace.
     traceparent: String,
+    /// Set when the caller went away; the invocation record says so.
+    caller: CallerGone,
 }
 
 pub(crate) struct Call {
@@ -115,6 +124,8 @@ pub(crate) struct Call {
     pub(crate) deadline: Option<Duration>,
     /// The caller's `traceparent`, if any.
     pub(crate) traceparent: Option<String>,
+    /// Set when the caller went away (see [`crate::detach`]).
+    pub(crate) caller: CallerGone,
 }
 
 impl ExecutorService {
@@ -181,9 +192,8 @@ impl ExecutorService {
 
     async fn run_call_in_span(&self, call: Call, outgoing_traceparent: String) -> Result<ToolResult, ExecError> {
         let started = Instant::now();
-        if !self.outbox.accepts_calls() {
-            return Err(ExecError::SpoolFull);
-        }
+        // Held until the call has pushed its last event.
+        let _room = self.outbox.reserve(MAX_EVENTS_PER_CALL).ok_or(ExecError::SpoolFull)?;
         let snap = self.snapshot.current().ok_or(ExecError::NoSnapshot)?;
         let compiled: Arc<CompiledTool> = match &call.tool {
             Some(pb::invoke_request::Tool::ToolId(id)) => {
@@ -268,6 +278,7 @@ impl ExecutorService {
             requested_tool_id: tool.id,
             stale: false,
             traceparent: outgoing_traceparent,
+            caller: call.caller,
         };
         let credential = snap.credential(tool.id);
         let deadline = call.deadline.map(|d| started + d);
@@ -654,6 +665,7 @@ impl ExecutorService {
             sidecar_id: self.sidecar_id.clone(),
             task_category: ctx.task_category.clone(),
             selection_id: ctx.selection_id,
+            caller_cancelled: ctx.caller.is_gone(),
         });
         self.outbox.push_all(vec![SyncEvent::Audit(e), invocation]);
         result
@@ -732,6 +744,7 @@ fn call_of(
         selection_id,
         traceparent,
         deadline,
+        caller: CallerGone::default(),
     })
 }
 
@@ -756,7 +769,7 @@ fn fallback_candidates(snap: &SnapshotIndex, primary: &Tool, listed: &[Uuid]) ->
     } else {
         listed.iter().filter_map(|id| snap.tool(*id).cloned()).collect()
     };
-    candidates.truncate(16);
+    candidates.truncate(MAX_FALLBACK_CANDIDATES);
     candidates
 }
 
@@ -793,7 +806,8 @@ impl Executor for ExecutorGrpc {
         let deadline = grpc_timeout(request.metadata());
         let trace = traceparent(request.metadata());
         let call = call_of(agent_id, request.into_inner(), deadline, trace)?;
-        let result = self.0.run_call(call).await?;
+        let svc = self.0.clone();
+        let result = detached(|caller| async move { svc.run_call(Call { caller, ..call }).await }).await?;
         Ok(Response::new(pb::InvokeResponse {
             result: Some(result_to_pb(&result)),
         }))
@@ -828,7 +842,11 @@ impl Executor for ExecutorGrpc {
         let deadline = grpc_timeout(request.metadata());
         let authorization = request.metadata().get("authorization").cloned();
         let trace = traceparent(request.metadata());
-        let r = crate::task::execute(&self.0, agent_id, authorization, trace, request.into_inner(), deadline).await?;
+        let (svc, req) = (self.0.clone(), request.into_inner());
+        let r = detached(|caller| async move {
+            crate::task::execute(&svc, agent_id, authorization, trace, req, deadline, caller).await
+        })
+        .await?;
         Ok(Response::new(r))
     }
 }
@@ -878,7 +896,12 @@ fn async_stream(
             async move {
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
                 let call = call_of(agent_id, c, deadline, trace.clone());
-                let result = match futures::future::ready(call).and_then(|call| svc.run_call(call)).await {
+                // Each call on its own task: one the caller stops waiting for still
+                // finishes and is recorded (calls not yet started never start).
+                let run = futures::future::ready(call).and_then(move |call| {
+                    detached(move |caller| async move { svc.run_call(Call { caller, ..call }).await })
+                });
+                let result = match run.await {
                     Ok(r) => result_to_pb(&r),
                     Err(e) => refused(e),
                 };

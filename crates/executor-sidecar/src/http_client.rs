@@ -21,6 +21,8 @@ use toolplane_core::endpoint::is_forbidden_ip;
 
 /// Largest response body accepted from a tool.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// Most bytes of a failed call's response body quoted in its error.
+const MAX_ERROR_BODY_BYTES: usize = 512;
 
 #[derive(Clone)]
 pub struct GuardedResolver {
@@ -195,7 +197,10 @@ impl ToolHttpClient {
                 })?
                 .to_bytes();
             if !status.is_success() {
-                let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+                // Any bytes at all: made text (NUL escaped, invalid UTF-8 replaced) that
+                // errors, logs and audit events can carry.
+                let head = &bytes[..bytes.len().min(4 * MAX_ERROR_BODY_BYTES)];
+                let body = toolplane_core::audit_clean::text_from_bytes(head, MAX_ERROR_BODY_BYTES);
                 return Err(CallError::Status {
                     status,
                     retry_after,

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod detach;
 pub mod error;
 pub mod executor;
 pub mod http_client;

@@ -257,8 +257,11 @@ impl ServerHandler for McpFrontDoor {
             selection_id,
             deadline: None,
             traceparent,
+            caller: Default::default(),
         };
-        Ok(match self.executor.run_call(call).await {
+        let executor = self.executor.clone();
+        let outcome = crate::detach::detached(|caller| async move { executor.run_call(Call { caller, ..call }).await });
+        Ok(match outcome.await {
             Ok(r) => match r.status {
                 ExecutionStatus::Success | ExecutionStatus::PartialSuccess => {
                     let mut result = CallToolResult::structured(r.output.clone());

@@ -6,7 +6,13 @@
 //!
 //! The outbox is bounded. When it is full the configured policy applies: `reject`
 //! refuses new calls (UNAVAILABLE) until the control plane catches up, so no call goes
-//! unaudited; `drop` keeps serving and counts every event it could not keep.
+//! unaudited; `drop` keeps serving and counts every event it could not keep. Under
+//! `reject` a call reserves room for every event it can produce when it is admitted
+//! ([`Outbox::reserve`]), so an admitted call never has its events dropped.
+//!
+//! Every event is cleaned ([`toolplane_core::audit_clean`]) before it is queued, so
+//! nothing an agent sends can make the control plane refuse it, and batches are
+//! bounded in bytes as well as in events.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -14,15 +20,20 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
+use toolplane_core::audit_clean::clean_event;
 use toolplane_core::model::SyncEvent;
 use uuid::Uuid;
 
-use crate::spool::{Encoded, Spool};
+use crate::spool::{Encoded, RECORD_OVERHEAD, Spool};
 
 /// Default bound on waiting events.
 pub const DEFAULT_CAPACITY: usize = 200_000;
 /// Most events sent in one message; a queue this long is worth a wake-up of its own.
 pub const BATCH: usize = 256;
+/// Most bytes of encoded events in one message: far below what the control plane
+/// accepts (64 MiB on its sync service; tonic's default is 4 MiB), so a batch of large
+/// events is never refused for its size. One event larger than this still goes, alone.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FullPolicy {
@@ -51,11 +62,31 @@ struct Inner {
     in_flight: HashMap<Uuid, Encoded>,
     dropped: u64,
     spool: Option<Spool>,
+    /// Room held for the events of admitted calls still running.
+    reserved: usize,
 }
 
 impl Inner {
     fn pending(&self) -> usize {
         self.queue.len() + self.in_flight.len()
+    }
+}
+
+/// Room in the outbox held for one admitted call's events; given back when dropped
+/// (when the call has pushed all it will). The call's events count against capacity
+/// both as pushed and as reserved until then: conservative, never short.
+#[must_use = "the room is given back when the reservation is dropped"]
+pub struct Reservation<'a> {
+    outbox: &'a Outbox,
+    events: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.events > 0 {
+            let mut inner = self.outbox.lock();
+            inner.reserved = inner.reserved.saturating_sub(self.events);
+        }
     }
 }
 
@@ -112,20 +143,49 @@ impl Outbox {
 
     /// False when the outbox is full and the policy is to reject new calls.
     pub fn accepts_calls(&self) -> bool {
-        self.policy == FullPolicy::Drop || self.lock().pending() < self.capacity
+        self.policy == FullPolicy::Drop || {
+            let inner = self.lock();
+            inner.pending() + inner.reserved < self.capacity
+        }
+    }
+
+    /// Admits a call that may push up to `events` events: under `reject`, `None` when
+    /// they might not fit (what is queued, in flight and reserved by running calls
+    /// counts); under `drop`, always admitted, nothing held.
+    pub fn reserve(&self, events: usize) -> Option<Reservation<'_>> {
+        if self.policy == FullPolicy::Drop {
+            return Some(Reservation {
+                outbox: self,
+                events: 0,
+            });
+        }
+        let mut inner = self.lock();
+        if inner.pending() + inner.reserved + events > self.capacity {
+            return None;
+        }
+        inner.reserved += events;
+        Some(Reservation { outbox: self, events })
+    }
+
+    /// Events not yet acked plus room held by running calls: zero once everything
+    /// admitted has been delivered.
+    pub fn outstanding(&self) -> usize {
+        let inner = self.lock();
+        inner.pending() + inner.reserved
     }
 
     pub fn push(&self, event: SyncEvent) {
         self.push_all(vec![event]);
     }
 
-    /// Queues the events of one call together: encoded once, outside the lock, and
-    /// written to the spool with one write, so concurrent calls wait on each other as
-    /// little as possible.
-    pub fn push_all(&self, events: Vec<SyncEvent>) {
+    /// Queues the events of one call together: cleaned and encoded once, outside the
+    /// lock, and written to the spool with one write, so concurrent calls wait on each
+    /// other as little as possible.
+    pub fn push_all(&self, mut events: Vec<SyncEvent>) {
+        events.iter_mut().for_each(clean_event);
         let events: Vec<Encoded> = events.iter().map(Encoded::new).collect();
         let records = self.spooled.then(|| {
-            let mut records = Vec::with_capacity(events.iter().map(|e| e.bytes.len() + 4).sum());
+            let mut records = Vec::with_capacity(events.iter().map(|e| e.bytes.len() + RECORD_OVERHEAD).sum());
             for e in &events {
                 e.write_record(&mut records);
             }
@@ -153,12 +213,21 @@ impl Outbox {
         }
     }
 
-    /// Moves up to `max` events to in-flight and returns them for sending (sharing
-    /// their bytes: nothing is copied).
-    pub fn take_batch(&self, max: usize) -> Vec<Encoded> {
+    /// Moves up to `max` events, and at most `max_bytes` of them (but always at least
+    /// one), to in-flight and returns them for sending (sharing their bytes: nothing is
+    /// copied).
+    pub fn take_batch(&self, max: usize, max_bytes: usize) -> Vec<Encoded> {
         let mut inner = self.lock();
         self.wake_pending.store(false, Ordering::Release);
-        let n = max.min(inner.queue.len());
+        let mut n = 0;
+        let mut bytes = 0;
+        for e in inner.queue.iter().take(max) {
+            if n > 0 && bytes + e.bytes.len() > max_bytes {
+                break;
+            }
+            bytes += e.bytes.len();
+            n += 1;
+        }
         let batch: Vec<Encoded> = inner.queue.drain(..n).collect();
         for e in &batch {
             inner.in_flight.insert(e.id, e.clone());

@@ -176,9 +176,10 @@ pub async fn serve(
             let _ = drained.wait_for(|d| *d).await;
         });
     with_grace(server, draining, config.common.shutdown_grace).await?;
-    // Give the sync client a moment to deliver what the last calls produced.
+    // Give the sync client a moment to deliver what the last calls produced, and calls
+    // whose callers went away (they run on) a moment to finish.
     let deadline = tokio::time::Instant::now() + config.common.shutdown_grace;
-    while outbox.pending() > 0 && tokio::time::Instant::now() < deadline {
+    while outbox.outstanding() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     if outbox.pending() > 0 {

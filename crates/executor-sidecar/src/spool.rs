@@ -1,9 +1,21 @@
 //! The on-disk spool behind the outbox: every event is appended to `events.log`
-//! (length-prefixed protobuf) before it is sent, every ack to `acked.log`, so a
-//! restarted sidecar resends exactly what the control plane never acknowledged.
-//! Writes go to the OS at once (they survive a crash or kill of the sidecar); with
-//! `fsync` they also survive losing the host. The logs are compacted when everything
-//! is acked, or when acked events make up most of them.
+//! before it is sent, every ack to `acked.log`, so a restarted sidecar resends exactly
+//! what the control plane never acknowledged. Writes go to the OS at once (they
+//! survive a crash or kill of the sidecar); with `fsync` they also survive losing the
+//! host. The logs are compacted when everything is acked, or when acked events make up
+//! most of them.
+//!
+//! A record is a 4-byte magic, the body's length and CRC-32 (little-endian u32s), then
+//! the body (a protobuf `SyncEvent`). A torn or corrupt record anywhere in the file (a
+//! crash mid-write, a disk that filled up and later had room again) is skipped with a
+//! log line: the reader looks for the next magic whose length and checksum hold, and
+//! keeps every record after it. Files written before the magic (a bare length, then
+//! the body) are still read, up to their first damaged record, and rewritten in the
+//! current format at start-up. (No legacy record can start with the magic: read as a
+//! length it is far above [`MAX_EVENT_BYTES`].)
+//!
+//! Events read back are cleaned again ([`toolplane_core::audit_clean`]): a spool
+//! written by an older sidecar may hold an event the control plane would refuse.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -12,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use prost::Message;
+use toolplane_core::audit_clean::clean_event;
 use toolplane_core::convert::{sync_event_from_pb, sync_event_to_pb};
 use toolplane_core::model::SyncEvent;
 use toolplane_proto::v1 as pb;
@@ -23,6 +36,33 @@ const ACKS: &str = "acked.log";
 const COMPACT_AFTER_BYTES: u64 = 8 * 1024 * 1024;
 /// An event larger than this is corrupt, not real.
 const MAX_EVENT_BYTES: u32 = 16 * 1024 * 1024;
+/// Start of every record: what a reader resynchronises on after damage.
+const MAGIC: [u8; 4] = [0xE7, 0x70, 0x5A, 0x1C];
+/// Bytes a record adds to its event: magic, length, CRC-32.
+pub const RECORD_OVERHEAD: usize = 12;
+
+/// CRC-32 (IEEE) table, built at compile time.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+pub fn crc32(bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!0u32, |c, &b| {
+        CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+    })
+}
 
 pub struct Spool {
     dir: PathBuf,
@@ -56,21 +96,98 @@ impl Encoded {
         }
     }
 
-    /// Appends the spool record: a little-endian length, then the bytes.
+    /// Appends the spool record: magic, little-endian length and CRC-32, the bytes.
     pub fn write_record(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&u32::try_from(self.bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&crc32(&self.bytes).to_le_bytes());
         out.extend_from_slice(&self.bytes);
     }
 }
 
-/// Reads every whole event; a torn last record (a crash mid-write) is ignored.
+/// The event a spooled body holds, cleaned (and re-encoded if cleaning changed it).
+fn decode(body: Vec<u8>) -> Result<Encoded, String> {
+    let event = pb::SyncEvent::decode(body.as_slice())
+        .map_err(|e| e.to_string())
+        .and_then(|e| sync_event_from_pb(e).map_err(|e| e.to_string()))?;
+    let mut cleaned = event.clone();
+    clean_event(&mut cleaned);
+    Ok(if cleaned == event {
+        Encoded {
+            id: event.event_id(),
+            bytes: body.into(),
+        }
+    } else {
+        Encoded::new(&cleaned)
+    })
+}
+
+/// Reads every whole event of the file at `path`, skipping damage.
 fn read_events(path: &Path) -> io::Result<Vec<Encoded>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let mut r = BufReader::new(file);
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !bytes.starts_with(&MAGIC) {
+        return read_legacy_events(&bytes);
+    }
+    Ok(read_records(&bytes))
+}
+
+/// The whole record at the start of `bytes`, if its magic, length and checksum hold.
+fn record_at(bytes: &[u8]) -> Option<&[u8]> {
+    let header = bytes.get(..RECORD_OVERHEAD)?;
+    if header[..4] != MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if len > MAX_EVENT_BYTES {
+        return None;
+    }
+    let body = bytes.get(RECORD_OVERHEAD..RECORD_OVERHEAD + len as usize)?;
+    (crc32(body) == crc).then_some(body)
+}
+
+/// Reads records in the current format; damaged stretches are skipped up to the next
+/// record that checks out.
+fn read_records(bytes: &[u8]) -> Vec<Encoded> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Some(body) = record_at(&bytes[at..]) {
+            at += RECORD_OVERHEAD + body.len();
+            match decode(body.to_vec()) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::error!(error = %e, "skipping unreadable spool record"),
+            }
+            continue;
+        }
+        let next = bytes[at + 1..]
+            .windows(MAGIC.len())
+            .enumerate()
+            .filter(|(_, w)| *w == MAGIC)
+            .map(|(i, _)| at + 1 + i)
+            .find(|&i| record_at(&bytes[i..]).is_some());
+        let skipped = next.unwrap_or(bytes.len()) - at;
+        tracing::error!(
+            offset = at,
+            skipped_bytes = skipped,
+            "skipping a torn or corrupt stretch of the spool; keeping the records after it"
+        );
+        at += skipped;
+    }
+    out
+}
+
+/// Reads a spool written before records had a magic: every whole event up to the end,
+/// or up to the first damaged record (nothing after it can be found again).
+fn read_legacy_events(bytes: &[u8]) -> io::Result<Vec<Encoded>> {
+    let mut r = BufReader::new(bytes);
     let mut out = Vec::new();
     loop {
         let mut len = [0u8; 4];
@@ -86,14 +203,8 @@ fn read_events(path: &Path) -> io::Result<Vec<Encoded>> {
         if r.read_exact(&mut body).is_err() {
             break;
         }
-        match pb::SyncEvent::decode(body.as_slice())
-            .map_err(|e| e.to_string())
-            .and_then(|e| sync_event_from_pb(e).map_err(|e| e.to_string()))
-        {
-            Ok(e) => out.push(Encoded {
-                id: e.event_id(),
-                bytes: body.into(),
-            }),
+        match decode(body) {
+            Ok(e) => out.push(e),
             Err(e) => tracing::error!(error = %e, "skipping unreadable spool record"),
         }
     }

@@ -16,7 +16,7 @@ use toolplane_core::model::Snapshot;
 use toolplane_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::outbox::{BATCH, Outbox};
+use crate::outbox::{BATCH, MAX_BATCH_BYTES, Outbox};
 use crate::snapshot::{SharedSnapshot, SnapshotIndex};
 use crate::wire::{EncodedBatch, Outbound, OutboundRequest};
 /// Largest snapshot or delta accepted from the control plane.
@@ -184,7 +184,7 @@ impl SyncClient {
 
     async fn flush(&self, tx: &mpsc::Sender<OutboundRequest>) -> anyhow::Result<()> {
         loop {
-            let batch = self.outbox.take_batch(BATCH);
+            let batch = self.outbox.take_batch(BATCH, MAX_BATCH_BYTES);
             if batch.is_empty() {
                 return Ok(());
             }

@@ -14,6 +14,7 @@ use toolplane_core::model::{ExecutionStatus, ToolResult};
 use toolplane_proto::v1 as pb;
 use uuid::Uuid;
 
+use crate::detach::CallerGone;
 use crate::error::ExecError;
 use crate::executor::{Call, ExecutorService};
 
@@ -27,6 +28,7 @@ pub async fn execute(
     traceparent: Option<String>,
     req: pb::ExecuteTaskRequest,
     deadline: Option<Duration>,
+    caller: CallerGone,
 ) -> Result<pb::ExecuteTaskResponse, Status> {
     let started = Instant::now();
     let Some(selector) = &svc.selector else {
@@ -75,6 +77,10 @@ pub async fn execute(
     let mut outcome: Option<ToolResult> = None;
     let mut refused: Option<ExecError> = None;
     for id in candidates {
+        // A call already made runs to its end; none is started for a caller gone.
+        if caller.is_gone() {
+            break;
+        }
         let remaining = match deadline {
             Some(d) => match d.checked_sub(started.elapsed()) {
                 Some(r) if !r.is_zero() => Some(r),
@@ -91,6 +97,7 @@ pub async fn execute(
             selection_id,
             deadline: remaining,
             traceparent: traceparent.clone(),
+            caller: caller.clone(),
         };
         match svc.run_call(call).await {
             Ok(r) => {

@@ -421,6 +421,7 @@ fn invocation_from_row(r: &Row) -> StoreResult<InvocationRecord> {
         sidecar_id: r.get("sidecar_id"),
         task_category: r.get("task_category"),
         selection_id: r.get("selection_id"),
+        caller_cancelled: r.get("caller_cancelled"),
         result: ToolResult {
             invocation_id: r.get("invocation_id"),
             tool_id: r.get("tool_id"),

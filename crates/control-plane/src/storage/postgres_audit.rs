@@ -195,10 +195,10 @@ pub(super) async fn append_audit(tx: &Transaction<'_>, events: &[&AuditEvent]) -
 
 const INSERT_INVOCATIONS: &str = "INSERT INTO invocations (invocation_id, agent_id, task_id, requested_tool_id, \
     tool_id, tool_version, parameters, invoked_at, status, output, error, duration_ms, tokens_used, cost, \
-    completed_at, cache_hit, attempts, sidecar_id, task_category, selection_id) \
+    completed_at, cache_hit, attempts, sidecar_id, task_category, selection_id, caller_cancelled) \
     SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[], $7::jsonb[], \
     $8::timestamptz[], $9::text[], $10::jsonb[], $11::text[], $12::int8[], $13::int8[], $14::numeric[], \
-    $15::timestamptz[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::uuid[]) \
+    $15::timestamptz[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::uuid[], $21::bool[]) \
     ON CONFLICT (invocation_id) DO NOTHING RETURNING invocation_id";
 
 /// Stores new invocations, then folds the newly stored ones into tool statistics and
@@ -232,6 +232,7 @@ pub(super) async fn append_invocations(tx: &Transaction<'_>, records: &[&Invocat
     let sidecars: Vec<&str> = unique.iter().map(|r| r.sidecar_id.as_str()).collect();
     let categories: Vec<&str> = unique.iter().map(|r| r.task_category.as_str()).collect();
     let selections: Vec<Option<Uuid>> = unique.iter().map(|r| r.selection_id).collect();
+    let cancelled: Vec<bool> = unique.iter().map(|r| r.caller_cancelled).collect();
     let inserted: HashSet<Uuid> = tx
         .query(
             INSERT_INVOCATIONS,
@@ -256,6 +257,7 @@ pub(super) async fn append_invocations(tx: &Transaction<'_>, records: &[&Invocat
                 &sidecars,
                 &categories,
                 &selections,
+                &cancelled,
             ],
         )
         .await
