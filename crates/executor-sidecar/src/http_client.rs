@@ -21,6 +21,9 @@ use toolplane_core::endpoint::is_forbidden_ip;
 
 /// Largest response body accepted from a tool.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// How much of an error answer's body is kept. More than the caller shows, so it can
+/// scrub a credential echoed across the point where it cuts the body short.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct GuardedResolver {
@@ -195,7 +198,7 @@ impl ToolHttpClient {
                 })?
                 .to_bytes();
             if !status.is_success() {
-                let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+                let body = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ERROR_BODY_BYTES)]).into_owned();
                 return Err(CallError::Status {
                     status,
                     retry_after,
