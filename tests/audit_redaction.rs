@@ -1,8 +1,9 @@
 //! Secrets stay out of the audit trail, the logs and the caller's errors: a tool that
 //! refuses its credential and quotes it back (under an `ON_AUTH_FAILURE` / `FULL`
 //! fallback, and on a retried 503), and parameters whose secrets only a compound key
-//! name or a `$ref`'d `writeOnly` property give away. Real PostgreSQL, the real control
-//! plane and sidecar (logging at debug), a real HTTP tool.
+//! name, a `$ref`'d `writeOnly` property or an operator's configured key or pattern
+//! give away. Real PostgreSQL, the real control plane and sidecar (logging at debug), a
+//! real HTTP tool.
 
 #![allow(clippy::unwrap_used)]
 
@@ -113,7 +114,13 @@ async fn an_echoed_credential_and_secret_parameters_reach_no_row_log_or_error() 
         &cp,
         &sidecar_token,
         &spool_dir(),
-        &[("RUST_LOG", "debug"), ("TOOLPLANE_BREAKER_FAILURES", "100")],
+        &[
+            ("RUST_LOG", "debug"),
+            ("TOOLPLANE_BREAKER_FAILURES", "100"),
+            // An operator's additions: a key name and a pattern.
+            ("TOOLPLANE_REDACT_KEYS", "badge number"),
+            ("TOOLPLANE_REDACT_PATTERNS", "ticket-[A-Z]{4}"),
+        ],
     )
     .await;
     let ex = executor(&sidecar.url(), Some(&agent_token)).await;
@@ -129,7 +136,12 @@ async fn an_echoed_credential_and_secret_parameters_reach_no_row_log_or_error() 
     .await;
 
     // The primary refuses the credential and quotes it; the backup answers.
-    let params = json!({"text": "one two", "db_password": DB_PASSWORD, "login": {"user": "ann", "pin": PIN}});
+    let params = json!({
+        "text": "one two ticket-QRSX",
+        "db_password": DB_PASSWORD,
+        "login": {"user": "ann", "pin": PIN},
+        "badgeNumber": "B-7731",
+    });
     let r = ex
         .clone()
         .invoke(invoke_request("primary", &params))
@@ -205,7 +217,8 @@ async fn an_echoed_credential_and_secret_parameters_reach_no_row_log_or_error() 
             && detail.contains("[REDACTED]"),
         "{detail}"
     );
-    // The parameters as stored: the compound key and the $ref'd writeOnly redacted.
+    // The parameters as stored: the compound key, the $ref'd writeOnly and the
+    // operator's key and pattern redacted.
     let stored: Value = client
         .query_one(
             "SELECT sanitized_parameters FROM audit_events WHERE tool_id = $1 AND action = 'fallback_used'",
@@ -216,7 +229,12 @@ async fn an_echoed_credential_and_secret_parameters_reach_no_row_log_or_error() 
         .get(0);
     assert_eq!(
         stored,
-        json!({"text": "one two", "db_password": "[REDACTED]", "login": {"user": "ann", "pin": "[REDACTED]"}})
+        json!({
+            "text": "one two [REDACTED]",
+            "db_password": "[REDACTED]",
+            "login": {"user": "ann", "pin": "[REDACTED]"},
+            "badgeNumber": "[REDACTED]",
+        })
     );
 
     for table in ["audit_events", "invocations"] {

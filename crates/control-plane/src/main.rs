@@ -30,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
     }
     config.admin_token()?;
     config.keyring()?;
+    config.redact.redactor()?;
     let store = storage::open(config.database_url.as_deref(), config.db_pool_size).await?;
     tracing::info!(
         backend = if config.database_url.is_some() {
