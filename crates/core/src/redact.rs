@@ -378,37 +378,43 @@ struct Words {
 }
 
 fn words(key: &str) -> Words {
-    let chars: Vec<char> = key.chars().collect();
     let mut joined = String::with_capacity(key.len());
     let mut bounds = Vec::new();
     let mut last_start = 0;
-    let mut in_word = false;
-    for (i, &c) in chars.iter().enumerate() {
+    let mut prev: Option<char> = None;
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
         if !c.is_alphanumeric() {
-            if in_word {
+            if prev.is_some() {
                 bounds.push(joined.len());
-                in_word = false;
             }
+            prev = None;
             continue;
         }
-        let split = in_word
-            && i > 0
-            && chars.get(i - 1).is_some_and(|&p| {
+        let starts = match prev {
+            None => true,
+            Some(p) => {
                 (p.is_lowercase() && c.is_uppercase())
                     || (p.is_alphabetic() != c.is_alphabetic())
-                    || (p.is_uppercase() && c.is_uppercase() && chars.get(i + 1).is_some_and(|n| n.is_lowercase()))
-            });
-        if !in_word || split {
-            bounds.push(joined.len());
+                    || (p.is_uppercase() && c.is_uppercase() && chars.peek().is_some_and(|n| n.is_lowercase()))
+            }
+        };
+        if starts {
+            if bounds.last() != Some(&joined.len()) {
+                bounds.push(joined.len());
+            }
             last_start = joined.len();
-            in_word = true;
         }
-        joined.extend(c.to_lowercase());
+        if c.is_ascii() {
+            joined.push(c.to_ascii_lowercase());
+        } else {
+            joined.extend(c.to_lowercase());
+        }
+        prev = Some(c);
     }
-    if in_word {
+    if prev.is_some() {
         bounds.push(joined.len());
     }
-    bounds.dedup();
     Words {
         joined,
         bounds,
@@ -420,15 +426,13 @@ impl Words {
     /// Whether `phrase` (joined words) covers whole words of this key, and is not
     /// followed by a last word that only describes it.
     fn covers(&self, phrase: &str) -> bool {
-        if phrase.is_empty() {
-            return false;
-        }
-        self.joined.match_indices(phrase).any(|(at, _)| {
-            let end = at + phrase.len();
-            let whole = self.bounds.binary_search(&at).is_ok() && self.bounds.binary_search(&end).is_ok();
-            let described = end <= self.last_start && DESCRIPTIVE_SUFFIXES.contains(&&self.joined[self.last_start..]);
-            whole && !described
-        })
+        !phrase.is_empty()
+            && self.bounds.iter().any(|&at| {
+                let end = at + phrase.len();
+                self.joined.get(at..end) == Some(phrase)
+                    && self.bounds.binary_search(&end).is_ok()
+                    && !(end <= self.last_start && DESCRIPTIVE_SUFFIXES.contains(&&self.joined[self.last_start..]))
+            })
     }
 }
 

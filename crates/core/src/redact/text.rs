@@ -34,7 +34,30 @@ static URL_PASSWORD: LazyLock<Regex> = LazyLock::new(|| re(r"(?i)\b[a-z][a-z0-9+
 static PEM: LazyLock<Regex> = LazyLock::new(|| {
     re(r"(?s)-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----|\z)")
 });
-static WORD: LazyLock<Regex> = LazyLock::new(|| re(r"[A-Za-z0-9_\-.]+"));
+
+/// Runs of the characters tokens are made of (`[A-Za-z0-9_.-]`), with their offsets.
+fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while at < bytes.len() && !is_word(bytes[at]) {
+            at += 1;
+        }
+        let start = at;
+        while at < bytes.len() && is_word(bytes[at]) {
+            at += 1;
+        }
+        // ASCII bytes only, so both ends are character boundaries.
+        (at > start).then(|| (start, &text[start..at]))
+    })
+}
+
+fn contains_ignore_ascii_case(text: &str, needle: &str) -> bool {
+    text.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
 
 /// Characters that end an unquoted value.
 fn ends_value(c: char) -> bool {
@@ -50,35 +73,45 @@ impl Redactor {
     /// keeping the rest of the text, whitespace included, as it was.
     pub fn redact_text(&self, text: &str) -> String {
         let mut spans = Vec::new();
-        for m in PEM.find_iter(text) {
-            spans.push((m.start(), m.end()));
+        // Each rule runs only when the text has what it looks for: this runs on every
+        // string parameter of every call.
+        if text.contains("-----BEGIN") {
+            spans.extend(PEM.find_iter(text).map(|m| (m.start(), m.end())));
         }
-        for c in KEY_SEP.captures_iter(text) {
-            let (Some(key), Some(all)) = (c.get(1), c.get(0)) else {
-                continue;
-            };
-            if self.is_secret_key(key.as_str()) {
-                let whole_line = key.as_str().to_ascii_lowercase().contains("cookie");
-                spans.extend(value_span(text, all.end(), whole_line));
+        if text.contains([':', '=']) {
+            for c in KEY_SEP.captures_iter(text) {
+                let (Some(key), Some(all)) = (c.get(1), c.get(0)) else {
+                    continue;
+                };
+                if self.is_secret_key(key.as_str()) {
+                    let whole_line = key.as_str().to_ascii_lowercase().contains("cookie");
+                    spans.extend(value_span(text, all.end(), whole_line));
+                }
             }
         }
-        for c in BEARER.captures_iter(text) {
-            spans.extend(c.get(1).map(|m| (m.start(), m.end())));
-        }
-        for c in BASIC.captures_iter(text) {
-            if let Some(m) = c.get(1)
-                && base64_decode(m.as_str()).is_some_and(|d| d.contains(&b':'))
-            {
-                spans.push((m.start(), m.end()));
+        if contains_ignore_ascii_case(text, "bearer") {
+            for c in BEARER.captures_iter(text) {
+                spans.extend(c.get(1).map(|m| (m.start(), m.end())));
             }
         }
-        for c in URL_PASSWORD.captures_iter(text) {
-            spans.extend(c.get(1).map(|m| (m.start(), m.end())));
+        if contains_ignore_ascii_case(text, "basic") {
+            for c in BASIC.captures_iter(text) {
+                if let Some(m) = c.get(1)
+                    && base64_decode(m.as_str()).is_some_and(|d| d.contains(&b':'))
+                {
+                    spans.push((m.start(), m.end()));
+                }
+            }
         }
-        for m in WORD.find_iter(text) {
-            let word = m.as_str().trim_end_matches(['.', '-']);
-            if looks_like_secret(word) {
-                spans.push((m.start(), m.start() + word.len()));
+        if text.contains("://") {
+            for c in URL_PASSWORD.captures_iter(text) {
+                spans.extend(c.get(1).map(|m| (m.start(), m.end())));
+            }
+        }
+        for (start, word) in words(text) {
+            let word = word.trim_end_matches(['.', '-']);
+            if word.len() > TOKEN_PREFIX.len() && looks_like_secret(word) {
+                spans.push((start, start + word.len()));
             }
         }
         for p in self.patterns.iter() {
@@ -159,8 +192,7 @@ fn replace_spans(text: &str, mut spans: Vec<(usize, usize)>) -> String {
 /// Slack, Stripe, OpenAI-style `sk-`), and JWTs.
 pub(super) fn looks_like_secret(s: &str) -> bool {
     let trimmed = s.trim_matches(|c: char| c == '"' || c == '\'' || c == ',' || c == '.');
-    let lower = trimmed.to_ascii_lowercase();
-    lower.starts_with("bearer ")
+    trimmed.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
         || trimmed.starts_with(TOKEN_PREFIX)
         || is_aws_key_id(trimmed)
         || trimmed.contains("PRIVATE KEY-----")
@@ -192,11 +224,9 @@ fn is_prefixed_key(s: &str) -> bool {
 }
 
 fn is_jwt(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3
-        && s.starts_with("eyJ")
-        && parts
-            .iter()
+    s.starts_with("eyJ")
+        && s.split('.').count() == 3
+        && s.split('.')
             .all(|p| p.len() >= 8 && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
