@@ -85,6 +85,11 @@ impl ToolServer {
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path().to_owned();
         self.headers.lock().unwrap().push((path.clone(), req.headers().clone()));
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
         let hit = {
             let mut hits = self.hits.lock().unwrap();
             let n = hits.entry(path.clone()).or_default();
@@ -133,10 +138,32 @@ impl ToolServer {
                 return Ok(resp);
             }
             "/bad_output" => (StatusCode::OK, json!({"words": "many"}).to_string()),
+            // Refuse the credential, quoting it back as careless APIs and proxies do.
+            "/unauthorized_echo" => (StatusCode::UNAUTHORIZED, echo_credential(&authorization)),
+            "/unavailable_echo" => (StatusCode::SERVICE_UNAVAILABLE, echo_credential(&authorization)),
             _ => (StatusCode::NOT_FOUND, "{}".to_owned()),
         };
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
         Ok(resp)
     }
+}
+
+/// An error body that quotes the request's `Authorization` header, and its token alone
+/// in prose and URL-encoded (shapes no generic redaction recognises).
+fn echo_credential(authorization: &str) -> String {
+    let token = authorization.split_once(' ').map_or(authorization, |(_, t)| t);
+    let encoded: String = token
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!(
+        "invalid credentials\nreceived header Authorization: {authorization}\n\tthe key you sent ({token}) is revoked;\nsee https://auth.example/keys?k={encoded} for details"
+    )
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use toolplane_core::audit_checkpoint::{CheckpointSigner, TrustedKeys};
 use toolplane_core::crypto::Keyring;
-use toolplane_runtime::config::{CommonArgs, secret};
+use toolplane_runtime::config::{CommonArgs, RedactArgs, secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "toolplane-control-plane", version, about = "toolplane control plane (gRPC)")]
@@ -107,6 +107,10 @@ pub struct Config {
     /// Apply database migrations and exit (the Kubernetes migration Job).
     #[arg(long, env = "TOOLPLANE_MIGRATE_ONLY", default_value_t = false)]
     pub migrate_only: bool,
+
+    /// Key names and patterns redacted besides the built-in ones.
+    #[command(flatten)]
+    pub redact: RedactArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,

@@ -31,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
     config.admin_token()?;
     config.keyring()?;
     config.audit_keys()?;
+    config.redact.redactor()?;
     let store = storage::open(config.database_url.as_deref(), config.db_pool_size).await?;
     tracing::info!(
         backend = if config.database_url.is_some() {

@@ -66,6 +66,7 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let admin_token = config.admin_token()?;
+    let redactor = config.redact.redactor()?;
     let state = AppState::new(
         store.clone(),
         ToolPolicy {
@@ -164,6 +165,7 @@ pub async fn serve(
         )
         .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService::new(
             state.clone(),
+            redactor,
         )))
         .add_service(pb::audit_server::AuditServer::new(AuditService::new(
             state.clone(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use toolplane_runtime::config::{CommonArgs, parse_millis, parse_secs, secret};
+use toolplane_runtime::config::{CommonArgs, RedactArgs, parse_millis, parse_secs, secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "toolplane-sidecar", version, about = "toolplane executor sidecar (gRPC)")]
@@ -89,6 +89,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub control_plane_tls: toolplane_runtime::tls::ClientTlsArgs,
+
+    /// Key names and patterns redacted besides the built-in ones.
+    #[command(flatten)]
+    pub redact: RedactArgs,
 
     #[command(flatten)]
     pub common: CommonArgs,

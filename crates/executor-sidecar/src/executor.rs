@@ -708,7 +708,7 @@ impl ExecutorService {
                 .next_delay(attempts, outcome.retry_after, remaining, DEADLINE_MARGIN)
             {
                 Some(delay) => {
-                    tracing::debug!(tool = %tool.spec.name, attempts, ?delay, error = %outcome.error, "retrying");
+                    tracing::debug!(tool = %tool.spec.name, attempts, ?delay, error = %self.redactor.redact_text(&outcome.error), "retrying");
                     tokio::time::sleep(delay).await;
                 }
                 None => return (outcome, attempts),

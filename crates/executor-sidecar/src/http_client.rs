@@ -21,8 +21,9 @@ use toolplane_core::endpoint::is_forbidden_ip;
 
 /// Largest response body accepted from a tool.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
-/// Most bytes of a failed call's response body quoted in its error.
-const MAX_ERROR_BODY_BYTES: usize = 512;
+/// How much of an error answer's body is kept. More than the caller shows, so it can
+/// scrub a credential echoed across the point where it cuts the body short.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct GuardedResolver {
@@ -199,7 +200,7 @@ impl ToolHttpClient {
             if !status.is_success() {
                 // Any bytes at all: made text (NUL escaped, invalid UTF-8 replaced) that
                 // errors, logs and audit events can carry.
-                let head = &bytes[..bytes.len().min(4 * MAX_ERROR_BODY_BYTES)];
+                let head = &bytes[..bytes.len().min(MAX_ERROR_BODY_BYTES)];
                 let body = toolplane_core::audit_clean::text_from_bytes(head, MAX_ERROR_BODY_BYTES);
                 return Err(CallError::Status {
                     status,

@@ -27,6 +27,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.common.otlp_endpoint.as_deref(),
     );
     config.token()?;
+    config.redact.redactor()?;
     let listener = TcpListener::bind(config.listen).await?;
     lifecycle::announce("toolplane-sidecar", listener.local_addr()?);
     let served = server::serve(&config, listener, lifecycle::first_signal()).await;

@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use toolplane_core::circuit::BreakerConfig;
-use toolplane_core::redact::Redactor;
 use toolplane_core::retry::RetryPolicy;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::AuthLayer;
@@ -133,7 +132,7 @@ pub async fn serve(
             .max_capacity(10_000)
             .time_to_live(std::time::Duration::from_secs(24 * 3600))
             .build(),
-        redactor: Redactor::default(),
+        redactor: config.redact.redactor()?,
         sidecar_id,
         selector: Some(selector_client(config)?),
     });

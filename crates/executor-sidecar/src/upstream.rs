@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use toolplane_core::model::{Credential, ExecutionStatus, ToolProtocol};
+use toolplane_core::redact::scrub_credential;
 use toolplane_core::schema;
 
 use crate::http_client::{CallError, ToolHttpClient};
@@ -84,8 +85,28 @@ impl Upstream {
         })
     }
 
-    /// Calls the tool once and validates its output against the output schema.
+    /// Calls the tool once and validates its output against the output schema. The
+    /// tool's credential is scrubbed from the error here, as the answer is received:
+    /// everything after (retry logs, fallback details, the caller's error, audit
+    /// events) only ever sees the scrubbed text, whatever the tool echoed.
     pub async fn call(
+        &self,
+        compiled: &CompiledTool,
+        credential: Option<&Credential>,
+        params: &Value,
+        timeout: Duration,
+        traceparent: &str,
+    ) -> Outcome {
+        let mut outcome = self.attempt(compiled, credential, params, timeout, traceparent).await;
+        if let Some(c) = credential
+            && !outcome.error.is_empty()
+        {
+            outcome.error = scrub_credential(&outcome.error, &c.secret);
+        }
+        outcome
+    }
+
+    async fn attempt(
         &self,
         compiled: &CompiledTool,
         credential: Option<&Credential>,
@@ -104,7 +125,9 @@ impl Upstream {
                 // MCP sessions are keyed by their headers, so only HTTP calls carry it.
                 let mut headers = headers.clone();
                 headers.push(("traceparent".to_owned(), traceparent.to_owned()));
-                self.call_http(&tool.spec.endpoint, params, &headers, timeout).await
+                let secret = credential.map_or("", |c| c.secret.as_str());
+                self.call_http(&tool.spec.endpoint, params, &headers, timeout, secret)
+                    .await
             }
             ToolProtocol::Mcp => {
                 let remote = if tool.spec.remote_name.is_empty() {
@@ -153,6 +176,7 @@ impl Upstream {
         params: &Value,
         headers: &[(String, String)],
         timeout: Duration,
+        secret: &str,
     ) -> Outcome {
         let body = toolplane_core::json::canonical(params).into_bytes();
         match self.http.post_json(endpoint, body, headers, timeout).await {
@@ -164,6 +188,7 @@ impl Upstream {
                 retry_after,
                 body,
             }) if status.as_u16() == 429 => {
+                let body = error_body(&body, secret);
                 let after = retry_after
                     .map(|d| format!("; retry after {}s", d.as_secs()))
                     .unwrap_or_default();
@@ -174,6 +199,7 @@ impl Upstream {
                 }
             }
             Err(CallError::Status { status, body, .. }) => {
+                let body = error_body(&body, secret);
                 let retryable = matches!(status.as_u16(), 502..=504);
                 let error = format!("the tool answered HTTP {status}: {body}");
                 Outcome {
@@ -183,5 +209,34 @@ impl Upstream {
             }
             Err(e) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), false),
         }
+    }
+}
+
+/// Most of an error answer's body shown in an error.
+const ERROR_BODY_EXCERPT: usize = 512;
+
+/// The start of an error answer's body, the credential scrubbed before it is cut (so
+/// no part of an echoed secret survives at the cut).
+fn error_body(body: &str, secret: &str) -> String {
+    let body = scrub_credential(body, secret);
+    let mut end = body.len().min(ERROR_BODY_EXCERPT);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    body[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echoed_credential_cut_by_the_excerpt_leaves_no_part_behind() {
+        let secret = "sk-cred-0123456789abcdef";
+        let body = format!("{}{secret} and more", "x".repeat(ERROR_BODY_EXCERPT - 8));
+        let shown = error_body(&body, secret);
+        assert!(shown.len() <= ERROR_BODY_EXCERPT);
+        assert!(!shown.contains("sk-cred"), "{shown}");
+        assert_eq!(error_body("é".repeat(300).as_str(), "").len(), ERROR_BODY_EXCERPT);
     }
 }

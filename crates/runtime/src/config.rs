@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use toolplane_core::redact::{RedactError, Redactor};
+
 use crate::telemetry::LogFormat;
 
 /// Flags both binaries take.
@@ -29,6 +31,41 @@ pub struct CommonArgs {
 
     #[command(flatten)]
     pub tls: crate::tls::ServerTlsArgs,
+}
+
+/// What operators add to redaction (both binaries redact: the sidecar audit
+/// parameters, errors and fallback details; the control plane task descriptions).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedactArgs {
+    /// Extra secret key names, comma-separated (e.g. `ssn,pin code`); each is matched
+    /// by its words, like the built-in ones (`pin code` matches `pinCode`, `user_pin_code`).
+    #[arg(long, env = "TOOLPLANE_REDACT_KEYS", value_delimiter = ',')]
+    pub redact_keys: Vec<String>,
+
+    /// Extra regular expressions redacted in free text, separated by newlines or `;;`;
+    /// a pattern with a capture group redacts only its first group.
+    #[arg(long, env = "TOOLPLANE_REDACT_PATTERNS")]
+    pub redact_patterns: Option<String>,
+}
+
+impl RedactArgs {
+    /// The built-in redaction plus these additions; an invalid pattern is an error.
+    pub fn redactor(&self) -> Result<Redactor, RedactError> {
+        let keys = self.redact_keys.iter().map(|k| k.trim()).filter(|k| !k.is_empty());
+        Redactor::with_extra(
+            keys,
+            split_patterns(self.redact_patterns.as_deref().unwrap_or_default()),
+        )
+    }
+}
+
+/// Patterns separated by newlines or `;;` (a regex may well contain one `;`, rarely
+/// two in a row); blank ones dropped.
+fn split_patterns(s: &str) -> impl Iterator<Item = &str> {
+    s.split('\n')
+        .flat_map(|line| line.split(";;"))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
 }
 
 /// Parses `"10"` or `"10s"` as seconds (clap value parser).
@@ -65,6 +102,33 @@ pub fn secret(inline: Option<&str>, file: Option<&Path>, what: &str) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        redact: RedactArgs,
+    }
+
+    #[test]
+    fn redaction_additions_parse_and_bad_patterns_are_refused() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redact-keys",
+            "ssn, pin code,",
+            "--redact-patterns",
+            "acct-\\d{6};;  \nemp (\\d+)\n",
+        ])
+        .unwrap();
+        assert_eq!(cli.redact.redact_keys, ["ssn", " pin code", ""]);
+        let r = cli.redact.redactor().unwrap();
+        assert!(r.is_secret_key("user_ssn") && r.is_secret_key("pinCode"));
+        assert_eq!(r.redact_text("acct-123456 emp 7"), "[REDACTED] emp [REDACTED]");
+        let bad = Cli::try_parse_from(["x", "--redact-patterns", "ok;;(unclosed"]).unwrap();
+        let err = bad.redact.redactor().unwrap_err();
+        assert!(err.to_string().contains("(unclosed"), "{err}");
+        assert!(RedactArgs::default().redactor().is_ok());
+    }
 
     #[test]
     fn durations_parse_with_or_without_their_unit() {

@@ -29,11 +29,8 @@ pub struct SelectorService {
 }
 
 impl SelectorService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self {
-            state,
-            redactor: Redactor::default(),
-        }
+    pub fn new(state: Arc<AppState>, redactor: Redactor) -> Self {
+        Self { state, redactor }
     }
 }
 
