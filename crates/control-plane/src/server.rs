@@ -136,7 +136,11 @@ pub async fn serve(
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let Some(tls) = config.common.tls.server_config("control plane")? {
+    if let Some(tls) = config
+        .common
+        .tls
+        .server_config("control plane", listener.local_addr()?)?
+    {
         builder = builder.tls_config(tls)?;
     }
     let server = builder

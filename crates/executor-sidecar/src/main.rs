@@ -28,6 +28,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     config.token()?;
     config.redact.redactor()?;
+    config.common.tls.server_config("sidecar", config.listen)?;
+    config
+        .control_plane_tls
+        .check_plaintext(&config.control_plane, config.common.tls.allow_plaintext)?;
     let listener = TcpListener::bind(config.listen).await?;
     lifecycle::announce("toolplane-sidecar", listener.local_addr()?);
     let served = server::serve(&config, listener, lifecycle::first_signal()).await;

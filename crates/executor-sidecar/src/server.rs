@@ -95,6 +95,9 @@ pub async fn serve(
         )
         .map_err(|e| anyhow::anyhow!("cannot open the event spool in {}: {e}", config.spool_dir))?
     });
+    config
+        .control_plane_tls
+        .check_plaintext(&config.control_plane, config.common.tls.allow_plaintext)?;
     let sidecar_id = config.sidecar_id();
     tokio::spawn(
         SyncClient {
@@ -162,7 +165,7 @@ pub async fn serve(
     });
     let mut drained = draining.clone();
     let mut builder = Server::builder();
-    if let Some(tls) = config.common.tls.server_config("sidecar")? {
+    if let Some(tls) = config.common.tls.server_config("sidecar", listener.local_addr()?)? {
         builder = builder.tls_config(tls)?;
     }
     let server = builder

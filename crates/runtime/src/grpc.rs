@@ -33,6 +33,7 @@ pub async fn health(
 }
 
 pub async fn set_health(reporter: &HealthReporter, services: &[&str], serving: bool) {
+    crate::metrics::set_serving(serving);
     let status = if serving {
         tonic_health::ServingStatus::Serving
     } else {

@@ -55,7 +55,18 @@ pub fn install() -> Option<PrometheusHandle> {
         .ok()
 }
 
-/// Serves `GET /metrics` on `listener` (anything else is 404).
+/// Whether this process serves calls, as its gRPC health service says; mirrored here so
+/// `GET /healthz` can answer probes that cannot speak gRPC over TLS (kubelet's gRPC
+/// probe has no TLS).
+static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Records what the gRPC health service now reports.
+pub fn set_serving(serving: bool) {
+    SERVING.store(serving, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Serves `GET /metrics` and `GET /healthz` (200 SERVING or 503 NOT_SERVING) on
+/// `listener`; anything else is 404.
 pub fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     tokio::spawn(async move {
         loop {
@@ -67,10 +78,13 @@ pub fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let handle = handle.clone();
                     async move {
-                        let (status, body) = if req.uri().path() == "/metrics" {
-                            (200, handle.render())
-                        } else {
-                            (404, "metrics are at /metrics\n".to_owned())
+                        let (status, body) = match req.uri().path() {
+                            "/metrics" => (200, handle.render()),
+                            "/healthz" if SERVING.load(std::sync::atomic::Ordering::Relaxed) => {
+                                (200, "SERVING\n".to_owned())
+                            }
+                            "/healthz" => (503, "NOT_SERVING\n".to_owned()),
+                            _ => (404, "metrics are at /metrics, health at /healthz\n".to_owned()),
                         };
                         hyper::Response::builder()
                             .status(status)
@@ -98,7 +112,7 @@ pub async fn start(addr: Option<SocketAddr>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+    tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics and health at /healthz");
     serve(listener, handle);
     Ok(())
 }

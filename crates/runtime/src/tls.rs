@@ -3,6 +3,7 @@
 //! certificate a server speaks plaintext (the embedded default for `make run`) and says
 //! so in its start-up log.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -22,6 +23,13 @@ pub struct ServerTlsArgs {
     /// (mutual TLS).
     #[arg(long, env = "TOOLPLANE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve (and, for the sidecar, reach the control plane) in plaintext on a
+    /// non-loopback address. Off: tokens, snapshots and credentials never cross a
+    /// network in clear by accident; turn it on only where something else encrypts the
+    /// traffic (e.g. a service mesh with mTLS).
+    #[arg(long, env = "TOOLPLANE_ALLOW_PLAINTEXT", default_value_t = false)]
+    pub allow_plaintext: bool,
 }
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -30,10 +38,19 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 impl ServerTlsArgs {
     /// The server's TLS configuration, or `None` for plaintext (logged either way).
-    pub fn server_config(&self, server: &str) -> anyhow::Result<Option<ServerTlsConfig>> {
+    /// Plaintext on an address other than loopback is refused unless explicitly allowed.
+    pub fn server_config(&self, server: &str, listen: SocketAddr) -> anyhow::Result<Option<ServerTlsConfig>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if !listen.ip().is_loopback() && !self.allow_plaintext {
+                anyhow::bail!(
+                    "refusing to serve plaintext gRPC on {listen}, which is not a loopback address: \
+                     set TOOLPLANE_TLS_CERT and TOOLPLANE_TLS_KEY, listen on 127.0.0.1, or set \
+                     TOOLPLANE_ALLOW_PLAINTEXT=true where something else encrypts the traffic"
+                );
+            }
             tracing::warn!(
                 server,
+                %listen,
                 "serving plaintext gRPC: no --tls-cert given (fine on loopback, not across a network)"
             );
             return Ok(None);
@@ -79,7 +96,34 @@ pub struct ClientTlsArgs {
     pub control_plane_client_key: Option<PathBuf>,
 }
 
+/// Whether `url` names this host (`localhost`, `127.0.0.0/8`, `::1`): the one place a
+/// plaintext connection to the control plane carries nothing across a network.
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl ClientTlsArgs {
+    /// Refuses an `http://` control plane that is not on this host unless plaintext is
+    /// explicitly allowed: the sync stream carries the decrypted tool credentials and
+    /// every token digest.
+    pub fn check_plaintext(&self, url: &str, allow_plaintext: bool) -> anyhow::Result<()> {
+        if self.control_plane_ca.is_none() && !allow_plaintext && !is_loopback_url(url) {
+            anyhow::bail!(
+                "refusing to reach the control plane at {url} in plaintext: it is not on this host. \
+                 Give an https:// URL and TOOLPLANE_CONTROL_PLANE_CA, or set TOOLPLANE_ALLOW_PLAINTEXT=true \
+                 where something else encrypts the traffic"
+            );
+        }
+        Ok(())
+    }
+
     /// `None` for plaintext.
     pub fn client_config(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
         let Some(ca) = &self.control_plane_ca else {
