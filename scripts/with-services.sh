@@ -44,8 +44,14 @@ if ! port_open "$pg_host" "$pg_port"; then
   if [ "$(id -u)" = 0 ]; then chown postgres "$pg_dir"; fi
   port=$(free_port)
   run_as_pg "$(pg_bin initdb)" -D "$pg_dir" -U postgres --auth=trust >/dev/null
+  # TLS as Debian's own clusters have it (the snakeoil certificate of ssl-cert), so the
+  # tests of sslmode run against this server too.
+  ssl_opts=""
+  if [ -r /etc/ssl/certs/ssl-cert-snakeoil.pem ] && run_as_pg test -r /etc/ssl/private/ssl-cert-snakeoil.key; then
+    ssl_opts="-c ssl=on -c ssl_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem -c ssl_key_file=/etc/ssl/private/ssl-cert-snakeoil.key"
+  fi
   run_as_pg "$(pg_bin pg_ctl)" -D "$pg_dir" -w -l "$pg_dir/log" \
-    -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null
+    -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off $ssl_opts" start >/dev/null
   PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
   echo "started a throwaway PostgreSQL on port $port" >&2
 fi

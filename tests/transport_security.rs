@@ -135,3 +135,93 @@ async fn healthz_mirrors_the_grpc_health_service_for_probes_without_tls() {
     assert!(answer.ends_with("SERVING\n"), "{answer}");
     drop(cp);
 }
+
+/// Debian's clusters serve TLS with the `ssl-cert` package's snakeoil certificate, made
+/// for `localhost` (and `make test`'s throwaway server uses it too).
+const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+/// Whether every connection the control plane holds to `db` is encrypted: `None` while
+/// it holds none.
+async fn control_plane_connections_encrypted(db: &toolplane_tests::pg::TestDb) -> Option<bool> {
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = $1 AND a.application_name = 'tls-under-test'",
+            &[&db.name],
+        )
+        .await
+        .unwrap();
+    if rows.is_empty() {
+        return None;
+    }
+    Some(rows.iter().all(|r| r.get::<_, bool>(0)))
+}
+
+async fn control_plane_on(url: &str) -> Proc {
+    toolplane_tests::procs::control_plane(Some(url)).await
+}
+
+#[tokio::test]
+async fn postgres_connections_honour_sslmode() {
+    let db = toolplane_tests::pg::TestDb::create().await;
+    let admin = db.client().await;
+    let ssl: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    assert_eq!(
+        ssl, "on",
+        "the test PostgreSQL must serve TLS (Debian's default; make test's own server does)"
+    );
+    assert!(
+        std::path::Path::new(SNAKEOIL).exists(),
+        "{SNAKEOIL} (package ssl-cert) is needed"
+    );
+    let with = |host: &str, params: &str| {
+        format!(
+            "{}?application_name=tls-under-test&{params}",
+            db.url.replacen("127.0.0.1", host, 1)
+        )
+    };
+
+    for (params, encrypted) in [("sslmode=require", true), ("sslmode=disable", false)] {
+        let cp = control_plane_on(&with("127.0.0.1", params)).await;
+        let seen = toolplane_tests::eventually("the control plane's connections", Duration::from_secs(10), || {
+            control_plane_connections_encrypted(&db)
+        })
+        .await;
+        assert_eq!(seen, encrypted, "{params}");
+        cp.kill().await;
+        toolplane_tests::eventually("its connections to close", Duration::from_secs(10), || async {
+            control_plane_connections_encrypted(&db).await.is_none().then_some(())
+        })
+        .await;
+    }
+
+    // verify-full: the certificate must chain to sslrootcert and name the host.
+    let verified = with("localhost", &format!("sslmode=verify-full&sslrootcert={SNAKEOIL}"));
+    let cp = control_plane_on(&verified).await;
+    let seen = toolplane_tests::eventually("the verified connections", Duration::from_secs(10), || {
+        control_plane_connections_encrypted(&db)
+    })
+    .await;
+    assert!(seen);
+    cp.kill().await;
+    let env = [
+        ("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
+        (
+            "DATABASE_URL",
+            &*with("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={SNAKEOIL}")),
+        ),
+    ];
+    let (code, stderr) = run_to_exit("toolplane-control-plane", &["--listen", "127.0.0.1:0"], &env).await;
+    assert_ne!(code, Some(0), "a certificate for localhost does not name 127.0.0.1");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    // verify-ca checks the chain only.
+    let cp = control_plane_on(&with("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={SNAKEOIL}"))).await;
+    assert!(
+        toolplane_tests::eventually("the chain-verified connections", Duration::from_secs(10), || {
+            control_plane_connections_encrypted(&db)
+        })
+        .await
+    );
+    drop(cp);
+}

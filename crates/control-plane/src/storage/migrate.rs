@@ -1,15 +1,14 @@
 //! Applies `migrations/` under a PostgreSQL advisory lock, so several replicas starting
 //! at once migrate exactly once.
 
-use tokio_postgres::NoTls;
-
 refinery::embed_migrations!("../../migrations");
 
 /// Arbitrary, fixed: identifies toolplane's migration lock among other advisory locks.
 const MIGRATION_LOCK_KEY: i64 = 0x746f_6f6c_706c_616e; // "toolplan"
 
 pub async fn run(url: &str) -> anyhow::Result<()> {
-    let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (config, tls) = super::pg_tls::target(url)?;
+    let (mut client, connection) = config.connect(tls).await?;
     let conn_task = tokio::spawn(connection);
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])

@@ -4,6 +4,7 @@
 
 mod memory;
 mod migrate;
+mod pg_tls;
 mod postgres;
 mod postgres_audit;
 mod postgres_checkpoints;

@@ -8,7 +8,7 @@ use deadpool_postgres::{Pool, Runtime};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, NoTls, Row, error::SqlState};
+use tokio_postgres::{GenericClient, Row, error::SqlState};
 use toolplane_core::model::*;
 use uuid::Uuid;
 
@@ -43,7 +43,8 @@ pub fn spawn_change_listener(url: String, origin: Uuid, on_change: impl Fn() + S
 
 async fn listen(url: &str, origin: Uuid, on_change: &(impl Fn() + Send + Sync)) -> anyhow::Result<()> {
     use futures::StreamExt;
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (config, tls) = super::pg_tls::target(url)?;
+    let (client, mut connection) = config.connect(tls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let pump = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -83,10 +84,18 @@ impl PostgresStore {
     /// Connects, checks the database answers, and applies pending migrations.
     pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
         migrate::run(url).await?;
-        let mut cfg = deadpool_postgres::Config::new();
-        cfg.url = Some(url.to_owned());
-        cfg.pool = Some(deadpool_postgres::PoolConfig::new(pool_size.max(1)));
-        let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls)?;
+        let (config, tls) = super::pg_tls::target(url)?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .build()?;
         pool.get().await?.execute("SELECT 1", &[]).await?;
         let store = Self { pool };
         store.spawn_partition_upkeep();
