@@ -12,3 +12,6 @@ CREATE TABLE audit_dead_letters (
     raw         BYTEA NOT NULL,
     UNIQUE (source, event_id)
 );
+-- Like the trail itself: the application role appends and reads, never changes.
+GRANT SELECT, INSERT ON audit_dead_letters TO toolplane_app;
+GRANT USAGE ON SEQUENCE audit_dead_letters_id_seq TO toolplane_app;

@@ -27,6 +27,11 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_SYNC_HEARTBEAT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(50..))]
     pub sync_heartbeat_ms: u64,
 
+    /// Milliseconds between polls of the database's change revision, which heals a
+    /// lost NOTIFY between replicas.
+    #[arg(long, env = "TOOLPLANE_CHANGE_POLL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub change_poll_ms: u64,
+
     /// Seconds a sidecar's sync session lasts before it must reconnect and
     /// authenticate again.
     #[arg(long, env = "TOOLPLANE_SYNC_SESSION_MAX_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]

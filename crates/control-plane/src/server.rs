@@ -29,6 +29,30 @@ use crate::services::sync::{SessionPolicy, SyncService};
 use crate::state::AppState;
 use crate::storage::{Store, spawn_change_listener};
 
+/// Polls the database's change revision and rebuilds what sidecars are served when it
+/// moved: the safety net under NOTIFY, which is fire-and-forget.
+fn spawn_change_poller(state: Arc<AppState>, every: Duration) {
+    tokio::spawn(async move {
+        let mut seen = None;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match state.store.change_revision().await {
+                Ok(Some(now)) => {
+                    if seen.is_some_and(|s| s != now) {
+                        tracing::debug!(revision = now, "the database's change revision moved");
+                        state.bump();
+                    }
+                    seen = Some(now);
+                }
+                Ok(None) => return,
+                Err(e) => tracing::warn!(error = %e, "could not read the change revision"),
+            }
+        }
+    });
+}
+
 /// Every toolplane.v1 service this server answers, as health-check names.
 const SERVICES: &[&str] = &[
     "toolplane.v1.ToolRegistry",
@@ -112,6 +136,7 @@ pub async fn serve(
     if let Some(url) = &config.database_url {
         let s = state.clone();
         spawn_change_listener(url.clone(), state.replica_id, move || s.bump());
+        spawn_change_poller(state.clone(), Duration::from_millis(config.change_poll_ms));
     }
 
     let (signer, earlier) = config.audit_keys()?;

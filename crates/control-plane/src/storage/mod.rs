@@ -275,6 +275,13 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets tasks last seen before `before`; returns how many.
     async fn prune_task_memory(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
+    /// A number that moves with every administrative change (in the change's own
+    /// transaction); `None` for a backend without other replicas. Replicas poll it, so
+    /// a change whose notification was lost still reaches them.
+    async fn change_revision(&self) -> StoreResult<Option<u64>> {
+        Ok(None)
+    }
+
     /// Tells other control plane replicas that state changed (`origin` names the
     /// sender). The in-memory backend has no other replicas.
     async fn publish_change(&self, _origin: Uuid) -> StoreResult<()> {

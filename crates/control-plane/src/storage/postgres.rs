@@ -290,8 +290,14 @@ impl<'a> ToolRow<'a> {
 /// Appends an administrative change's audit event in the change's own transaction and
 /// commits both: a change is never applied without its record, nor recorded without
 /// being applied.
+///
+/// The change revision moves in the same transaction, so replicas polling it cannot
+/// miss a change even if this replica dies before its NOTIFY.
 async fn commit_audited(tx: deadpool_postgres::Transaction<'_>, audit: &[&AuditEvent]) -> StoreResult<()> {
     postgres_audit::append_audit(&tx, audit).await?;
+    tx.execute("UPDATE toolplane_changes SET revision = revision + 1", &[])
+        .await
+        .map_err(db_err)?;
     tx.commit().await.map_err(db_err)
 }
 
@@ -1138,6 +1144,17 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         Ok(rows.iter().map(selection_from_row).collect())
+    }
+
+    async fn change_revision(&self) -> StoreResult<Option<u64>> {
+        let revision: i64 = self
+            .client()
+            .await?
+            .query_one("SELECT revision FROM toolplane_changes", &[])
+            .await
+            .map_err(db_err)?
+            .get(0);
+        Ok(Some(u64::try_from(revision).unwrap_or(0)))
     }
 
     async fn publish_change(&self, origin: Uuid) -> StoreResult<()> {
