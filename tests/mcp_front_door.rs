@@ -276,3 +276,80 @@ async fn an_mcp_client_lists_selects_and_calls_governed_tools() {
         assert!(actions.contains(&expected), "{expected:?} missing from {actions:?}");
     }
 }
+
+/// A raw `initialize` POST, as any HTTP client can send it.
+async fn raw_initialize(url: &str, host: &str, token: Option<&str>) -> (u16, Option<String>, String) {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}});
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("host", host)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let Ok(r) = req.send().await else {
+        return (0, None, "not listening yet".to_owned());
+    };
+    let status = r.status().as_u16();
+    let session = r
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, session, r.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_front_door_keeps_no_state_for_strangers_and_bounds_its_sessions() {
+    let cp = control_plane(None).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let agent = admin.agent("mcp-bounded").await;
+    let token = admin.token(pb::Role::Agent, &agent.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let sc = sidecar_with(
+        &cp,
+        &sidecar_token,
+        &spool_dir(),
+        &[("TOOLPLANE_MCP_LISTEN", &listen), ("TOOLPLANE_MCP_MAX_SESSIONS", "2")],
+    )
+    .await;
+    let url = format!("http://{listen}/mcp");
+    // Wait until the sidecar holds its snapshot (the agent token is known).
+    eventually("the MCP front door to know the agent", WAIT, || {
+        let (url, token, listen) = (url.clone(), token.clone(), listen.clone());
+        async move {
+            let (status, session, _) = raw_initialize(&url, &listen, Some(&token)).await;
+            (status == 200 && session.is_some()).then_some(())
+        }
+    })
+    .await;
+
+    // No token, or not an agent's: 401, and no session.
+    let (status, session, body) = raw_initialize(&url, &listen, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        session.is_none(),
+        "an unauthenticated initialize opened a session: {body}"
+    );
+    let (status, session, _) = raw_initialize(&url, &listen, Some(&sidecar_token)).await;
+    assert_eq!(status, 401);
+    assert!(session.is_none());
+    // A Host this sidecar is not (DNS rebinding from a web page) is refused outright.
+    let (status, session, _) = raw_initialize(&url, "attacker.example", Some(&token)).await;
+    assert_eq!(status, 403);
+    assert!(session.is_none());
+    // One session is open (from the wait above); one more fits, the next does not.
+    let (status, session, _) = raw_initialize(&url, &listen, Some(&token)).await;
+    assert_eq!(status, 200);
+    assert!(session.is_some());
+    let (status, session, body) = raw_initialize(&url, &listen, Some(&token)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(session.is_none());
+    drop(sc);
+}

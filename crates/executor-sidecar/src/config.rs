@@ -87,6 +87,20 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_MCP_LISTEN")]
     pub mcp_listen: Option<SocketAddr>,
 
+    /// Host names the MCP front door answers to (its `Host` header), comma-separated;
+    /// anything else is refused, so a web page cannot reach it by DNS rebinding.
+    /// Loopback names and the listen address are always allowed.
+    #[arg(long, env = "TOOLPLANE_MCP_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub mcp_allowed_hosts: Vec<String>,
+
+    /// Most MCP sessions open at once; a new session beyond it is refused (503).
+    #[arg(long, env = "TOOLPLANE_MCP_MAX_SESSIONS", default_value_t = 1000)]
+    pub mcp_max_sessions: usize,
+
+    /// An MCP session idle this long is closed.
+    #[arg(long, env = "TOOLPLANE_MCP_SESSION_IDLE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub mcp_session_idle_secs: u64,
+
     #[command(flatten)]
     pub control_plane_tls: toolplane_runtime::tls::ClientTlsArgs,
 

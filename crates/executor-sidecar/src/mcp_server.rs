@@ -42,6 +42,9 @@ pub const SELECT_TOOL: &str = "toolplane_select";
 pub const SELECTION_META: &str = "toolplane.dev/selection_id";
 /// Tools per `tools/list` page.
 pub const PAGE_SIZE: usize = 100;
+/// Most sessions told of catalog changes; the oldest is forgotten first (it can still
+/// list tools, it just hears of changes on its next list).
+const MAX_ANNOUNCED_PEERS: usize = 4096;
 /// How often the catalog is checked for changes to announce (`list_changed`).
 const CHANGE_POLL: Duration = Duration::from_millis(250);
 
@@ -199,8 +202,25 @@ impl ServerHandler for McpFrontDoor {
         )
     }
 
+    /// Only an authenticated agent opens a session: an unauthenticated `initialize`
+    /// would otherwise hold state in the sidecar for nothing.
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, ErrorData> {
+        self.agent(&context.extensions).await?;
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        self.peers.lock().unwrap_or_else(|e| e.into_inner()).push(context.peer);
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.retain(|p| !p.is_transport_closed());
+        if peers.len() >= MAX_ANNOUNCED_PEERS {
+            peers.remove(0);
+        }
+        peers.push(context.peer);
     }
 
     async fn list_tools(
@@ -296,26 +316,76 @@ impl ServerHandler for McpFrontDoor {
     }
 }
 
+/// Whether the request carries a live agent token.
+async fn is_agent(auth: &SnapshotAuthenticator, headers: &http::HeaderMap) -> bool {
+    let Some(token) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(BEARER_PREFIX))
+        .map(str::trim)
+    else {
+        return false;
+    };
+    matches!(auth.authenticate(token).await, Ok(Some(Principal::Agent { .. })))
+}
+
+/// What bounds the front door's state: whom it answers (by `Host`), how many sessions
+/// it keeps, and for how long an idle one lives.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub allowed_hosts: Vec<String>,
+    pub max_sessions: usize,
+    pub idle: Duration,
+}
+
 /// Serves MCP at `http://<addr>/mcp` until the process stops.
-pub async fn serve(listener: tokio::net::TcpListener, door: McpFrontDoor) {
+pub async fn serve(listener: tokio::net::TcpListener, door: McpFrontDoor, limits: SessionLimits) {
     door.spawn_change_announcer();
+    let auth = door.auth.clone();
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(limits.idle);
+    let sessions = Arc::new(sessions);
     let service: StreamableHttpService<McpFrontDoor, LocalSessionManager> = StreamableHttpService::new(
         move || Ok(door.clone()),
-        Arc::default(),
+        sessions.clone(),
         StreamableHttpServerConfig::default()
             .with_sse_keep_alive(Some(Duration::from_secs(15)))
-            .disable_allowed_hosts(),
+            .with_allowed_hosts(limits.allowed_hosts.clone()),
     );
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let service = service.clone();
+        let (service, sessions, max_sessions) = (service.clone(), sessions.clone(), limits.max_sessions);
+        let auth = auth.clone();
         tokio::spawn(async move {
             let svc = TowerToHyperService::new(tower::ServiceBuilder::new().service(tower::util::service_fn(
                 move |req: http::Request<hyper::body::Incoming>| {
-                    let service = service.clone();
+                    let (service, sessions, auth) = (service.clone(), sessions.clone(), auth.clone());
                     async move {
+                        let opens_session =
+                            req.method() == http::Method::POST && !req.headers().contains_key("mcp-session-id");
+                        // A session is state kept for its opener: only an agent opens one.
+                        if opens_session && !is_agent(&auth, req.headers()).await {
+                            let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"authorization: Bearer <agent token> is required",
+                            ));
+                            let mut refused = http::Response::new(http_body_util::BodyExt::boxed(body));
+                            *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
+                            refused.headers_mut().insert(
+                                http::header::WWW_AUTHENTICATE,
+                                http::HeaderValue::from_static("Bearer realm=\"toolplane\""),
+                            );
+                            return Ok::<_, std::convert::Infallible>(refused);
+                        }
+                        if opens_session && sessions.sessions.read().await.len() >= max_sessions {
+                            let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"too many MCP sessions are open on this sidecar; retry later",
+                            ));
+                            let mut busy = http::Response::new(http_body_util::BodyExt::boxed(body));
+                            *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            return Ok::<_, std::convert::Infallible>(busy);
+                        }
                         if req.uri().path() != "/mcp" {
                             let body = http_body_util::Full::new(bytes::Bytes::from_static(b"MCP is served at /mcp"));
                             let mut not_found = http::Response::new(http_body_util::BodyExt::boxed(body));

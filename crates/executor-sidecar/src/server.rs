@@ -146,7 +146,19 @@ pub async fn serve(
             .map_err(|e| anyhow::anyhow!("cannot listen for MCP on {addr}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving MCP (Streamable HTTP) at /mcp");
         let door = McpFrontDoor::new(executor.clone(), Arc::new(SnapshotAuthenticator::new(snapshot.clone())));
-        tokio::spawn(crate::mcp_server::serve(listener, door));
+        let mut hosts = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+            addr.ip().to_string(),
+        ];
+        hosts.extend(config.mcp_allowed_hosts.iter().filter(|h| !h.is_empty()).cloned());
+        let limits = crate::mcp_server::SessionLimits {
+            allowed_hosts: hosts,
+            max_sessions: config.mcp_max_sessions,
+            idle: std::time::Duration::from_secs(config.mcp_session_idle_secs),
+        };
+        tokio::spawn(crate::mcp_server::serve(listener, door, limits));
     }
 
     toolplane_runtime::metrics::start(config.common.metrics_listen).await?;
