@@ -40,24 +40,6 @@ pub enum Decision {
     Limited { retry_after: Duration },
 }
 
-/// A Redis client for the rate limits and the shared cache. Connecting happens in the
-/// background and reconnects forever; until Redis answers, both work locally.
-pub fn redis_client(url: &str) -> anyhow::Result<Client> {
-    let config = Config::from_url(url)?;
-    let client = Builder::from_config(config)
-        .with_performance_config(|p| p.default_command_timeout = REDIS_DECISION_TIMEOUT)
-        .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
-        .build()?;
-    let connecting = client.clone();
-    tokio::spawn(async move {
-        if let Err(e) = connecting.init().await {
-            tracing::warn!(error = %e, "cannot connect to Redis yet; limits and cache are local until it answers");
-        }
-    });
-    Ok(client)
-}
-
 pub struct RateLimiter {
     redis: Option<SharedRedis>,
     local: Mutex<HashMap<(Uuid, u32), Arc<DefaultDirectRateLimiter>>>,

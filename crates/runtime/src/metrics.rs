@@ -16,6 +16,11 @@ pub const INVOCATIONS: &str = "toolplane_invocations_total";
 pub const INVOCATION_SECONDS: &str = "toolplane_invocation_duration_seconds";
 /// Result cache lookups, by `tool` and `result` (`hit` or `miss`).
 pub const CACHE_LOOKUPS: &str = "toolplane_cache_lookups_total";
+/// Result-cache values read back from Redis and refused (not served; the tool is
+/// called instead), by `reason`: `mac` (no valid seal for this key: written or moved
+/// without the sidecars' key), `schema` (breaks the tool's output schema), `expired`,
+/// `malformed`.
+pub const CACHE_REJECTED: &str = "toolplane_cache_rejected_total";
 /// Calls refused by a tool's rate limit, by `tool`.
 pub const RATE_LIMITED: &str = "toolplane_rate_limit_rejections_total";
 /// Calls refused because a daily LIMITED_INVOCATIONS budget was spent.
