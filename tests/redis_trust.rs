@@ -237,7 +237,8 @@ impl Stack {
         let mut tool = http_tool("cached_count", &tools.url("/word_count"));
         tool.cacheable = true;
         tool.cache_ttl_seconds = 600;
-        tool.requirements.as_mut().unwrap().rate_limit_rpm = 1000;
+        // One call a second: each call moves the shared state a second ahead.
+        tool.requirements.as_mut().unwrap().rate_limit_rpm = 60;
         let tool = admin.register(tool).await.unwrap();
         let agent = admin.agent("tempted").await;
         admin
@@ -463,4 +464,35 @@ async fn tampered_cache_values_are_not_served_and_untampered_shared_hits_are() {
         assert!(text.contains(&line), "{line} missing from:\n{text}");
     }
     assert!(b.logs().contains("refused a result-cache value from Redis"));
+}
+
+#[tokio::test]
+async fn a_rate_limit_state_deleted_behind_the_sidecars_back_is_noticed() {
+    let s = Stack::start().await;
+    let (a, metrics_port) = s.sidecar().await;
+    let scrape = || async move {
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // Five misses put the state about five seconds ahead of Redis's clock.
+    for text in ["a", "a b", "a b c", "a b c d", "a b c d e"] {
+        s.call(&a, text).await;
+    }
+    assert!(!scrape().await.contains("toolplane_redis_state_regressions_total"));
+    let mut admin = Resp::admin(s.redis.port);
+    let rate = admin.keys("toolplane:ratelimit:*");
+    assert_eq!(rate.len(), 1, "{rate:?}");
+    assert_eq!(admin.cmd(&["DEL", &rate[0]]), Reply::Int(1));
+
+    s.call(&a, "f").await;
+    let text = scrape().await;
+    assert!(
+        text.contains(r#"toolplane_redis_state_regressions_total{kind="rate_limit"} 1"#),
+        "{text}"
+    );
+    assert!(a.logs().contains("rate-limit state in Redis went backwards"));
 }

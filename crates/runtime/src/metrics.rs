@@ -37,6 +37,9 @@ pub const SPOOL_DROPPED: &str = "toolplane_spool_dropped_events_total";
 pub const SNAPSHOT_AGE: &str = "toolplane_snapshot_age_seconds";
 /// Limit and quota decisions made locally because Redis did not answer.
 pub const REDIS_DEGRADED: &str = "toolplane_redis_degraded_decisions_total";
+/// Shared state in Redis found to have gone backwards (deleted or rewritten outside
+/// toolplane, or lost by Redis), by `kind` (`rate_limit`).
+pub const REDIS_REGRESSIONS: &str = "toolplane_redis_state_regressions_total";
 /// `SelectTool` latency in seconds.
 pub const SELECTION_SECONDS: &str = "toolplane_selection_duration_seconds";
 /// Sync events stored by the control plane, by `kind` (`audit` or `invocation`).
