@@ -268,7 +268,7 @@ fn deploy_manifests_validate_offline_against_the_kubernetes_schemas() {
         .expect("the Python venv (make test creates it with kubernetes-validate)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("deploy/ valid: 14 resources"), "{text}");
+    assert!(text.contains("deploy/ valid: 23 resources"), "{text}");
 }
 
 /// Every flag's environment variable, read from the binaries' sources.

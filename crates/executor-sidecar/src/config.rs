@@ -60,10 +60,30 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_AUDIT_LINGER_MS", value_parser = parse_millis, default_value = "25")]
     pub audit_linger: Duration,
 
-    /// Redis shared by all sidecars for rate limits; without it each sidecar limits
-    /// itself.
+    /// Redis shared by all sidecars for rate limits, quotas and the L2 result cache;
+    /// without it each sidecar limits and caches for itself. `rediss://` for TLS; an
+    /// ACL user as `rediss://sidecar@host:6380` (its password from
+    /// --redis-password-file, so the URL itself is no secret).
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// File holding the Redis ACL user's password: mounted into the sidecar container
+    /// only, so the agent beside it cannot authenticate to Redis.
+    #[arg(long, env = "TOOLPLANE_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// PEM CA bundle trusted for a `rediss://` Redis besides the public roots.
+    #[arg(long, env = "TOOLPLANE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// Key (at least 32 characters) sealing result-cache values in Redis with
+    /// HMAC-SHA256; values that do not carry a valid seal are not served. Shared by all
+    /// sidecars, never given to agents. Without it the L2 cache in Redis is off.
+    #[arg(long, env = "TOOLPLANE_REDIS_HMAC_KEY", hide_env_values = true)]
+    pub redis_hmac_key: Option<String>,
+
+    #[arg(long, env = "TOOLPLANE_REDIS_HMAC_KEY_FILE")]
+    pub redis_hmac_key_file: Option<PathBuf>,
 
     /// This sidecar's share of a tool's rate limit while Redis does not answer, e.g.
     /// 0.25 with four sidecars.
@@ -117,6 +137,17 @@ impl Config {
         secret(self.token.as_deref(), self.token_file.as_deref(), "sidecar token")?.ok_or_else(|| {
             anyhow::anyhow!("set TOOLPLANE_SIDECAR_TOKEN or TOOLPLANE_SIDECAR_TOKEN_FILE (a ROLE_SIDECAR token)")
         })
+    }
+
+    /// The key sealing result-cache values in Redis, if configured.
+    pub fn redis_sealer(&self) -> anyhow::Result<Option<crate::cache_seal::Sealer>> {
+        secret(
+            self.redis_hmac_key.as_deref(),
+            self.redis_hmac_key_file.as_deref(),
+            "Redis HMAC key",
+        )?
+        .map(|k| crate::cache_seal::Sealer::new(&k).map_err(anyhow::Error::msg))
+        .transpose()
     }
 
     pub fn sidecar_id(&self) -> String {

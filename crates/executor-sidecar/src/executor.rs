@@ -316,9 +316,17 @@ impl ExecutorService {
             return Ok(limited);
         }
         let attempts = std::sync::atomic::AtomicU32::new(0);
+        // A value another sidecar cached is served only if it still passes the
+        // output schema (Redis is not trusted with answers).
+        let valid = |v: &Value| {
+            compiled
+                .output
+                .as_ref()
+                .is_none_or(|s| schema::check(s, "output", v).is_ok())
+        };
         // Boxed for the same reason as a fallback: only cache misses of cacheable
         // tools need this state.
-        let fetched = Box::pin(self.cache.get_or_fetch(&key, ttl, async {
+        let fetched = Box::pin(self.cache.get_or_fetch(&key, ttl, valid, async {
             let (outcome, n) = self
                 .call_with_retries(&compiled, credential, &call.parameters, deadline, &ctx.traceparent)
                 .await;

@@ -3,6 +3,7 @@
 //! back, acked and at least once.
 
 pub mod auth;
+pub mod cache_seal;
 pub mod config;
 pub mod detach;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod mcp_server;
 pub mod outbox;
 pub mod quota;
 pub mod rate_limit;
+pub mod redis_conn;
 pub mod reliability;
 pub mod result_cache;
 pub mod server;

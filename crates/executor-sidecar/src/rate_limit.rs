@@ -6,6 +6,13 @@
 //!
 //! "N per minute" is GCRA with emission interval 60 s / N and a burst of N: a full
 //! minute's budget may be used at once, then it refills at N per minute.
+//!
+//! The state in Redis (the theoretical arrival time, TAT) cannot carry a MAC, as Redis
+//! does the arithmetic; the Redis ACL keeps agents away from it. What can be checked
+//! cheaply is that it never goes backwards: while the TAT this sidecar last saw is
+//! still in the future, Redis keeps the key and other sidecars only move it forward,
+//! so finding less means it was deleted or rewritten outside toolplane (or Redis lost
+//! it). That is logged and counted in `toolplane_redis_state_regressions_total`.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -15,6 +22,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
+use toolplane_runtime::metrics as m;
 use uuid::Uuid;
 
 pub use crate::shared_redis::REDIS_DECISION_TIMEOUT;
@@ -25,13 +33,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]))
+local stored = tonumber(redis.call('GET', KEYS[1]))
+local tat = stored
 if not tat or tat < now then tat = now end
 if tat - now > tolerance then
-  return {0, math.ceil((tat - tolerance - now) / 1000)}
+  return {0, math.ceil((tat - tolerance - now) / 1000), stored or -1, now, tat}
 end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil((tolerance + interval) / 1000) + 1)
-return {1, 0}
+return {1, 0, stored or -1, now, tat + interval}
 "#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,29 +49,13 @@ pub enum Decision {
     Limited { retry_after: Duration },
 }
 
-/// A Redis client for the rate limits and the shared cache. Connecting happens in the
-/// background and reconnects forever; until Redis answers, both work locally.
-pub fn redis_client(url: &str) -> anyhow::Result<Client> {
-    let config = Config::from_url(url)?;
-    let client = Builder::from_config(config)
-        .with_performance_config(|p| p.default_command_timeout = REDIS_DECISION_TIMEOUT)
-        .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
-        .build()?;
-    let connecting = client.clone();
-    tokio::spawn(async move {
-        if let Err(e) = connecting.init().await {
-            tracing::warn!(error = %e, "cannot connect to Redis yet; limits and cache are local until it answers");
-        }
-    });
-    Ok(client)
-}
-
 pub struct RateLimiter {
     redis: Option<SharedRedis>,
     local: Mutex<HashMap<(Uuid, u32), Arc<DefaultDirectRateLimiter>>>,
     /// This sidecar's share of a tool's budget while Redis is away (0..1].
     local_share: f64,
+    /// Per tool, the TAT (Redis's clock, µs) this sidecar last saw or wrote.
+    seen: Mutex<HashMap<Uuid, i64>>,
 }
 
 impl RateLimiter {
@@ -72,6 +65,7 @@ impl RateLimiter {
             redis: None,
             local: Mutex::default(),
             local_share: 1.0,
+            seen: Mutex::default(),
         }
     }
 
@@ -81,6 +75,7 @@ impl RateLimiter {
             redis: Some(SharedRedis::new(client, GCRA_LUA, "rate limits")),
             local: Mutex::default(),
             local_share: local_share.clamp(0.0001, 1.0),
+            seen: Mutex::default(),
         }
     }
 
@@ -102,13 +97,35 @@ impl RateLimiter {
         let tolerance_us = interval_us * f64::from(rpm - 1);
         let key = format!("toolplane:ratelimit:{tool}");
         let args = vec![interval_us.round().to_string(), tolerance_us.round().to_string()];
-        match redis.eval(vec![key], args).await.as_deref() {
+        let reply = redis.eval(vec![key], args).await;
+        if let Some([_, _, stored, now, after, ..]) = reply.as_deref() {
+            self.check_forward(tool, *stored, *now, *after);
+        }
+        match reply.as_deref() {
             Some([1, ..]) => Decision::Allowed,
             Some([_, retry_ms, ..]) => Decision::Limited {
                 retry_after: Duration::from_millis(u64::try_from(*retry_ms).unwrap_or(0)),
             },
             _ => self.check_degraded(tool, rpm),
         }
+    }
+
+    /// Flags a TAT that went backwards (`stored`, -1 when the key was gone) while the
+    /// one this sidecar last saw was still ahead of `now`; remembers `after`.
+    fn check_forward(&self, tool: Uuid, stored: i64, now: i64, after: i64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&prev) = seen.get(&tool)
+            && prev > now
+            && stored < prev
+        {
+            tracing::warn!(
+                %tool,
+                behind_ms = (prev - stored.max(now)) / 1000,
+                "rate-limit state in Redis went backwards: deleted or rewritten outside toolplane, or Redis lost it"
+            );
+            metrics::counter!(m::REDIS_REGRESSIONS, "kind" => "rate_limit").increment(1);
+        }
+        seen.insert(tool, after);
     }
 
     /// Redis is away: this sidecar's share of the budget, locally.

@@ -1,6 +1,11 @@
 //! The result cache: L1 in process (moka, a TTL per entry) in front of L2 in Redis
 //! (shared by every sidecar). Concurrent identical misses make one upstream call: moka
 //! runs one loader per key and hands its result to every waiter.
+//!
+//! Redis is not trusted with answers: an L2 value is served only if it carries the
+//! sidecars' HMAC seal for its key (`cache_seal`) and still passes the tool's output
+//! schema; anything else is a miss (the tool is called and the entry rewritten),
+//! counted in `toolplane_cache_rejected_total{reason}`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,6 +14,9 @@ use std::time::Duration;
 use fred::prelude::*;
 use moka::Expiry;
 use serde_json::Value;
+use toolplane_runtime::metrics as m;
+
+use crate::cache_seal::Sealer;
 
 /// How long an L2 lookup or write may take before it is skipped.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
@@ -39,13 +47,19 @@ pub enum Source {
     Shared,
 }
 
+/// The shared cache in Redis and the key its values are sealed with.
+pub struct SharedCache {
+    pub client: Client,
+    pub sealer: Sealer,
+}
+
 pub struct ResultCache {
     l1: moka::future::Cache<String, Arc<Entry>>,
-    l2: Option<Client>,
+    l2: Option<SharedCache>,
 }
 
 impl ResultCache {
-    pub fn new(l2: Option<Client>) -> Self {
+    pub fn new(l2: Option<SharedCache>) -> Self {
         Self {
             l1: moka::future::Cache::builder()
                 .max_capacity(L1_CAPACITY)
@@ -70,7 +84,15 @@ impl ResultCache {
 
     /// The cached output for `key`, or the output `fetch` produces (cached for `ttl`
     /// when it succeeds). A failure is shared with concurrent waiters, never cached.
-    pub async fn get_or_fetch<E, F>(&self, key: &str, ttl: Duration, fetch: F) -> Result<(Value, Source), Arc<E>>
+    /// `valid` judges a value read back from Redis (the tool's output schema); one it
+    /// refuses is a miss.
+    pub async fn get_or_fetch<E, F>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        valid: impl Fn(&Value) -> bool,
+        fetch: F,
+    ) -> Result<(Value, Source), Arc<E>>
     where
         E: Send + Sync + 'static,
         F: Future<Output = Result<Value, E>>,
@@ -82,8 +104,10 @@ impl ResultCache {
             .try_get_with(
                 key.to_owned(),
                 Box::pin(async {
-                    if let Some(output) = self.l2_get(key).await {
+                    if let Some((output, left)) = self.l2_get(key, &valid).await {
                         *source.lock().unwrap_or_else(|e| e.into_inner()) = Source::Shared;
+                        // Never kept past the expiry it was sealed with.
+                        let ttl = ttl.min(left);
                         return Ok(Arc::new(Entry { output, ttl }));
                     }
                     let output = fetch.await?;
@@ -97,29 +121,43 @@ impl ResultCache {
         Ok((loaded.output.clone(), source))
     }
 
-    async fn l2_get(&self, key: &str) -> Option<Value> {
-        let client = self.l2.as_ref()?;
-        let got = tokio::time::timeout(REDIS_TIMEOUT, client.get::<Option<String>, _>(Self::redis_key(key))).await;
-        match got {
-            Ok(Ok(Some(text))) => serde_json::from_str(&text).ok(),
-            _ => None,
-        }
+    /// A value from Redis and how long it has left, if it is sealed for `key` and
+    /// `valid`.
+    async fn l2_get(&self, key: &str, valid: impl Fn(&Value) -> bool) -> Option<(Value, Duration)> {
+        let l2 = self.l2.as_ref()?;
+        let redis_key = Self::redis_key(key);
+        let got = tokio::time::timeout(REDIS_TIMEOUT, l2.client.get::<Option<String>, _>(&redis_key)).await;
+        let Ok(Ok(Some(text))) = got else { return None };
+        let now = now_ms();
+        let reason = match l2.sealer.open(&redis_key, now, &text) {
+            Ok((output, expires)) if valid(&output) => {
+                let left = Duration::from_millis(u64::try_from(expires - now).unwrap_or(0));
+                return Some((output, left));
+            }
+            Ok(_) => "schema",
+            Err(refused) => refused.as_str(),
+        };
+        tracing::warn!(key = %redis_key, reason, "refused a result-cache value from Redis; calling the tool instead");
+        metrics::counter!(m::CACHE_REJECTED, "reason" => reason).increment(1);
+        None
     }
 
     async fn l2_set(&self, key: &str, output: &Value, ttl: Duration) {
-        let Some(client) = &self.l2 else { return };
+        let Some(l2) = &self.l2 else { return };
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let set = client.set::<(), _, _>(
-            Self::redis_key(key),
-            output.to_string(),
-            Some(Expiration::PX(ms)),
-            None,
-            false,
-        );
+        let redis_key = Self::redis_key(key);
+        let sealed = l2.sealer.seal(&redis_key, now_ms().saturating_add(ms), output);
+        let set = l2
+            .client
+            .set::<(), _, _>(redis_key, sealed, Some(Expiration::PX(ms)), None, false);
         if let Ok(Err(e)) = tokio::time::timeout(REDIS_TIMEOUT, set).await {
             tracing::debug!(error = %e, "cannot write the shared cache");
         }
     }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 #[cfg(test)]
@@ -139,7 +177,7 @@ mod tests {
             let (cache, calls) = (cache.clone(), calls.clone());
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_fetch::<String, _>("k", Duration::from_secs(60), async {
+                    .get_or_fetch::<String, _>("k", Duration::from_secs(60), |_| true, async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok(json!({"v": 1}))
@@ -159,7 +197,9 @@ mod tests {
         assert_eq!(cache.get("k").await, Some(json!({"v": 1})));
 
         let err = cache
-            .get_or_fetch::<String, _>("bad", Duration::from_secs(60), async { Err("boom".to_owned()) })
+            .get_or_fetch::<String, _>("bad", Duration::from_secs(60), |_| true, async {
+                Err("boom".to_owned())
+            })
             .await;
         assert_eq!(*err.unwrap_err(), "boom");
         assert!(cache.get("bad").await.is_none());
@@ -169,7 +209,7 @@ mod tests {
     async fn entries_expire_after_their_ttl() {
         let cache = ResultCache::new(None);
         cache
-            .get_or_fetch::<String, _>("k", Duration::from_millis(50), async { Ok(json!(1)) })
+            .get_or_fetch::<String, _>("k", Duration::from_millis(50), |_| true, async { Ok(json!(1)) })
             .await
             .unwrap();
         assert!(cache.get("k").await.is_some());

@@ -21,9 +21,10 @@ use crate::executor::{ExecutorGrpc, ExecutorService};
 use crate::mcp_server::McpFrontDoor;
 use crate::outbox::Outbox;
 use crate::quota::Quotas;
-use crate::rate_limit::{RateLimiter, redis_client};
+use crate::rate_limit::RateLimiter;
+use crate::redis_conn::{RedisSettings, redis_client};
 use crate::reliability::Breakers;
-use crate::result_cache::ResultCache;
+use crate::result_cache::{ResultCache, SharedCache};
 use crate::snapshot::SharedSnapshot;
 use crate::sync::SyncClient;
 use crate::upstream::Upstream;
@@ -112,7 +113,30 @@ pub async fn serve(
         }
         .run(),
     );
-    let redis = config.redis_url.as_deref().map(redis_client).transpose()?;
+    let redis = config
+        .redis_url
+        .as_deref()
+        .map(|url| {
+            redis_client(RedisSettings {
+                url,
+                password_file: config.redis_password_file.as_deref(),
+                ca_file: config.redis_ca_file.as_deref(),
+            })
+        })
+        .transpose()?;
+    let shared_cache = match (&redis, config.redis_sealer()?) {
+        (Some(client), Some(sealer)) => Some(SharedCache {
+            client: client.clone(),
+            sealer,
+        }),
+        (Some(_), None) => {
+            tracing::warn!(
+                "no TOOLPLANE_REDIS_HMAC_KEY: the result cache stays in process (Redis still shares rate limits and quotas)"
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let executor = Arc::new(ExecutorService {
         snapshot: snapshot.clone(),
         outbox: outbox.clone(),
@@ -130,7 +154,7 @@ pub async fn serve(
             Some(client) => Quotas::shared(client.clone(), config.rate_limit_local_share),
             None => Quotas::local(),
         },
-        cache: ResultCache::new(redis.clone()),
+        cache: ResultCache::new(shared_cache),
         last_good: moka::future::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(std::time::Duration::from_secs(24 * 3600))

@@ -16,6 +16,11 @@ pub const INVOCATIONS: &str = "toolplane_invocations_total";
 pub const INVOCATION_SECONDS: &str = "toolplane_invocation_duration_seconds";
 /// Result cache lookups, by `tool` and `result` (`hit` or `miss`).
 pub const CACHE_LOOKUPS: &str = "toolplane_cache_lookups_total";
+/// Result-cache values read back from Redis and refused (not served; the tool is
+/// called instead), by `reason`: `mac` (no valid seal for this key: written or moved
+/// without the sidecars' key), `schema` (breaks the tool's output schema), `expired`,
+/// `malformed`.
+pub const CACHE_REJECTED: &str = "toolplane_cache_rejected_total";
 /// Calls refused by a tool's rate limit, by `tool`.
 pub const RATE_LIMITED: &str = "toolplane_rate_limit_rejections_total";
 /// Calls refused because a daily LIMITED_INVOCATIONS budget was spent.
@@ -32,6 +37,9 @@ pub const SPOOL_DROPPED: &str = "toolplane_spool_dropped_events_total";
 pub const SNAPSHOT_AGE: &str = "toolplane_snapshot_age_seconds";
 /// Limit and quota decisions made locally because Redis did not answer.
 pub const REDIS_DEGRADED: &str = "toolplane_redis_degraded_decisions_total";
+/// Shared state in Redis found to have gone backwards (deleted or rewritten outside
+/// toolplane, or lost by Redis), by `kind` (`rate_limit`).
+pub const REDIS_REGRESSIONS: &str = "toolplane_redis_state_regressions_total";
 /// `SelectTool` latency in seconds.
 pub const SELECTION_SECONDS: &str = "toolplane_selection_duration_seconds";
 /// Sync events stored by the control plane, by `kind` (`audit` or `invocation`).
