@@ -233,7 +233,7 @@ async fn a_frozen_control_plane_cuts_the_sidecar_off_until_it_resumes() {
             calls: vec![invoke_request("word_count", &json!({"text": "x"}))],
         })
         .await;
-    assert_says_why(&batch.err().expect("a batch is refused"));
+    assert_says_why(&batch.expect_err("a batch is refused"));
     let task = tokio::time::timeout(
         Duration::from_secs(5),
         ex.execute_task(pb::ExecuteTaskRequest {
@@ -243,7 +243,7 @@ async fn a_frozen_control_plane_cuts_the_sidecar_off_until_it_resumes() {
     )
     .await
     .expect("a task is refused at once");
-    assert_says_why(&task.err().expect("a task is refused"));
+    assert_says_why(&task.expect_err("a task is refused"));
     let r = mcp.call_tool(mcp_call()).await.unwrap();
     assert_eq!(r.is_error, Some(true));
     let text = serde_json::to_string(&r.content).unwrap();
