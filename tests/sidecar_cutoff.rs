@@ -415,16 +415,17 @@ async fn heartbeats_arrive_at_the_configured_cadence() {
             beats.push(start.elapsed());
         }
     }
-    // 200 ms apart over 2 s: about ten.
+    // 200 ms apart over 2 s: about ten (room left for a busy test machine; a cadence
+    // of 1 s, or a message only per change, would give two or none).
     assert!(
-        (7..=13).contains(&beats.len()),
+        (6..=14).contains(&beats.len()),
         "{} heartbeats in 2 s: {beats:?}",
         beats.len()
     );
     for pair in beats.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            gap >= Duration::from_millis(100) && gap <= Duration::from_millis(600),
+            gap >= Duration::from_millis(100) && gap <= Duration::from_millis(800),
             "{gap:?}"
         );
     }
