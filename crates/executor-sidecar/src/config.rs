@@ -144,3 +144,25 @@ impl Config {
             .unwrap_or_else(|| format!("sidecar-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_maximum_age_shorter_than_the_idle_timeout_is_refused() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["toolplane-sidecar"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap()
+        };
+        assert!(parse(&[]).check_freshness().is_ok());
+        assert_eq!(parse(&[]).max_snapshot_age, Duration::from_secs(120));
+        let tight = parse(&["--max-snapshot-age", "2", "--sync-idle-timeout", "1000"]);
+        assert!(tight.check_freshness().is_ok());
+        let inverted = parse(&["--max-snapshot-age", "10", "--sync-idle-timeout", "15000"]);
+        let e = inverted.check_freshness().unwrap_err().to_string();
+        assert!(e.contains("TOOLPLANE_MAX_SNAPSHOT_AGE"), "{e}");
+        assert!(parse(&["--sync-idle-timeout", "10"]).check_freshness().is_err());
+    }
+}
