@@ -1,5 +1,6 @@
 //! Sidecar authentication: agent tokens are checked against the digests in the latest
-//! snapshot, so the sidecar keeps authenticating while the control plane is away.
+//! snapshot, so the sidecar keeps authenticating while the control plane is away, for
+//! at most `TOOLPLANE_MAX_SNAPSHOT_AGE`.
 
 use chrono::Utc;
 use toolplane_core::model::{Principal, Role};
@@ -21,11 +22,9 @@ impl SnapshotAuthenticator {
 #[async_trait::async_trait]
 impl Authenticate for SnapshotAuthenticator {
     async fn authenticate(&self, bearer: &str) -> Result<Option<Principal>, tonic::Status> {
-        let Some(snap) = self.snapshot.current() else {
-            return Err(tonic::Status::unavailable(
-                "no snapshot from the control plane yet; retry shortly",
-            ));
-        };
+        // No snapshot yet, or one too old to trust (the token may have been revoked
+        // since): UNAVAILABLE, saying why, rather than a verdict on the token.
+        let snap = self.snapshot.serving().map_err(tonic::Status::from)?;
         let Some(record) = snap.token(&token::digest(bearer)) else {
             return Ok(None);
         };

@@ -60,6 +60,23 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_AUDIT_LINGER_MS", value_parser = parse_millis, default_value = "25")]
     pub audit_linger: Duration,
 
+    /// Seconds the sidecar keeps serving from its snapshot without hearing from the
+    /// control plane (a snapshot, delta, heartbeat or ack). Past it every call is
+    /// refused with UNAVAILABLE until the sidecar syncs again: a sidecar cut off from
+    /// the control plane would otherwise keep admitting revoked tokens and grants for
+    /// ever. Keep it several of the control plane's TOOLPLANE_SYNC_HEARTBEAT_MS and
+    /// above TOOLPLANE_SYNC_IDLE_TIMEOUT_MS, so one lost connection is re-established
+    /// before calls are refused.
+    #[arg(long, env = "TOOLPLANE_MAX_SNAPSHOT_AGE", value_parser = parse_secs, default_value = "120")]
+    pub max_snapshot_age: Duration,
+
+    /// Milliseconds the sync stream may stay silent (no heartbeat or anything else)
+    /// before the sidecar abandons it and reconnects: a half-open connection (the
+    /// control plane's node gone without a FIN) is noticed this soon. Keep it a few of
+    /// the control plane's TOOLPLANE_SYNC_HEARTBEAT_MS.
+    #[arg(long, env = "TOOLPLANE_SYNC_IDLE_TIMEOUT_MS", value_parser = parse_millis, default_value = "15000")]
+    pub sync_idle_timeout: Duration,
+
     /// Redis shared by all sidecars for rate limits, quotas and the L2 result cache;
     /// without it each sidecar limits and caches for itself. `rediss://` for TLS; an
     /// ACL user as `rediss://sidecar@host:6380` (its password from
@@ -150,9 +167,47 @@ impl Config {
         .transpose()
     }
 
+    /// Refuses freshness settings that would refuse calls before a lost connection
+    /// could even be noticed and replaced.
+    pub fn check_freshness(&self) -> anyhow::Result<()> {
+        if self.sync_idle_timeout < std::time::Duration::from_millis(100) {
+            anyhow::bail!("TOOLPLANE_SYNC_IDLE_TIMEOUT_MS must be at least 100");
+        }
+        if self.max_snapshot_age <= self.sync_idle_timeout {
+            anyhow::bail!(
+                "TOOLPLANE_MAX_SNAPSHOT_AGE ({} s) must be longer than TOOLPLANE_SYNC_IDLE_TIMEOUT_MS ({} ms)",
+                self.max_snapshot_age.as_secs(),
+                self.sync_idle_timeout.as_millis()
+            );
+        }
+        Ok(())
+    }
+
     pub fn sidecar_id(&self) -> String {
         self.sidecar_id
             .clone()
             .unwrap_or_else(|| format!("sidecar-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_maximum_age_shorter_than_the_idle_timeout_is_refused() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["toolplane-sidecar"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap()
+        };
+        assert!(parse(&[]).check_freshness().is_ok());
+        assert_eq!(parse(&[]).max_snapshot_age, Duration::from_secs(120));
+        let tight = parse(&["--max-snapshot-age", "2", "--sync-idle-timeout", "1000"]);
+        assert!(tight.check_freshness().is_ok());
+        let inverted = parse(&["--max-snapshot-age", "10", "--sync-idle-timeout", "15000"]);
+        let e = inverted.check_freshness().unwrap_err().to_string();
+        assert!(e.contains("TOOLPLANE_MAX_SNAPSHOT_AGE"), "{e}");
+        assert!(parse(&["--sync-idle-timeout", "10"]).check_freshness().is_err());
     }
 }

@@ -22,6 +22,19 @@ pub enum ExecError {
     },
     #[error("no snapshot from the control plane yet; retry shortly")]
     NoSnapshot,
+    /// Cut off from the control plane for too long: tokens and grants may have been
+    /// revoked since, so nothing is admitted until the sidecar syncs again.
+    #[error(
+        "the sidecar has not heard from the control plane for {} s (since {}), more than its maximum snapshot age of {} s (TOOLPLANE_MAX_SNAPSHOT_AGE): tokens and grants may have changed, so calls are refused until it syncs again",
+        age.as_secs(),
+        since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        max_age.as_secs()
+    )]
+    Stale {
+        age: std::time::Duration,
+        since: chrono::DateTime<chrono::Utc>,
+        max_age: std::time::Duration,
+    },
     #[error("the audit spool is full (the control plane is not acknowledging events); retry later")]
     SpoolFull,
     #[error("{0} is not implemented yet (see README: not implemented yet)")]
@@ -43,7 +56,9 @@ impl From<ExecError> for tonic::Status {
                 details.set_retry_info(Some(wait));
                 tonic::Status::with_error_details(tonic::Code::ResourceExhausted, e.to_string(), details)
             }
-            e @ (ExecError::NoSnapshot | ExecError::SpoolFull) => tonic::Status::unavailable(e.to_string()),
+            e @ (ExecError::NoSnapshot | ExecError::Stale { .. } | ExecError::SpoolFull) => {
+                tonic::Status::unavailable(e.to_string())
+            }
             e @ ExecError::Unimplemented(_) => tonic::Status::unimplemented(e.to_string()),
             ExecError::Internal(m) => tonic::Status::internal(m),
         }

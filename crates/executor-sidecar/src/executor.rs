@@ -194,7 +194,9 @@ impl ExecutorService {
         let started = Instant::now();
         // Held until the call has pushed its last event.
         let _room = self.outbox.reserve(MAX_EVENTS_PER_CALL).ok_or(ExecError::SpoolFull)?;
-        let snap = self.snapshot.current().ok_or(ExecError::NoSnapshot)?;
+        // Refused when cut off from the control plane for too long (see `serving`):
+        // checked per call, as a batch or task outlives the check at authentication.
+        let snap = self.snapshot.serving()?;
         let compiled: Arc<CompiledTool> = match &call.tool {
             Some(pb::invoke_request::Tool::ToolId(id)) => {
                 let id = parse_uuid("tool_id", id)?;

@@ -249,6 +249,11 @@ impl ServerHandler for McpFrontDoor {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        // Cut off from the control plane for too long: a tool failure saying why (the
+        // agent can read it), not a protocol error.
+        if let Err(e @ ExecError::Stale { .. }) = self.executor.snapshot.serving() {
+            return Ok(failure(format!("UNAVAILABLE: {e}")));
+        }
         let (agent_id, token) = self.agent(&context.extensions).await?;
         let traceparent = context
             .extensions
@@ -310,6 +315,7 @@ impl ServerHandler for McpFrontDoor {
                 ExecError::InvalidArgument(v) => format!("VALIDATION_ERROR: {v}"),
                 ExecError::PermissionDenied(m) => format!("PERMISSION_DENIED: {m}"),
                 ExecError::NotFound(m) => format!("NOT_FOUND: {m}"),
+                e @ ExecError::Stale { .. } => format!("UNAVAILABLE: {e}"),
                 other => other.to_string(),
             }),
         })

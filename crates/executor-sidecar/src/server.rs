@@ -48,6 +48,55 @@ fn spawn_gauges(executor: Arc<ExecutorService>) {
     });
 }
 
+/// How often the freshness watch looks.
+const FRESHNESS_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reports `toolplane.v1.Executor` NOT_SERVING on the health service while calls are
+/// refused (no snapshot yet, or one too old), SERVING again once synced, and logs each
+/// change. The server as a whole (service "") stays SERVING: the process is fine, and a
+/// liveness probe restarting it would not bring the control plane back. A readiness
+/// probe may name the service to take a cut-off sidecar out of rotation.
+/// Stops (leaving everything NOT_SERVING) once draining starts.
+fn spawn_freshness_watch(
+    snapshot: SharedSnapshot,
+    health: tonic_health::server::HealthReporter,
+    mut draining: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        // Health starts SERVING for every service; the first look corrects it.
+        let mut was: Option<bool> = None;
+        loop {
+            let verdict = snapshot.serving();
+            let fresh = verdict.is_ok();
+            if was != Some(fresh) {
+                match &verdict {
+                    Ok(_) if was.is_some() => tracing::info!("synced with the control plane again: admitting calls"),
+                    Ok(_) => {}
+                    Err(e @ crate::error::ExecError::Stale { .. }) => tracing::error!(error = %e, "refusing calls"),
+                    Err(_) => {}
+                }
+                let status = if fresh {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health.set_service_status(EXECUTOR, status).await;
+                was = Some(fresh);
+            }
+            let drain_started = tokio::select! {
+                () = tokio::time::sleep(FRESHNESS_POLL) => false,
+                r = draining.wait_for(|d| *d) => { drop(r); true }
+            };
+            if drain_started {
+                health
+                    .set_service_status(EXECUTOR, tonic_health::ServingStatus::NotServing)
+                    .await;
+                return;
+            }
+        }
+    });
+}
+
 /// Binds, retrying for a moment: a fixed port inside the ephemeral range can be held
 /// briefly by some short-lived outgoing connection.
 async fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
@@ -83,7 +132,8 @@ pub async fn serve(
     listener: TcpListener,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let snapshot = SharedSnapshot::default();
+    config.check_freshness()?;
+    let snapshot = SharedSnapshot::new(config.max_snapshot_age);
     let outbox = Arc::new(if config.spool_dir.is_empty() {
         tracing::warn!("no spool directory: unacked events are lost if the sidecar restarts");
         Outbox::new(config.spool_capacity, config.spool_full_policy)
@@ -110,6 +160,7 @@ pub async fn serve(
             outbox: outbox.clone(),
             linger: config.audit_linger,
             held: Default::default(),
+            idle_timeout: config.sync_idle_timeout,
         }
         .run(),
     );
@@ -192,6 +243,7 @@ pub async fn serve(
     let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
 
     let (draining_tx, draining) = watch::channel(false);
+    spawn_freshness_watch(snapshot.clone(), health.clone(), draining.clone());
     let drain_outbox = outbox.clone();
     tokio::spawn(async move {
         stop.await;

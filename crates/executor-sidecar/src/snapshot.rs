@@ -2,12 +2,18 @@
 //! (schemas compiled once per tool version), swapped atomically when a new one arrives.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
 
 use jsonschema::Validator;
 use toolplane_core::model::{Agent, Credential, FallbackStrategy, Permission, Snapshot, TokenRecord, Tool};
 use toolplane_core::schema;
 use uuid::Uuid;
+
+use crate::error::ExecError;
 
 pub struct CompiledTool {
     pub tool: Tool,
@@ -108,29 +114,131 @@ impl SnapshotIndex {
     }
 }
 
-/// The current snapshot, shared by every request and replaced whole.
-#[derive(Default, Clone)]
+/// The current snapshot, shared by every request and replaced whole, with when the
+/// control plane was last heard from: a snapshot is only as good as the last proof that
+/// nothing changed since, so past `max_age` without one it is not served at all.
+#[derive(Clone)]
 pub struct SharedSnapshot {
     inner: Arc<RwLock<Option<Arc<SnapshotIndex>>>>,
-    /// When the last snapshot or delta arrived (for the snapshot-age metric).
-    installed_at: Arc<RwLock<Option<std::time::Instant>>>,
+    /// Milliseconds from `epoch` to the last word from the control plane, plus one;
+    /// 0 before any. An atomic, as every call reads it.
+    heard: Arc<AtomicU64>,
+    epoch: Instant,
+    max_age: Duration,
 }
 
+impl Default for SharedSnapshot {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_AGE)
+    }
+}
+
+/// What `TOOLPLANE_MAX_SNAPSHOT_AGE` defaults to.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
+
 impl SharedSnapshot {
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            heard: Arc::default(),
+            epoch: Instant::now(),
+            max_age,
+        }
+    }
+
+    /// The snapshot held, fresh or not (for building the next one; never to serve).
     pub fn current(&self) -> Option<Arc<SnapshotIndex>> {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn install(&self, index: SnapshotIndex) {
-        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(index));
-        *self.installed_at.write().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    /// The snapshot to serve a call from: refused when there is none yet, or when the
+    /// control plane has not been heard from for longer than the maximum age (it may
+    /// have revoked tokens and grants this sidecar has not learnt of).
+    pub fn serving(&self) -> Result<Arc<SnapshotIndex>, ExecError> {
+        let snap = self.current().ok_or(ExecError::NoSnapshot)?;
+        match self.age() {
+            Some(age) if age <= self.max_age => Ok(snap),
+            Some(age) => Err(ExecError::Stale {
+                age,
+                since: self.heard_at().unwrap_or_else(Utc::now),
+                max_age: self.max_age,
+            }),
+            None => Err(ExecError::NoSnapshot),
+        }
     }
 
-    /// Time since the last snapshot or delta; `None` before the first.
-    pub fn age(&self) -> Option<std::time::Duration> {
-        self.installed_at
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|t| t.elapsed())
+    /// Whether calls are admitted now (a snapshot, recently confirmed).
+    pub fn is_fresh(&self) -> bool {
+        self.serving().is_ok()
+    }
+
+    pub fn install(&self, index: SnapshotIndex) {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(index));
+        self.heard();
+    }
+
+    /// Records that the control plane just proved the snapshot current (a heartbeat
+    /// or an ack on the stream that delivered it).
+    pub fn heard(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.heard.store(ms.saturating_add(1), Ordering::Release);
+    }
+
+    /// Time since the control plane was last heard from; `None` before the first
+    /// snapshot.
+    pub fn age(&self) -> Option<Duration> {
+        match self.heard.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(self.epoch.elapsed().saturating_sub(Duration::from_millis(ms - 1))),
+        }
+    }
+
+    /// When the control plane was last heard from, by the wall clock.
+    pub fn heard_at(&self) -> Option<DateTime<Utc>> {
+        let age = chrono::Duration::from_std(self.age()?).ok()?;
+        Some(Utc::now() - age)
+    }
+
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty(revision: u64) -> SnapshotIndex {
+        SnapshotIndex::build(
+            Snapshot {
+                revision,
+                ..Default::default()
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn a_snapshot_not_confirmed_within_the_maximum_age_is_not_served() {
+        let shared = SharedSnapshot::new(Duration::from_millis(80));
+        assert!(matches!(shared.serving(), Err(ExecError::NoSnapshot)));
+        shared.install(empty(3));
+        assert_eq!(shared.serving().map(|s| s.revision).ok(), Some(3));
+        std::thread::sleep(Duration::from_millis(120));
+        let Err(e @ ExecError::Stale { .. }) = shared.serving() else {
+            panic!("a stale snapshot was served");
+        };
+        let status = tonic::Status::from(e);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status.message().contains("TOOLPLANE_MAX_SNAPSHOT_AGE"),
+            "{}",
+            status.message()
+        );
+        // Still held for building the next one, just not served.
+        assert!(shared.current().is_some());
+        shared.heard();
+        assert!(shared.is_fresh());
+        assert!(shared.age().is_some_and(|a| a < Duration::from_millis(80)));
     }
 }

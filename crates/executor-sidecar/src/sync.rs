@@ -1,5 +1,11 @@
 //! The sidecar's end of `SidecarSync.Connect`: installs snapshots, sends outbox batches,
 //! removes acked events, and reconnects with capped exponential backoff and jitter.
+//!
+//! A connection can die without a FIN (the control plane's node gone, a network
+//! partition): TCP and HTTP/2 keepalive probe it, and a read-side watchdog abandons a
+//! stream on which nothing (not even a heartbeat) arrived for the idle timeout. Every
+//! message received proves the snapshot current ([`SharedSnapshot::heard`]); without
+//! one for `TOOLPLANE_MAX_SNAPSHOT_AGE` the sidecar refuses calls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +14,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::Streaming;
 use tonic::transport::Endpoint;
 use toolplane_core::client::Bearer;
 use toolplane_core::convert::{delta_from_pb, snapshot_from_pb};
@@ -25,6 +32,14 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Sends what is queued at least this often even without a wake-up.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// HTTP/2 PINGs on the sync connection, even while no call is in flight, and how long
+/// an answer may take before the connection is dropped.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive: first probe after this much silence, then every interval.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
 
 pub struct SyncClient {
     pub control_plane: String,
@@ -43,6 +58,16 @@ pub struct SyncClient {
     pub linger: Duration,
     /// The snapshot deltas apply to (the index keeps only what serving needs).
     pub held: std::sync::Mutex<Option<Snapshot>>,
+    /// A stream (or an attempt to open one) on which nothing arrives for this long is
+    /// abandoned and replaced: a few of the control plane's heartbeat intervals.
+    pub idle_timeout: Duration,
+}
+
+/// Whether a session brought the sidecar a snapshot (then the next attempt starts
+/// over from the shortest backoff).
+#[derive(Default)]
+struct Progress {
+    synced: bool,
 }
 
 /// `base * 2^attempt`, capped, with full jitter so a fleet does not reconnect in step.
@@ -54,16 +79,31 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 impl SyncClient {
-    /// Runs until the process ends.
+    /// Runs until the process ends. A refused token is retried with backoff like any
+    /// other failure (it may be a brief mix-up, and an operator may issue a new one);
+    /// meanwhile the sidecar serves its snapshot until it is too old.
     pub async fn run(self) {
         let mut attempt = 0u32;
         loop {
-            match self.session().await {
-                Ok(()) => {
-                    tracing::info!("control plane closed the sync stream");
-                    attempt = 0;
-                }
-                Err(e) => tracing::warn!(error = %e, attempt, "sync with control plane failed"),
+            let mut progress = Progress::default();
+            let ended = self.session(&mut progress).await;
+            match &ended {
+                Ok(()) => tracing::info!("control plane closed the sync stream"),
+                Err(e) => match e.downcast_ref::<tonic::Status>() {
+                    Some(s) if s.code() == tonic::Code::Unauthenticated => tracing::error!(
+                        error = %s.message(),
+                        attempt,
+                        snapshot_age_secs = self.snapshot.age().map(|a| a.as_secs()),
+                        max_snapshot_age_secs = self.snapshot.max_age().as_secs(),
+                        "the control plane refused this sidecar's token (revoked or expired?): no further \
+                         snapshot arrives, and calls are refused once the snapshot is older than \
+                         TOOLPLANE_MAX_SNAPSHOT_AGE; issue a new ROLE_SIDECAR token"
+                    ),
+                    _ => tracing::warn!(error = %e, attempt, "sync with control plane failed"),
+                },
+            }
+            if progress.synced {
+                attempt = 0;
             }
             self.outbox.requeue_in_flight();
             tokio::time::sleep(backoff(attempt)).await;
@@ -71,14 +111,45 @@ impl SyncClient {
         }
     }
 
-    async fn session(&self) -> anyhow::Result<()> {
-        let mut endpoint = Endpoint::from_shared(self.control_plane.clone())?.connect_timeout(Duration::from_secs(5));
+    /// The sync channel, with TCP and HTTP/2 keepalive so a dead peer is noticed even
+    /// on a quiet connection.
+    fn endpoint(&self) -> anyhow::Result<Endpoint> {
+        let mut endpoint = Endpoint::from_shared(self.control_plane.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(TCP_KEEPALIVE))
+            .tcp_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+            .tcp_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES));
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone())?;
         }
-        let channel = endpoint.connect().await?;
+        Ok(endpoint)
+    }
+
+    /// Connects and opens the stream. A control plane that accepts the connection but
+    /// never answers (frozen, or behind a half-open path) is given up on after the idle
+    /// timeout instead of being waited for.
+    async fn open(&self, rx: mpsc::Receiver<OutboundRequest>) -> anyhow::Result<Streaming<pb::ConnectResponse>> {
         let bearer = Bearer::new(Some(&self.token))
             .ok_or_else(|| anyhow::anyhow!("the sidecar token has characters a header cannot carry"))?;
+        let endpoint = self.endpoint()?;
+        let opening = async {
+            let channel = endpoint.connect().await?;
+            // A snapshot of a large registry is far above tonic's 4 MiB default.
+            let inbound = crate::wire::connect(channel, bearer, MAX_SNAPSHOT_BYTES, ReceiverStream::new(rx)).await?;
+            anyhow::Ok(inbound)
+        };
+        tokio::time::timeout(self.idle_timeout, opening).await.map_err(|_| {
+            anyhow::anyhow!(
+                "the control plane did not open the sync stream within {} ms",
+                self.idle_timeout.as_millis()
+            )
+        })?
+    }
+
+    async fn session(&self, progress: &mut Progress) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel::<OutboundRequest>(8);
         let known = self.snapshot.current().map_or(0, |s| s.revision);
         tx.send(OutboundRequest {
@@ -89,20 +160,29 @@ impl SyncClient {
             })),
         })
         .await?;
-        // A snapshot of a large registry is far above tonic's 4 MiB default.
-        let mut inbound = crate::wire::connect(channel, bearer, MAX_SNAPSHOT_BYTES, ReceiverStream::new(rx)).await?;
+        let mut inbound = self.open(rx).await?;
         tracing::info!(control_plane = %self.control_plane, "connected to control plane");
         let mut tick = tokio::time::interval(FLUSH_INTERVAL);
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
         let mut lingering = false;
+        // The read-side watchdog: pushed back by every message received.
+        let silence = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(silence);
         loop {
             tokio::select! {
                 msg = inbound.next() => match msg {
-                    Some(Ok(m)) => self.handle(m).await?,
-                    Some(Err(status)) => anyhow::bail!("stream error: {}", status.message()),
+                    Some(Ok(m)) => {
+                        self.handle(m, progress).await?;
+                        silence.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
+                    }
+                    Some(Err(status)) => return Err(status.into()),
                     None => return Ok(()),
                 },
+                () = &mut silence => anyhow::bail!(
+                    "nothing from the control plane for {} ms (not even a heartbeat); abandoning the connection",
+                    self.idle_timeout.as_millis()
+                ),
                 _ = self.outbox.notified() => {
                     if self.outbox.queued() >= BATCH {
                         lingering = false;
@@ -138,7 +218,11 @@ impl SyncClient {
     /// brings a full snapshot). Decoding and indexing a snapshot (compiling every
     /// tool's schemas) runs on the blocking pool: with a large registry it takes long
     /// enough to stall calls on a runtime with one worker thread.
-    async fn handle(&self, msg: pb::ConnectResponse) -> anyhow::Result<()> {
+    ///
+    /// Each message the stream delivers in order proves the snapshot current: a
+    /// heartbeat names the revision the stream brought the sidecar to, and one naming
+    /// another ends the session (a reconnect brings a full snapshot).
+    async fn handle(&self, msg: pb::ConnectResponse, progress: &mut Progress) -> anyhow::Result<()> {
         match msg.message {
             Some(pb::connect_response::Message::Snapshot(s)) => {
                 let previous = self.snapshot.current();
@@ -153,6 +237,7 @@ impl SyncClient {
                     Ok((snap, index)) => {
                         *self.held() = Some(snap);
                         self.install(index);
+                        progress.synced = true;
                     }
                     Err(e) => tracing::error!(error = %e, "ignoring malformed snapshot; keeping the previous one"),
                 }
@@ -176,10 +261,29 @@ impl SyncClient {
             Some(pb::connect_response::Message::Ack(ack)) => {
                 self.outbox
                     .ack(ack.event_ids.iter().filter_map(|id| Uuid::parse_str(id).ok()));
+                self.heard_on_this_stream(progress);
             }
-            Some(pb::connect_response::Message::Heartbeat(_)) | None => {}
+            Some(pb::connect_response::Message::Heartbeat(h)) => {
+                let held = self.snapshot.current().map(|s| s.revision);
+                if held != Some(h.revision) {
+                    anyhow::bail!(
+                        "heartbeat for revision {} while this sidecar holds {held:?}; reconnecting for a full snapshot",
+                        h.revision
+                    );
+                }
+                self.heard_on_this_stream(progress);
+            }
+            None => {}
         }
         Ok(())
+    }
+
+    /// Only a stream that delivered a snapshot vouches for it: an ack or heartbeat
+    /// before this stream's first snapshot was installed proves nothing about it.
+    fn heard_on_this_stream(&self, progress: &Progress) {
+        if progress.synced {
+            self.snapshot.heard();
+        }
     }
 
     async fn flush(&self, tx: &mpsc::Sender<OutboundRequest>) -> anyhow::Result<()> {

@@ -33,7 +33,9 @@ pub const OPEN_CIRCUITS: &str = "toolplane_open_circuits";
 pub const SPOOL_DEPTH: &str = "toolplane_spool_depth";
 /// Events dropped because the spool was full under the `drop` policy.
 pub const SPOOL_DROPPED: &str = "toolplane_spool_dropped_events_total";
-/// Seconds since the sidecar last received a snapshot or delta.
+/// Seconds since the sidecar last heard from the control plane (a snapshot, delta,
+/// heartbeat or ack on a live sync stream); past `TOOLPLANE_MAX_SNAPSHOT_AGE` it
+/// refuses calls.
 pub const SNAPSHOT_AGE: &str = "toolplane_snapshot_age_seconds";
 /// Limit and quota decisions made locally because Redis did not answer.
 pub const REDIS_DEGRADED: &str = "toolplane_redis_degraded_decisions_total";
