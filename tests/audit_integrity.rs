@@ -204,6 +204,17 @@ async fn forged_and_poisoned_events_are_stamped_refused_or_dead_lettered_and_the
         );
     }
     assert_eq!(letters.len(), 4);
+    // Operators see them with toolctl too.
+    let out = std::process::Command::new(toolplane_tests::procs::bin("toolctl"))
+        .args(["-o", "json", "audit", "dead-letters"])
+        .env("TOOLPLANE_SERVER", &s.url)
+        .env("TOOLPLANE_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["total"], 4, "{listed}");
+    assert_eq!(listed["letters"][0]["raw_hex"], hex::encode(&letters[0].raw));
 
     // A resend after a lost ack stores nothing twice.
     assert_eq!(fake.send(batch).await, sent);

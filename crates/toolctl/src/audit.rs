@@ -76,6 +76,15 @@ pub enum AuditCmd {
     Checkpoint,
     /// The public key checkpoints are signed with, and the earlier trusted ones.
     PublicKey,
+    /// Events sidecars sent that could not enter the trail (oldest first); the raw
+    /// event is printed as hex (protobuf `SyncEvent`).
+    DeadLetters {
+        /// Only letters after this id.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Make a new checkpoint signing key (offline): TOOLPLANE_AUDIT_SIGNING_KEY and its
     /// public key.
     Keygen,
@@ -189,6 +198,33 @@ pub async fn run(cmd: AuditCmd, server: &str, token: Option<&str>, out: Output) 
                 }
                 for k in &r.trusted_public_keys {
                     println!("also trusted: {k}");
+                }
+            });
+        }
+        AuditCmd::DeadLetters { after, limit } => {
+            let r = c
+                .list_dead_letters(pb::ListDeadLettersRequest { after_id: after, limit })
+                .await?
+                .into_inner();
+            let rows: Vec<Value> = r
+                .letters
+                .iter()
+                .map(|l| {
+                    json!({"id": l.id, "received_at": l.received_at.map(|t| t.to_string()),
+                           "source": l.source, "event_id": l.event_id, "kind": l.kind,
+                           "error": l.error, "raw_hex": hex::encode(&l.raw)})
+                })
+                .collect();
+            let ids = r
+                .letters
+                .iter()
+                .map(|l| l.id.to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(out, &json!({"total": r.total, "letters": rows}), &ids, || {
+                println!("{} dead letters in all", r.total);
+                for l in &r.letters {
+                    println!("{}  {}  {} {}  {}", l.id, l.source, l.kind, l.event_id, l.error);
                 }
             });
         }
