@@ -58,7 +58,11 @@ impl Setup {
             time_zone: "UTC".to_owned(),
             ..Default::default()
         };
-        let r = self.admin.permissions.grant(pb::GrantRequest { permission: Some(p) }).await;
+        let r = self
+            .admin
+            .permissions
+            .grant(pb::GrantRequest { permission: Some(p) })
+            .await;
         r.unwrap().into_inner().permission.unwrap().id
     }
 }
@@ -66,7 +70,10 @@ impl Setup {
 /// The shared counter of `grant` for today, as Redis at `url` holds it (0 when absent).
 fn counter(url: &str, grant: &str) -> u32 {
     let key = format!("toolplane:quota:{grant}:{}", chrono::Utc::now().date_naive());
-    let out = Command::new("redis-cli").args(["-u", url, "GET", &key]).output().unwrap();
+    let out = Command::new("redis-cli")
+        .args(["-u", url, "GET", &key])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "redis-cli: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
 }
@@ -135,10 +142,16 @@ async fn calls_refused_before_the_tool_or_answered_from_cache_leave_the_budget_i
     assert_eq!(counter(&redis, &limited_grant), 0, "invalid calls spend nothing");
     // The rate limit's burst of 3 goes through, the next 2 are refused by it.
     for _ in 0..3 {
-        assert_eq!(call(&sc, t, "budget_limited", json!({"text": "a b"})).await, Ok(SUCCESS));
+        assert_eq!(
+            call(&sc, t, "budget_limited", json!({"text": "a b"})).await,
+            Ok(SUCCESS)
+        );
     }
     for _ in 0..2 {
-        assert_eq!(call(&sc, t, "budget_limited", json!({"text": "a b"})).await, Ok(RATE_LIMITED));
+        assert_eq!(
+            call(&sc, t, "budget_limited", json!({"text": "a b"})).await,
+            Ok(RATE_LIMITED)
+        );
     }
     assert_eq!(s.tools.hits("/word_count"), 3);
     assert_eq!(
@@ -149,21 +162,37 @@ async fn calls_refused_before_the_tool_or_answered_from_cache_leave_the_budget_i
 
     // The circuit: 2 failures are real calls, then it opens and refuses.
     for _ in 0..2 {
-        assert_eq!(call(&sc, t, "budget_failing", json!({"text": "x"})).await, Ok(EXECUTION_ERROR));
+        assert_eq!(
+            call(&sc, t, "budget_failing", json!({"text": "x"})).await,
+            Ok(EXECUTION_ERROR)
+        );
     }
     for _ in 0..3 {
-        assert_eq!(call(&sc, t, "budget_failing", json!({"text": "x"})).await, Ok(CIRCUIT_OPEN));
+        assert_eq!(
+            call(&sc, t, "budget_failing", json!({"text": "x"})).await,
+            Ok(CIRCUIT_OPEN)
+        );
     }
     assert_eq!(s.tools.hits("/fail"), 2);
-    assert_eq!(counter(&redis, &failing_grant), 2, "calls the open circuit refused are given back");
+    assert_eq!(
+        counter(&redis, &failing_grant),
+        2,
+        "calls the open circuit refused are given back"
+    );
 
     // Cache hits need budget left but do not spend it.
     for _ in 0..4 {
-        assert_eq!(call(&sc, t, "budget_cached", json!({"text": "same"})).await, Ok(SUCCESS));
+        assert_eq!(
+            call(&sc, t, "budget_cached", json!({"text": "same"})).await,
+            Ok(SUCCESS)
+        );
     }
     assert_eq!(s.tools.hits("/echo"), 1);
     assert_eq!(counter(&redis, &cached_grant), 1, "3 cache hits spent nothing");
-    assert_eq!(call(&sc, t, "budget_cached", json!({"text": "other"})).await, Ok(SUCCESS));
+    assert_eq!(
+        call(&sc, t, "budget_cached", json!({"text": "other"})).await,
+        Ok(SUCCESS)
+    );
     assert_eq!(
         call(&sc, t, "budget_cached", json!({"text": "third"})).await,
         Err(Code::ResourceExhausted),
@@ -259,7 +288,10 @@ async fn a_budget_stays_exact_across_two_sidecars_while_redis_is_stopped_and_sta
     let mut redis = OwnRedis::start();
     let url = redis.url();
     let share = SHARE.to_string();
-    let env = [("REDIS_URL", url.as_str()), ("TOOLPLANE_RATE_LIMIT_LOCAL_SHARE", share.as_str())];
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("TOOLPLANE_RATE_LIMIT_LOCAL_SHARE", share.as_str()),
+    ];
     let a = sidecar_with(&s.cp, &s.sidecar_token, &spool_dir(), &env).await;
     let b = sidecar_with(&s.cp, &s.sidecar_token, &spool_dir(), &env).await;
     let t = s.token.clone();
