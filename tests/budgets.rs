@@ -49,10 +49,15 @@ impl Setup {
     /// Registers `tool` and grants the agent `per_day` calls of it a day (UTC days);
     /// the grant's id.
     async fn budgeted(&mut self, tool: pb::Tool, per_day: u32) -> String {
+        self.budgeted_tool(tool, per_day).await.1
+    }
+
+    /// [`Self::budgeted`], with the registered tool.
+    async fn budgeted_tool(&mut self, tool: pb::Tool, per_day: u32) -> (pb::Tool, String) {
         let tool = self.admin.register(tool).await.unwrap();
         let p = pb::Permission {
             agent_id: self.agent.id.clone(),
-            tool_id: tool.id,
+            tool_id: tool.id.clone(),
             r#type: pb::PermissionType::LimitedInvocations as i32,
             max_invocations_per_day: per_day,
             time_zone: "UTC".to_owned(),
@@ -63,7 +68,7 @@ impl Setup {
             .permissions
             .grant(pb::GrantRequest { permission: Some(p) })
             .await;
-        r.unwrap().into_inner().permission.unwrap().id
+        (tool, r.unwrap().into_inner().permission.unwrap().id)
     }
 }
 
@@ -203,6 +208,64 @@ async fn calls_refused_before_the_tool_or_answered_from_cache_leave_the_budget_i
         Err(Code::ResourceExhausted),
         "with the budget spent, even a cached answer is refused"
     );
+}
+
+#[tokio::test]
+async fn a_fallback_is_charged_to_its_own_grant_and_a_call_the_circuit_refuses_to_none() {
+    let mut s = setup().await;
+    let redis = test_redis();
+    let (primary, primary_grant) = s
+        .budgeted_tool(http_tool("budget_primary", &s.tools.url("/fail")), 10)
+        .await;
+    let (backup, backup_grant) = s
+        .budgeted_tool(http_tool("budget_backup", &s.tools.url("/word_count")), 2)
+        .await;
+    let strategy = pb::FallbackStrategy {
+        tool_id: primary.id.clone(),
+        fallback_tool_ids: vec![backup.id.clone()],
+        conditions: vec![pb::FallbackCondition::Always as i32],
+        mode: pb::DegradationMode::Full as i32,
+        ..Default::default()
+    };
+    s.admin
+        .registry
+        .set_fallback_strategy(pb::SetFallbackStrategyRequest {
+            strategy: Some(strategy),
+        })
+        .await
+        .unwrap();
+    let sc = sidecar_with(
+        &s.cp,
+        &s.sidecar_token,
+        &spool_dir(),
+        &[("REDIS_URL", &redis), ("TOOLPLANE_BREAKER_FAILURES", "2")],
+    )
+    .await;
+    ready(&sc, &s.token, "budget_primary").await;
+    let mut ex = executor(&sc.url(), Some(&s.token)).await;
+    let mut invoke = async || {
+        let r = ex
+            .invoke(invoke_request("budget_primary", &json!({"text": "a b"})))
+            .await;
+        r.unwrap().into_inner().result.unwrap()
+    };
+    // Twice: the primary fails (a real call, charged to its grant) and the backup
+    // answers (charged to the backup's grant). The primary's circuit opens.
+    for _ in 0..2 {
+        let r = invoke().await;
+        assert_eq!(r.status, SUCCESS, "{}", r.error);
+        assert_eq!(r.tool_id, backup.id);
+    }
+    // Then the circuit refuses the primary (given back) and the backup's budget is spent.
+    let r = invoke().await;
+    assert_eq!(r.status, CIRCUIT_OPEN, "{}", r.error);
+    assert_eq!((s.tools.hits("/fail"), s.tools.hits("/word_count")), (2, 2));
+    assert_eq!(
+        counter(&redis, &primary_grant),
+        2,
+        "the primary's grant: its 2 real calls"
+    );
+    assert_eq!(counter(&redis, &backup_grant), 2, "the backup's grant: its 2 calls");
 }
 
 /// A `redis-server` of the test's own on a free port, its counters in an append-only
