@@ -16,7 +16,7 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings
+.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -100,6 +100,12 @@ $(MODEL_DIR)/model.safetensors: | $(VENV)/.installed
 ## The embedding model's own tests (needs `make model`; not part of `make test`).
 test-embeddings: model
 	$(CARGO) test -p toolplane-control-plane --features embeddings --lib selection::embed
+
+## Soak (not part of `make test`; several minutes): 100 000 selections and 100 000
+## outcomes with random categories and tasks against a real control plane on
+## PostgreSQL; its resident memory must stay under the bound the test states.
+test-soak: build
+	scripts/with-services.sh $(CARGO) test -p toolplane-tests --test soak -- --ignored --nocapture
 
 build:
 	$(CARGO) build --workspace --bins

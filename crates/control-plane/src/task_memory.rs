@@ -23,7 +23,12 @@ pub const GOOD_QUALITY: f64 = 0.7;
 pub const POOR_QUALITY: f64 = 0.3;
 /// Bytes of task text kept in process for the calls that follow their selections
 /// (older selections are looked up in the store).
+/// Each entry's bytes are its task's plus this (id, map and queue slots), so entries
+/// with empty tasks are bounded too.
 const RECENT_SELECTIONS_BYTES: usize = 32 * 1024 * 1024;
+const RECENT_SELECTION_OVERHEAD: usize = 96;
+/// Selections kept in process, whatever their size.
+const RECENT_SELECTIONS_MAX: usize = 100_000;
 
 /// The latest selections, by id: the call that follows a selection usually arrives
 /// before the selection log's (asynchronous) write has landed.
@@ -50,16 +55,16 @@ impl RecentSelections {
     pub fn insert(&self, id: Uuid, s: RecentSelection) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let r = &mut *g;
-        r.bytes += s.task.len();
+        r.bytes += s.task.len() + RECENT_SELECTION_OVERHEAD;
         if let Some(old) = r.by_id.insert(id, s) {
-            r.bytes -= old.task.len();
+            r.bytes -= old.task.len() + RECENT_SELECTION_OVERHEAD;
         } else {
             r.order.push_back(id);
         }
-        while r.bytes > RECENT_SELECTIONS_BYTES {
+        while r.bytes > RECENT_SELECTIONS_BYTES || r.by_id.len() > RECENT_SELECTIONS_MAX {
             let Some(old) = r.order.pop_front() else { break };
             if let Some(s) = r.by_id.remove(&old) {
-                r.bytes -= s.task.len();
+                r.bytes -= s.task.len() + RECENT_SELECTION_OVERHEAD;
             }
         }
     }
@@ -242,5 +247,24 @@ mod tests {
         assert!(r.get(ids[0]).is_none(), "the oldest went first");
         assert!(ids[1..].iter().all(|id| r.get(*id).is_some()));
         assert!(r.inner.lock().unwrap().bytes <= RECENT_SELECTIONS_BYTES);
+    }
+
+    #[test]
+    fn recent_selections_with_empty_tasks_are_bounded_by_count() {
+        let r = RecentSelections::default();
+        let first = Uuid::now_v7();
+        let new = |task: &str| RecentSelection {
+            agent_id: None,
+            task: task.to_owned(),
+        };
+        r.insert(first, new(""));
+        for _ in 0..RECENT_SELECTIONS_MAX + 10 {
+            r.insert(Uuid::now_v7(), new(""));
+        }
+        let g = r.inner.lock().unwrap();
+        assert_eq!(g.by_id.len(), RECENT_SELECTIONS_MAX);
+        assert_eq!(g.order.len(), RECENT_SELECTIONS_MAX);
+        assert!(!g.by_id.contains_key(&first), "the oldest went first");
+        assert_eq!(g.bytes, RECENT_SELECTIONS_MAX * RECENT_SELECTION_OVERHEAD);
     }
 }

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::detach::{CallerGone, detached};
 use crate::error::ExecError;
 use crate::outbox::Outbox;
-use crate::quota::{Consumed, Quotas};
+use crate::quota::{Consumed, Quotas, Reservation};
 use crate::rate_limit::{Decision, RateLimiter};
 use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, Source};
@@ -234,8 +234,23 @@ impl ExecutorService {
             tracing::info!(agent = %agent.name, tool = %tool.spec.name, reason = %decision.reason, "permission denied");
             return Err(ExecError::PermissionDenied(decision.reason));
         }
-        let permission_id = match self.admit(&decision).await {
-            Ok(id) => id,
+        // Parameters first: a call refused for its parameters never touches the budget.
+        if let Err(violations) = schema::check(&compiled.input, "parameters", &call.parameters) {
+            let mut e = self.audit(
+                AuditAction::ErrorOccurred,
+                agent.id,
+                tool,
+                invocation_id,
+                &call.task_id,
+                &sanitized,
+            );
+            e.detail = format!("parameters break the input schema: {violations}");
+            e.permission_id = decision.permission_id;
+            self.outbox.push(SyncEvent::Audit(e));
+            return Err(violations.into());
+        }
+        let (permission_id, reservation) = match self.admit(&decision).await {
+            Ok(admitted) => admitted,
             Err(refused) => {
                 let mut e = self.audit(
                     AuditAction::PermissionChecked,
@@ -250,21 +265,6 @@ impl ExecutorService {
                 return Err(refused);
             }
         };
-
-        if let Err(violations) = schema::check(&compiled.input, "parameters", &call.parameters) {
-            let mut e = self.audit(
-                AuditAction::ErrorOccurred,
-                agent.id,
-                tool,
-                invocation_id,
-                &call.task_id,
-                &sanitized,
-            );
-            e.detail = format!("parameters break the input schema: {violations}");
-            e.permission_id = permission_id;
-            self.outbox.push(SyncEvent::Audit(e));
-            return Err(violations.into());
-        }
 
         let ctx = Ctx {
             invocation_id,
@@ -287,11 +287,16 @@ impl ExecutorService {
         let ttl = Duration::from_secs(u64::from(tool.spec.cache_ttl_seconds));
         if !(tool.spec.cacheable && tool.spec.side_effects == SideEffects::None && !ttl.is_zero()) {
             if let Some(limited) = self.rate_limited(&ctx).await {
+                self.refund(reservation).await;
                 return Ok(limited);
             }
             let (outcome, attempts) = self
                 .call_with_retries(&compiled, credential, &call.parameters, deadline, &ctx.traceparent)
                 .await;
+            if attempts == 0 {
+                // The circuit refused it: nothing was sent.
+                self.refund(reservation).await;
+            }
             if let Some(result) = self
                 .degrade(&ctx, &snap, agent, &outcome, &call.parameters, deadline)
                 .await
@@ -312,9 +317,12 @@ impl ExecutorService {
             &call.parameters,
         );
         if let Some(output) = self.cache.get(&key).await {
+            // A hit needs budget left but does not spend it: nothing reached the tool.
+            self.refund(reservation).await;
             return Ok(self.finish(&ctx, Outcome::ok(output), 0, true));
         }
         if let Some(limited) = self.rate_limited(&ctx).await {
+            self.refund(reservation).await;
             return Ok(limited);
         }
         let attempts = std::sync::atomic::AtomicU32::new(0);
@@ -341,6 +349,11 @@ impl ExecutorService {
         }))
         .await;
         let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+        if attempts == 0 {
+            // Answered by a concurrent twin's fetch or the shared cache, or refused by
+            // the circuit: this call sent nothing.
+            self.refund(reservation).await;
+        }
         if !matches!(fetched, Ok((_, Source::Local | Source::Shared))) {
             self.audit_cache_miss(&ctx);
         }
@@ -431,8 +444,9 @@ impl ExecutorService {
                     if schema::check(&candidate.input, "parameters", params).is_err() {
                         continue;
                     }
-                    let permission_id = match self.admit(&decision).await {
-                        Ok(id) => id,
+                    // The fallback's own grant pays for it.
+                    let (permission_id, reservation) = match self.admit(&decision).await {
+                        Ok(admitted) => admitted,
                         Err(refused) => {
                             self.audit_fallback_refused(ctx, tool, &refused.to_string());
                             continue;
@@ -445,12 +459,16 @@ impl ExecutorService {
                         ..ctx.clone()
                     };
                     if self.rate_limited(&fallback).await.is_some() {
+                        self.refund(reservation).await;
                         continue;
                     }
                     let credential = snap.credential(tool.id);
                     let (outcome, attempts) = self
                         .call_with_retries(&candidate, credential, params, deadline, &ctx.traceparent)
                         .await;
+                    if attempts == 0 {
+                        self.refund(reservation).await;
+                    }
                     if outcome.status == ExecutionStatus::Success {
                         let why = format!(
                             "fell back from {} to {}: {}",
@@ -527,18 +545,30 @@ impl ExecutorService {
         self.outbox.push(SyncEvent::Audit(e));
     }
 
-    /// Consumes a call from the decision's daily budgets when only LIMITED_INVOCATIONS
-    /// grants allow it; the grant the call goes under.
-    async fn admit(&self, decision: &PermissionDecision) -> Result<Option<Uuid>, ExecError> {
+    /// Reserves a call from the decision's daily budgets when only LIMITED_INVOCATIONS
+    /// grants allow it: the grant the call goes under, and the reservation to give
+    /// back ([`Self::refund`]) if the call is not sent to the tool after all.
+    async fn admit(&self, decision: &PermissionDecision) -> Result<(Option<Uuid>, Option<Reservation>), ExecError> {
         if decision.quotas.is_empty() {
-            return Ok(decision.permission_id);
+            return Ok((decision.permission_id, None));
         }
         match self.quotas.consume(&decision.quotas).await {
-            Consumed::Admitted { permission_id, .. } => Ok(Some(permission_id)),
+            Consumed::Admitted {
+                permission_id,
+                reservation,
+                ..
+            } => Ok((Some(permission_id), Some(reservation))),
             Consumed::Exhausted { resets_at, limits } => {
                 metrics::counter!(m::QUOTA_EXHAUSTED).increment(1);
                 Err(ExecError::QuotaExhausted { resets_at, limits })
             }
+        }
+    }
+
+    /// Gives back a call's budget: it was admitted but never sent to the tool.
+    async fn refund(&self, reservation: Option<Reservation>) {
+        if let Some(r) = reservation {
+            self.quotas.refund(r).await;
         }
     }
 

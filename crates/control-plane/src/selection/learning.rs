@@ -7,9 +7,15 @@
 //! `FLEET_PRIOR`) is the prior of its rate for a task category, which is the prior of
 //! one agent's rate for that category. A new agent starts at what the fleet knows, not
 //! at 0.5; a new tool starts optimistic, so it gets tried.
+//!
+//! Task categories are whatever agents send, so they are bounded before they become
+//! keys: cut to [`MAX_CATEGORY_CHARS`] characters, at most
+//! [`MAX_CATEGORIES_PER_AGENT`] distinct ones per agent and [`MAX_CATEGORIES`] in all;
+//! categories beyond those fold into [`OTHER_CATEGORY`]. The maps therefore hold at
+//! most tools × agents × (categories per agent + 2) cells, whatever agents send.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -130,8 +136,63 @@ pub struct FollowStats {
     pub followed_succeeded: u64,
 }
 
+/// Longest task category kept, in characters; longer ones are cut.
+pub const MAX_CATEGORY_CHARS: usize = 64;
+/// Distinct task categories learned per agent; more fold into [`OTHER_CATEGORY`].
+pub const MAX_CATEGORIES_PER_AGENT: usize = 32;
+/// Distinct task categories learned across the fleet; more fold into [`OTHER_CATEGORY`].
+pub const MAX_CATEGORIES: usize = 1024;
+/// Where categories beyond the caps are learned.
+pub const OTHER_CATEGORY: &str = "other";
+
+/// A task category as learning keys it: trimmed and cut to [`MAX_CATEGORY_CHARS`]
+/// characters (at a character boundary, then trimmed again).
+pub fn normalize_category(raw: &str) -> String {
+    let raw = raw.trim();
+    match raw.char_indices().nth(MAX_CATEGORY_CHARS) {
+        Some((cut, _)) => raw[..cut].trim_end().to_owned(),
+        None => raw.to_owned(),
+    }
+}
+
+/// The categories learned so far, per agent and in all.
+#[derive(Default)]
+struct Categories {
+    by_agent: HashMap<Uuid, HashSet<String>>,
+    all: HashSet<String>,
+}
+
+impl Categories {
+    /// The key `raw` is learned under for `agent`; with `register`, a new category
+    /// with room under both caps is added.
+    fn key(&mut self, agent: Option<Uuid>, raw: &str, register: bool) -> String {
+        let c = normalize_category(raw);
+        if c.is_empty() || c == OTHER_CATEGORY {
+            return c;
+        }
+        let fleet_room = self.all.contains(&c) || self.all.len() < MAX_CATEGORIES;
+        let Some(agent) = agent else {
+            return if fleet_room { c } else { OTHER_CATEGORY.to_owned() };
+        };
+        let mine = self.by_agent.get(&agent);
+        if mine.is_some_and(|m| m.contains(&c)) {
+            return c;
+        }
+        let agent_room = mine.is_none_or(|m| m.len() < MAX_CATEGORIES_PER_AGENT);
+        if !(fleet_room && agent_room) {
+            return OTHER_CATEGORY.to_owned();
+        }
+        if register {
+            self.all.insert(c.clone());
+            self.by_agent.entry(agent).or_default().insert(c.clone());
+        }
+        c
+    }
+}
+
 #[derive(Default)]
 pub struct Learning {
+    categories: Mutex<Categories>,
     cells: RwLock<HashMap<Key, Cell>>,
     /// The latest recommendation per (agent, category), to tell whether it was followed.
     last_pick: RwLock<HashMap<(Uuid, String), Uuid>>,
@@ -139,7 +200,28 @@ pub struct Learning {
 }
 
 impl Learning {
+    /// The key `raw` is learned under for `agent` (see [`Categories::key`]).
+    fn category(&self, agent: Option<Uuid>, raw: &str, register: bool) -> String {
+        self.categories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .key(agent, raw, register)
+    }
+
+    /// Distinct categories learned (across the fleet, and for the busiest agent).
+    pub fn category_counts(&self) -> (usize, usize) {
+        let c = self.categories.lock().unwrap_or_else(|e| e.into_inner());
+        (c.all.len(), c.by_agent.values().map(HashSet::len).max().unwrap_or(0))
+    }
+
+    /// Cells held (for bounds checks).
+    pub fn cell_count(&self) -> usize {
+        self.cells.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn record(&self, o: &Outcome) {
+        let category = self.category(Some(o.agent_id), &o.category, true);
+        let o = &Outcome { category, ..o.clone() };
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let any = Uuid::nil();
         let keys = [
@@ -193,6 +275,7 @@ impl Learning {
         task_succeeded: bool,
         call_succeeded: bool,
     ) {
+        let category = &self.category(Some(agent), category, true);
         let quality = quality.clamp(0.0, 1.0);
         let served = if task_succeeded { quality } else { 0.0 };
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
@@ -213,6 +296,7 @@ impl Learning {
 
     /// Selection recommended `tool` to `agent` for `category`.
     pub fn recommended(&self, agent: Uuid, category: &str, tool: Uuid) {
+        let category = &self.category(Some(agent), category, true);
         self.last_pick
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -245,6 +329,7 @@ impl Learning {
 
     /// Mean, strength (in outcomes) and the agent's own evidence.
     fn posterior(&self, tool: Uuid, agent: Option<Uuid>, category: &str) -> (f64, f64, u64) {
+        let category = &self.category(agent, category, false);
         let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
         let get = |c: &str, a: Uuid| cells.get(&(tool, c.to_owned(), a));
         let any = Uuid::nil();
@@ -277,6 +362,8 @@ impl Learning {
     /// Rows matching the filters (`None`: any); category `""` and agent `nil` rows are
     /// the aggregates.
     pub fn effectiveness(&self, tool: Option<Uuid>, category: Option<&str>, agent: Option<Uuid>) -> Vec<(Key, Cell)> {
+        let category = category.map(|c| self.category(None, c, false));
+        let category = category.as_deref();
         let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<(Key, Cell)> = cells
             .iter()
@@ -290,6 +377,7 @@ impl Learning {
     }
 
     pub fn follow_stats(&self, category: &str) -> FollowStats {
+        let category = &self.category(None, category, false);
         self.follow
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -357,5 +445,72 @@ mod tests {
         assert!(g > h + 0.4, "{g} vs {h}");
         let row = &l.effectiveness(Some(hollow), Some("search"), Some(agent))[0].1;
         assert!((row.quality().unwrap() - 0.1).abs() < 1e-9);
+    }
+
+    fn outcome_in(tool: Uuid, agent: Uuid, category: &str) -> Outcome {
+        Outcome {
+            category: category.to_owned(),
+            ..outcome(tool, agent, true)
+        }
+    }
+
+    #[test]
+    fn long_categories_are_cut_at_a_character_boundary() {
+        let long = format!("  {}  ", "é".repeat(100));
+        let cut = normalize_category(&long);
+        assert_eq!(cut.chars().count(), MAX_CATEGORY_CHARS);
+        assert_eq!(normalize_category(" search "), "search");
+        let l = Learning::default();
+        let (tool, agent) = (Uuid::new_v4(), Uuid::new_v4());
+        l.record(&outcome_in(tool, agent, &format!("{}{}", "a".repeat(64), "tail one")));
+        l.record(&outcome_in(tool, agent, &format!("{}{}", "a".repeat(64), "tail two")));
+        assert_eq!(l.category_counts(), (1, 1), "both learned under the same cut key");
+        assert_eq!(
+            l.effectiveness(Some(tool), Some(&"a".repeat(64)), Some(agent))[0]
+                .1
+                .invocations,
+            2
+        );
+    }
+
+    #[test]
+    fn an_agent_s_categories_beyond_the_cap_fold_into_other() {
+        let l = Learning::default();
+        let (tool, agent, other_agent) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for i in 0..MAX_CATEGORIES_PER_AGENT + 50 {
+            l.record(&outcome_in(tool, agent, &format!("junk-{i}")));
+            l.recommended(agent, &format!("junk-{i}"), tool);
+        }
+        assert_eq!(
+            l.category_counts(),
+            (MAX_CATEGORIES_PER_AGENT, MAX_CATEGORIES_PER_AGENT)
+        );
+        let folded = l.effectiveness(Some(tool), Some(OTHER_CATEGORY), Some(agent));
+        assert_eq!(folded[0].1.invocations, 50, "the extra categories are learned as other");
+        // Cells: the aggregate, and per category (incl. other) for the fleet and the agent.
+        assert_eq!(l.cell_count(), 2 + 2 * (MAX_CATEGORIES_PER_AGENT + 1));
+        assert!(l.last_pick.read().unwrap().len() <= MAX_CATEGORIES_PER_AGENT + 1);
+        // An unseen category of a full agent is looked up as other too.
+        let (via_new, _) = l.suitability(tool, Some(agent), "never-seen");
+        let (via_other, _) = l.suitability(tool, Some(agent), OTHER_CATEGORY);
+        assert_eq!(via_new, via_other);
+        // Another agent still has room of its own.
+        l.record(&outcome_in(tool, other_agent, "search"));
+        assert_eq!(l.effectiveness(Some(tool), Some("search"), Some(other_agent)).len(), 1);
+    }
+
+    #[test]
+    fn the_fleet_s_categories_are_capped_too() {
+        let l = Learning::default();
+        let tool = Uuid::new_v4();
+        let agents = MAX_CATEGORIES / MAX_CATEGORIES_PER_AGENT + 3;
+        for a in 0..agents {
+            let agent = Uuid::new_v4();
+            for i in 0..MAX_CATEGORIES_PER_AGENT {
+                l.record(&outcome_in(tool, agent, &format!("c-{a}-{i}")));
+            }
+        }
+        assert_eq!(l.category_counts().0, MAX_CATEGORIES);
+        assert!(l.follow.read().unwrap().len() <= MAX_CATEGORIES + 1);
     }
 }

@@ -65,7 +65,8 @@ fn query_from(who: &Principal, req: &pb::SelectToolRequest) -> ApiResult<Query> 
     Ok(Query {
         text: text.to_owned(),
         capabilities: req.required_capabilities.clone(),
-        category: req.task_category.trim().to_owned(),
+        // Cut to learning's bound, so the selection log keeps what learning keys on.
+        category: crate::selection::learning::normalize_category(&req.task_category),
         max_latency_ms: c.max_latency_ms,
         max_cost,
         max_sensitivity: sensitivity_from_pb(c.max_data_sensitivity),
