@@ -149,7 +149,13 @@ async fn counter_in(redis: &OwnRedis, q: &Quota) -> i64 {
 }
 
 async fn shared(redis: &OwnRedis, share: f64) -> Quotas {
-    let client = crate::rate_limit::redis_client(&redis.url()).expect("client");
+    let url = redis.url();
+    let client = crate::redis_conn::redis_client(crate::redis_conn::RedisSettings {
+        url: &url,
+        password_file: None,
+        ca_file: None,
+    })
+    .expect("client");
     // The client connects in the background.
     let until = std::time::Instant::now() + Duration::from_secs(10);
     while !fred::interfaces::ClientLike::is_connected(&client) {
