@@ -1076,7 +1076,13 @@ async fn two_sidecars_share_one_rate_limit_through_redis() {
         started.elapsed()
     );
     let n = N as usize;
-    assert!(admitted.abs_diff(n) <= n / 100, "admitted {admitted}, limit {n}");
+    // The limit refills one call every 60/N seconds: a slow run (a loaded machine) may
+    // admit those refills too, and no more.
+    let refilled = (started.elapsed().as_secs_f64() * f64::from(N) / 60.0).ceil() as usize;
+    assert!(
+        admitted + n / 100 >= n && admitted <= n + refilled + 1,
+        "admitted {admitted}, limit {n} plus {refilled} refilled"
+    );
     for sc in &sidecars {
         assert!(!sc.logs().contains("Redis unavailable"), "{}", sc.logs());
     }
