@@ -43,13 +43,13 @@ pub async fn list_tools(endpoint: &str, allow_link_local: bool) -> Result<Vec<rm
                 EgressError::Refused(why) => ImportError::Refused(why),
                 EgressError::BadUrl(_) => ImportError::Unreachable(e.to_string()),
             })?;
-        let client = ClientConfig::default().serve(transport).await.map_err(|e| {
-            if egress::is_refused(&e) {
-                ImportError::Refused(format!("the MCP server's address is refused by policy: {e}"))
-            } else {
-                ImportError::Unreachable(e.to_string())
-            }
-        })?;
+        let client = ClientConfig::default()
+            .serve(transport)
+            .await
+            .map_err(|e| match egress::refusal_reason(&e) {
+                Some(why) => ImportError::Refused(why),
+                None => ImportError::Unreachable(e.to_string()),
+            })?;
         let tools = client
             .list_all_tools()
             .await

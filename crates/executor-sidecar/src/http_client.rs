@@ -115,13 +115,14 @@ impl ToolHttpClient {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| CallError::Connect(e.to_string()))?;
         let call = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                if egress::is_refused(&e) {
-                    CallError::Forbidden(refusal_text(&e))
-                } else {
-                    CallError::Connect(e.to_string())
-                }
-            })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| match egress::refusal_reason(&e) {
+                    Some(why) => CallError::Forbidden(why),
+                    None => CallError::Connect(e.to_string()),
+                })?;
             let status = resp.status();
             let retry_after = resp
                 .headers()
@@ -157,16 +158,4 @@ impl ToolHttpClient {
             .await
             .map_err(|_| CallError::Timeout(timeout))?
     }
-}
-
-/// The policy's own words from an error chain (the client's outer layers only say
-/// "client error (Connect)").
-pub(crate) fn refusal_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        text = e.to_string();
-        next = e.source();
-    }
-    text.trim_start_matches("endpoint refused by policy: ").to_owned()
 }

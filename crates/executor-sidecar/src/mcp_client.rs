@@ -65,13 +65,13 @@ impl McpPool {
             EgressError::Refused(why) => McpCallError::Forbidden(why),
             EgressError::BadUrl(_) => McpCallError::Connect(e.to_string()),
         })?;
-        let session = ClientConfig::default().serve(transport).await.map_err(|e| {
-            if egress::is_refused(&e) {
-                McpCallError::Forbidden(crate::http_client::refusal_text(&e))
-            } else {
-                McpCallError::Connect(e.to_string())
-            }
-        })?;
+        let session = ClientConfig::default()
+            .serve(transport)
+            .await
+            .map_err(|e| match egress::refusal_reason(&e) {
+                Some(why) => McpCallError::Forbidden(why),
+                None => McpCallError::Connect(e.to_string()),
+            })?;
         let peer = session.peer().clone();
         sessions.insert(key, Arc::new(session));
         Ok(peer)

@@ -23,7 +23,7 @@ use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::streamable_http_client::{StreamableHttpClientTransportConfig, StreamableHttpError};
 use toolplane_core::endpoint::{check_host, refusal};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,23 +40,37 @@ pub enum EgressError {
     BadUrl(String),
 }
 
-/// Whether `err`, or anything in its chain, is a policy refusal (rather than a tool
-/// that could not be reached), however many client layers wrapped it.
-pub fn is_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+/// The policy's words, if `err` or anything in its chain is a policy refusal (rather
+/// than a tool that could not be reached), however many client layers wrapped it.
+pub fn refusal_reason(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next = Some(err);
     while let Some(e) = next {
-        if matches!(e.downcast_ref::<EgressError>(), Some(EgressError::Refused(_))) {
-            return true;
+        if let Some(EgressError::Refused(why)) = e.downcast_ref::<EgressError>() {
+            return Some(why.clone());
         }
-        // io::Error hides its payload from `source()`.
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref())
-            && is_refused(inner)
+        // These hide what they wrap from `source()`: io::Error its payload, rmcp its
+        // transport's error and the HTTP client's error.
+        let hidden: Option<&(dyn std::error::Error + 'static)> = if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io.get_ref().map(|inner| inner as _)
+        } else if let Some(rmcp::service::ClientInitializeError::TransportError { error, .. }) = e.downcast_ref() {
+            Some(error)
+        } else if let Some(StreamableHttpError::Client(inner)) = e.downcast_ref::<StreamableHttpError<reqwest::Error>>()
         {
-            return true;
+            Some(inner)
+        } else {
+            None
+        };
+        if let Some(why) = hidden.and_then(refusal_reason) {
+            return Some(why);
         }
         next = e.source();
     }
-    false
+    None
+}
+
+/// Whether `err` is, or wraps, a policy refusal (see [`refusal_reason`]).
+pub fn is_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    refusal_reason(err).is_some()
 }
 
 type Lookup =

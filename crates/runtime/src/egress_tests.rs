@@ -129,6 +129,17 @@ async fn mcp_clients_refuse_refused_hosts_and_do_not_follow_redirects() {
     }
     let err = mcp.client.get("http://rebound.test/mcp").send().await.unwrap_err();
     assert!(is_refused(&err), "{err:?}");
+    // Through an MCP session too (the sidecar's and ImportMcpTools' path): the
+    // refusal survives rmcp's error wrapping, so callers can say why.
+    use rmcp::ServiceExt;
+    let transport = mcp
+        .transport(StreamableHttpClientTransportConfig::with_uri(
+            "http://rebound.test:8080/mcp",
+        ))
+        .unwrap();
+    let err = rmcp::model::ClientConfig::default().serve(transport).await.unwrap_err();
+    let why = refusal_reason(&err).unwrap_or_else(|| panic!("not a refusal: {err:?}"));
+    assert!(why.contains("rebound.test resolves to 169.254.169.254"), "{why}");
 
     let (target, reached) = server(ok_response()).await;
     let redirect = format!(
