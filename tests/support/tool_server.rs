@@ -84,6 +84,9 @@ impl ToolServer {
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path().to_owned();
+        // `/redirect?to=<url>`: a 307 to `url` (method, body and headers kept by any
+        // client that follows it).
+        let redirect_to = req.uri().query().and_then(|q| q.strip_prefix("to=")).map(str::to_owned);
         self.headers.lock().unwrap().push((path.clone(), req.headers().clone()));
         let authorization = req
             .headers()
@@ -104,6 +107,13 @@ impl ToolServer {
             .unwrap_or_default();
         let params: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         self.bodies.lock().unwrap().push((path.clone(), params.clone()));
+        if let ("/redirect", Some(to)) = (path.as_str(), redirect_to) {
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            resp.headers_mut()
+                .insert(http::header::LOCATION, http::HeaderValue::from_str(&to).unwrap());
+            return Ok(resp);
+        }
         let (status, body) = match path.as_str() {
             "/word_count" => {
                 let text = params["text"].as_str().unwrap_or_default();

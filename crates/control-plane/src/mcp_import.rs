@@ -2,15 +2,21 @@
 //! and turns each tool into a registry spec. MCP annotations map onto toolplane's
 //! model: `readOnlyHint` → side effects READ (else WRITE), `idempotentHint` (or
 //! read-only) → idempotent; `destructiveHint` tools are WRITE either way.
+//!
+//! The server is read with the same guarded client as the sidecar's MCP calls
+//! ([`toolplane_runtime::egress::McpHttp`]): the endpoint policy is applied to the
+//! host in every spelling and to every address it resolves to, when connecting, and
+//! redirects are not followed.
 
 use std::time::Duration;
 
 use rmcp::ServiceExt;
 use rmcp::model::ClientConfig;
-use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use toolplane_core::model::{AuthType, DataSensitivity, SideEffects, ToolProtocol, ToolRequirements, ToolSpec};
+use toolplane_runtime::egress::{self, EgressError, McpHttp};
 
 /// How long connecting and listing may take together.
 pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,16 +27,29 @@ pub enum ImportError {
     Unreachable(String),
     #[error("the MCP server did not answer within {0:?}")]
     Timeout(Duration),
+    /// The endpoint policy refused the server's address; nothing was sent.
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// Lists every tool of the server at `endpoint` (all pages).
-pub async fn list_tools(endpoint: &str) -> Result<Vec<rmcp::model::Tool>, ImportError> {
+/// Lists every tool of the server at `endpoint` (all pages). `allow_link_local` is
+/// the registry's `TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS`.
+pub async fn list_tools(endpoint: &str, allow_link_local: bool) -> Result<Vec<rmcp::model::Tool>, ImportError> {
     let work = async {
-        let transport = StreamableHttpClientTransport::from_uri(endpoint.to_owned());
+        let http = McpHttp::new(allow_link_local).map_err(|e| ImportError::Unreachable(e.to_string()))?;
+        let transport = http
+            .transport(StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned()))
+            .map_err(|e| match e {
+                EgressError::Refused(why) => ImportError::Refused(why),
+                EgressError::BadUrl(_) => ImportError::Unreachable(e.to_string()),
+            })?;
         let client = ClientConfig::default()
             .serve(transport)
             .await
-            .map_err(|e| ImportError::Unreachable(e.to_string()))?;
+            .map_err(|e| match egress::refusal_reason(&e) {
+                Some(why) => ImportError::Refused(why),
+                None => ImportError::Unreachable(e.to_string()),
+            })?;
         let tools = client
             .list_all_tools()
             .await

@@ -1,12 +1,9 @@
-//! The pooled HTTP client tools are called with. Its resolver drops link-local and
-//! metadata addresses (unless allowed), so a host name cannot be pointed at instance
-//! metadata after registration (DNS rebinding); literal addresses are checked before
-//! the call.
+//! The pooled HTTP client tools are called with. Its connector is the guarded one
+//! ([`toolplane_runtime::egress`]): every address a host name resolves to, and every
+//! spelling of a literal address, is checked against the endpoint policy when the
+//! connection is made, so an endpoint cannot be pointed at link-local or metadata
+//! addresses after registration (DNS rebinding) either. Redirects are not followed.
 
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,51 +11,15 @@ use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use toolplane_core::endpoint::is_forbidden_ip;
+use toolplane_runtime::egress::{self, GuardedConnector, GuardedResolver};
 
 /// Largest response body accepted from a tool.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// How much of an error answer's body is kept. More than the caller shows, so it can
 /// scrub a credential echoed across the point where it cuts the body short.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
-
-#[derive(Clone)]
-pub struct GuardedResolver {
-    allow_link_local: bool,
-}
-
-impl tower::Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let allow = self.allow_link_local;
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|a| allow || !is_forbidden_ip(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} resolves only to link-local or metadata addresses; refused",
-                        name.as_str()
-                    ),
-                ));
-            }
-            Ok(addrs.into_iter())
-        })
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -80,12 +41,11 @@ pub enum CallError {
     TooLarge,
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
+type Connector = hyper_rustls::HttpsConnector<GuardedConnector<HttpConnector<GuardedResolver>>>;
 
 #[derive(Clone)]
 pub struct ToolHttpClient {
     client: Client<Connector, Full<Bytes>>,
-    allow_link_local: bool,
 }
 
 /// Roots tools' certificates are checked against: the Mozilla set (webpki-roots), plus
@@ -117,10 +77,7 @@ fn tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::Clie
 impl ToolHttpClient {
     /// HTTP/1.1 and, over TLS, HTTP/2 when the tool offers it (ALPN).
     pub fn new(allow_link_local: bool, extra_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver { allow_link_local });
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        http.enforce_http(false);
+        let http = egress::connector(GuardedResolver::new(allow_link_local));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config(extra_ca)?)
             .https_or_http()
@@ -130,10 +87,7 @@ impl ToolHttpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Ok(Self {
-            client,
-            allow_link_local,
-        })
+        Ok(Self { client })
     }
 
     /// POSTs `body` as JSON and parses the JSON answer, within `timeout`.
@@ -147,16 +101,6 @@ impl ToolHttpClient {
         let uri: Uri = endpoint
             .parse()
             .map_err(|_| CallError::Connect(format!("{endpoint:?} is not a URL")))?;
-        if !self.allow_link_local
-            && let Some(ip) = uri
-                .host()
-                .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
-            && is_forbidden_ip(ip)
-        {
-            return Err(CallError::Forbidden(format!(
-                "{ip} is a link-local or metadata address"
-            )));
-        }
         let mut builder = Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
@@ -171,14 +115,14 @@ impl ToolHttpClient {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| CallError::Connect(e.to_string()))?;
         let call = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                let msg = format!("{e:?}");
-                if msg.contains("PermissionDenied") {
-                    CallError::Forbidden("endpoint resolves only to link-local or metadata addresses".to_owned())
-                } else {
-                    CallError::Connect(e.to_string())
-                }
-            })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| match egress::refusal_reason(&e) {
+                    Some(why) => CallError::Forbidden(why),
+                    None => CallError::Connect(e.to_string()),
+                })?;
             let status = resp.status();
             let retry_after = resp
                 .headers()

@@ -1,22 +1,22 @@
 //! MCP `tools/call` over Streamable HTTP (rmcp). One MCP session per server and
 //! credential, reused across calls; a session that broke is replaced once, on the
-//! next call. Connections go through the same guarded resolver as HTTP tools, so an
-//! MCP endpoint cannot be pointed at link-local or metadata addresses either.
+//! next call. Connections are guarded like HTTP tools' ([`toolplane_runtime::egress`]),
+//! so an MCP endpoint cannot be pointed at link-local or metadata addresses either,
+//! and redirects are never followed: a server cannot send the call, with its
+//! credential headers, to another origin.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use rmcp::model::{CallToolRequestParams, ClientConfig};
 use rmcp::service::{Peer, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-use toolplane_core::endpoint::is_forbidden_ip;
+use toolplane_runtime::egress::{self, EgressError, McpHttp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum McpCallError {
@@ -24,31 +24,12 @@ pub enum McpCallError {
     Timeout(Duration),
     #[error("cannot reach the MCP server: {0}")]
     Connect(String),
+    /// The endpoint policy refused the server's address; nothing was sent.
+    #[error("endpoint refused by policy: {0}")]
+    Forbidden(String),
     /// The tool ran and reported an error (`isError`).
     #[error("the MCP tool reported an error: {0}")]
     Tool(String),
-}
-
-/// Resolves host names for reqwest, dropping link-local and metadata addresses.
-struct GuardedDns {
-    allow_link_local: bool,
-}
-
-impl reqwest::dns::Resolve for GuardedDns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow = self.allow_link_local;
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| allow || !is_forbidden_ip(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} resolves only to link-local or metadata addresses; refused").into());
-            }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }
 
 type Session = RunningService<RoleClient, ClientConfig>;
@@ -56,21 +37,16 @@ type Session = RunningService<RoleClient, ClientConfig>;
 type SessionKey = (String, Vec<(String, String)>);
 
 pub struct McpPool {
-    http: reqwest::Client,
+    http: McpHttp,
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
 }
 
 impl McpPool {
-    pub fn new(allow_link_local: bool) -> Self {
-        let http = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedDns { allow_link_local }))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        Self {
-            http,
+    pub fn new(allow_link_local: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: McpHttp::new(allow_link_local)?,
             sessions: Mutex::default(),
-        }
+        })
     }
 
     async fn session(&self, endpoint: &str, headers: &[(String, String)]) -> Result<Peer<RoleClient>, McpCallError> {
@@ -85,11 +61,17 @@ impl McpPool {
             let value = HeaderValue::try_from(value.as_str()).map_err(|e| McpCallError::Connect(e.to_string()))?;
             config.custom_headers.insert(name, value);
         }
-        let transport = StreamableHttpClientTransport::with_client(self.http.clone(), config);
+        let transport = self.http.transport(config).map_err(|e| match e {
+            EgressError::Refused(why) => McpCallError::Forbidden(why),
+            EgressError::BadUrl(_) => McpCallError::Connect(e.to_string()),
+        })?;
         let session = ClientConfig::default()
             .serve(transport)
             .await
-            .map_err(|e| McpCallError::Connect(e.to_string()))?;
+            .map_err(|e| match egress::refusal_reason(&e) {
+                Some(why) => McpCallError::Forbidden(why),
+                None => McpCallError::Connect(e.to_string()),
+            })?;
         let peer = session.peer().clone();
         sessions.insert(key, Arc::new(session));
         Ok(peer)

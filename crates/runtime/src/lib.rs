@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod egress;
 pub mod grpc;
 pub mod lifecycle;
 pub mod metrics;

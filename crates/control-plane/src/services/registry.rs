@@ -204,9 +204,12 @@ impl RegistryService {
             provider: req.provider,
             name_prefix: req.name_prefix,
         };
-        let remote = mcp_import::list_tools(&opts.endpoint)
+        let remote = mcp_import::list_tools(&opts.endpoint, self.state.policy.allow_link_local_endpoints)
             .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            .map_err(|e| match e {
+                mcp_import::ImportError::Refused(why) => ApiError::from(Violations::single("endpoint", why)),
+                e => ApiError::Unavailable(e.to_string()),
+            })?;
         let mut out = pb::ImportMcpToolsResponse::default();
         for t in &remote {
             let spec = mcp_import::to_spec(t, &opts);
