@@ -332,6 +332,15 @@ async fn no_fallback_touches_more_sensitive_data_than_the_primary() {
         ..strategy(&primary, pb::DegradationMode::Full)
     })
     .await;
+    // No list: the tools sharing its capability, the confidential one left out.
+    let by_capability = f
+        .tool_at("public_lookup_2", "/unavailable/public2", "lookup", Public, "0.001")
+        .await;
+    f.strategy(pb::FallbackStrategy {
+        max_attempts: 1,
+        ..strategy(&by_capability, pb::DegradationMode::Full)
+    })
+    .await;
     let (_sc, ex) = f.serve().await;
 
     // The confidential fallback, first in the list and granted, is skipped; the
@@ -345,4 +354,18 @@ async fn no_fallback_touches_more_sensitive_data_than_the_primary() {
     assert_eq!(f.tools.hits("/count/secret"), 0, "never called");
     let why = f.wait_audited("permission_checked", &secret, 1).await;
     assert!(why.contains("confidential is above the primary's public"), "{why}");
+
+    let r = invoke(&ex, "public_lookup_2").await;
+    assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{r:?}");
+    assert_eq!(
+        (r.tool_id.as_str(), r.fallback_from_tool_id.as_str()),
+        (open.id.as_str(), by_capability.id.as_str())
+    );
+    assert_eq!(f.tools.hits("/count/secret"), 0, "never called");
+    f.wait_audited("fallback_used", &open, 2).await;
+    assert_eq!(
+        f.audited("permission_checked", &secret).await.0,
+        1,
+        "a tool found by capability and out of bounds is left out quietly"
+    );
 }

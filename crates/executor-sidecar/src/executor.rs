@@ -479,7 +479,7 @@ impl ExecutorService {
                 Some(self.finish(&stale, Outcome::ok(output), 0, true))
             }
             DegradationMode::Full => {
-                for candidate in fallback_candidates(snap, primary, &strategy.fallback_tool_ids) {
+                for candidate in fallback_candidates(snap, primary, &strategy.fallback_tool_ids, &ctx.limits) {
                     let tool = &candidate.tool;
                     // Checked before the permission: a candidate out of bounds is never
                     // a use of the agent's grant or budget.
@@ -824,8 +824,16 @@ fn call_of(
 }
 
 /// Fallback tools in order: the strategy's list, or, when it names none, every other
-/// tool sharing a capability with the primary, most reliable first (at most 16).
-fn fallback_candidates(snap: &SnapshotIndex, primary: &Tool, listed: &[Uuid]) -> Vec<Arc<CompiledTool>> {
+/// tool sharing a capability with the primary that keeps `limits`, most reliable first
+/// (at most 16). Listed tools out of bounds stay, to be skipped with an audited reason;
+/// tools found by capability that are out of bounds are left out quietly, so they
+/// neither take a place nor fill the audit trail on every fallback.
+fn fallback_candidates(
+    snap: &SnapshotIndex,
+    primary: &Tool,
+    listed: &[Uuid],
+    limits: &CallLimits,
+) -> Vec<Arc<CompiledTool>> {
     let mut candidates: Vec<Arc<CompiledTool>> = if listed.is_empty() {
         let mut same: Vec<Arc<CompiledTool>> = snap
             .tools()
@@ -836,6 +844,7 @@ fn fallback_candidates(snap: &SnapshotIndex, primary: &Tool, listed: &[Uuid]) ->
                         .capabilities
                         .iter()
                         .any(|cap| primary.spec.capabilities.contains(cap))
+                    && limits.refuses_fallback(primary, &c.tool).is_none()
             })
             .cloned()
             .collect();
