@@ -151,6 +151,16 @@ impl ToolServer {
             // Refuse the credential, quoting it back as careless APIs and proxies do.
             "/unauthorized_echo" => (StatusCode::UNAUTHORIZED, echo_credential(&authorization)),
             "/unavailable_echo" => (StatusCode::SERVICE_UNAVAILABLE, echo_credential(&authorization)),
+            // Always unavailable (retryable); each path under it counts its own calls.
+            p if p.starts_with("/unavailable/") => (StatusCode::SERVICE_UNAVAILABLE, "{}".to_owned()),
+            // Counts words like /word_count; each path under it counts its own calls.
+            p if p.starts_with("/count/") => {
+                let text = params["text"].as_str().unwrap_or_default();
+                (
+                    StatusCode::OK,
+                    json!({"words": text.split_whitespace().count()}).to_string(),
+                )
+            }
             _ => (StatusCode::NOT_FOUND, "{}".to_owned()),
         };
         let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -7,6 +7,7 @@ pub mod audit_checkpoint;
 pub mod audit_clean;
 pub mod audit_export;
 pub mod cache_key;
+pub mod call_limits;
 pub mod circuit;
 pub mod client;
 pub mod compliance;

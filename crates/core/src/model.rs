@@ -363,8 +363,10 @@ pub struct FallbackStrategy {
 }
 
 impl FallbackStrategy {
-    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
-        let d = crate::retry::RetryPolicy::default();
+    /// The retry policy the sidecar runs for this tool: the strategy's own attempts
+    /// and backoff bounds, with `defaults` only for the fields left unset (0), so what
+    /// an admin configured is what runs.
+    pub fn retry_policy(&self, defaults: crate::retry::RetryPolicy) -> crate::retry::RetryPolicy {
         let ms = |v: u32, default: std::time::Duration| {
             if v == 0 {
                 default
@@ -374,12 +376,12 @@ impl FallbackStrategy {
         };
         crate::retry::RetryPolicy {
             max_attempts: if self.max_attempts == 0 {
-                d.max_attempts
+                defaults.max_attempts
             } else {
                 self.max_attempts
             },
-            initial_backoff: ms(self.initial_backoff_ms, d.initial_backoff),
-            max_backoff: ms(self.max_backoff_ms, d.max_backoff),
+            initial_backoff: ms(self.initial_backoff_ms, defaults.initial_backoff),
+            max_backoff: ms(self.max_backoff_ms, defaults.max_backoff),
         }
     }
 

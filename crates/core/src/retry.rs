@@ -1,4 +1,4 @@
-//! Retry policy: exponential backoff with full jitter, only for failures worth
+//! Retry policy: exponential backoff with equal jitter, only for failures worth
 //! retrying, only for idempotent tools, never past the caller's deadline.
 
 use std::time::Duration;
@@ -32,11 +32,12 @@ impl RetryPolicy {
             .min(self.max_backoff)
     }
 
-    /// Full jitter: uniformly random in `[0, ceiling]`, so retries of many callers
-    /// spread out instead of arriving together.
+    /// Equal jitter: uniformly random in `[ceiling / 2, ceiling]`, so retries of many
+    /// callers spread out instead of arriving together, yet the backoff an admin
+    /// configured is a real pause (full jitter may retry a struggling tool at once).
     pub fn backoff(&self, attempt: u32) -> Duration {
         let cap = u64::try_from(self.ceiling(attempt).as_micros()).unwrap_or(u64::MAX);
-        Duration::from_micros(rand::rng().random_range(0..=cap))
+        Duration::from_micros(rand::rng().random_range(cap / 2..=cap))
     }
 
     /// The wait before the next attempt, or `None` when there is none: attempts used
@@ -72,7 +73,8 @@ mod tests {
         assert_eq!(p.ceiling(3), Duration::from_millis(400));
         assert_eq!(p.ceiling(30), Duration::from_secs(2));
         for attempt in 0..10 {
-            assert!(p.backoff(attempt) <= p.ceiling(attempt));
+            let b = p.backoff(attempt);
+            assert!(b <= p.ceiling(attempt) && b >= p.ceiling(attempt) / 2, "{b:?}");
         }
         let spread: std::collections::HashSet<Duration> = (0..50).map(|_| p.backoff(5)).collect();
         assert!(spread.len() > 10, "jittered");
@@ -96,6 +98,43 @@ mod tests {
         assert!(
             p.next_delay(1, None, Some(Duration::from_secs(10)), Duration::from_millis(10))
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn a_strategy_sets_attempts_and_backoff_and_defaults_fill_only_unset_fields() {
+        let strategy = |max_attempts, initial_backoff_ms, max_backoff_ms| crate::model::FallbackStrategy {
+            tool_id: uuid::Uuid::nil(),
+            fallback_tool_ids: vec![],
+            max_attempts,
+            initial_backoff_ms,
+            max_backoff_ms,
+            conditions: vec![],
+            mode: crate::model::DegradationMode::Full,
+        };
+        let d = RetryPolicy::default();
+        assert_eq!(strategy(0, 0, 0).retry_policy(d), d);
+        let p = strategy(5, 100, 200).retry_policy(d);
+        assert_eq!(
+            p,
+            RetryPolicy {
+                max_attempts: 5,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(200),
+            }
+        );
+        assert_eq!(p.ceiling(3), Duration::from_millis(200), "capped by the strategy");
+        assert!(p.next_delay(5, None, None, Duration::ZERO).is_none());
+        assert!(p.next_delay(4, None, None, Duration::ZERO).is_some());
+        let one = strategy(1, 0, 0).retry_policy(d);
+        assert!(
+            one.next_delay(1, None, None, Duration::ZERO).is_none(),
+            "one attempt, no retry"
+        );
+        let partial = strategy(0, 300, 0).retry_policy(d);
+        assert_eq!(
+            (partial.max_attempts, partial.initial_backoff, partial.max_backoff),
+            (d.max_attempts, Duration::from_millis(300), d.max_backoff)
         );
     }
 }

@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 use toolplane_core::cache_key::cache_key;
+use toolplane_core::call_limits::CallLimits;
 use toolplane_core::circuit::Admission;
 use toolplane_core::convert::{parse_uuid, result_to_pb};
 use toolplane_core::json::{struct_to_json, summary};
@@ -46,8 +47,9 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 /// Most fallback tools one call tries.
 const MAX_FALLBACK_CANDIDATES: usize = 16;
 /// Most events one call can push, reserved in the outbox when it is admitted: at most
-/// one per fallback candidate tried (refused or rate limited), plus a cache miss, a
-/// FALLBACK_USED and the final pair (TOOL_INVOKED or CACHE_HIT, and the invocation).
+/// one per fallback candidate tried (refused, out of bounds or rate limited), plus a
+/// cache miss or the primary's own RATE_LIMITED (never both), a FALLBACK_USED and the
+/// final pair (TOOL_INVOKED or CACHE_HIT, and the invocation).
 pub const MAX_EVENTS_PER_CALL: usize = MAX_FALLBACK_CANDIDATES + 4;
 
 pub struct ExecutorService {
@@ -111,6 +113,8 @@ struct Ctx<'a> {
     traceparent: String,
     /// Set when the caller went away; the invocation record says so.
     caller: CallerGone,
+    /// What a fallback must keep (`ExecuteTask`'s constraints; none for `Invoke`).
+    limits: CallLimits,
 }
 
 pub(crate) struct Call {
@@ -126,6 +130,8 @@ pub(crate) struct Call {
     pub(crate) traceparent: Option<String>,
     /// Set when the caller went away (see [`crate::detach`]).
     pub(crate) caller: CallerGone,
+    /// The request's constraints, which a fallback must keep too.
+    pub(crate) limits: CallLimits,
 }
 
 impl ExecutorService {
@@ -281,17 +287,28 @@ impl ExecutorService {
             stale: false,
             traceparent: outgoing_traceparent,
             caller: call.caller,
+            limits: call.limits,
         };
         let credential = snap.credential(tool.id);
+        let retry = self.retry_for(&snap, tool.id);
         let deadline = call.deadline.map(|d| started + d);
         let ttl = Duration::from_secs(u64::from(tool.spec.cache_ttl_seconds));
         if !(tool.spec.cacheable && tool.spec.side_effects == SideEffects::None && !ttl.is_zero()) {
             if let Some(limited) = self.rate_limited(&ctx).await {
                 self.refund(reservation).await;
-                return Ok(limited);
+                return Ok(self
+                    .limited_or_fallback(&ctx, &snap, agent, limited, &call.parameters, deadline)
+                    .await);
             }
             let (outcome, attempts) = self
-                .call_with_retries(&compiled, credential, &call.parameters, deadline, &ctx.traceparent)
+                .call_with_retries(
+                    &compiled,
+                    credential,
+                    &call.parameters,
+                    deadline,
+                    &ctx.traceparent,
+                    retry,
+                )
                 .await;
             if attempts == 0 {
                 // The circuit refused it: nothing was sent.
@@ -323,7 +340,9 @@ impl ExecutorService {
         }
         if let Some(limited) = self.rate_limited(&ctx).await {
             self.refund(reservation).await;
-            return Ok(limited);
+            return Ok(self
+                .limited_or_fallback(&ctx, &snap, agent, limited, &call.parameters, deadline)
+                .await);
         }
         let attempts = std::sync::atomic::AtomicU32::new(0);
         // A value another sidecar cached is served only if it still passes the
@@ -338,7 +357,14 @@ impl ExecutorService {
         // tools need this state.
         let fetched = Box::pin(self.cache.get_or_fetch(&key, ttl, valid, async {
             let (outcome, n) = self
-                .call_with_retries(&compiled, credential, &call.parameters, deadline, &ctx.traceparent)
+                .call_with_retries(
+                    &compiled,
+                    credential,
+                    &call.parameters,
+                    deadline,
+                    &ctx.traceparent,
+                    retry,
+                )
                 .await;
             attempts.store(n, std::sync::atomic::Ordering::Relaxed);
             if outcome.status == ExecutionStatus::Success {
@@ -385,10 +411,42 @@ impl ExecutorService {
         }
     }
 
+    /// The retry policy of `tool`: its fallback strategy's attempts and backoff, the
+    /// sidecar's defaults for what the strategy leaves unset (or when it has none).
+    fn retry_for(&self, snap: &SnapshotIndex, tool: Uuid) -> RetryPolicy {
+        snap.fallback(tool).map_or(self.retry, |f| f.retry_policy(self.retry))
+    }
+
+    /// The sidecar's own rate limit refused the call (`limited`, already audited as
+    /// RATE_LIMITED): a strategy that falls back on rate limits answers as it would
+    /// for an upstream 429; otherwise the refusal stands.
+    async fn limited_or_fallback(
+        &self,
+        ctx: &Ctx<'_>,
+        snap: &SnapshotIndex,
+        agent: &Agent,
+        limited: ToolResult,
+        params: &Value,
+        deadline: Option<Instant>,
+    ) -> ToolResult {
+        let refused = Outcome {
+            status: ExecutionStatus::RateLimited,
+            output: Value::Null,
+            error: limited.error.clone(),
+            retryable: false,
+            retry_after: Some(Duration::from_millis(u64::from(limited.retry_after_ms))),
+            auth_failure: false,
+        };
+        self.degrade(ctx, snap, agent, &refused, params, deadline)
+            .await
+            .unwrap_or(limited)
+    }
+
     /// What a failed call falls back to under the tool's strategy: another tool
     /// (FULL), or the last good result marked stale (CACHED). `None`: the failure
     /// stands. Every fallback tool passes the same permission, schema and rate-limit
-    /// checks as the primary, and is audited as FALLBACK_USED.
+    /// checks as the primary, keeps the request's constraints and touches no more
+    /// sensitive data than the primary, and is audited as FALLBACK_USED.
     async fn degrade(
         &self,
         ctx: &Ctx<'_>,
@@ -434,8 +492,15 @@ impl ExecutorService {
                 Some(self.finish(&stale, Outcome::ok(output), 0, true))
             }
             DegradationMode::Full => {
-                for candidate in fallback_candidates(snap, primary, &strategy.fallback_tool_ids) {
+                for candidate in fallback_candidates(snap, primary, &strategy.fallback_tool_ids, &ctx.limits) {
                     let tool = &candidate.tool;
+                    // Checked before the permission: a candidate out of bounds is never
+                    // a use of the agent's grant or budget.
+                    if let Some(why) = ctx.limits.refuses_fallback(primary, tool) {
+                        tracing::debug!(primary = %primary.spec.name, fallback = %tool.spec.name, reason = %why, "fallback candidate skipped");
+                        self.audit_fallback_refused(ctx, tool, &why);
+                        continue;
+                    }
                     let decision = evaluate(agent, tool, snap.grants(agent.id, tool.id), Utc::now());
                     if !decision.allowed {
                         self.audit_fallback_refused(ctx, tool, &decision.reason);
@@ -463,8 +528,9 @@ impl ExecutorService {
                         continue;
                     }
                     let credential = snap.credential(tool.id);
+                    let retry = self.retry_for(snap, tool.id);
                     let (outcome, attempts) = self
-                        .call_with_retries(&candidate, credential, params, deadline, &ctx.traceparent)
+                        .call_with_retries(&candidate, credential, params, deadline, &ctx.traceparent, retry)
                         .await;
                     if attempts == 0 {
                         self.refund(reservation).await;
@@ -712,8 +778,8 @@ impl ExecutorService {
     }
 
     /// Calls the tool through its circuit breaker, retrying retryable failures of
-    /// idempotent tools with backoff, never past `deadline`. Returns the last outcome
-    /// and how many calls were made.
+    /// idempotent tools with backoff under `retry` (the tool's own policy), never past
+    /// `deadline`. Returns the last outcome and how many calls were made.
     async fn call_with_retries(
         &self,
         compiled: &CompiledTool,
@@ -721,6 +787,7 @@ impl ExecutorService {
         params: &Value,
         deadline: Option<Instant>,
         traceparent: &str,
+        retry: RetryPolicy,
     ) -> (Outcome, u32) {
         let tool = &compiled.tool;
         let mut attempts = 0;
@@ -743,10 +810,7 @@ impl ExecutorService {
                 return (outcome, attempts);
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match self
-                .retry
-                .next_delay(attempts, outcome.retry_after, remaining, DEADLINE_MARGIN)
-            {
+            match retry.next_delay(attempts, outcome.retry_after, remaining, DEADLINE_MARGIN) {
                 Some(delay) => {
                     tracing::debug!(tool = %tool.spec.name, attempts, ?delay, error = %self.redactor.redact_text(&outcome.error), "retrying");
                     tokio::time::sleep(delay).await;
@@ -785,12 +849,21 @@ fn call_of(
         traceparent,
         deadline,
         caller: CallerGone::default(),
+        limits: CallLimits::default(),
     })
 }
 
 /// Fallback tools in order: the strategy's list, or, when it names none, every other
-/// tool sharing a capability with the primary, most reliable first (at most 16).
-fn fallback_candidates(snap: &SnapshotIndex, primary: &Tool, listed: &[Uuid]) -> Vec<Arc<CompiledTool>> {
+/// tool sharing a capability with the primary that keeps `limits`, most reliable first
+/// (at most 16). Listed tools out of bounds stay, to be skipped with an audited reason;
+/// tools found by capability that are out of bounds are left out quietly, so they
+/// neither take a place nor fill the audit trail on every fallback.
+fn fallback_candidates(
+    snap: &SnapshotIndex,
+    primary: &Tool,
+    listed: &[Uuid],
+    limits: &CallLimits,
+) -> Vec<Arc<CompiledTool>> {
     let mut candidates: Vec<Arc<CompiledTool>> = if listed.is_empty() {
         let mut same: Vec<Arc<CompiledTool>> = snap
             .tools()
@@ -801,6 +874,7 @@ fn fallback_candidates(snap: &SnapshotIndex, primary: &Tool, listed: &[Uuid]) ->
                         .capabilities
                         .iter()
                         .any(|cap| primary.spec.capabilities.contains(cap))
+                    && limits.refuses_fallback(primary, &c.tool).is_none()
             })
             .cloned()
             .collect();

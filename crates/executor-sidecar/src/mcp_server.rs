@@ -283,6 +283,7 @@ impl ServerHandler for McpFrontDoor {
             deadline: None,
             traceparent,
             caller: Default::default(),
+            limits: Default::default(),
         };
         let executor = self.executor.clone();
         let outcome = crate::detach::detached(|caller| async move { executor.run_call(Call { caller, ..call }).await });

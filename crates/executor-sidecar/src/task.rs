@@ -1,13 +1,15 @@
 //! `Executor.ExecuteTask`: the agent describes a task; the control plane selects (with
 //! the agent's own token, so only tools it may use are proposed); the sidecar calls the
 //! primary through the same pipeline as `Invoke`, and moves on to the next candidate
-//! when the primary refuses the parameters or does not succeed.
+//! when the primary refuses the parameters or does not succeed. The request's
+//! constraints bind every tool that answers, a strategy's fallbacks included.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Code, Status};
+use toolplane_core::call_limits::CallLimits;
 use toolplane_core::convert::result_to_pb;
 use toolplane_core::json::struct_to_json;
 use toolplane_core::model::{ExecutionStatus, ToolResult};
@@ -34,6 +36,8 @@ pub async fn execute(
     let Some(selector) = &svc.selector else {
         return Err(ExecError::Unimplemented("Executor.ExecuteTask without a control plane").into());
     };
+    // Whichever tool answers keeps these, a fallback of a candidate included.
+    let limits = CallLimits::from_pb(req.constraints.as_ref()).map_err(ExecError::from)?;
     let mut select = tonic::Request::new(pb::SelectToolRequest {
         task_description: req.task_description.clone(),
         required_capabilities: req.required_capabilities.clone(),
@@ -98,6 +102,7 @@ pub async fn execute(
             deadline: remaining,
             traceparent: traceparent.clone(),
             caller: caller.clone(),
+            limits: limits.clone(),
         };
         match svc.run_call(call).await {
             Ok(r) => {
