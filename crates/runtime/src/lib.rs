@@ -6,5 +6,6 @@ pub mod config;
 pub mod grpc;
 pub mod lifecycle;
 pub mod metrics;
+pub mod rpc_metrics;
 pub mod telemetry;
 pub mod tls;
