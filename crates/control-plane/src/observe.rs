@@ -15,6 +15,11 @@ pub fn export(state: &Arc<AppState>, fleet: &Arc<Fleet>) {
     let (state, fleet): (Weak<AppState>, Weak<Fleet>) = (Arc::downgrade(state), Arc::downgrade(fleet));
     // The gauge exists from the start, so "no sidecar connected" is a 0, not a gap.
     metrics::gauge!(m::SYNC_SESSIONS).increment(0.0);
+    metrics::describe_gauge!(m::SYNC_SESSIONS, "Sidecar sync sessions open on this replica");
+    metrics::describe_gauge!(m::DB_POOL_CONNECTIONS, "Database connections open in the pool");
+    metrics::describe_gauge!(m::DB_POOL_AVAILABLE, "Open database connections idle in the pool");
+    metrics::describe_gauge!(m::DB_POOL_WAITING, "Requests waiting for a pooled database connection");
+    metrics::describe_gauge!(m::DB_POOL_MAX, "The database pool's maximum size");
     toolplane_runtime::metrics::on_scrape(move |out| {
         let Some(state) = state.upgrade() else {
             return;
