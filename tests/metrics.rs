@@ -356,3 +356,105 @@ async fn reflection_lists_only_the_services_a_binary_serves() {
     assert!(listed.lines().any(|l| l == "toolplane.v1.SidecarSync"), "{listed}");
     assert!(!listed.lines().any(|l| l == "toolplane.v1.Executor"), "{listed}");
 }
+
+/// A sidecar that stops reading its sync stream (hung, or its network stalled) falls
+/// behind: its revision lag grows with every change and nothing is pushed to it.
+#[tokio::test]
+async fn a_sidecar_that_stops_reading_shows_a_growing_lag() {
+    use tokio_stream::StreamExt;
+    use toolplane_proto::v1::sidecar_sync_client::SidecarSyncClient;
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cp = control_plane_with(
+        None,
+        &[
+            ("TOOLPLANE_METRICS_LISTEN", &listen),
+            ("TOOLPLANE_SYNC_HEARTBEAT_MS", "200"),
+        ],
+    )
+    .await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let issued = admin
+        .identity
+        .issue_token(pb::IssueTokenRequest {
+            role: pb::Role::Sidecar as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The smallest HTTP/2 windows: a few unread messages fill them, then the control
+    // plane's writes for this stream wait.
+    let ch = tonic::transport::Endpoint::from_shared(cp.url())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let bearer = toolplane_core::client::Bearer::new(Some(&issued.token)).unwrap();
+    let mut client = SidecarSyncClient::new(tonic::service::interceptor::InterceptedService::new(ch, bearer));
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::ConnectRequest {
+        message: Some(pb::connect_request::Message::Hello(pb::SidecarHello {
+            sidecar_id: "stalled".to_owned(),
+            version: "test".to_owned(),
+            known_revision: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = inbound.next().await.unwrap().unwrap();
+    assert!(matches!(
+        first.message,
+        Some(pb::connect_response::Message::Snapshot(_))
+    ));
+    let by_token = [("sidecar_token", issued.token_id.as_str())];
+    let lag = |text: &str| value(text, "toolplane_sidecar_snapshot_revision_lag", &by_token);
+    assert_eq!(lag(&scrape(port).await), Some(0.0));
+
+    // Big tools (a 200 kB schema each), so each delta fills the stream's window.
+    let mut big = http_tool("big", "http://127.0.0.1:9/x");
+    big.schema.as_mut().unwrap().input_schema = toolplane_core::json::json_to_struct(&json!({
+        "type": "object",
+        "description": "x".repeat(200_000),
+    }));
+    let mut behind = 0.0;
+    for i in 0..60 {
+        let mut tool = big.clone();
+        tool.name = format!("big_{i}");
+        admin.register(tool).await.unwrap();
+        behind = eventually("the scrape to see the change", WAIT, || async {
+            lag(&scrape(port).await)
+        })
+        .await;
+        if behind >= 3.0 {
+            break;
+        }
+    }
+    assert!(behind >= 3.0, "the stalled sidecar's lag is {behind}");
+    // Nothing reaches it any more, heartbeats included.
+    eventually("the push age to grow", WAIT, || async {
+        let age = value(
+            &scrape(port).await,
+            "toolplane_sidecar_last_push_age_seconds",
+            &by_token,
+        )
+        .unwrap();
+        (age > 2.0).then_some(())
+    })
+    .await;
+    // Reading again, it catches up.
+    tokio::spawn(async move { while inbound.next().await.is_some() {} });
+    eventually("the sidecar to catch up", WAIT, || async {
+        (lag(&scrape(port).await) == Some(0.0)).then_some(())
+    })
+    .await;
+    drop(tx);
+}
