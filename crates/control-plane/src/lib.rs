@@ -6,6 +6,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod error;
 pub mod mcp_import;
+pub mod observe;
 pub mod selection;
 pub mod server;
 pub mod services;

@@ -14,6 +14,7 @@ use toolplane_runtime::auth::AuthLayer;
 use toolplane_runtime::grpc;
 use toolplane_runtime::lifecycle::incoming;
 use toolplane_runtime::lifecycle::with_grace;
+use toolplane_runtime::rpc_metrics::RpcMetricsLayer;
 
 use crate::auth::StoreAuthenticator;
 use crate::checkpoints::Checkpoints;
@@ -146,8 +147,16 @@ pub async fn serve(
     }
 
     toolplane_runtime::metrics::start(config.common.metrics_listen).await?;
+    let sync = SyncService::new(
+        state.clone(),
+        SessionPolicy {
+            heartbeat: Duration::from_millis(config.sync_heartbeat_ms),
+            max_lifetime: Duration::from_secs(config.sync_session_max_secs),
+        },
+    );
+    crate::observe::export(&state, &sync.fleet());
     let (health, health_service) = grpc::health(SERVICES).await;
-    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection(SERVICES)?;
 
     let (draining_tx, draining) = watch::channel(false);
     tokio::spawn(async move {
@@ -169,6 +178,7 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let server = builder
+        .layer(RpcMetricsLayer)
         .layer(AuthLayer::new(authn))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -182,16 +192,7 @@ pub async fn serve(
         .add_service(pb::permissions_server::PermissionsServer::new(PermissionsService::new(
             state.clone(),
         )))
-        .add_service(
-            pb::sidecar_sync_server::SidecarSyncServer::new(SyncService::new(
-                state.clone(),
-                SessionPolicy {
-                    heartbeat: Duration::from_millis(config.sync_heartbeat_ms),
-                    max_lifetime: Duration::from_secs(config.sync_session_max_secs),
-                },
-            ))
-            .max_decoding_message_size(64 * 1024 * 1024),
-        )
+        .add_service(pb::sidecar_sync_server::SidecarSyncServer::new(sync).max_decoding_message_size(64 * 1024 * 1024))
         .add_service(pb::tool_selector_server::ToolSelectorServer::new(SelectorService::new(
             state.clone(),
             redactor,

@@ -14,6 +14,7 @@ use toolplane_runtime::auth::AuthLayer;
 use toolplane_runtime::grpc;
 use toolplane_runtime::lifecycle::incoming;
 use toolplane_runtime::lifecycle::with_grace;
+use toolplane_runtime::rpc_metrics::RpcMetricsLayer;
 
 use crate::auth::SnapshotAuthenticator;
 use crate::config::Config;
@@ -240,7 +241,7 @@ pub async fn serve(
     spawn_gauges(executor.clone());
 
     let (health, health_service) = grpc::health(&[EXECUTOR]).await;
-    let (reflection_v1, reflection_v1alpha) = grpc::reflection()?;
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection(&[EXECUTOR])?;
 
     let (draining_tx, draining) = watch::channel(false);
     spawn_freshness_watch(snapshot.clone(), health.clone(), draining.clone());
@@ -257,6 +258,7 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let server = builder
+        .layer(RpcMetricsLayer)
         .layer(AuthLayer::new(Arc::new(SnapshotAuthenticator::new(snapshot))))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -7,5 +7,6 @@ pub mod egress;
 pub mod grpc;
 pub mod lifecycle;
 pub mod metrics;
+pub mod rpc_metrics;
 pub mod telemetry;
 pub mod tls;

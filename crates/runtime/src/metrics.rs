@@ -51,6 +51,28 @@ pub const SYNC_SESSIONS: &str = "toolplane_sync_sessions";
 /// Sync events the control plane could not store in the trail and kept in the
 /// dead-letter table, by `reason` (`unparseable`, `refused`, `rejected`).
 pub const EVENTS_DEAD_LETTERED: &str = "toolplane_sync_events_dead_lettered_total";
+/// RPCs received, by `grpc_service`, `grpc_method` and `grpc_type` (see
+/// [`crate::rpc_metrics`] for what is labelled as itself and when a call counts).
+pub const RPC_STARTED: &str = "toolplane_grpc_server_started_total";
+/// RPCs finished, by the labels of [`RPC_STARTED`] and `grpc_code` (`OK`,
+/// `PERMISSION_DENIED`, ...).
+pub const RPC_HANDLED: &str = "toolplane_grpc_server_handled_total";
+/// Seconds from an RPC's arrival to its status, by the labels of [`RPC_STARTED`].
+pub const RPC_SECONDS: &str = "toolplane_grpc_server_handling_seconds";
+/// The control plane's database pool: connections open now.
+pub const DB_POOL_CONNECTIONS: &str = "toolplane_db_pool_connections";
+/// Open connections idle in the pool (0 with waiters means the pool is exhausted).
+pub const DB_POOL_AVAILABLE: &str = "toolplane_db_pool_available_connections";
+/// Requests waiting for a pooled connection.
+pub const DB_POOL_WAITING: &str = "toolplane_db_pool_waiting_requests";
+/// The pool's configured maximum size.
+pub const DB_POOL_MAX: &str = "toolplane_db_pool_max_connections";
+/// By `sidecar_token`: how many revisions the snapshot a connected sidecar holds is
+/// behind this replica's current one (0 when it holds the current state).
+pub const SIDECAR_REVISION_LAG: &str = "toolplane_sidecar_snapshot_revision_lag";
+/// By `sidecar_token`: seconds since this replica last sent a connected sidecar a
+/// snapshot, delta or heartbeat.
+pub const SIDECAR_PUSH_AGE: &str = "toolplane_sidecar_last_push_age_seconds";
 
 /// Installs the process-wide recorder; `None` if one is already installed (tests that
 /// start several servers in one process).
@@ -58,11 +80,49 @@ pub fn install() -> Option<PrometheusHandle> {
     let buckets = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &buckets)
         .ok()?
         .install_recorder()
-        .ok()
+        .ok()?;
+    metrics::describe_counter!(RPC_STARTED, "gRPC calls received");
+    metrics::describe_counter!(RPC_HANDLED, "gRPC calls finished, by status code");
+    metrics::describe_histogram!(
+        RPC_SECONDS,
+        metrics::Unit::Seconds,
+        "gRPC call duration from arrival to status (streams: their lifetime)"
+    );
+    Some(handle)
+}
+
+/// Something that runs at every scrape of `/metrics`, before the recorder renders: it
+/// may set gauges from live state (cheap, synchronous reads only) and append samples
+/// of its own in the text exposition format (for series that must disappear, such as
+/// one per connected sidecar, which the recorder cannot forget).
+pub type ScrapeHook = Box<dyn Fn(&mut String) + Send + Sync>;
+
+static HOOKS: std::sync::Mutex<Vec<ScrapeHook>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds a hook run at every scrape.
+pub fn on_scrape(hook: impl Fn(&mut String) + Send + Sync + 'static) {
+    HOOKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Box::new(hook));
+}
+
+/// The text served at `/metrics`: the hooks' samples after the recorder's.
+fn render(handle: &PrometheusHandle) -> String {
+    let mut extra = String::new();
+    for hook in HOOKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        hook(&mut extra);
+    }
+    let mut text = handle.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&extra);
+    text
 }
 
 /// Whether this process serves calls, as its gRPC health service says; mirrored here so
@@ -89,7 +149,7 @@ pub fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
                     let handle = handle.clone();
                     async move {
                         let (status, body) = match req.uri().path() {
-                            "/metrics" => (200, handle.render()),
+                            "/metrics" => (200, render(&handle)),
                             "/healthz" if SERVING.load(std::sync::atomic::Ordering::Relaxed) => {
                                 (200, "SERVING\n".to_owned())
                             }

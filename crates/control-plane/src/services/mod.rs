@@ -8,6 +8,7 @@ pub mod permissions;
 pub mod registry;
 pub mod selector;
 pub mod sync;
+pub mod sync_fleet;
 mod sync_ingest;
 
 use toolplane_core::Violations;

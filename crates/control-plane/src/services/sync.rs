@@ -21,6 +21,7 @@ use toolplane_runtime::auth::{PrincipalExt, principal};
 use toolplane_runtime::metrics as m;
 use uuid::Uuid;
 
+use super::sync_fleet::{Fleet, Member};
 use super::sync_ingest::{Sender, store_batch};
 use crate::state::AppState;
 
@@ -30,6 +31,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SyncService {
     state: Arc<AppState>,
     policy: SessionPolicy,
+    fleet: Arc<Fleet>,
 }
 
 /// How long a sync session may go quiet, and how long it may live.
@@ -41,7 +43,16 @@ pub struct SessionPolicy {
 
 impl SyncService {
     pub fn new(state: Arc<AppState>, policy: SessionPolicy) -> Self {
-        Self { state, policy }
+        Self {
+            state,
+            policy,
+            fleet: Arc::default(),
+        }
+    }
+
+    /// The sessions open on this service, for the per-sidecar lag metrics.
+    pub fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.clone()
     }
 }
 
@@ -78,6 +89,7 @@ async fn push_state(
     token: SessionToken,
     tx: &mpsc::Sender<Out>,
     held: Option<Arc<Snapshot>>,
+    member: &Member,
 ) -> Option<Arc<Snapshot>> {
     let current = match state.snapshot().await {
         Ok(s) => s,
@@ -99,18 +111,21 @@ async fn push_state(
         Some(old) => {
             let delta = diff(old, &current);
             if delta.is_empty() {
+                member.synced(current.revision);
                 return held;
             }
             pb::connect_response::Message::Delta(delta_to_pb(&delta))
         }
     };
     tx.send(Ok(pb::ConnectResponse { message: Some(message) })).await.ok()?;
+    member.synced(current.revision);
+    member.pushed();
     Some(current)
 }
 
 /// A heartbeat, after checking the token again (it may have expired without any change
 /// to announce). `false` when the stream is over.
-async fn beat(state: &AppState, token: SessionToken, tx: &mpsc::Sender<Out>, held: &Snapshot) -> bool {
+async fn beat(state: &AppState, token: SessionToken, tx: &mpsc::Sender<Out>, held: &Snapshot, member: &Member) -> bool {
     if let Ok(current) = state.snapshot().await
         && !token.valid_in(&current)
     {
@@ -125,11 +140,16 @@ async fn beat(state: &AppState, token: SessionToken, tx: &mpsc::Sender<Out>, hel
         revision: held.revision,
         sent_at: Some(toolplane_core::convert::ts(Utc::now())),
     };
-    tx.send(Ok(pb::ConnectResponse {
-        message: Some(pb::connect_response::Message::Heartbeat(heartbeat)),
-    }))
-    .await
-    .is_ok()
+    let sent = tx
+        .send(Ok(pb::ConnectResponse {
+            message: Some(pb::connect_response::Message::Heartbeat(heartbeat)),
+        }))
+        .await
+        .is_ok();
+    if sent {
+        member.pushed();
+    }
+    sent
 }
 
 struct Session {
@@ -137,6 +157,7 @@ struct Session {
     sender: Sender,
     token: SessionToken,
     policy: SessionPolicy,
+    fleet: Arc<Fleet>,
 }
 
 async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mpsc::Sender<Out>) {
@@ -145,6 +166,7 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
         sender,
         token,
         policy,
+        fleet,
     } = s;
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
         Ok(Some(Ok(pb::ConnectRequest {
@@ -167,9 +189,10 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
     tracing::info!(sidecar = %sidecar, version = %hello.version.chars().take(64).collect::<String>(), known_revision = hello.known_revision, "sidecar connected");
     metrics::gauge!(m::SYNC_SESSIONS).increment(1.0);
     let _connected = scopeguard(|| metrics::gauge!(m::SYNC_SESSIONS).decrement(1.0));
+    let member = fleet.join(token.0);
     let mut changes = state.subscribe();
     changes.mark_unchanged();
-    let Some(mut held) = push_state(&state, token, &tx, None).await else {
+    let Some(mut held) = push_state(&state, token, &tx, None, &member).await else {
         return;
     };
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + policy.heartbeat, policy.heartbeat);
@@ -203,13 +226,13 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
             },
             changed = changes.changed() => {
                 if changed.is_err() { break; }
-                match push_state(&state, token, &tx, Some(held)).await {
+                match push_state(&state, token, &tx, Some(held), &member).await {
                     Some(now) => held = now,
                     None => break,
                 }
             }
             _ = heartbeat.tick() => {
-                if !beat(&state, token, &tx, &held).await { break; }
+                if !beat(&state, token, &tx, &held, &member).await { break; }
             }
             () = &mut expires => {
                 // Ending the stream cleanly: the sidecar reconnects at once, presenting
@@ -250,6 +273,7 @@ impl SidecarSync for SyncService {
             sender: Sender::of(&who),
             token: SessionToken::of(&who),
             policy: self.policy,
+            fleet: self.fleet.clone(),
         };
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(session(s, request.into_inner(), tx));

@@ -122,6 +122,19 @@ pub struct DeadLetter {
     pub raw: Vec<u8>,
 }
 
+/// A connection pool's use at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The configured maximum number of connections.
+    pub max: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Open connections idle now.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
 /// One row of usage statistics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRow {
@@ -286,6 +299,12 @@ pub trait Store: Send + Sync + 'static {
     /// sender). The in-memory backend has no other replicas.
     async fn publish_change(&self, _origin: Uuid) -> StoreResult<()> {
         Ok(())
+    }
+
+    /// How the connection pool is used right now (read at every metrics scrape, so it
+    /// must not wait); `None` for a backend without one.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
     }
 
     // Signed checkpoints of the audit chains (append-only).

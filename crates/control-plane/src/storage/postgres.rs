@@ -1146,6 +1146,16 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(selection_from_row).collect())
     }
 
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let s = self.pool.status();
+        Some(super::PoolStatus {
+            max: s.max_size,
+            size: s.size,
+            available: s.available,
+            waiting: s.waiting,
+        })
+    }
+
     async fn change_revision(&self) -> StoreResult<Option<u64>> {
         let revision: i64 = self
             .client()
