@@ -533,8 +533,11 @@ impl Selector {
             .first()
             .map_or(primary.combined, |r| primary.combined - r.combined);
         let confidence = (primary.combined * (0.5 + 0.5 * (margin / CONFIDENT_MARGIN).min(1.0))).clamp(0.0, 1.0);
-        let limited = q.max_latency_ms > 0 || q.max_cost.is_some_and(|m| !m.is_zero());
-        let reasoning = reasoning(tools, &primary, &scored, limited);
+        let how = Explained {
+            limited: q.max_latency_ms > 0 || q.max_cost.is_some_and(|m| !m.is_zero()),
+            explore,
+        };
+        let reasoning = reasoning(tools, &primary, &scored, how);
         Ok(Selection {
             built,
             primary,
@@ -557,10 +560,20 @@ impl Scored {
     }
 }
 
+/// What shaped a selection besides the candidates' own numbers.
+#[derive(Debug, Clone, Copy)]
+struct Explained {
+    /// The caller set a latency or cost limit, so headroom differs between tools.
+    limited: bool,
+    /// Suitability is a Thompson draw, which varies even without outcomes.
+    explore: bool,
+}
+
 /// One tool's breakdown, naming only the signals that had evidence: similar past tasks
-/// when some are remembered for it, suitability when outcomes were observed,
-/// capabilities when the caller required some, headroom when it set limits.
-fn describe(t: &Tool, s: &Scored, limited: bool) -> String {
+/// when some are remembered for it, suitability when outcomes were observed (or a
+/// draw when exploring), capabilities when the caller required some, headroom when it
+/// set limits.
+fn describe(t: &Tool, s: &Scored, how: Explained) -> String {
     let mut parts = vec![format!("text {:.2}", s.text)];
     if s.capabilities.1 > 0 {
         parts.push(format!("capabilities {}/{}", s.capabilities.0, s.capabilities.1));
@@ -581,8 +594,13 @@ fn describe(t: &Tool, s: &Scored, limited: bool) -> String {
             "suitability {:.2} from {} calls across the fleet",
             s.suitability, s.fleet_evidence
         ));
+    } else if how.explore {
+        parts.push(format!(
+            "exploratory suitability draw {:.2} (no outcomes yet)",
+            s.suitability
+        ));
     }
-    if limited {
+    if how.limited {
         parts.push(format!("headroom {:.2}", s.headroom));
     }
     format!("{} (combined {:.2}: {})", t.spec.name, s.combined, parts.join(", "))
@@ -591,9 +609,10 @@ fn describe(t: &Tool, s: &Scored, limited: bool) -> String {
 /// Why the primary won, from the numbers: its breakdown, then against each
 /// alternative the factor with evidence that made the biggest weighted difference.
 /// When no tool shown had remembered tasks or outcomes, it says so: the choice then
-/// rests on text relevance (and capabilities and headroom when asked for) alone.
-fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored], limited: bool) -> String {
-    let mut out = format!("chose {}", describe(&tools[primary.tool], primary, limited));
+/// rests on text relevance (and capabilities, headroom and exploration when they took
+/// part) alone.
+fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored], how: Explained) -> String {
+    let mut out = format!("chose {}", describe(&tools[primary.tool], primary, how));
     let shown = || std::iter::once(primary).chain(alternatives);
     let history = shown().any(Scored::has_history);
     let outcomes = shown().any(Scored::has_outcomes);
@@ -602,8 +621,11 @@ fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored], limited:
         if primary.capabilities.1 > 0 {
             signals.push("required capabilities");
         }
-        if limited {
+        if how.limited {
             signals.push("headroom under the limits");
+        }
+        if how.explore {
+            signals.push("an exploratory draw");
         }
         out.push_str(&format!(
             "; nothing learned for these tools yet (no remembered task, no outcome), so it rests on {} alone",
@@ -621,15 +643,19 @@ fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored], limited:
             primary.matching,
             a.matching,
         )];
-        if primary.has_outcomes() || a.has_outcomes() {
+        if primary.has_outcomes() || a.has_outcomes() || how.explore {
             diffs.push((
-                "suitability",
+                if how.explore {
+                    "suitability (a draw)"
+                } else {
+                    "suitability"
+                },
                 WEIGHT_SUITABILITY * (primary.suitability - a.suitability),
                 primary.suitability,
                 a.suitability,
             ));
         }
-        if limited {
+        if how.limited {
             diffs.push((
                 "headroom",
                 WEIGHT_HEADROOM * (primary.headroom - a.headroom),
@@ -695,6 +721,11 @@ mod tests {
         }
     }
 
+    const PLAIN: Explained = Explained {
+        limited: false,
+        explore: false,
+    };
+
     /// A candidate with no remembered task and no outcome: its `similar` is its
     /// relevance and its suitability the prior.
     fn fresh(tool: usize, text: f64) -> Scored {
@@ -716,7 +747,7 @@ mod tests {
     #[test]
     fn without_evidence_it_claims_no_history_and_says_text_decided() {
         let tools = [tool("forecast"), tool("word_count")];
-        let r = reasoning(&tools, &fresh(0, 1.0), &[fresh(1, 0.2)], false);
+        let r = reasoning(&tools, &fresh(0, 1.0), &[fresh(1, 0.2)], PLAIN);
         assert!(r.starts_with("chose forecast (combined "), "{r}");
         for claim in [
             "past tasks 1.00",
@@ -736,12 +767,36 @@ mod tests {
         let tools = [tool("forecast"), tool("word_count")];
         let mut p = fresh(0, 1.0);
         p.capabilities = (1, 1);
-        let r = reasoning(&tools, &p, &[], true);
+        let r = reasoning(
+            &tools,
+            &p,
+            &[],
+            Explained {
+                limited: true,
+                explore: false,
+            },
+        );
         assert!(r.contains("capabilities 1/1") && r.contains("headroom 0.50"), "{r}");
         assert!(
             r.contains("rests on text relevance and required capabilities and headroom under the limits alone"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn exploring_without_outcomes_says_the_draw_took_part() {
+        let tools = [tool("forecast"), tool("word_count")];
+        let how = Explained {
+            limited: false,
+            explore: true,
+        };
+        let r = reasoning(&tools, &fresh(0, 1.0), &[fresh(1, 0.9)], how);
+        assert!(r.contains("exploratory suitability draw 0.80 (no outcomes yet)"), "{r}");
+        assert!(
+            r.contains("rests on text relevance and an exploratory draw alone"),
+            "{r}"
+        );
+        assert!(!r.contains("calls"), "{r}");
     }
 
     #[test]
@@ -757,12 +812,12 @@ mod tests {
         let mut a = fresh(1, 1.0);
         a.fleet_evidence = 4;
         a.suitability = 0.6;
-        let r = reasoning(&tools, &p, std::slice::from_ref(&a), false);
+        let r = reasoning(&tools, &p, std::slice::from_ref(&a), PLAIN);
         assert!(r.contains("similar past tasks 1.00 (of 2 remembered for it)"), "{r}");
         assert!(r.contains("suitability 0.95 from 7 of this agent's calls"), "{r}");
         assert!(!r.contains("rests on"), "{r}");
         assert!(r.contains("over installer"), "{r}");
-        let r = reasoning(&tools, &a, &[], false);
+        let r = reasoning(&tools, &a, &[], PLAIN);
         assert!(r.contains("suitability 0.60 from 4 calls across the fleet"), "{r}");
         assert!(!r.contains("past tasks"), "{r}");
     }
