@@ -8,7 +8,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 use toolplane_core::json::json_to_struct;
 use toolplane_proto::v1 as pb;
-use toolplane_tests::grpc::{Admin, channel, http_tool};
+use toolplane_tests::grpc::{Admin, Authed, channel, http_tool};
 use toolplane_tests::pg::TestDb;
 use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane};
 
@@ -51,6 +51,7 @@ both_backends!(
     listing_filters_and_pages,
     bad_input_is_refused_with_the_field_at_fault,
     mcp_import_registers_and_reversions_tools,
+    mcp_reimport_keeps_what_the_admin_governs,
     agents_see_only_the_tools_they_may_use_and_never_where_they_live,
 );
 
@@ -131,6 +132,123 @@ async fn mcp_import_registers_and_reversions_tools(mut cp: Cp) {
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     let e = import(a, "http://169.254.169.254/mcp").await.unwrap_err();
     assert_eq!((e.code(), field(&e).as_str()), (Code::InvalidArgument, "endpoint"));
+}
+
+/// `TOOL_UPDATED` audit events of a tool, oldest first.
+async fn updates_of(cp: &Cp, tool_id: &str) -> Vec<pb::AuditEvent> {
+    let mut audit: pb::audit_client::AuditClient<Authed> =
+        pb::audit_client::AuditClient::new(channel(&cp.proc.url(), Some(ADMIN_TOKEN)).await);
+    let req = pb::QueryAuditTrailRequest {
+        tool_id: tool_id.to_owned(),
+        action: pb::AuditAction::ToolUpdated as i32,
+        ..Default::default()
+    };
+    let mut stream = audit.query_audit_trail(req).await.unwrap().into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.message().await.unwrap() {
+        out.push(r.record.unwrap().event.unwrap());
+    }
+    out
+}
+
+/// The fields an admin governs, as the wire shows them.
+#[allow(clippy::type_complexity)]
+fn governance(
+    t: &pb::Tool,
+) -> (
+    pb::ToolRequirements,
+    Vec<String>,
+    String,
+    bool,
+    u32,
+    Vec<String>,
+    String,
+    i32,
+) {
+    (
+        t.requirements.clone().unwrap(),
+        t.compliance_frameworks.clone(),
+        t.cost_per_call.clone(),
+        t.cacheable,
+        t.cache_ttl_seconds,
+        t.capabilities.clone(),
+        t.category.clone(),
+        t.side_effects,
+    )
+}
+
+async fn mcp_reimport_keeps_what_the_admin_governs(mut cp: Cp) {
+    use pb::get_tool_request::Key;
+    let server = mcp_server("1", "127.0.0.1:0").await;
+    let endpoint = format!("{}/mcp", server.url());
+    import(&mut cp.admin, &endpoint).await.unwrap();
+    let imported = get(&mut cp.admin, Key::Name("calc.sum".into()), 0).await.unwrap();
+
+    // An admin governs the imported tool.
+    let mut governed = imported.clone();
+    let req = governed.requirements.get_or_insert_with(Default::default);
+    req.data_sensitivity = pb::DataSensitivity::Confidential as i32;
+    req.rate_limit_rpm = 30;
+    req.required_agent_skills = vec!["arithmetic".into()];
+    governed.compliance_frameworks = vec!["HIPAA".into(), "SOC2".into()];
+    governed.cost_per_call = "0.0025".into();
+    // Pure (NONE), which MCP cannot say: the admin's refinement of read-only.
+    governed.side_effects = pb::SideEffects::None as i32;
+    governed.cacheable = true;
+    governed.cache_ttl_seconds = 120;
+    governed.capabilities = vec!["compute".into()];
+    governed.category = "finance".into();
+    let v2 = cp
+        .admin
+        .registry
+        .update_tool(pb::UpdateToolRequest { tool: Some(governed) })
+        .await
+        .unwrap()
+        .into_inner()
+        .tool
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    let admins = governance(&v2);
+    assert_ne!(admins, governance(&imported));
+    assert_eq!(updates_of(&cp, &v2.id).await.len(), 1);
+
+    // The server did not change: the re-import records nothing and resets nothing.
+    let again = import(&mut cp.admin, &endpoint).await.unwrap();
+    assert!(again.updated.is_empty(), "{:?}", names(&again.updated));
+    assert!(
+        again.unchanged.contains(&"calc.sum".to_owned()),
+        "{:?}",
+        again.unchanged
+    );
+    let now = get(&mut cp.admin, Key::Name("calc.sum".into()), 0).await.unwrap();
+    assert_eq!(now.version, 2, "no new version");
+    assert_eq!(governance(&now), admins, "the admin's values survive a re-import");
+    assert_eq!(updates_of(&cp, &v2.id).await.len(), 1, "no TOOL_UPDATED event");
+
+    // The remote description changes: a new version, the admin's values kept.
+    let addr = server.addr.to_string();
+    server.stop().await;
+    let _v2 = mcp_server("2", &addr).await;
+    let third = import(&mut cp.admin, &endpoint).await.unwrap();
+    assert_eq!(names(&third.updated), ["calc.sum"]);
+    let v3 = get(&mut cp.admin, Key::Name("calc.sum".into()), 0).await.unwrap();
+    assert_eq!((v3.version, v3.description.as_str()), (3, "Add two numbers (exactly)"));
+    assert_eq!(governance(&v3), admins, "the admin's values survive a changed server");
+    assert_eq!(v3.idempotent, imported.idempotent);
+    let events = updates_of(&cp, &v2.id).await;
+    assert_eq!(events.len(), 2);
+    assert!(
+        events[1].detail.contains("re-imported") && events[1].detail.contains("description"),
+        "{}",
+        events[1].detail
+    );
+    assert_eq!(
+        get(&mut cp.admin, Key::Name("calc.sum".into()), 2)
+            .await
+            .unwrap()
+            .description,
+        "Add two numbers"
+    );
 }
 
 fn field(e: &tonic::Status) -> String {

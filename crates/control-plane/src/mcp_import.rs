@@ -151,16 +151,56 @@ pub fn to_spec(tool: &rmcp::model::Tool, opts: &ImportOptions) -> ToolSpec {
     }
 }
 
-/// Whether `fresh` (from the server) differs from what is registered, ignoring what
-/// the registry owns: learned statistics and the enabled switch.
-pub fn changed(registered: &ToolSpec, fresh: &ToolSpec) -> bool {
-    let mut a = registered.clone();
-    a.reliability_score = fresh.reliability_score;
-    a.average_latency_ms = fresh.average_latency_ms;
-    a.enabled = fresh.enabled;
-    a != *fresh
+/// `registered` with what the MCP server owns taken from `fresh` (its [`to_spec`]):
+/// the description, input and output schemas, the annotations (side effects and
+/// idempotency), and where and how the tool is reached (remote name, endpoint,
+/// protocol — the import request names the server). Everything an admin governs —
+/// category, provider, capabilities, examples, requirements (authentication, rate
+/// limit, timeout, skills, data sensitivity), cost, caching, compliance frameworks and
+/// the enabled switch — and the learned statistics stay as registered, so a re-import
+/// never undoes governance. Category and provider come from the request only when
+/// a tool is first imported.
+///
+/// One refinement of an annotation is the admin's: side effects NONE (a pure function,
+/// which is what lets a tool be cached) on a tool the server still calls read-only.
+/// MCP cannot say "pure", so the server's READ must not undo it; a server that stops
+/// calling the tool read-only does.
+pub fn merge(registered: &ToolSpec, fresh: &ToolSpec) -> ToolSpec {
+    let side_effects = if registered.side_effects == SideEffects::None && fresh.side_effects == SideEffects::Read {
+        SideEffects::None
+    } else {
+        fresh.side_effects
+    };
+    ToolSpec {
+        description: fresh.description.clone(),
+        input_schema: fresh.input_schema.clone(),
+        output_schema: fresh.output_schema.clone(),
+        side_effects,
+        idempotent: fresh.idempotent,
+        remote_name: fresh.remote_name.clone(),
+        endpoint: fresh.endpoint.clone(),
+        protocol: fresh.protocol,
+        ..registered.clone()
+    }
 }
 
+/// The server-owned fields in which `merged` (see [`merge`]) differs from
+/// `registered`, by name; empty when a re-import has nothing to record.
+pub fn server_changes(registered: &ToolSpec, merged: &ToolSpec) -> Vec<&'static str> {
+    let fields = [
+        ("description", registered.description != merged.description),
+        ("input schema", registered.input_schema != merged.input_schema),
+        ("output schema", registered.output_schema != merged.output_schema),
+        ("side effects", registered.side_effects != merged.side_effects),
+        ("idempotency", registered.idempotent != merged.idempotent),
+        ("remote name", registered.remote_name != merged.remote_name),
+        ("endpoint", registered.endpoint != merged.endpoint),
+        ("protocol", registered.protocol != merged.protocol),
+    ];
+    fields.into_iter().filter(|(_, d)| *d).map(|(f, _)| f).collect()
+}
+
+#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +210,105 @@ mod tests {
         assert_eq!(registry_name("gh.", "createIssue"), "gh.createissue");
         assert_eq!(registry_name("", "Search Web!"), "search_web_");
         assert_eq!(registry_name("", "42answers"), "mcp_42answers");
+    }
+
+    fn remote(description: &str, read_only: bool) -> rmcp::model::Tool {
+        let schema = serde_json::json!({"type": "object", "required": ["a"], "properties": {"a": {"type": "number"}}});
+        rmcp::model::Tool::new(
+            "sum",
+            description.to_owned(),
+            std::sync::Arc::new(schema.as_object().cloned().unwrap_or_default()),
+        )
+        .annotate(
+            rmcp::model::ToolAnnotations::new()
+                .read_only(read_only)
+                .idempotent(true),
+        )
+    }
+
+    fn opts() -> ImportOptions {
+        ImportOptions {
+            endpoint: "http://mcp.internal/mcp".into(),
+            category: "analysis".into(),
+            provider: "calc".into(),
+            name_prefix: "calc.".into(),
+        }
+    }
+
+    /// What an admin made of an imported tool: every governed field set away from the
+    /// import defaults, plus learned statistics.
+    fn governed(imported: &ToolSpec) -> ToolSpec {
+        let mut s = imported.clone();
+        s.category = "finance".into();
+        s.provider = "ledger team".into();
+        s.capabilities = vec!["compute".into()];
+        s.requirements.authentication = AuthType::ApiKey;
+        s.requirements.rate_limit_rpm = 30;
+        s.requirements.timeout_ms = 2_500;
+        s.requirements.required_agent_skills = vec!["accounting".into()];
+        s.requirements.data_sensitivity = DataSensitivity::Confidential;
+        s.cost_per_call = Decimal::new(25, 4);
+        s.cacheable = true;
+        s.cache_ttl_seconds = 60;
+        s.cache_normalize_keys = true;
+        s.cache_ignored_params = vec!["trace".into()];
+        s.compliance_frameworks = vec!["SOX".into(), "HIPAA".into()];
+        s.enabled = false;
+        s.reliability_score = 0.93;
+        s.average_latency_ms = 41;
+        s
+    }
+
+    #[test]
+    fn an_unchanged_server_leaves_governance_alone_and_records_nothing() {
+        let imported = to_spec(&remote("Add numbers", true), &opts());
+        let admin = governed(&imported);
+        let merged = merge(&admin, &to_spec(&remote("Add numbers", true), &opts()));
+        assert_eq!(merged, admin, "nothing the admin set is reset to the import defaults");
+        assert!(server_changes(&admin, &merged).is_empty());
+    }
+
+    #[test]
+    fn a_new_description_and_annotations_come_from_the_server_with_governance_kept() {
+        let admin = governed(&to_spec(&remote("Add numbers", true), &opts()));
+        let fresh = to_spec(&remote("Add numbers exactly", false), &opts());
+        let merged = merge(&admin, &fresh);
+        assert_eq!(merged.description, "Add numbers exactly");
+        assert_eq!(merged.side_effects, SideEffects::Write);
+        assert_eq!(server_changes(&admin, &merged), ["description", "side effects"]);
+        // Put the server's fields back: what is left is exactly the admin's spec.
+        let mut back = merged.clone();
+        back.description.clone_from(&admin.description);
+        back.side_effects = admin.side_effects;
+        assert_eq!(back, admin);
+    }
+
+    #[test]
+    fn an_admins_pure_function_stays_pure_while_the_server_says_read_only() {
+        let mut admin = governed(&to_spec(&remote("Add numbers", true), &opts()));
+        admin.side_effects = SideEffects::None;
+        let merged = merge(&admin, &to_spec(&remote("Add numbers", true), &opts()));
+        assert_eq!(merged.side_effects, SideEffects::None);
+        assert!(server_changes(&admin, &merged).is_empty());
+        let merged = merge(&admin, &to_spec(&remote("Add numbers", false), &opts()));
+        assert_eq!(merged.side_effects, SideEffects::Write, "the server now writes");
+    }
+
+    #[test]
+    fn schemas_and_location_are_the_servers() {
+        let admin = governed(&to_spec(&remote("Add numbers", true), &opts()));
+        let mut fresh = to_spec(&remote("Add numbers", true), &opts());
+        fresh.input_schema = serde_json::json!({"type": "object", "properties": {"b": {"type": "string"}}});
+        fresh.output_schema = serde_json::json!({"type": "object"});
+        fresh.endpoint = "http://mcp2.internal/mcp".into();
+        let merged = merge(&admin, &fresh);
+        assert_eq!(
+            server_changes(&admin, &merged),
+            ["input schema", "output schema", "endpoint"]
+        );
+        assert_eq!(merged.input_schema, fresh.input_schema);
+        assert_eq!(merged.endpoint, fresh.endpoint);
+        assert_eq!(merged.requirements, admin.requirements);
+        assert_eq!(merged.compliance_frameworks, admin.compliance_frameworks);
     }
 }

@@ -359,6 +359,17 @@ impl Learning {
         }
     }
 
+    /// Outcomes observed for `tool` across the fleet (any agent, any category): the
+    /// evidence behind its suitability beyond the prior. Explanations name learned
+    /// suitability only when this is above 0.
+    pub fn fleet_outcomes(&self, tool: Uuid) -> u64 {
+        self.cells
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tool, String::new(), Uuid::nil()))
+            .map_or(0, |c| c.invocations)
+    }
+
     /// Rows matching the filters (`None`: any); category `""` and agent `nil` rows are
     /// the aggregates.
     pub fn effectiveness(&self, tool: Option<Uuid>, category: Option<&str>, agent: Option<Uuid>) -> Vec<(Key, Cell)> {

@@ -316,6 +316,16 @@ impl TaskMemory {
             .contains_key(&tool_id)
     }
 
+    /// How many tasks are remembered for a tool.
+    pub fn remembered(&self, tool_id: Uuid) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_tool
+            .get(&tool_id)
+            .map_or(0, Vec::len)
+    }
+
     /// The tasks remembered for a tool, most recently seen first.
     pub fn tasks_of(&self, tool_id: Uuid) -> Vec<TaskEntry> {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());

@@ -13,6 +13,11 @@
 //! caller's latency and cost limits the tool runs (0.5 when no limit is given).
 //! confidence = combined · (0.5 + 0.5 · min(1, margin / 0.15)), margin being the lead
 //! over the runner-up.
+//!
+//! `reasoning` names only signals with evidence: similar past tasks when tasks are
+//! remembered for the tool (a tool without any stands on its relevance, which is not
+//! history), suitability when outcomes were observed, capabilities when required,
+//! headroom when limits were given — and says so when text relevance alone decided.
 
 #[cfg(feature = "embeddings")]
 pub mod embed;
@@ -118,9 +123,15 @@ pub struct Scored {
     pub matching: f64,
     /// The vote of similar past tasks (task memory), 0..1.
     pub similar: f64,
+    /// Tasks remembered for the tool when similar past tasks took part in `matching`;
+    /// 0 when they did not or none is remembered for it (then `similar` is its
+    /// relevance, not a vote, and explanations do not call it history).
+    pub past_tasks: usize,
     pub suitability: f64,
     /// This agent's own outcomes behind `suitability`.
     pub evidence: u64,
+    /// Outcomes across the fleet behind `suitability`; 0: it is the prior alone.
+    pub fleet_evidence: u64,
     pub headroom: f64,
     pub combined: f64,
 }
@@ -486,11 +497,13 @@ impl Selector {
                 // A tool with no remembered task cannot be voted for: the similar-tasks
                 // signal knows nothing about it, so it stands on its relevance alone
                 // (scoring it 0 would bury every tool that has no history yet).
-                let similar = if self.memory.has_history(t.id) {
+                let remembered = self.memory.remembered(t.id);
+                let similar = if remembered > 0 {
                     votes.tools.get(&t.id).copied().unwrap_or(0.0)
                 } else {
                     relevance
                 };
+                let past_tasks = if alpha > 0.0 { remembered } else { 0 };
                 let matching = (1.0 - alpha) * relevance + alpha * similar;
                 let (suitability, evidence) = if explore {
                     self.learning.sample(t.id, q.agent, &q.category, &mut rng)
@@ -504,8 +517,10 @@ impl Selector {
                     capabilities: (have, required.len()),
                     matching,
                     similar,
+                    past_tasks,
                     suitability,
                     evidence,
+                    fleet_evidence: self.learning.fleet_outcomes(t.id),
                     headroom,
                     combined: WEIGHT_MATCH * matching + WEIGHT_SUITABILITY * suitability + WEIGHT_HEADROOM * headroom,
                 }
@@ -518,7 +533,11 @@ impl Selector {
             .first()
             .map_or(primary.combined, |r| primary.combined - r.combined);
         let confidence = (primary.combined * (0.5 + 0.5 * (margin / CONFIDENT_MARGIN).min(1.0))).clamp(0.0, 1.0);
-        let reasoning = reasoning(tools, &primary, &scored);
+        let how = Explained {
+            limited: q.max_latency_ms > 0 || q.max_cost.is_some_and(|m| !m.is_zero()),
+            explore,
+        };
+        let reasoning = reasoning(tools, &primary, &scored, how);
         Ok(Selection {
             built,
             primary,
@@ -529,53 +548,121 @@ impl Selector {
     }
 }
 
-fn describe(t: &Tool, s: &Scored) -> String {
-    let caps = if s.capabilities.1 > 0 {
-        format!(", capabilities {}/{}", s.capabilities.0, s.capabilities.1)
-    } else {
-        String::new()
-    };
-    let evidence = if s.evidence > 0 {
-        format!(" from {} of this agent's calls", s.evidence)
-    } else {
-        " (prior: the fleet's record)".to_owned()
-    };
-    let similar = if s.similar > 0.0 {
-        format!(", similar past tasks {:.2}", s.similar)
-    } else {
-        String::new()
-    };
-    format!(
-        "{} (combined {:.2}: text {:.2}{caps}{similar}, suitability {:.2}{evidence}, headroom {:.2})",
-        t.spec.name, s.combined, s.text, s.suitability, s.headroom
-    )
+impl Scored {
+    /// Similar past tasks took part in this tool's match with a vote about it.
+    fn has_history(&self) -> bool {
+        self.past_tasks > 0
+    }
+
+    /// Real outcomes (this agent's or the fleet's) stand behind its suitability.
+    fn has_outcomes(&self) -> bool {
+        self.evidence > 0 || self.fleet_evidence > 0
+    }
+}
+
+/// What shaped a selection besides the candidates' own numbers.
+#[derive(Debug, Clone, Copy)]
+struct Explained {
+    /// The caller set a latency or cost limit, so headroom differs between tools.
+    limited: bool,
+    /// Suitability is a Thompson draw, which varies even without outcomes.
+    explore: bool,
+}
+
+/// One tool's breakdown, naming only the signals that had evidence: similar past tasks
+/// when some are remembered for it, suitability when outcomes were observed (or a
+/// draw when exploring), capabilities when the caller required some, headroom when it
+/// set limits.
+fn describe(t: &Tool, s: &Scored, how: Explained) -> String {
+    let mut parts = vec![format!("text {:.2}", s.text)];
+    if s.capabilities.1 > 0 {
+        parts.push(format!("capabilities {}/{}", s.capabilities.0, s.capabilities.1));
+    }
+    if s.has_history() {
+        parts.push(format!(
+            "similar past tasks {:.2} (of {} remembered for it)",
+            s.similar, s.past_tasks
+        ));
+    }
+    if s.evidence > 0 {
+        parts.push(format!(
+            "suitability {:.2} from {} of this agent's calls",
+            s.suitability, s.evidence
+        ));
+    } else if s.fleet_evidence > 0 {
+        parts.push(format!(
+            "suitability {:.2} from {} calls across the fleet",
+            s.suitability, s.fleet_evidence
+        ));
+    } else if how.explore {
+        parts.push(format!(
+            "exploratory suitability draw {:.2} (no outcomes yet)",
+            s.suitability
+        ));
+    }
+    if how.limited {
+        parts.push(format!("headroom {:.2}", s.headroom));
+    }
+    format!("{} (combined {:.2}: {})", t.spec.name, s.combined, parts.join(", "))
 }
 
 /// Why the primary won, from the numbers: its breakdown, then against each
-/// alternative the factor that made the biggest weighted difference.
-fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored]) -> String {
-    let mut out = format!("chose {}", describe(&tools[primary.tool], primary));
+/// alternative the factor with evidence that made the biggest weighted difference.
+/// When no tool shown had remembered tasks or outcomes, it says so: the choice then
+/// rests on text relevance (and capabilities, headroom and exploration when they took
+/// part) alone.
+fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored], how: Explained) -> String {
+    let mut out = format!("chose {}", describe(&tools[primary.tool], primary, how));
+    let shown = || std::iter::once(primary).chain(alternatives);
+    let history = shown().any(Scored::has_history);
+    let outcomes = shown().any(Scored::has_outcomes);
+    if !history && !outcomes {
+        let mut signals = vec!["text relevance"];
+        if primary.capabilities.1 > 0 {
+            signals.push("required capabilities");
+        }
+        if how.limited {
+            signals.push("headroom under the limits");
+        }
+        if how.explore {
+            signals.push("an exploratory draw");
+        }
+        out.push_str(&format!(
+            "; nothing learned for these tools yet (no remembered task, no outcome), so it rests on {} alone",
+            signals.join(" and ")
+        ));
+    }
     for a in alternatives {
-        let diffs = [
-            (
-                "text relevance",
-                WEIGHT_MATCH * (primary.matching - a.matching),
-                primary.matching,
-                a.matching,
-            ),
-            (
-                "suitability",
+        let mut diffs = vec![(
+            if primary.has_history() || a.has_history() {
+                "match (text and similar past tasks)"
+            } else {
+                "text relevance"
+            },
+            WEIGHT_MATCH * (primary.matching - a.matching),
+            primary.matching,
+            a.matching,
+        )];
+        if primary.has_outcomes() || a.has_outcomes() || how.explore {
+            diffs.push((
+                if how.explore {
+                    "suitability (a draw)"
+                } else {
+                    "suitability"
+                },
                 WEIGHT_SUITABILITY * (primary.suitability - a.suitability),
                 primary.suitability,
                 a.suitability,
-            ),
-            (
+            ));
+        }
+        if how.limited {
+            diffs.push((
                 "headroom",
                 WEIGHT_HEADROOM * (primary.headroom - a.headroom),
                 primary.headroom,
                 a.headroom,
-            ),
-        ];
+            ));
+        }
         let (what, _, p, o) = diffs
             .iter()
             .copied()
@@ -587,4 +674,151 @@ fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored]) -> Strin
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toolplane_core::model::{AuthType, SideEffects, ToolProtocol, ToolRequirements, ToolSpec};
+
+    fn tool(name: &str) -> Tool {
+        Tool {
+            id: Uuid::new_v4(),
+            version: 1,
+            spec: ToolSpec {
+                name: name.to_owned(),
+                category: "weather".to_owned(),
+                description: String::new(),
+                input_schema: serde_json::json!({"type": "object"}),
+                output_schema: serde_json::Value::Null,
+                examples: Vec::new(),
+                capabilities: Vec::new(),
+                requirements: ToolRequirements {
+                    authentication: AuthType::None,
+                    rate_limit_rpm: 0,
+                    timeout_ms: 0,
+                    required_agent_skills: Vec::new(),
+                    data_sensitivity: DataSensitivity::Internal,
+                },
+                provider: String::new(),
+                endpoint: String::new(),
+                protocol: ToolProtocol::Http,
+                reliability_score: 0.0,
+                average_latency_ms: 0,
+                cost_per_call: Decimal::ZERO,
+                enabled: true,
+                side_effects: SideEffects::Read,
+                idempotent: true,
+                cacheable: false,
+                cache_ttl_seconds: 0,
+                cache_normalize_keys: false,
+                cache_ignored_params: Vec::new(),
+                remote_name: String::new(),
+                compliance_frameworks: Vec::new(),
+            },
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    const PLAIN: Explained = Explained {
+        limited: false,
+        explore: false,
+    };
+
+    /// A candidate with no remembered task and no outcome: its `similar` is its
+    /// relevance and its suitability the prior.
+    fn fresh(tool: usize, text: f64) -> Scored {
+        Scored {
+            tool,
+            text,
+            capabilities: (0, 0),
+            matching: text,
+            similar: text,
+            past_tasks: 0,
+            suitability: 0.8,
+            evidence: 0,
+            fleet_evidence: 0,
+            headroom: 0.5,
+            combined: WEIGHT_MATCH * text + WEIGHT_SUITABILITY * 0.8 + WEIGHT_HEADROOM * 0.5,
+        }
+    }
+
+    #[test]
+    fn without_evidence_it_claims_no_history_and_says_text_decided() {
+        let tools = [tool("forecast"), tool("word_count")];
+        let r = reasoning(&tools, &fresh(0, 1.0), &[fresh(1, 0.2)], PLAIN);
+        assert!(r.starts_with("chose forecast (combined "), "{r}");
+        for claim in [
+            "past tasks 1.00",
+            "similar past tasks",
+            "suitability",
+            "calls",
+            "headroom",
+        ] {
+            assert!(!r.contains(claim), "claims {claim:?} without evidence: {r}");
+        }
+        assert!(r.contains("rests on text relevance alone"), "{r}");
+        assert!(r.contains("over word_count (0.41): text relevance 1.00 vs 0.20"), "{r}");
+    }
+
+    #[test]
+    fn capabilities_and_limits_are_named_when_asked_for() {
+        let tools = [tool("forecast"), tool("word_count")];
+        let mut p = fresh(0, 1.0);
+        p.capabilities = (1, 1);
+        let r = reasoning(
+            &tools,
+            &p,
+            &[],
+            Explained {
+                limited: true,
+                explore: false,
+            },
+        );
+        assert!(r.contains("capabilities 1/1") && r.contains("headroom 0.50"), "{r}");
+        assert!(
+            r.contains("rests on text relevance and required capabilities and headroom under the limits alone"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn exploring_without_outcomes_says_the_draw_took_part() {
+        let tools = [tool("forecast"), tool("word_count")];
+        let how = Explained {
+            limited: false,
+            explore: true,
+        };
+        let r = reasoning(&tools, &fresh(0, 1.0), &[fresh(1, 0.9)], how);
+        assert!(r.contains("exploratory suitability draw 0.80 (no outcomes yet)"), "{r}");
+        assert!(
+            r.contains("rests on text relevance and an exploratory draw alone"),
+            "{r}"
+        );
+        assert!(!r.contains("calls"), "{r}");
+    }
+
+    #[test]
+    fn history_and_outcomes_are_named_with_their_numbers() {
+        let tools = [tool("tracker"), tool("installer")];
+        let mut p = fresh(0, 0.3);
+        p.past_tasks = 2;
+        p.similar = 1.0;
+        p.matching = 0.3 * 0.3 + 0.7;
+        p.evidence = 7;
+        p.fleet_evidence = 9;
+        p.suitability = 0.95;
+        let mut a = fresh(1, 1.0);
+        a.fleet_evidence = 4;
+        a.suitability = 0.6;
+        let r = reasoning(&tools, &p, std::slice::from_ref(&a), PLAIN);
+        assert!(r.contains("similar past tasks 1.00 (of 2 remembered for it)"), "{r}");
+        assert!(r.contains("suitability 0.95 from 7 of this agent's calls"), "{r}");
+        assert!(!r.contains("rests on"), "{r}");
+        assert!(r.contains("over installer"), "{r}");
+        let r = reasoning(&tools, &a, &[], PLAIN);
+        assert!(r.contains("suitability 0.60 from 4 calls across the fleet"), "{r}");
+        assert!(!r.contains("past tasks"), "{r}");
+    }
 }

@@ -9,7 +9,7 @@ use toolplane_core::convert::{
     auth_from_pb, fallback_from_pb, fallback_to_pb, spec_to_pb, tool_spec_from_pb, tool_to_pb,
 };
 use toolplane_core::endpoint::check_endpoint;
-use toolplane_core::model::{AuditAction, FallbackStrategy, Principal, Role, StoredCredential, Tool};
+use toolplane_core::model::{AuditAction, FallbackStrategy, Principal, Role, StoredCredential, Tool, ToolSpec};
 use toolplane_core::validate::check_tool_spec;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::tool_registry_server::ToolRegistry;
@@ -118,6 +118,12 @@ impl RegistryService {
             return Err(Violations::single("tool.name", "cannot change; register a new tool instead").into());
         }
         check_tool_spec(&spec, self.state.policy)?;
+        self.save_version(who, current, spec, "").await
+    }
+
+    /// Stores `spec` as the next version of `current` (learned statistics kept), with
+    /// its audit event; `why` is appended to the event's detail.
+    async fn save_version(&self, who: &Principal, current: Tool, mut spec: ToolSpec, why: &str) -> ApiResult<Tool> {
         spec.reliability_score = current.spec.reliability_score;
         spec.average_latency_ms = current.spec.average_latency_ms;
         let tool = Tool {
@@ -127,7 +133,7 @@ impl RegistryService {
             created_at: current.created_at,
             updated_at: Utc::now(),
         };
-        let detail = format!("{} is now version {}", tool.spec.name, tool.version);
+        let detail = format!("{} is now version {}{why}", tool.spec.name, tool.version);
         let audit = self
             .state
             .admin_event(who, AuditAction::ToolUpdated, None, Some(tool.id), detail)
@@ -233,14 +239,25 @@ impl RegistryService {
                         .await?;
                     out.created.push(tool_to_pb(&tool));
                 }
-                Some(current) if mcp_import::changed(&current.spec, &spec) => {
-                    let mut wire = spec_to_pb(spec);
-                    wire.id = current.id.to_string();
-                    wire.enabled = current.spec.enabled;
-                    let tool = self.update(who, pb::UpdateToolRequest { tool: Some(wire) }).await?;
+                Some(current) => {
+                    // Only what the server owns is taken; the admin's governance stays.
+                    let merged = mcp_import::merge(&current.spec, &spec);
+                    let changes = mcp_import::server_changes(&current.spec, &merged);
+                    if changes.is_empty() {
+                        out.unchanged.push(current.spec.name);
+                        continue;
+                    }
+                    if let Err(v) = check_tool_spec(&merged, self.state.policy) {
+                        out.skipped.push(pb::SkippedTool {
+                            remote_name: t.name.to_string(),
+                            reason: v.to_string(),
+                        });
+                        continue;
+                    }
+                    let why = format!(" (re-imported from its MCP server: {} changed)", changes.join(", "));
+                    let tool = self.save_version(who, current, merged, &why).await?;
                     out.updated.push(tool_to_pb(&tool));
                 }
-                Some(current) => out.unchanged.push(current.spec.name),
             }
         }
         tracing::info!(
