@@ -48,6 +48,16 @@ async fn trail() -> Trail {
     phi.compliance_frameworks = vec!["HIPAA".to_owned()];
     phi.requirements.as_mut().unwrap().data_sensitivity = pb::DataSensitivity::Confidential as i32;
     let phi = admin.register(phi).await.unwrap();
+    // A credential change is an admin event of this HIPAA tool too.
+    admin
+        .registry
+        .set_credential(pb::SetCredentialRequest {
+            tool_id: phi.id.clone(),
+            secret: "phi-api-secret-value-0123456789".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     admin
         .register(http_tool("forbidden", &tools.url("/echo")))
         .await
@@ -236,9 +246,13 @@ async fn the_trail_streams_reports_and_counts_and_holds_no_secret() {
         .into_inner();
     assert_eq!(
         report.total_events,
-        t.calls as u64 + 3,
-        "invocations + the schema error + the tool's registration and its grant"
+        t.calls as u64 + 4,
+        "invocations + the schema error + the tool's registration, credential and grant"
     );
+    let by_action = &toolplane_core::json::struct_to_json(report.report.clone())["by_action"];
+    for admin_action in ["tool_registered", "credential_set", "permission_granted"] {
+        assert_eq!(by_action[admin_action], 1, "{admin_action} in {by_action}");
+    }
     assert_eq!(report.sensitive_accesses, t.calls as u64);
     assert_eq!(report.agents, [t.agent.id.clone()]);
     assert_eq!(report.tools, [t.phi.id.clone()]);
@@ -256,9 +270,10 @@ async fn the_trail_streams_reports_and_counts_and_holds_no_secret() {
             .starts_with("agent_id,tool_id,data_classification,events")
     );
     let lines: Vec<&str> = lines.collect();
-    // The tool's registration, which names no agent, has a line of its own.
+    // The tool's registration and credential change, which name no agent, have a line
+    // of their own.
     assert!(
-        lines.contains(&format!(",{},confidential,1,1,0,0,0,0", t.phi.id).as_str()),
+        lines.contains(&format!(",{},confidential,2,2,0,0,0,0", t.phi.id).as_str()),
         "{lines:?}"
     );
     assert!(
