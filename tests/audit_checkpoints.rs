@@ -60,15 +60,7 @@ async fn stack() -> Stack {
     let agent = admin.agent("checkpointed").await;
     admin.grant_full(&agent.id, &tool.id).await;
     let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
-    let issued = admin
-        .identity
-        .issue_token(pb::IssueTokenRequest {
-            role: pb::Role::Sidecar as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let issued = admin.issue(pb::Role::Sidecar, "").await;
     let sidecar_chain = format!("sidecar:{}", issued.token_id);
     let sc = sidecar(&cp, &issued.token).await;
     let ex = executor(&sc.url(), Some(&agent_token)).await;

@@ -86,19 +86,6 @@ async fn setup() -> Setup {
     }
 }
 
-async fn sidecar_token(admin: &mut Admin) -> (String, String) {
-    let r = admin
-        .identity
-        .issue_token(pb::IssueTokenRequest {
-            role: pb::Role::Sidecar as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (r.token_id, r.token)
-}
-
 async fn dead_letters(audit: &mut pb::audit_client::AuditClient<Authed>) -> Vec<pb::DeadLetter> {
     audit
         .list_dead_letters(pb::ListDeadLettersRequest::default())
@@ -111,7 +98,8 @@ async fn dead_letters(audit: &mut pb::audit_client::AuditClient<Authed>) -> Vec<
 #[tokio::test]
 async fn forged_and_poisoned_events_are_stamped_refused_or_dead_lettered_and_the_stream_moves_on() {
     let mut s = setup().await;
-    let (token_id, token) = sidecar_token(&mut s.admin).await;
+    let issued = s.admin.issue(pb::Role::Sidecar, "").await;
+    let (token_id, token) = (issued.token_id, issued.token);
     let mut fake = FakeSidecar::connect(&s.url, &token, "claims-to-be-someone-else").await;
     let (agent, tool) = (s.agent.id.clone(), s.tool.id.clone());
 

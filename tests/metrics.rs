@@ -85,15 +85,7 @@ async fn both_servers_count_rpcs_by_status_and_the_control_plane_shows_its_pool_
     let agent = admin.agent("observed").await;
     admin.grant_full(&agent.id, &wc.id).await;
     let token = admin.token(pb::Role::Agent, &agent.id).await;
-    let issued = admin
-        .identity
-        .issue_token(pb::IssueTokenRequest {
-            role: pb::Role::Sidecar as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let issued = admin.issue(pb::Role::Sidecar, "").await;
     let sc_metrics = format!("127.0.0.1:{sc_port}");
     let sc = sidecar_with(
         &cp,
@@ -375,15 +367,7 @@ async fn a_sidecar_that_stops_reading_shows_a_growing_lag() {
     )
     .await;
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
-    let issued = admin
-        .identity
-        .issue_token(pb::IssueTokenRequest {
-            role: pb::Role::Sidecar as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let issued = admin.issue(pb::Role::Sidecar, "").await;
     // The smallest HTTP/2 windows: a few unread messages fill them, then the control
     // plane's writes for this stream wait.
     let ch = tonic::transport::Endpoint::from_shared(cp.url())

@@ -102,15 +102,7 @@ impl Setup {
         let agent = admin.agent("cut-off-agent").await;
         admin.grant_full(&agent.id, &tool.id).await;
         let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
-        let issued = admin
-            .identity
-            .issue_token(pb::IssueTokenRequest {
-                role: pb::Role::Sidecar as i32,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let issued = admin.issue(pb::Role::Sidecar, "").await;
         Self {
             tools,
             cp,

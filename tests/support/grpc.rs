@@ -55,16 +55,20 @@ impl Admin {
     }
 
     pub async fn token(&mut self, role: pb::Role, agent_id: &str) -> String {
-        let r = self
-            .identity
+        self.issue(role, agent_id).await.token
+    }
+
+    /// A new token with its id (a sidecar's id names its audit chain).
+    pub async fn issue(&mut self, role: pb::Role, agent_id: &str) -> pb::IssueTokenResponse {
+        self.identity
             .issue_token(pb::IssueTokenRequest {
                 role: role as i32,
                 agent_id: agent_id.to_owned(),
                 ..Default::default()
             })
             .await
-            .unwrap();
-        r.into_inner().token
+            .unwrap()
+            .into_inner()
     }
 
     pub async fn grant_full(&mut self, agent_id: &str, tool_id: &str) -> pb::Permission {

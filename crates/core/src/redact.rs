@@ -325,7 +325,9 @@ fn resolve<'s>(root: &'s Value, reference: &str) -> Option<&'s Value> {
     root.pointer(&percent_decode(fragment))
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded (a lone or malformed `%` kept as it is); invalid UTF-8 after
+/// decoding is replaced. For JSON pointers in `$ref`s and URL parameters alike.
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -69,7 +69,7 @@ fn split_tls_params(url: &str) -> anyhow::Result<(String, Option<String>, Option
                 };
                 kept.push(format!("sslmode={passed}"));
             }
-            "sslrootcert" => root_cert = Some(percent_decode(v)),
+            "sslrootcert" => root_cert = Some(toolplane_core::redact::percent_decode(v)),
             _ => kept.push(pair.to_owned()),
         }
     }
@@ -79,26 +79,6 @@ fn split_tls_params(url: &str) -> anyhow::Result<(String, Option<String>, Option
         format!("{base}?{}", kept.join("&"))
     };
     Ok((rewritten, mode, root_cert))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn roots(root_cert: Option<&str>) -> anyhow::Result<RootCertStore> {
