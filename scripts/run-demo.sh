@@ -34,6 +34,8 @@ wait_listening() {
 
 export TOOLPLANE_ADMIN_TOKEN="tpk_admin_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TOOLPLANE_MASTER_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# Signs the audit chains' checkpoints; kept out of the (in-memory) store.
+export TOOLPLANE_AUDIT_SIGNING_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export TOOLPLANE_TOKEN="$TOOLPLANE_ADMIN_TOKEN" TOOLPLANE_SERVER="http://$CP_ADDR"
 
 "$BIN/toolplane-demo-tools" --listen "$TOOLS_ADDR" >"$STATE/tools.out" 2>"$STATE/tools.log" & pids+=($!)
@@ -53,10 +55,13 @@ TOOLPLANE_SIDECAR_TOKEN="$SIDECAR_TOKEN" "$BIN/toolplane-sidecar" --listen "$SID
   --control-plane "http://$CP_ADDR" --spool-dir "$STATE/spool" --mcp-listen "$MCP_ADDR" >"$STATE/sidecar.out" 2>"$STATE/sidecar.log" & pids+=($!)
 wait_listening "$STATE/sidecar.out" "sidecar"
 
+AUDIT_PUBLIC_KEY=$("$BIN/toolctl" -o value audit public-key)
+
 cat >"$STATE/demo.env" <<ENV
 export TOOLPLANE_ADMIN_TOKEN=$TOOLPLANE_ADMIN_TOKEN
 export AGENT_TOKEN=$AGENT_TOKEN
 export AGENT_ID=$AGENT
+export AUDIT_PUBLIC_KEY=$AUDIT_PUBLIC_KEY
 ENV
 chmod 600 "$STATE/demo.env"
 
@@ -82,6 +87,11 @@ Let toolplane pick the tool for a task, or pick and run it in one call:
   $GRPCURL -plaintext -H "authorization: Bearer \$AGENT_TOKEN" \\
     -d '{"task_description":"convert a temperature","parameters":{"value":100,"from":"c","to":"f"}}' \\
     $SIDECAR_ADDR toolplane.v1.Executor/ExecuteTask
+
+Check the audit trail, online and offline against the signing key's public key:
+  $BIN/toolctl --token "\$TOOLPLANE_ADMIN_TOKEN" audit checkpoint
+  $BIN/toolctl --token "\$TOOLPLANE_ADMIN_TOKEN" audit export --out $STATE/trail.jsonl
+  $BIN/toolctl audit verify --public-key "\$AUDIT_PUBLIC_KEY" --file $STATE/trail.jsonl
 
 List services and tools:
   $GRPCURL -plaintext $CP_ADDR list
