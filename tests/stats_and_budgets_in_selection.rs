@@ -124,7 +124,16 @@ fn within(max_latency_ms: u32, capability: &str) -> pb::SelectToolRequest {
 async fn learned_reliability_and_latency_reach_fallback_order_and_selection() {
     let db = TestDb::create().await;
     let tools = ToolServer::start().await;
-    let cp = control_plane_with(Some(&db.url), &[("TOOLPLANE_STATS_PUSH_SECS", "1")]).await;
+    // The change-revision poll (the admin changes' safety net) slowed right down, so
+    // nothing but the statistics push can refresh the snapshot during the test.
+    let cp = control_plane_with(
+        Some(&db.url),
+        &[
+            ("TOOLPLANE_STATS_PUSH_SECS", "1"),
+            ("TOOLPLANE_CHANGE_POLL_MS", "3600000"),
+        ],
+    )
+    .await;
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
     let agent = admin.agent("learning-agent").await;
     let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
