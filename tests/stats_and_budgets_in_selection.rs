@@ -310,3 +310,66 @@ async fn a_spent_daily_budget_keeps_selection_from_proposing_the_tool() {
     assert!(ranked.contains(&metered_name), "{ranked:?}");
     assert_eq!(tools.hits("/count/metered"), 2);
 }
+
+#[tokio::test]
+async fn another_replica_selects_with_the_statistics_a_sidecar_reported_elsewhere() {
+    let db = TestDb::create().await;
+    let tools = ToolServer::start().await;
+    // Only the statistics push (by NOTIFY) can refresh the other replica's snapshot.
+    let env = [
+        ("TOOLPLANE_STATS_PUSH_SECS", "1"),
+        ("TOOLPLANE_CHANGE_POLL_MS", "3600000"),
+    ];
+    let cp1 = control_plane_with(Some(&db.url), &env).await;
+    let cp2 = control_plane_with(Some(&db.url), &env).await;
+    let mut admin = Admin::connect(&cp1.url(), ADMIN_TOKEN).await;
+    let agent = admin.agent("roaming-agent").await;
+    let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
+    let mut t = http_tool("drifting_lookup", &tools.url("/switch/drifting"));
+    t.capabilities = vec!["lookup".to_owned()];
+    let drifting = admin.register(t).await.unwrap();
+    admin.grant_full(&agent.id, &drifting.id).await;
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let sc = sidecar_with(
+        &cp1,
+        &sidecar_token,
+        &spool_dir(),
+        &[("TOOLPLANE_BREAKER_FAILURES", "1000")],
+    )
+    .await;
+    let ex = executor(&sc.url(), Some(&agent_token)).await;
+    until_serving(&ex, "drifting_lookup").await;
+    let mut on_cp2: Selector =
+        pb::tool_selector_client::ToolSelectorClient::new(channel(&cp2.url(), Some(&agent_token)).await);
+    // The second replica has the tool, fast, in the snapshot it selects from.
+    let ranked = eventually("the second replica to know the tool", WAIT, || {
+        let mut s = on_cp2.clone();
+        async move {
+            let r = s.select_tool(within(60, "lookup")).await.ok()?;
+            Some(names(&r.into_inner()))
+        }
+    })
+    .await;
+    assert_eq!(ranked, vec!["drifting_lookup".to_owned()]);
+
+    tools.set_failing("/switch/drifting", true);
+    for _ in 0..3 {
+        invoke(&ex, "drifting_lookup").await;
+    }
+    until_stored(&admin, &[&drifting], "its latency above 60 ms", |t| {
+        t[0].average_latency_ms > 60
+    })
+    .await;
+    let e = eventually("the second replica to leave the slow tool out", WAIT, || {
+        let mut s = on_cp2.clone();
+        async move { s.select_tool(within(60, "lookup")).await.err() }
+    })
+    .await;
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let ranked = names(&on_cp2.select_tool(within(0, "lookup")).await.unwrap().into_inner());
+    assert_eq!(
+        ranked,
+        vec!["drifting_lookup".to_owned()],
+        "without a limit it is still proposed"
+    );
+}

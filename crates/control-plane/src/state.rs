@@ -151,6 +151,7 @@ impl AppState {
     pub fn push_stats(&self) {
         if self.stats_dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
             self.changed();
+            tracing::debug!(revision = *self.revision.borrow(), "pushed learned tool statistics");
         }
     }
 
