@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use serde_json::json;
 use toolplane_control_plane::storage::{
-    AuditFilter, DeadLetter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter,
+    AuditFilter, BudgetWindow, DeadLetter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter,
 };
 use toolplane_core::model::*;
 use toolplane_core::testutil;
@@ -63,6 +63,7 @@ conformance!(
     admin_changes_and_their_audit_events_are_stored_together,
     dead_letters_are_kept_once_and_paged,
     audit_checkpoints_are_kept_once_and_listed_in_byte_order,
+    budget_use_counts_the_calls_that_reached_the_tool_under_each_grant,
 );
 
 /// The audit event an administrative change carries (its content does not matter here).
@@ -830,4 +831,47 @@ async fn postgres_audit_checkpoints_are_append_only_even_for_the_application_rol
         .unwrap()
         .get(0);
     assert_eq!(n, 2, "the application role may read and add");
+}
+
+/// What selection reads to leave out tools whose daily budget is spent: per grant, the
+/// `TOOL_INVOKED` events of the agent since the window's start, without calls that
+/// never reached the tool (open circuit, rate limit) and without cache hits.
+async fn budget_use_counts_the_calls_that_reached_the_tool_under_each_grant(s: Arc<dyn Store>) {
+    let (agent, other_agent) = (Uuid::new_v4(), Uuid::new_v4());
+    let (g1, g2, g3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let call = |who: Uuid, grant: Uuid, action: AuditAction, status: ExecutionStatus, at| {
+        let mut e = audit(Uuid::now_v7(), action);
+        e.agent_id = Some(who);
+        e.permission_id = Some(grant);
+        e.occurred_at = at;
+        e.result.as_mut().unwrap().status = status;
+        SyncEvent::Audit(e)
+    };
+    use AuditAction::{CacheHit, ToolInvoked};
+    use ExecutionStatus::{CircuitOpen, ExecutionError, RateLimited, Success};
+    s.append_events(&[
+        call(agent, g1, ToolInvoked, Success, now),
+        call(agent, g1, ToolInvoked, ExecutionError, now),
+        call(agent, g1, ToolInvoked, CircuitOpen, now),
+        call(agent, g1, ToolInvoked, RateLimited, now),
+        call(agent, g1, CacheHit, Success, now),
+        call(agent, g1, ToolInvoked, Success, now - Duration::hours(3)),
+        call(other_agent, g1, ToolInvoked, Success, now),
+        call(agent, g2, ToolInvoked, Success, now - Duration::hours(3)),
+    ])
+    .await
+    .unwrap();
+    let window = |permission_id, hours| BudgetWindow {
+        permission_id,
+        since: now - Duration::hours(hours),
+    };
+    let used = s
+        .budget_use(agent, &[window(g1, 1), window(g2, 4), window(g3, 1)])
+        .await
+        .unwrap();
+    assert_eq!(used.get(&g1), Some(&2), "success and failure reached the tool");
+    assert_eq!(used.get(&g2), Some(&1), "each grant from its own day's start");
+    assert_eq!(used.get(&g3), None);
+    assert!(s.budget_use(agent, &[]).await.unwrap().is_empty());
 }

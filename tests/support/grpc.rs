@@ -18,6 +18,7 @@ pub async fn channel(url: &str, token: Option<&str>) -> Authed {
     InterceptedService::new(ch, Bearer::new(token).unwrap())
 }
 
+#[derive(Clone)]
 pub struct Admin {
     pub registry: ToolRegistryClient<Authed>,
     pub identity: IdentityClient<Authed>,

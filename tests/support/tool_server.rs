@@ -22,6 +22,8 @@ pub struct ToolServer {
     hits: Arc<Mutex<HashMap<String, usize>>>,
     bodies: Arc<Mutex<Vec<(String, Value)>>>,
     headers: Arc<Mutex<Vec<(String, http::HeaderMap)>>>,
+    /// `/switch/...` paths that fail now ([`ToolServer::set_failing`]).
+    failing: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl ToolServer {
@@ -58,6 +60,17 @@ impl ToolServer {
 
     pub fn hits(&self, path: &str) -> usize {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Makes a `/switch/...` path fail slowly (300 ms, then 503) or answer again, so a
+    /// tool turns bad without any change to its registration.
+    pub fn set_failing(&self, path: &str, failing: bool) {
+        let mut set = self.failing.lock().unwrap();
+        if failing {
+            set.insert(path.to_owned());
+        } else {
+            set.remove(path);
+        }
     }
 
     /// Parameters each call received, in order.
@@ -153,6 +166,19 @@ impl ToolServer {
             "/unavailable_echo" => (StatusCode::SERVICE_UNAVAILABLE, echo_credential(&authorization)),
             // Always unavailable (retryable); each path under it counts its own calls.
             p if p.starts_with("/unavailable/") => (StatusCode::SERVICE_UNAVAILABLE, "{}".to_owned()),
+            // Counts words, or, while set failing, is slow and unavailable.
+            p if p.starts_with("/switch/") => {
+                if self.failing.lock().unwrap().contains(p) {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    (StatusCode::SERVICE_UNAVAILABLE, "{}".to_owned())
+                } else {
+                    let text = params["text"].as_str().unwrap_or_default();
+                    (
+                        StatusCode::OK,
+                        json!({"words": text.split_whitespace().count()}).to_string(),
+                    )
+                }
+            }
             // Counts words like /word_count; each path under it counts its own calls.
             p if p.starts_with("/count/") => {
                 let text = params["text"].as_str().unwrap_or_default();

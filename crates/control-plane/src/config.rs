@@ -32,6 +32,12 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_CHANGE_POLL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..))]
     pub change_poll_ms: u64,
 
+    /// Seconds between pushes of learned tool statistics (reliability, latency) to
+    /// sidecars and other replicas: outcomes move them with every call, so they are
+    /// sent as one snapshot delta per period at most, not one per call.
+    #[arg(long, env = "TOOLPLANE_STATS_PUSH_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stats_push_secs: u64,
+
     /// Seconds a sidecar's sync session lasts before it must reconnect and
     /// authenticate again.
     #[arg(long, env = "TOOLPLANE_SYNC_SESSION_MAX_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]

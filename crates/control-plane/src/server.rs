@@ -140,6 +140,8 @@ pub async fn serve(
         spawn_change_poller(state.clone(), Duration::from_millis(config.change_poll_ms));
     }
 
+    state.spawn_stats_push(Duration::from_secs(config.stats_push_secs));
+
     let (signer, earlier) = config.audit_keys()?;
     let checkpoints = Arc::new(Checkpoints::new(signer, earlier));
     if config.audit_checkpoint_secs > 0 {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use toolplane_core::crypto::Keyring;
 use toolplane_core::model::{
-    AuditAction, AuditEvent, Credential, ExecutionStatus, InvocationRecord, Principal, Snapshot,
+    AuditAction, AuditEvent, Credential, ExecutionStatus, InvocationRecord, Principal, Snapshot, SyncEvent,
 };
 use toolplane_core::validate::ToolPolicy;
 use uuid::Uuid;
@@ -27,6 +27,9 @@ pub struct AppState {
     /// Names this replica in change notifications, so it ignores its own.
     pub replica_id: Uuid,
     revision: watch::Sender<u64>,
+    /// Stored outcomes moved learned tool statistics since the last push
+    /// ([`Self::push_stats`]).
+    stats_dirty: std::sync::atomic::AtomicBool,
     /// The latest snapshot built, shared by every sidecar session.
     built: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
     /// The selection index and what the fleet learned about tools.
@@ -45,6 +48,7 @@ impl AppState {
             keyring,
             replica_id: Uuid::now_v7(),
             revision: watch::Sender::new(start),
+            stats_dirty: Default::default(),
             built: tokio::sync::Mutex::new(None),
             selector: Selector::default(),
             recent_selections: Default::default(),
@@ -123,6 +127,47 @@ impl AppState {
         tokio::spawn(async move {
             if let Err(e) = store.publish_change(origin).await {
                 tracing::warn!(error = %e, "could not notify other replicas of a change");
+            }
+        });
+    }
+
+    /// A stored batch held outcomes that move tools' learned reliability and latency
+    /// (the store updated them with the batch): they are due at the next push.
+    pub fn stats_stored(&self, stored: &[SyncEvent]) {
+        let moved = stored.iter().any(|e| match e {
+            SyncEvent::Invocation(i) => !i.result.cache_hit && toolplane_core::stats::counts(i.result.status),
+            SyncEvent::Audit(_) => false,
+        });
+        if moved {
+            self.stats_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Sends learned statistics on if outcomes moved them since the last push: a new
+    /// revision here (sidecars get the tools whose numbers changed as a delta) and a
+    /// NOTIFY to the other replicas, which rebuild from the database. The database's
+    /// admin change revision is left alone: statistics are not an admin change, and a
+    /// lost NOTIFY costs only until the next push or change.
+    pub fn push_stats(&self) {
+        if self.stats_dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.changed();
+            tracing::debug!(revision = *self.revision.borrow(), "pushed learned tool statistics");
+        }
+    }
+
+    /// Calls [`Self::push_stats`] every `every`, so statistics reach sidecars within
+    /// about that long of the batch that moved them and never more often.
+    pub fn spawn_stats_push(self: &Arc<Self>, every: std::time::Duration) {
+        let state = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match state.upgrade() {
+                    Some(s) => s.push_stats(),
+                    None => return,
+                }
             }
         });
     }

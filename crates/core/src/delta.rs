@@ -184,4 +184,29 @@ mod tests {
         stale.revision = 4;
         assert_eq!(apply(&mut stale, d), Err(RevisionMismatch { held: 4, delta_from: 5 }));
     }
+
+    /// Learned statistics move without a new version; the delta must still carry the
+    /// tool, or sidecars order fallbacks by numbers frozen at the last admin change.
+    #[test]
+    fn a_tool_whose_learned_statistics_moved_is_in_the_delta() {
+        let (t1, t2) = (tool("t1"), tool("t2"));
+        let old = Snapshot {
+            revision: 1,
+            tools: vec![t1.clone(), t2.clone()],
+            ..Default::default()
+        };
+        let mut learned = t1.clone();
+        learned.spec.reliability_score = 0.4;
+        learned.spec.average_latency_ms = 900;
+        let new = Snapshot {
+            revision: 2,
+            tools: vec![learned.clone(), t2],
+            ..Default::default()
+        };
+        let d = diff(&old, &new);
+        assert_eq!(d.upserted_tools, vec![learned]);
+        let mut held = old;
+        apply(&mut held, d).unwrap();
+        assert_eq!(held.tools[1].spec.reliability_score, 0.4);
+    }
 }

@@ -112,6 +112,9 @@ pub struct Query {
     pub agent: Option<Uuid>,
     /// The task's embedding, when a model is configured.
     pub embedding: Option<Vec<f32>>,
+    /// The agent's `LIMITED_INVOCATIONS` grants whose budget for today is spent: they
+    /// do not make a tool a candidate until their day ends.
+    pub spent_grants: std::collections::HashSet<Uuid>,
 }
 
 #[derive(Debug, Clone)]
@@ -314,7 +317,8 @@ impl Selector {
     }
 
     /// Whether the agent may use the tool now (permissions, skills, enabled).
-    fn allowed(built: &Built, agent: Option<Uuid>, tool: &Tool, now: DateTime<Utc>) -> bool {
+    fn allowed(built: &Built, q: &Query, tool: &Tool, now: DateTime<Utc>) -> bool {
+        let agent = q.agent;
         let Some(agent_id) = agent else {
             return tool.spec.enabled;
         };
@@ -324,7 +328,10 @@ impl Selector {
         let Some(ids) = built.grants.get(&agent_id).and_then(|m| m.get(&tool.id)) else {
             return false;
         };
-        let grants = ids.iter().map(|i| &built.snapshot.permissions[*i]);
+        let grants = ids
+            .iter()
+            .map(|i| &built.snapshot.permissions[*i])
+            .filter(|g| !q.spent_grants.contains(&g.id));
         evaluate(agent, tool, grants, now).allowed
     }
 
@@ -390,7 +397,7 @@ impl Selector {
         let mut shortlist: Vec<(usize, f64)> = Vec::new();
         for doc in touched {
             let t = &tools[doc as usize];
-            if Self::within_limits(q, t) && Self::allowed(&built, q.agent, t, now) {
+            if Self::within_limits(q, t) && Self::allowed(&built, q, t, now) {
                 shortlist.push((
                     doc as usize,
                     f64::from(scores.get(doc as usize).copied().unwrap_or(0.0)),
@@ -421,7 +428,7 @@ impl Selector {
                 let t = &tools[doc];
                 let has_capability =
                     required.is_empty() || t.spec.capabilities.iter().any(|c| required.contains(&c.to_lowercase()));
-                if has_capability && Self::within_limits(q, t) && Self::allowed(&built, q.agent, t, now) {
+                if has_capability && Self::within_limits(q, t) && Self::allowed(&built, q, t, now) {
                     added += 1;
                     if !shortlist.iter().any(|(i, _)| *i == doc) {
                         shortlist.push((doc, f64::from(scores.get(doc).copied().unwrap_or(0.0))));
@@ -442,7 +449,7 @@ impl Selector {
             if has_capability
                 && !shortlist.iter().any(|(i, _)| *i == doc as usize)
                 && Self::within_limits(q, t)
-                && Self::allowed(&built, q.agent, t, now)
+                && Self::allowed(&built, q, t, now)
             {
                 shortlist.push((
                     doc as usize,

@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use std::collections::HashSet;
+
+use chrono::{DateTime, TimeZone, Utc};
 use tonic::{Request, Response, Status};
 use toolplane_core::Violations;
 use toolplane_core::convert::{parse_decimal, sensitivity_from_pb, tool_to_pb};
-use toolplane_core::model::{Principal, Role};
+use toolplane_core::model::{Permission, PermissionType, Principal, Role, Snapshot};
+use toolplane_core::permission::{local_day, parse_time_zone};
 use toolplane_core::redact::Redactor;
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::auth::{PrincipalExt, principal};
@@ -16,7 +19,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::selection::{Query, Scored, Selection};
 use crate::state::AppState;
-use crate::storage::SelectionLogEntry;
+use crate::storage::{BudgetWindow, SelectionLogEntry};
 
 /// Longest task description accepted.
 pub const MAX_TASK_DESCRIPTION: usize = 8192;
@@ -80,6 +83,7 @@ fn query_from(who: &Principal, req: &pb::SelectToolRequest) -> ApiResult<Query> 
             _ => None,
         },
         embedding: None,
+        spent_grants: HashSet::new(),
     })
 }
 
@@ -92,7 +96,64 @@ fn scored_pb(sel: &Selection, s: &Scored) -> pb::ScoredTool {
     }
 }
 
+/// The start of the day `now` falls on in `tz`; where local midnight is skipped by a
+/// DST change, the first instant of the day that exists.
+fn day_start(now: DateTime<Utc>, tz: chrono_tz::Tz) -> DateTime<Utc> {
+    let (day, _) = local_day(now, tz);
+    let midnight = day.and_hms_opt(0, 0, 0).unwrap_or_default();
+    (0..=3)
+        .find_map(|h| {
+            tz.from_local_datetime(&(midnight + chrono::Duration::hours(h)))
+                .earliest()
+        })
+        .map_or(now - chrono::Duration::days(1), |t| t.with_timezone(&Utc))
+}
+
 impl SelectorService {
+    /// The agent's `LIMITED_INVOCATIONS` grants whose budget for the grant's current
+    /// day is spent, counted from the calls the sidecars reported under each (one
+    /// query, only for an agent holding such grants). Selection then does not propose
+    /// a tool that only a spent budget would allow until the grant's day ends. If the
+    /// count cannot be read, nothing is taken out: the sidecar still enforces the
+    /// budget.
+    async fn spent_grants(&self, agent: Uuid, snapshot: &Snapshot, now: DateTime<Utc>) -> HashSet<Uuid> {
+        let limited: Vec<(&Permission, BudgetWindow)> = snapshot
+            .permissions
+            .iter()
+            .filter(|p| {
+                p.agent_id == agent
+                    && p.kind == PermissionType::LimitedInvocations
+                    && p.max_invocations_per_day > 0
+                    && p.expires_at.is_none_or(|e| e > now)
+            })
+            .filter_map(|p| {
+                let tz = parse_time_zone(&p.time_zone).ok()?;
+                Some((
+                    p,
+                    BudgetWindow {
+                        permission_id: p.id,
+                        since: day_start(now, tz),
+                    },
+                ))
+            })
+            .collect();
+        if limited.is_empty() {
+            return HashSet::new();
+        }
+        let windows: Vec<BudgetWindow> = limited.iter().map(|(_, w)| *w).collect();
+        match self.state.store.budget_use(agent, &windows).await {
+            Ok(used) => limited
+                .iter()
+                .filter(|(p, _)| used.get(&p.id).copied().unwrap_or(0) >= u64::from(p.max_invocations_per_day))
+                .map(|(p, _)| p.id)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, %agent, "could not count daily budgets; selecting as if none were spent");
+                HashSet::new()
+            }
+        }
+    }
+
     /// Selects for `who`; shared with `Executor.ExecuteTask` through the RPC.
     pub async fn select(&self, who: &Principal, req: pb::SelectToolRequest) -> ApiResult<pb::SelectToolResponse> {
         let started = std::time::Instant::now();
@@ -111,6 +172,9 @@ impl SelectorService {
             }
         }
         let snapshot = self.state.snapshot().await?;
+        if let Some(agent) = q.agent {
+            q.spent_grants = self.spent_grants(agent, &snapshot, Utc::now()).await;
+        }
         let state = self.state.clone();
         // Building the index of a large catalog takes a moment: off the async workers.
         let built = tokio::task::spawn_blocking(move || state.selector.index(snapshot))

@@ -9,6 +9,7 @@ mod postgres;
 mod postgres_audit;
 mod postgres_checkpoints;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -133,6 +134,14 @@ pub struct PoolStatus {
     pub available: usize,
     /// Callers waiting for a connection.
     pub waiting: usize,
+}
+
+/// A `LIMITED_INVOCATIONS` grant's current day, whose calls count against its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetWindow {
+    pub permission_id: Uuid,
+    /// The start of the grant's current day (in its time zone).
+    pub since: DateTime<Utc>,
 }
 
 /// One row of usage statistics.
@@ -299,6 +308,41 @@ pub trait Store: Send + Sync + 'static {
     /// sender). The in-memory backend has no other replicas.
     async fn publish_change(&self, _origin: Uuid) -> StoreResult<()> {
         Ok(())
+    }
+
+    /// How many calls went to the tool under each of `agent_id`'s grants since the
+    /// window's start (the start of the grant's current day): its `TOOL_INVOKED` events
+    /// naming the grant, less those that never reached the tool (an open circuit or a
+    /// rate limit, whose budget the sidecar gave back). Grants without such a call are
+    /// left out. The default reads the audit trail through [`Store::audit_events`].
+    async fn budget_use(&self, agent_id: Uuid, windows: &[BudgetWindow]) -> StoreResult<HashMap<Uuid, u64>> {
+        let Some(since) = windows.iter().map(|w| w.since).min() else {
+            return Ok(HashMap::new());
+        };
+        let events = self
+            .audit_events(&AuditFilter {
+                agent_id: Some(agent_id),
+                action: Some(AuditAction::ToolInvoked),
+                since: Some(since),
+                ..Default::default()
+            })
+            .await?;
+        let mut used = HashMap::new();
+        for r in events {
+            let e = &r.event;
+            let spent = e
+                .result
+                .as_ref()
+                .is_none_or(|s| toolplane_core::stats::counts(s.status));
+            if let Some(w) = windows
+                .iter()
+                .find(|w| Some(w.permission_id) == e.permission_id && e.occurred_at >= w.since)
+                && spent
+            {
+                *used.entry(w.permission_id).or_default() += 1;
+            }
+        }
+        Ok(used)
     }
 
     /// How the connection pool is used right now (read at every metrics scrape, so it

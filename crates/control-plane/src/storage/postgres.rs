@@ -1,7 +1,7 @@
 //! PostgreSQL backend (tokio-postgres over a deadpool pool). SQL lives next to the
 //! code that binds its parameters; the schema lives in `migrations/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::{Pool, Runtime};
@@ -1165,6 +1165,32 @@ impl Store for PostgresStore {
             .map_err(db_err)?
             .get(0);
         Ok(Some(u64::try_from(revision).unwrap_or(0)))
+    }
+
+    async fn budget_use(&self, agent_id: Uuid, windows: &[super::BudgetWindow]) -> StoreResult<HashMap<Uuid, u64>> {
+        if windows.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<Uuid> = windows.iter().map(|w| w.permission_id).collect();
+        let since: Vec<DateTime<Utc>> = windows.iter().map(|w| w.since).collect();
+        // One index range (agent, occurred_at) per grant window.
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT g.id, count(*) FROM unnest($2::uuid[], $3::timestamptz[]) AS g(id, since) \
+                 JOIN audit_events e ON e.agent_id = $1 AND e.occurred_at >= g.since \
+                 AND e.permission_id = g.id AND e.action = 'tool_invoked' \
+                 AND (e.result_status IS NULL OR e.result_status NOT IN ('circuit_open', 'rate_limited', 'permission_denied')) \
+                 GROUP BY g.id",
+                &[&agent_id, &ids, &since],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, Uuid>(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .collect())
     }
 
     async fn publish_change(&self, origin: Uuid) -> StoreResult<()> {
