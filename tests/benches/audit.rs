@@ -33,7 +33,8 @@ fn event(sidecar: &str, n: usize) -> AuditEvent {
         event_id: Uuid::now_v7(),
         action: AuditAction::ToolInvoked,
         invocation_id: Some(Uuid::now_v7()),
-        actor_id: "agent-bench".to_owned(),
+        // A sidecar's event names its agent as the actor, or the control plane refuses it.
+        actor_id: Uuid::from_u128(7).to_string(),
         agent_id: Some(Uuid::from_u128(7)),
         tool_id: Some(Uuid::from_u128(9)),
         tool_version: 3,
@@ -182,12 +183,18 @@ async fn main() {
     let db = TestDb::create().await;
     let cp = control_plane(Some(&db.url)).await;
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
-    let token = admin.token(pb::Role::Sidecar, "").await;
+    // One token per sidecar, as deployed: each stream writes a chain of its own.
+    let mut tokens = Vec::new();
+    for _ in 0..STREAMS {
+        tokens.push(admin.token(pb::Role::Sidecar, "").await);
+    }
     let total = (EVENTS * STREAMS) as f64;
 
     let started = Instant::now();
-    let streams: Vec<_> = (0..STREAMS)
-        .map(|s| tokio::spawn(stream_events(cp.url(), token.clone(), format!("bench-{s}"))))
+    let streams: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(s, token)| tokio::spawn(stream_events(cp.url(), token, format!("bench-{s}"))))
         .collect();
     for s in streams {
         s.await.unwrap();
@@ -206,13 +213,19 @@ async fn main() {
     let client = db.client().await;
     let stored: i64 = client
         .query_one(
-            "SELECT count(*) FROM audit_events WHERE chain LIKE 'sidecar:bench-%'",
+            "SELECT count(*) FROM audit_events WHERE chain LIKE 'sidecar:%'",
             &[],
         )
         .await
         .unwrap()
         .get(0);
     assert_eq!(stored as f64, total, "every acked event is stored once");
+    let dead: i64 = client
+        .query_one("SELECT count(*) FROM audit_dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "no event of the bench is dead-lettered");
     println!("audit events={} streams={STREAMS} batch={BATCH}", EVENTS * STREAMS);
     println!(
         "audit events_per_s={ingest:.0} raw_rows_per_s={raw:.0} ratio={:.2}",
