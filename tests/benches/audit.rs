@@ -212,10 +212,7 @@ async fn main() {
 
     let client = db.client().await;
     let stored: i64 = client
-        .query_one(
-            "SELECT count(*) FROM audit_events WHERE chain LIKE 'sidecar:%'",
-            &[],
-        )
+        .query_one("SELECT count(*) FROM audit_events WHERE chain LIKE 'sidecar:%'", &[])
         .await
         .unwrap()
         .get(0);

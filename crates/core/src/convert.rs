@@ -823,6 +823,45 @@ pub fn sync_event_to_pb(e: &SyncEvent) -> pb::SyncEvent {
     }
 }
 
+/// Whether [`sync_event_from_pb`] will accept `e`, found without taking it apart: the
+/// control plane keeps an event it cannot parse whole, so it checks before converting
+/// (which moves the event's fields) rather than copying every event first.
+pub fn check_sync_event(e: &pb::SyncEvent) -> Result<(), Violations> {
+    match &e.payload {
+        Some(pb::sync_event::Payload::Audit(a)) => {
+            parse_uuid("audit.event_id", &a.event_id)?;
+            action_from_pb(a.action).ok_or_else(|| match a.action {
+                0 => Violations::single("audit.action", "is required"),
+                n => Violations::single("audit.action", format!("{n} is not an action this control plane knows")),
+            })?;
+            parse_opt_uuid("audit.invocation_id", &a.invocation_id)?;
+            parse_opt_uuid("audit.agent_id", &a.agent_id)?;
+            parse_opt_uuid("audit.tool_id", &a.tool_id)?;
+            a.occurred_at
+                .as_ref()
+                .and_then(from_ts)
+                .ok_or_else(|| Violations::single("audit.occurred_at", "is required"))?;
+            parse_opt_uuid("audit.permission_id", &a.permission_id)?;
+        }
+        Some(pb::sync_event::Payload::Invocation(i)) => {
+            parse_uuid("invocation.invocation_id", &i.invocation_id)?;
+            parse_uuid("invocation.agent_id", &i.agent_id)?;
+            parse_uuid("invocation.requested_tool_id", &i.requested_tool_id)?;
+            let r = i
+                .result
+                .as_ref()
+                .ok_or_else(|| Violations::single("invocation.result", "is required"))?;
+            parse_uuid("result.invocation_id", &r.invocation_id)?;
+            parse_uuid("result.tool_id", &r.tool_id)?;
+            parse_decimal("result.cost", &r.cost)?;
+            parse_opt_uuid("result.fallback_from_tool_id", &r.fallback_from_tool_id)?;
+            parse_opt_uuid("invocation.selection_id", &i.selection_id)?;
+        }
+        None => return Err(Violations::single("event.payload", "is required")),
+    }
+    Ok(())
+}
+
 pub fn sync_event_from_pb(e: pb::SyncEvent) -> Result<SyncEvent, Violations> {
     match e.payload {
         Some(pb::sync_event::Payload::Audit(a)) => audit_event_from_pb(a).map(SyncEvent::Audit),

@@ -8,7 +8,7 @@
 
 use chrono::Utc;
 use prost::Message;
-use toolplane_core::convert::sync_event_from_pb;
+use toolplane_core::convert::{check_sync_event, sync_event_from_pb, sync_event_to_pb};
 use toolplane_core::model::{AuditAction, InvocationRecord, Principal, SyncEvent};
 use toolplane_proto::v1 as pb;
 use toolplane_runtime::metrics as m;
@@ -96,25 +96,28 @@ fn kind_of(e: &pb::SyncEvent) -> &'static str {
     }
 }
 
-/// One event of a batch on its way in, with its bytes as received.
-struct Incoming {
-    raw: Vec<u8>,
-    event_id: String,
-    kind: &'static str,
+/// A dead letter of `raw`, the event's protobuf encoding.
+fn letter(sender: &Sender, event_id: String, kind: &str, error: String, raw: Vec<u8>) -> DeadLetter {
+    DeadLetter {
+        id: 0,
+        received_at: Utc::now(),
+        source: sender.source.clone(),
+        event_id,
+        kind: kind.to_owned(),
+        error,
+        raw,
+    }
 }
 
-impl Incoming {
-    fn letter(&self, sender: &Sender, error: String) -> DeadLetter {
-        DeadLetter {
-            id: 0,
-            received_at: Utc::now(),
-            source: sender.source.clone(),
-            event_id: self.event_id.clone(),
-            kind: self.kind.to_owned(),
-            error,
-            raw: self.raw.clone(),
-        }
-    }
+/// A parsed event's dead letter: its encoding again, which carries every field this
+/// control plane knows (an event that did not parse is kept exactly as received).
+fn parsed_letter(sender: &Sender, e: &SyncEvent, error: String) -> DeadLetter {
+    let kind = match e {
+        SyncEvent::Audit(_) => "audit",
+        SyncEvent::Invocation(_) => "invocation",
+    };
+    let raw = sync_event_to_pb(e).encode_to_vec();
+    letter(sender, e.event_id().to_string(), kind, error, raw)
 }
 
 /// Errors that say the database cannot take anything right now (not that this event is
@@ -127,32 +130,34 @@ fn transient(e: &StoreError) -> bool {
 /// trail or kept as a dead letter. `Err` only when the database is unavailable.
 pub async fn store_batch(state: &AppState, sender: &Sender, batch: pb::EventBatch) -> StoreResult<Vec<String>> {
     let mut ids = Vec::with_capacity(batch.events.len());
-    let mut incoming = Vec::with_capacity(batch.events.len());
     let mut events = Vec::with_capacity(batch.events.len());
     let mut letters = Vec::new();
     for e in batch.events {
-        let meta = Incoming {
-            raw: e.encode_to_vec(),
-            event_id: e.event_id.clone(),
-            kind: kind_of(&e),
-        };
         ids.push(e.event_id.clone());
-        match sync_event_from_pb(e) {
-            Ok(mut ev) => match stamp(sender, &mut ev) {
-                Ok(()) => {
-                    events.push(ev);
-                    incoming.push(meta);
-                }
-                Err(why) => {
-                    tracing::warn!(source = %sender.source, event_id = %meta.event_id, reason = %why, "refusing sync event");
-                    metrics::counter!(m::EVENTS_DEAD_LETTERED, "reason" => "refused").increment(1);
-                    letters.push(meta.letter(sender, why));
-                }
-            },
+        // Checked before converting, which takes the event apart: one that cannot be
+        // parsed is kept exactly as received, and no event is copied just in case.
+        if let Err(v) = check_sync_event(&e) {
+            tracing::warn!(source = %sender.source, event_id = %e.event_id, error = %v, "unparseable sync event");
+            metrics::counter!(m::EVENTS_DEAD_LETTERED, "reason" => "unparseable").increment(1);
+            let (id, kind, raw) = (e.event_id.clone(), kind_of(&e), e.encode_to_vec());
+            letters.push(letter(sender, id, kind, format!("unparseable: {v}"), raw));
+            continue;
+        }
+        let mut ev = match sync_event_from_pb(e) {
+            Ok(ev) => ev,
+            // The check above accepts only what converts; kept for safety all the same.
             Err(v) => {
-                tracing::warn!(source = %sender.source, event_id = %meta.event_id, error = %v, "unparseable sync event");
-                metrics::counter!(m::EVENTS_DEAD_LETTERED, "reason" => "unparseable").increment(1);
-                letters.push(meta.letter(sender, format!("unparseable: {v}")));
+                let id = ids.last().cloned().unwrap_or_default();
+                letters.push(letter(sender, id, "unknown", format!("unparseable: {v}"), Vec::new()));
+                continue;
+            }
+        };
+        match stamp(sender, &mut ev) {
+            Ok(()) => events.push(ev),
+            Err(why) => {
+                tracing::warn!(source = %sender.source, event_id = %ev.event_id(), reason = %why, "refusing sync event");
+                metrics::counter!(m::EVENTS_DEAD_LETTERED, "reason" => "refused").increment(1);
+                letters.push(parsed_letter(sender, &ev, why));
             }
         }
     }
@@ -161,12 +166,11 @@ pub async fn store_batch(state: &AppState, sender: &Sender, batch: pb::EventBatc
         Err(e) if transient(&e) => return Err(e),
         Err(e) => {
             tracing::warn!(source = %sender.source, events = events.len(), error = %e, "batch refused; storing its events one by one");
-            store_one_by_one(state, sender, events, incoming, &mut letters).await?
+            store_one_by_one(state, sender, events, &mut letters).await?
         }
     };
     state.store.dead_letter(&letters).await?;
     learn(state, &stored).await;
-    state.stats_stored(&stored);
     Ok(ids)
 }
 
@@ -175,18 +179,17 @@ async fn store_one_by_one(
     state: &AppState,
     sender: &Sender,
     events: Vec<SyncEvent>,
-    incoming: Vec<Incoming>,
     letters: &mut Vec<DeadLetter>,
 ) -> StoreResult<Vec<SyncEvent>> {
     let mut stored = Vec::with_capacity(events.len());
-    for (event, meta) in events.into_iter().zip(incoming) {
+    for event in events {
         match state.store.append_events(std::slice::from_ref(&event)).await {
             Ok(()) => stored.push(event),
             Err(e) if transient(&e) => return Err(e),
             Err(e) => {
-                tracing::warn!(source = %sender.source, event_id = %meta.event_id, error = %e, "sync event refused by the store; dead-lettered");
+                tracing::warn!(source = %sender.source, event_id = %event.event_id(), error = %e, "sync event refused by the store; dead-lettered");
                 metrics::counter!(m::EVENTS_DEAD_LETTERED, "reason" => "rejected").increment(1);
-                letters.push(meta.letter(sender, format!("not stored: {e}")));
+                letters.push(parsed_letter(sender, &event, format!("not stored: {e}")));
             }
         }
     }
