@@ -23,6 +23,8 @@ CREATE TABLE learning_cells (
     PRIMARY KEY (tool_id, category, agent_id)
 );
 CREATE INDEX learning_cells_version ON learning_cells (version);
+-- The categories already learned per agent (the caps on categories).
+CREATE INDEX learning_cells_agent ON learning_cells (agent_id, category);
 
 CREATE TABLE learning_version (
     id      BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (id),
