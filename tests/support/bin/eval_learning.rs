@@ -7,6 +7,7 @@
 //! `--replicas N` (`make eval-learning REPLICAS=N`): N control plane replicas on one
 //! throwaway PostgreSQL database, a sidecar on each; workers select on one replica and
 //! call through another's sidecar, so what each replica learned must be the fleet's.
+//! `--postgres`: on PostgreSQL even with one replica.
 //!
 //! Prints the share of tasks that went to their group's best tool per 500 tasks, then
 //! `learning best_share_final=<pct> regret=<x> recovered_after_drop=<tasks>`.
@@ -105,7 +106,7 @@ async fn main() {
         .position(|a| a == "--replicas")
         .and_then(|i| args.get(i + 1))
         .map_or(1, |n| n.parse().unwrap());
-    let db = if replicas > 1 {
+    let db = if replicas > 1 || args.iter().any(|a| a == "--postgres") {
         Some(TestDb::create().await)
     } else {
         None
@@ -115,7 +116,7 @@ async fn main() {
         let env = [("TOOLPLANE_SELECTION_EXPLORATION", "thompson")];
         cps.push(control_plane_with(db.as_ref().map(|d| d.url.as_str()), &env).await);
     }
-    println!("learning replicas={}", cps.len());
+    println!("learning replicas={} postgres={}", cps.len(), db.is_some());
     let mut admin = Admin::connect(&cps[0].url(), ADMIN_TOKEN).await;
     let mut ids = Vec::new();
     for (g, group) in GROUPS.iter().enumerate() {
