@@ -32,7 +32,7 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_CHANGE_POLL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..))]
     pub change_poll_ms: u64,
     /// With PostgreSQL: how often a replica reads the learning cells other replicas changed.
-    #[arg(long, env = "TOOLPLANE_LEARNING_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..))]
+    #[arg(long, env = "TOOLPLANE_LEARNING_POLL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(50..))]
     pub learning_poll_ms: u64,
 
     /// Seconds a sidecar's sync session lasts before it must reconnect and
