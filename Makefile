@@ -50,10 +50,11 @@ bench-select:
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p toolplane-tests --bench select
 
-## Does selection learn? 50 simulated tools, agents calling through a sidecar.
+## Does selection learn? 50 simulated tools, agents calling through a sidecar;
+## REPLICAS=2: replicas on one PostgreSQL database, selecting on one, calling through another.
 eval-learning:
 	$(CARGO) build --release --bins
-	target/release/toolplane-eval-learning
+	target/release/toolplane-eval-learning --replicas $(or $(REPLICAS),1)
 
 ## Selection quality on tool-retrieval data: TOOLS=<file> QUERIES=<file>, or both
 ## datasets' dev split by default. HISTORY=<file> first feeds those queries as past

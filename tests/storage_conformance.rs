@@ -64,6 +64,7 @@ conformance!(
     dead_letters_are_kept_once_and_paged,
     audit_checkpoints_are_kept_once_and_listed_in_byte_order,
     budget_use_counts_the_calls_that_reached_the_tool_under_each_grant,
+    shared_learning_folds_each_invocation_and_first_verdict_once,
 );
 
 /// The audit event an administrative change carries (its content does not matter here).
@@ -874,4 +875,51 @@ async fn budget_use_counts_the_calls_that_reached_the_tool_under_each_grant(s: A
     assert_eq!(used.get(&g2), Some(&1), "each grant from its own day's start");
     assert_eq!(used.get(&g3), None);
     assert!(s.budget_use(agent, &[]).await.unwrap().is_empty());
+}
+
+/// A store that shares learning folds a resent invocation and a repeated verdict once,
+/// and pages changed cells by version; the in-memory store leaves learning in process.
+async fn shared_learning_folds_each_invocation_and_first_verdict_once(s: Arc<dyn Store>) {
+    if !s.shares_learning() {
+        assert_eq!(s.learning_cells(0).await.unwrap(), (Vec::new(), 0));
+        return;
+    }
+    let t = testutil::tool("learned");
+    s.create_tool(&t, &ev()).await.unwrap();
+    let ok = outcome(&t, ExecutionStatus::Success, 100);
+    let failed = outcome(&t, ExecutionStatus::Timeout, 300);
+    s.append_events(&[ok.clone(), failed.clone()]).await.unwrap();
+    let (cells, v1) = s.learning_cells(0).await.unwrap();
+    // Two agents, one category: the aggregate, the category, and per agent both.
+    assert_eq!(cells.len(), 6, "{cells:?}");
+    let aggregate = |cells: &[(
+        toolplane_control_plane::storage::LearningKey,
+        toolplane_control_plane::storage::Cell,
+    )]| {
+        cells
+            .iter()
+            .find(|(k, _)| k.1.is_empty() && k.2.is_nil())
+            .map(|(_, c)| c.clone())
+            .unwrap()
+    };
+    let agg = aggregate(&cells);
+    assert_eq!((agg.invocations, agg.success_rate()), (2, 0.5));
+    // A resent batch (lost ack) changes nothing, not even the version.
+    s.append_events(&[ok.clone(), failed]).await.unwrap();
+    assert_eq!(s.learning_cells(v1).await.unwrap(), (Vec::new(), v1));
+    // The first verdict is learned; a repeated one is stored but not counted again.
+    let SyncEvent::Invocation(inv) = &ok else {
+        unreachable!()
+    };
+    s.record_quality(inv.invocation_id, 0.4, true).await.unwrap().unwrap();
+    let (changed, v2) = s.learning_cells(v1).await.unwrap();
+    assert!(v2 > v1);
+    assert_eq!(changed.len(), 3, "the aggregate, the category, the agent's category");
+    s.record_quality(inv.invocation_id, 0.9, true).await.unwrap().unwrap();
+    assert_eq!(s.learning_cells(v2).await.unwrap().1, v2);
+    let (cells, _) = s.learning_cells(0).await.unwrap();
+    let agg = aggregate(&cells);
+    assert_eq!(agg.invocations, 2);
+    assert!((agg.quality().unwrap() - 0.4).abs() < 1e-9);
+    assert!(s.record_quality(Uuid::new_v4(), 0.5, true).await.unwrap().is_none());
 }

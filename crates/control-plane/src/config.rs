@@ -31,6 +31,9 @@ pub struct Config {
     /// lost NOTIFY between replicas.
     #[arg(long, env = "TOOLPLANE_CHANGE_POLL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..))]
     pub change_poll_ms: u64,
+    /// With PostgreSQL: how often a replica reads the learning cells other replicas changed.
+    #[arg(long, env = "TOOLPLANE_LEARNING_POLL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(50..))]
+    pub learning_poll_ms: u64,
 
     /// Seconds between pushes of learned tool statistics (reliability, latency) to
     /// sidecars and other replicas: outcomes move them with every call, so they are

@@ -54,6 +54,24 @@ fn spawn_change_poller(state: Arc<AppState>, every: Duration) {
     });
 }
 
+/// Reads the shared learning cells other replicas changed, so every replica answers
+/// selection and learning queries alike within one period.
+fn spawn_learning_poller(state: Arc<AppState>, every: Duration) {
+    if !state.store.shares_learning() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = state.refresh_learning().await {
+                tracing::warn!(error = %e, "could not refresh shared learning");
+            }
+        }
+    });
+}
+
 /// Every toolplane.v1 service this server answers, as health-check names.
 const SERVICES: &[&str] = &[
     "toolplane.v1.ToolRegistry",
@@ -130,7 +148,7 @@ pub async fn serve(
         });
     }
     match state.relearn(RELEARN_INVOCATIONS).await {
-        Ok(n) if n > 0 => tracing::info!(invocations = n, "selection relearned from stored outcomes"),
+        Ok(n) if n > 0 => tracing::info!(loaded = n, "selection learning loaded"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not relearn from stored outcomes; starting fresh"),
     }
@@ -138,6 +156,7 @@ pub async fn serve(
         let s = state.clone();
         spawn_change_listener(url.clone(), state.replica_id, move || s.bump());
         spawn_change_poller(state.clone(), Duration::from_millis(config.change_poll_ms));
+        spawn_learning_poller(state.clone(), Duration::from_millis(config.learning_poll_ms));
     }
 
     state.spawn_stats_push(Duration::from_secs(config.stats_push_secs));

@@ -4,13 +4,10 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use rust_decimal::prelude::ToPrimitive;
 use serde_json::Value;
 use tokio::sync::watch;
 use toolplane_core::crypto::Keyring;
-use toolplane_core::model::{
-    AuditAction, AuditEvent, Credential, ExecutionStatus, InvocationRecord, Principal, Snapshot, SyncEvent,
-};
+use toolplane_core::model::{AuditAction, AuditEvent, Credential, InvocationRecord, Principal, Snapshot, SyncEvent};
 use toolplane_core::validate::ToolPolicy;
 use uuid::Uuid;
 
@@ -36,6 +33,8 @@ pub struct AppState {
     pub selector: Selector,
     /// Latest selection decisions, for the calls that follow them (task memory).
     pub recent_selections: crate::task_memory::RecentSelections,
+    /// The version of the shared learning cells this replica has loaded.
+    learning_version: tokio::sync::Mutex<u64>,
 }
 
 impl AppState {
@@ -52,40 +51,54 @@ impl AppState {
             built: tokio::sync::Mutex::new(None),
             selector: Selector::default(),
             recent_selections: Default::default(),
+            learning_version: tokio::sync::Mutex::new(0),
         })
     }
 
     /// Feeds an invocation outcome to selection's learning. Cache hits and calls that
-    /// never reached the tool (refused, rate limited) say nothing about the tool.
+    /// never reached the tool (refused, rate limited) say nothing about the tool. A
+    /// store that shares learning already folded it in (see [`Self::refresh_learning`]).
     pub fn learn(&self, i: &InvocationRecord, quality: Option<f64>) {
-        let r = &i.result;
-        if r.cache_hit || !toolplane_core::stats::counts(r.status) {
+        if self.store.shares_learning() {
             return;
         }
-        self.selector.learning.record(&Outcome {
-            tool_id: r.tool_id,
-            agent_id: i.agent_id,
-            category: i.task_category.clone(),
-            success: matches!(r.status, ExecutionStatus::Success | ExecutionStatus::PartialSuccess),
-            duration_ms: f64::from(r.duration_ms),
-            cost: r.cost.to_f64().unwrap_or(0.0),
-            at: r.completed_at,
-        });
+        let Some(outcome) = Outcome::of(i) else {
+            return;
+        };
+        self.selector.learning.record(&outcome);
         if let Some(q) = quality {
-            let ok = matches!(r.status, ExecutionStatus::Success | ExecutionStatus::PartialSuccess);
-            self.selector
-                .learning
-                .record_quality(r.tool_id, i.agent_id, &i.task_category, q, true, ok);
+            self.selector.learning.record_quality(
+                i.result.tool_id,
+                i.agent_id,
+                &i.task_category,
+                q,
+                true,
+                outcome.success,
+            );
         }
     }
 
-    /// Relearns from the most recent stored invocations (start-up).
+    /// Start-up: loads the shared learning cells, or relearns in process from the most
+    /// recent stored invocations.
     pub async fn relearn(&self, limit: usize) -> ApiResult<usize> {
+        if self.store.shares_learning() {
+            return self.refresh_learning().await;
+        }
         let recent = self.store.recent_invocations(limit).await?;
         for (i, q) in &recent {
             self.learn(i, *q);
         }
         Ok(recent.len())
+    }
+
+    /// Loads the shared learning cells changed since the last refresh; returns how many.
+    pub async fn refresh_learning(&self) -> ApiResult<usize> {
+        let mut version = self.learning_version.lock().await;
+        let (cells, now) = self.store.learning_cells(*version).await?;
+        let n = cells.len();
+        self.selector.learning.load(cells);
+        *version = now;
+        Ok(n)
     }
 
     /// Credentials of live tools, decrypted for the sync stream. One that does not

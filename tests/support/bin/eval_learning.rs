@@ -4,6 +4,11 @@
 //! on) and call it through a real sidecar, whose outcome stream is all the control
 //! plane learns from. Mid-run the best tool of group 0 turns bad.
 //!
+//! `--replicas N` (`make eval-learning REPLICAS=N`): N control plane replicas on one
+//! throwaway PostgreSQL database, a sidecar on each; workers select on one replica and
+//! call through another's sidecar, so what each replica learned must be the fleet's.
+//! `--postgres`: on PostgreSQL even with one replica.
+//!
 //! Prints the share of tasks that went to their group's best tool per 500 tasks, then
 //! `learning best_share_final=<pct> regret=<x> recovered_after_drop=<tasks>`.
 
@@ -24,7 +29,8 @@ use tokio::sync::Mutex;
 use toolplane_core::json::json_to_struct;
 use toolplane_proto::v1 as pb;
 use toolplane_tests::grpc::{Admin, channel, executor, http_tool};
-use toolplane_tests::procs::{ADMIN_TOKEN, MASTER_KEY, Proc, sidecar_with, spool_dir};
+use toolplane_tests::pg::TestDb;
+use toolplane_tests::procs::{ADMIN_TOKEN, control_plane_with, sidecar_with, spool_dir};
 
 const GROUPS: [&str; 5] = ["weather", "search", "translate", "finance", "maps"];
 const PER_GROUP: usize = 10;
@@ -94,17 +100,24 @@ async fn main() {
     let latency: Arc<Vec<u64>> = Arc::new((0..GROUPS.len() * PER_GROUP).map(|_| rng.random_range(1..6)).collect());
     let sim = sim_server(rates.clone(), latency).await;
 
-    let cp = Proc::start(
-        "toolplane-control-plane",
-        &["--listen", "127.0.0.1:0"],
-        &[
-            ("TOOLPLANE_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("TOOLPLANE_MASTER_KEY", MASTER_KEY),
-            ("TOOLPLANE_SELECTION_EXPLORATION", "thompson"),
-        ],
-    )
-    .await;
-    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let args: Vec<String> = std::env::args().collect();
+    let replicas: usize = args
+        .iter()
+        .position(|a| a == "--replicas")
+        .and_then(|i| args.get(i + 1))
+        .map_or(1, |n| n.parse().unwrap());
+    let db = if replicas > 1 || args.iter().any(|a| a == "--postgres") {
+        Some(TestDb::create().await)
+    } else {
+        None
+    };
+    let mut cps = Vec::new();
+    for _ in 0..replicas.max(1) {
+        let env = [("TOOLPLANE_SELECTION_EXPLORATION", "thompson")];
+        cps.push(control_plane_with(db.as_ref().map(|d| d.url.as_str()), &env).await);
+    }
+    println!("learning replicas={} postgres={}", cps.len(), db.is_some());
+    let mut admin = Admin::connect(&cps[0].url(), ADMIN_TOKEN).await;
     let mut ids = Vec::new();
     for (g, group) in GROUPS.iter().enumerate() {
         for k in 0..PER_GROUP {
@@ -124,15 +137,20 @@ async fn main() {
         }
         agents.push(admin.token(pb::Role::Agent, &agent.id).await);
     }
-    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
     // Failing tools must keep being called (the breaker would hide them from learning).
-    let sc = sidecar_with(
-        &cp,
-        &sidecar_token,
-        &spool_dir(),
-        &[("TOOLPLANE_BREAKER_FAILURES", "1000000")],
-    )
-    .await;
+    let mut sidecars = Vec::new();
+    for cp in &cps {
+        let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+        sidecars.push(
+            sidecar_with(
+                cp,
+                &sidecar_token,
+                &spool_dir(),
+                &[("TOOLPLANE_BREAKER_FAILURES", "1000000")],
+            )
+            .await,
+        );
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let best_of = |group: usize| -> usize {
@@ -147,7 +165,8 @@ async fn main() {
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let token = agents[w % agents.len()].clone();
-        let (cp_url, sc_url) = (cp.url(), sc.url());
+        // With replicas, select on one and call through the next one's sidecar.
+        let (cp_url, sc_url) = (cps[w % cps.len()].url(), sidecars[(w + 1) % sidecars.len()].url());
         let (next, tally, rates, ids) = (next.clone(), tally.clone(), rates.clone(), ids.clone());
         workers.push(tokio::spawn(async move {
             let mut select = pb::tool_selector_client::ToolSelectorClient::new(channel(&cp_url, Some(&token)).await);

@@ -18,6 +18,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
+use rust_decimal::prelude::ToPrimitive;
+use toolplane_core::model::{ExecutionStatus, InvocationRecord};
 use uuid::Uuid;
 
 /// Prior success rate of a tool nobody has used yet, and its weight in outcomes.
@@ -43,24 +45,25 @@ pub enum Trend {
     Declining,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cell {
     pub invocations: u64,
     /// Decayed counts.
-    weight: f64,
-    successes: f64,
+    pub(crate) weight: f64,
+    pub(crate) successes: f64,
     /// Undecayed, for the trend's long history.
-    total_successes: u64,
+    pub(crate) total_successes: u64,
     pub ewma_duration_ms: f64,
     pub ewma_cost: f64,
-    quality_sum: f64,
-    quality_n: u64,
+    pub(crate) quality_sum: f64,
+    pub(crate) quality_n: u64,
     pub last_used: Option<DateTime<Utc>>,
-    recent: VecDeque<bool>,
+    /// The last [`RECENT`] outcomes, oldest first.
+    pub(crate) recent: VecDeque<bool>,
 }
 
 impl Cell {
-    fn record(&mut self, success: bool, duration_ms: f64, cost: f64, at: DateTime<Utc>) {
+    pub(crate) fn record(&mut self, success: bool, duration_ms: f64, cost: f64, at: DateTime<Utc>) {
         self.weight = self.weight * DECAY + 1.0;
         self.successes = self.successes * DECAY + if success { 1.0 } else { 0.0 };
         if self.invocations == 0 {
@@ -76,6 +79,17 @@ impl Cell {
         self.recent.push_back(success);
         if self.recent.len() > RECENT {
             self.recent.pop_front();
+        }
+    }
+
+    /// An agent's verdict (see [`Learning::record_quality`]), `served` being the
+    /// quality, or 0 when the task did not succeed.
+    pub(crate) fn verdict(&mut self, quality: f64, served: f64, call_succeeded: bool) {
+        self.quality_sum += quality;
+        self.quality_n += 1;
+        // Replace the last outcome's full success with the verdict's share of it.
+        if call_succeeded && self.weight > 0.0 {
+            self.successes = (self.successes - (1.0 - served)).max(0.0);
         }
     }
 
@@ -125,8 +139,62 @@ pub struct Outcome {
     pub at: DateTime<Utc>,
 }
 
+impl Outcome {
+    /// What an invocation says about its tool: nothing for cache hits and calls that
+    /// never reached the tool (refused, rate limited).
+    pub fn of(i: &InvocationRecord) -> Option<Self> {
+        let r = &i.result;
+        if r.cache_hit || !toolplane_core::stats::counts(r.status) {
+            return None;
+        }
+        Some(Self {
+            tool_id: r.tool_id,
+            agent_id: i.agent_id,
+            category: i.task_category.clone(),
+            success: succeeded(i),
+            duration_ms: f64::from(r.duration_ms),
+            cost: r.cost.to_f64().unwrap_or(0.0),
+            at: r.completed_at,
+        })
+    }
+
+    /// The cells this outcome updates, its category already keyed: the tool's
+    /// aggregate, per category, per agent and per agent and category.
+    pub(crate) fn keys(&self) -> Vec<Key> {
+        let any = Uuid::nil();
+        let mut keys = vec![
+            (self.tool_id, String::new(), any),
+            (self.tool_id, String::new(), self.agent_id),
+        ];
+        // Without a category, the per-category cells are the aggregates.
+        if !self.category.is_empty() {
+            keys.push((self.tool_id, self.category.clone(), any));
+            keys.push((self.tool_id, self.category.clone(), self.agent_id));
+        }
+        keys
+    }
+}
+
+/// The invocation itself counts as a success.
+pub fn succeeded(i: &InvocationRecord) -> bool {
+    matches!(
+        i.result.status,
+        ExecutionStatus::Success | ExecutionStatus::PartialSuccess
+    )
+}
+
+/// The cells an agent's verdict on a call of `tool` for the keyed `category` updates.
+pub(crate) fn verdict_keys(tool: Uuid, agent: Uuid, category: &str) -> Vec<Key> {
+    let mut keys = vec![(tool, String::new(), Uuid::nil())];
+    if !category.is_empty() {
+        keys.push((tool, category.to_owned(), Uuid::nil()));
+    }
+    keys.push((tool, category.to_owned(), agent));
+    keys
+}
+
 /// Keys: (tool, category, agent); `""` and `Uuid::nil()` stand for "any".
-type Key = (Uuid, String, Uuid);
+pub type Key = (Uuid, String, Uuid);
 
 /// How often agents followed a category's recommendation, and how that went.
 #[derive(Debug, Clone, Default)]
@@ -157,7 +225,7 @@ pub fn normalize_category(raw: &str) -> String {
 
 /// The categories learned so far, per agent and in all.
 #[derive(Default)]
-struct Categories {
+pub(crate) struct Categories {
     by_agent: HashMap<Uuid, HashSet<String>>,
     all: HashSet<String>,
 }
@@ -165,7 +233,7 @@ struct Categories {
 impl Categories {
     /// The key `raw` is learned under for `agent`; with `register`, a new category
     /// with room under both caps is added.
-    fn key(&mut self, agent: Option<Uuid>, raw: &str, register: bool) -> String {
+    pub(crate) fn key(&mut self, agent: Option<Uuid>, raw: &str, register: bool) -> String {
         let c = normalize_category(raw);
         if c.is_empty() || c == OTHER_CATEGORY {
             return c;
@@ -187,6 +255,17 @@ impl Categories {
             self.by_agent.entry(agent).or_default().insert(c.clone());
         }
         c
+    }
+
+    /// Registers a category already learned (`agent` nil: fleet-wide), whatever the caps.
+    pub(crate) fn known(&mut self, agent: Uuid, category: &str) {
+        if category.is_empty() || category == OTHER_CATEGORY {
+            return;
+        }
+        self.all.insert(category.to_owned());
+        if !agent.is_nil() {
+            self.by_agent.entry(agent).or_default().insert(category.to_owned());
+        }
     }
 }
 
@@ -223,18 +302,7 @@ impl Learning {
         let category = self.category(Some(o.agent_id), &o.category, true);
         let o = &Outcome { category, ..o.clone() };
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
-        let any = Uuid::nil();
-        let keys = [
-            (o.tool_id, String::new(), any),
-            (o.tool_id, o.category.clone(), any),
-            (o.tool_id, String::new(), o.agent_id),
-            (o.tool_id, o.category.clone(), o.agent_id),
-        ];
-        for (i, k) in keys.into_iter().enumerate() {
-            // Without a category, levels 1 and 3 are levels 0 and 2.
-            if o.category.is_empty() && (i == 1 || i == 3) {
-                continue;
-            }
+        for k in o.keys() {
             cells
                 .entry(k)
                 .or_default()
@@ -279,18 +347,19 @@ impl Learning {
         let quality = quality.clamp(0.0, 1.0);
         let served = if task_succeeded { quality } else { 0.0 };
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
-        for k in [
-            (tool, String::new(), Uuid::nil()),
-            (tool, category.to_owned(), Uuid::nil()),
-            (tool, category.to_owned(), agent),
-        ] {
-            let c = cells.entry(k).or_default();
-            c.quality_sum += quality;
-            c.quality_n += 1;
-            // Replace the last outcome's full success with the verdict's share of it.
-            if call_succeeded && c.weight > 0.0 {
-                c.successes = (c.successes - (1.0 - served)).max(0.0);
-            }
+        for k in verdict_keys(tool, agent, category) {
+            cells.entry(k).or_default().verdict(quality, served, call_succeeded);
+        }
+    }
+
+    /// Takes cells as the shared store holds them (newer versions of cells already
+    /// held replace them), registering their categories.
+    pub fn load(&self, rows: Vec<(Key, Cell)>) {
+        let mut categories = self.categories.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
+        for (k, c) in rows {
+            categories.known(k.2, &k.1);
+            cells.insert(k, c);
         }
     }
 

@@ -48,18 +48,25 @@ impl LearningService {
             .store
             .record_quality(id, req.quality, req.task_succeeded)
             .await?;
-        let call_succeeded = matches!(
-            inv.result.status,
-            ExecutionStatus::Success | ExecutionStatus::PartialSuccess
-        ) && !inv.result.cache_hit;
-        self.state.selector.learning.record_quality(
-            inv.result.tool_id,
-            inv.agent_id,
-            &inv.task_category,
-            req.quality,
-            req.task_succeeded,
-            call_succeeded,
-        );
+        if self.state.store.shares_learning() {
+            // The store folded the verdict into the shared cells with the report.
+            if let Err(e) = self.state.refresh_learning().await {
+                tracing::warn!(error = %e, "could not refresh learning after a report");
+            }
+        } else {
+            let call_succeeded = matches!(
+                inv.result.status,
+                ExecutionStatus::Success | ExecutionStatus::PartialSuccess
+            ) && !inv.result.cache_hit;
+            self.state.selector.learning.record_quality(
+                inv.result.tool_id,
+                inv.agent_id,
+                &inv.task_category,
+                req.quality,
+                req.task_succeeded,
+                call_succeeded,
+            );
+        }
         self.state.task_outcome(&inv, req.quality, req.task_succeeded).await
     }
 }

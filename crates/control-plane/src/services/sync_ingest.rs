@@ -220,4 +220,11 @@ async fn learn(state: &AppState, stored: &[SyncEvent]) {
             }
         }
     }
+    // The store folded the batch into the shared cells; this replica answers from
+    // them at once, the others at their next refresh.
+    if state.store.shares_learning()
+        && let Err(e) = state.refresh_learning().await
+    {
+        tracing::warn!(error = %e, "could not refresh learning after a batch");
+    }
 }

@@ -8,6 +8,7 @@ mod pg_tls;
 mod postgres;
 mod postgres_audit;
 mod postgres_checkpoints;
+mod postgres_learning;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use toolplane_core::model::{
 use toolplane_core::usage::{UsageCounts, UsageKey};
 use uuid::Uuid;
 
+pub use crate::selection::learning::{Cell, Key as LearningKey};
 pub use crate::selection::memory::TaskEntry;
 
 pub use memory::MemoryStore;
@@ -296,6 +298,21 @@ pub trait Store: Send + Sync + 'static {
     async fn task_memory(&self, since: DateTime<Utc>) -> StoreResult<Vec<TaskEntry>>;
     /// Forgets tasks last seen before `before`; returns how many.
     async fn prune_task_memory(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Whether this backend keeps selection's learning cells itself, folding every newly
+    /// stored invocation and first verdict into them in the same transaction (so a
+    /// resent batch changes nothing), for every replica to read with
+    /// [`Store::learning_cells`]. `false`: learning stays in this process.
+    fn shares_learning(&self) -> bool {
+        false
+    }
+
+    /// Learning cells changed after version `after`, and the highest version among
+    /// them (`after` when none changed); nothing from a backend that does not share
+    /// learning.
+    async fn learning_cells(&self, after: u64) -> StoreResult<(Vec<(LearningKey, Cell)>, u64)> {
+        Ok((Vec::new(), after))
+    }
 
     /// A number that moves with every administrative change (in the change's own
     /// transaction); `None` for a backend without other replicas. Replicas poll it, so

@@ -1094,16 +1094,34 @@ impl Store for PostgresStore {
         quality: f64,
         task_succeeded: bool,
     ) -> StoreResult<Option<InvocationRecord>> {
-        let row = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        // Only the first verdict on an invocation is learned from: a repeated report
+        // (a retry after a lost reply) is stored but not counted again.
+        let first = tx
             .query_opt(
+                "SELECT quality IS NULL FROM invocations WHERE invocation_id = $1 FOR UPDATE",
+                &[&invocation_id],
+            )
+            .await
+            .map_err(db_err)?
+            .map(|r| r.get::<_, bool>(0));
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let row = tx
+            .query_one(
                 "UPDATE invocations SET quality = $2, task_succeeded = $3 WHERE invocation_id = $1 RETURNING *",
                 &[&invocation_id, &quality, &task_succeeded],
             )
             .await
             .map_err(db_err)?;
-        row.as_ref().map(invocation_from_row).transpose()
+        let inv = invocation_from_row(&row)?;
+        if first {
+            super::postgres_learning::fold_verdict(&tx, &inv, quality, task_succeeded).await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some(inv))
     }
 
     async fn log_selection(&self, e: &SelectionLogEntry) -> StoreResult<()> {
@@ -1154,6 +1172,14 @@ impl Store for PostgresStore {
             available: s.available,
             waiting: s.waiting,
         })
+    }
+
+    fn shares_learning(&self) -> bool {
+        true
+    }
+
+    async fn learning_cells(&self, after: u64) -> StoreResult<(Vec<(super::LearningKey, super::Cell)>, u64)> {
+        super::postgres_learning::cells_since(&self.client().await?, after).await
     }
 
     async fn change_revision(&self) -> StoreResult<Option<u64>> {

@@ -201,8 +201,8 @@ const INSERT_INVOCATIONS: &str = "INSERT INTO invocations (invocation_id, agent_
     $15::timestamptz[], $16::bool[], $17::int8[], $18::text[], $19::text[], $20::uuid[], $21::bool[]) \
     ON CONFLICT (invocation_id) DO NOTHING RETURNING invocation_id";
 
-/// Stores new invocations, then folds the newly stored ones into tool statistics and
-/// usage; resent invocations change nothing.
+/// Stores new invocations, then folds the newly stored ones into tool statistics,
+/// selection's learning cells and usage; resent invocations change nothing.
 pub(super) async fn append_invocations(tx: &Transaction<'_>, records: &[&InvocationRecord]) -> StoreResult<()> {
     let mut unique: Vec<&InvocationRecord> = Vec::with_capacity(records.len());
     let mut seen = HashSet::new();
@@ -270,6 +270,7 @@ pub(super) async fn append_invocations(tx: &Transaction<'_>, records: &[&Invocat
         .filter(|r| inserted.contains(&r.invocation_id))
         .collect();
     record_outcomes(tx, &fresh).await?;
+    super::postgres_learning::fold_invocations(tx, &fresh).await?;
     record_usage(tx, &fresh).await
 }
 
