@@ -171,6 +171,7 @@ pub async fn store_batch(state: &AppState, sender: &Sender, batch: pb::EventBatc
     };
     state.store.dead_letter(&letters).await?;
     learn(state, &stored).await;
+    state.stats_stored(&stored);
     Ok(ids)
 }
 
