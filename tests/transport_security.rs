@@ -57,7 +57,10 @@ async fn the_control_plane_refuses_plaintext_on_a_non_loopback_address() {
         ],
     )
     .await;
-    assert!(allowed.logs().contains("serving plaintext gRPC"), "{}", allowed.logs());
+    toolplane_tests::eventually("the plaintext warning in its log", Duration::from_secs(10), || async {
+        allowed.logs().contains("serving plaintext gRPC").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
