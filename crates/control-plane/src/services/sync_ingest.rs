@@ -169,7 +169,9 @@ pub async fn store_batch(state: &AppState, sender: &Sender, batch: pb::EventBatc
             store_one_by_one(state, sender, events, &mut letters).await?
         }
     };
-    state.store.dead_letter(&letters).await?;
+    if !letters.is_empty() {
+        state.store.dead_letter(&letters).await?;
+    }
     learn(state, &stored).await;
     state.stats_stored(&stored);
     Ok(ids)
@@ -207,6 +209,11 @@ async fn learn(state: &AppState, stored: &[SyncEvent]) {
             SyncEvent::Audit(_) => None,
         })
         .collect();
+    if invocations.is_empty() {
+        // Audit events alone teach selection nothing: no round trips for them.
+        metrics::counter!(m::EVENTS_STORED, "kind" => "audit").increment(stored.len() as u64);
+        return;
+    }
     if let Err(e) = state.remember_tasks(&invocations).await {
         tracing::warn!(error = %e, "could not update task memory from a batch");
     }
