@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     config.keyring()?;
     config.audit_keys()?;
     config.redact.redactor()?;
-    config.common.tls.server_config("control plane", config.listen)?;
+    config.common.tls.refuse_plaintext(config.listen)?;
     let store = storage::open(config.database_url.as_deref(), config.db_pool_size).await?;
     tracing::info!(
         backend = if config.database_url.is_some() {

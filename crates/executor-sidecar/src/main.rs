@@ -28,7 +28,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     config.token()?;
     config.redact.redactor()?;
-    config.common.tls.server_config("sidecar", config.listen)?;
+    config.common.tls.refuse_plaintext(config.listen)?;
     config
         .control_plane_tls
         .check_plaintext(&config.control_plane, config.common.tls.allow_plaintext)?;

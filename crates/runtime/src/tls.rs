@@ -37,17 +37,24 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 impl ServerTlsArgs {
+    /// Plaintext on an address other than loopback, unless explicitly allowed, is an
+    /// error: checked before a binary announces it is listening.
+    pub fn refuse_plaintext(&self, listen: SocketAddr) -> anyhow::Result<()> {
+        if self.tls_cert.is_none() && !listen.ip().is_loopback() && !self.allow_plaintext {
+            anyhow::bail!(
+                "refusing to serve plaintext gRPC on {listen}, which is not a loopback address: \
+                 set TOOLPLANE_TLS_CERT and TOOLPLANE_TLS_KEY, listen on 127.0.0.1, or set \
+                 TOOLPLANE_ALLOW_PLAINTEXT=true where something else encrypts the traffic"
+            );
+        }
+        Ok(())
+    }
+
     /// The server's TLS configuration, or `None` for plaintext (logged either way).
     /// Plaintext on an address other than loopback is refused unless explicitly allowed.
     pub fn server_config(&self, server: &str, listen: SocketAddr) -> anyhow::Result<Option<ServerTlsConfig>> {
+        self.refuse_plaintext(listen)?;
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            if !listen.ip().is_loopback() && !self.allow_plaintext {
-                anyhow::bail!(
-                    "refusing to serve plaintext gRPC on {listen}, which is not a loopback address: \
-                     set TOOLPLANE_TLS_CERT and TOOLPLANE_TLS_KEY, listen on 127.0.0.1, or set \
-                     TOOLPLANE_ALLOW_PLAINTEXT=true where something else encrypts the traffic"
-                );
-            }
             tracing::warn!(
                 server,
                 %listen,

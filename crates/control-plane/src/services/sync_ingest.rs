@@ -169,9 +169,7 @@ pub async fn store_batch(state: &AppState, sender: &Sender, batch: pb::EventBatc
             store_one_by_one(state, sender, events, &mut letters).await?
         }
     };
-    if !letters.is_empty() {
-        state.store.dead_letter(&letters).await?;
-    }
+    state.store.dead_letter(&letters).await?;
     learn(state, &stored).await;
     state.stats_stored(&stored);
     Ok(ids)

@@ -1031,6 +1031,9 @@ impl Store for PostgresStore {
     }
 
     async fn dead_letter(&self, letters: &[DeadLetter]) -> StoreResult<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
         postgres_audit::dead_letter(&**self.client().await?, letters).await
     }
 

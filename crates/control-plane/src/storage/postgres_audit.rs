@@ -439,9 +439,6 @@ pub(super) async fn dead_letter(
     client: &impl tokio_postgres::GenericClient,
     letters: &[DeadLetter],
 ) -> StoreResult<()> {
-    if letters.is_empty() {
-        return Ok(());
-    }
     let col = |f: fn(&DeadLetter) -> &str| letters.iter().map(f).collect::<Vec<&str>>();
     let at: Vec<DateTime<Utc>> = letters.iter().map(|l| l.received_at).collect();
     let raw: Vec<&[u8]> = letters.iter().map(|l| l.raw.as_slice()).collect();
