@@ -1421,6 +1421,7 @@ async fn revoked_tokens_and_grants_stop_working_at_the_sidecar_within_a_second()
         .list_permissions(pb::ListPermissionsRequest {
             agent_id: sys.agent.id.clone(),
             tool_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -326,6 +326,7 @@ async fn access_requests_go_pending_then_reviewed_and_every_step_is_audited() {
         .list_access_requests(pb::ListAccessRequestsRequest {
             status: pb::AccessRequestStatus::Pending as i32,
             agent_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -361,6 +362,7 @@ async fn access_requests_go_pending_then_reviewed_and_every_step_is_audited() {
         .list_permissions(pb::ListPermissionsRequest {
             agent_id: s.agent.id.clone(),
             tool_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -419,6 +421,7 @@ async fn an_agent_cannot_act_as_another_or_as_an_admin() {
             .list_permissions(pb::ListPermissionsRequest {
                 agent_id: other.id.clone(),
                 tool_id: String::new(),
+                ..Default::default()
             })
             .await
             .map(|r| r.map(|_| ())),
@@ -429,6 +432,7 @@ async fn an_agent_cannot_act_as_another_or_as_an_admin() {
             .list_access_requests(pb::ListAccessRequestsRequest {
                 status: 0,
                 agent_id: other.id.clone(),
+                ..Default::default()
             })
             .await
             .map(|r| r.map(|_| ())),

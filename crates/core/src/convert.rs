@@ -56,6 +56,30 @@ pub fn parse_decimal(field: &str, s: &str) -> Result<Decimal, Violations> {
     Ok(d)
 }
 
+/// Most decimal places of an amount counted exactly across sidecars (a tool's
+/// `cost_per_call`, an agent's daily spend budget): counters hold millionths.
+pub const MONEY_SCALE: u32 = 6;
+/// Largest daily spend budget, so counters in millionths stay exact integers.
+pub const MAX_SPEND_BUDGET: i64 = 1_000_000_000;
+
+/// An optional money field: empty means unset; at most [`MONEY_SCALE`] decimal places.
+pub fn parse_budget(field: &str, s: &str) -> Result<Option<Decimal>, Violations> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let d = parse_decimal(field, s)?.normalize();
+    if d.scale() > MONEY_SCALE {
+        return Err(Violations::single(
+            field,
+            format!("has more than {MONEY_SCALE} decimal places"),
+        ));
+    }
+    if d > Decimal::from(MAX_SPEND_BUDGET) {
+        return Err(Violations::single(field, format!("must be at most {MAX_SPEND_BUDGET}")));
+    }
+    Ok(Some(d))
+}
+
 fn fmt_uuid(u: Option<Uuid>) -> String {
     u.map(|u| u.to_string()).unwrap_or_default()
 }
@@ -219,6 +243,9 @@ pub fn action_from_pb(v: i32) -> Option<AuditAction> {
         A::CredentialSet => AuditAction::CredentialSet,
         A::AgentCreated => AuditAction::AgentCreated,
         A::FallbackStrategySet => AuditAction::FallbackStrategySet,
+        A::AgentUpdated => AuditAction::AgentUpdated,
+        A::AgentDeleted => AuditAction::AgentDeleted,
+        A::FallbackStrategyDeleted => AuditAction::FallbackStrategyDeleted,
     })
 }
 
@@ -245,6 +272,9 @@ pub fn action_to_pb(v: AuditAction) -> i32 {
         AuditAction::CredentialSet => A::CredentialSet,
         AuditAction::AgentCreated => A::AgentCreated,
         AuditAction::FallbackStrategySet => A::FallbackStrategySet,
+        AuditAction::AgentUpdated => A::AgentUpdated,
+        AuditAction::AgentDeleted => A::AgentDeleted,
+        AuditAction::FallbackStrategyDeleted => A::FallbackStrategyDeleted,
     }) as i32
 }
 
@@ -378,6 +408,8 @@ pub fn agent_to_pb(a: &Agent) -> pb::Agent {
         team: a.team.clone(),
         created_at: Some(ts(a.created_at)),
         task_memory_opt_out: a.task_memory_opt_out,
+        calls_per_minute: a.calls_per_minute,
+        daily_spend_budget: a.daily_spend_budget.map(|d| d.to_string()).unwrap_or_default(),
     }
 }
 
@@ -389,6 +421,8 @@ pub fn agent_from_pb(a: pb::Agent) -> Result<Agent, Violations> {
         team: a.team,
         created_at: a.created_at.as_ref().and_then(from_ts).unwrap_or_default(),
         task_memory_opt_out: a.task_memory_opt_out,
+        calls_per_minute: a.calls_per_minute,
+        daily_spend_budget: parse_budget("agent.daily_spend_budget", &a.daily_spend_budget)?,
     })
 }
 
@@ -460,6 +494,19 @@ pub fn token_to_pb(t: &TokenRecord) -> pb::TokenDigest {
         role: role_to_pb(t.role),
         agent_id: fmt_uuid(t.agent_id),
         expires_at: Some(ts(t.expires_at)),
+    }
+}
+
+/// A token's metadata for `ListTokens`: never the token nor its digest.
+pub fn token_info_to_pb(t: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        token_id: t.id.to_string(),
+        role: role_to_pb(t.role),
+        agent_id: fmt_uuid(t.agent_id),
+        description: t.description.clone(),
+        created_at: Some(ts(t.created_at)),
+        expires_at: Some(ts(t.expires_at)),
+        revoked_at: opt_ts(t.revoked_at),
     }
 }
 

@@ -167,6 +167,10 @@ pub struct Agent {
     pub created_at: DateTime<Utc>,
     /// Never keep this agent's task descriptions in task memory.
     pub task_memory_opt_out: bool,
+    /// Calls per minute across all sidecars; 0: no limit of its own.
+    pub calls_per_minute: u32,
+    /// Most the agent may spend per UTC day, in the tools' `cost_per_call` units.
+    pub daily_spend_budget: Option<Decimal>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +266,9 @@ text_enum!(AuditAction {
     CredentialSet = "credential_set",
     AgentCreated = "agent_created",
     FallbackStrategySet = "fallback_strategy_set",
+    AgentUpdated = "agent_updated",
+    AgentDeleted = "agent_deleted",
+    FallbackStrategyDeleted = "fallback_strategy_deleted",
 });
 text_enum!(ExecutionStatus {
     Success = "success",

@@ -66,6 +66,8 @@ pub fn agent(name: &str) -> Agent {
         team: String::new(),
         created_at: Utc::now(),
         task_memory_opt_out: false,
+        calls_per_minute: 0,
+        daily_spend_budget: None,
     }
 }
 

@@ -76,6 +76,18 @@ pub fn check_tool_spec(spec: &ToolSpec, policy: ToolPolicy) -> Result<(), Violat
     } else if let Err(e) = check_endpoint("tool.endpoint", &spec.endpoint, policy.allow_link_local_endpoints) {
         v.0.extend(e.0);
     }
+    // Agents' spend budgets count costs exactly, in millionths.
+    if spec.cost_per_call.normalize().scale() > crate::convert::MONEY_SCALE {
+        v.push(
+            "tool.cost_per_call",
+            format!("has more than {} decimal places", crate::convert::MONEY_SCALE),
+        );
+    } else if spec.cost_per_call > rust_decimal::Decimal::from(crate::convert::MAX_SPEND_BUDGET) {
+        v.push(
+            "tool.cost_per_call",
+            format!("must be at most {}", crate::convert::MAX_SPEND_BUDGET),
+        );
+    }
     if !(0.0..=1.0).contains(&spec.reliability_score) {
         v.push("tool.reliability_score", "must be between 0 and 1");
     }

@@ -20,6 +20,16 @@ pub enum ExecError {
         resets_at: chrono::DateTime<chrono::Utc>,
         limits: Vec<u32>,
     },
+    #[error(
+        "the daily spend budget of this agent is spent: {spent} of {budget} used today (UTC), and this call costs {cost}; it resets at {}",
+        resets_at.to_rfc3339()
+    )]
+    SpendExhausted {
+        budget: rust_decimal::Decimal,
+        spent: rust_decimal::Decimal,
+        cost: rust_decimal::Decimal,
+        resets_at: chrono::DateTime<chrono::Utc>,
+    },
     #[error("no snapshot from the control plane yet; retry shortly")]
     NoSnapshot,
     /// Cut off from the control plane for too long: tokens and grants may have been
@@ -50,7 +60,7 @@ impl From<ExecError> for tonic::Status {
             ExecError::InvalidArgument(v) => v.to_status(),
             ExecError::NotFound(m) => tonic::Status::not_found(m),
             ExecError::PermissionDenied(m) => tonic::Status::permission_denied(m),
-            e @ ExecError::QuotaExhausted { resets_at, .. } => {
+            e @ (ExecError::QuotaExhausted { resets_at, .. } | ExecError::SpendExhausted { resets_at, .. }) => {
                 let wait = (resets_at - chrono::Utc::now()).to_std().unwrap_or_default();
                 let mut details = tonic_types::ErrorDetails::new();
                 details.set_retry_info(Some(wait));

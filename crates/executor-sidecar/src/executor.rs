@@ -35,6 +35,7 @@ use crate::rate_limit::{Decision, RateLimiter};
 use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, Source};
 use crate::snapshot::{CompiledTool, SharedSnapshot, SnapshotIndex};
+use crate::spend::{Spend, SpendBudgets, SpendReservation};
 use crate::upstream::{Outcome, Upstream};
 use toolplane_runtime::metrics as m;
 
@@ -60,6 +61,8 @@ pub struct ExecutorService {
     pub limits: RateLimiter,
     /// Daily budgets of LIMITED_INVOCATIONS grants.
     pub quotas: Quotas,
+    /// Agents' daily spend budgets.
+    pub spend: SpendBudgets,
     pub cache: ResultCache,
     /// Last good outputs of tools whose strategy degrades to CACHED.
     pub last_good: moka::future::Cache<String, Value>,
@@ -115,6 +118,14 @@ struct Ctx<'a> {
     caller: CallerGone,
     /// What a fallback must keep (`ExecuteTask`'s constraints; none for `Invoke`).
     limits: CallLimits,
+    /// The agent's own calls-per-minute limit (0: none).
+    agent_rpm: u32,
+}
+
+/// Budget a call holds from admission until it is sent to a tool (or given back).
+struct Held {
+    quota: Option<Reservation>,
+    spend: Option<SpendReservation>,
 }
 
 pub(crate) struct Call {
@@ -255,7 +266,7 @@ impl ExecutorService {
             self.outbox.push(SyncEvent::Audit(e));
             return Err(violations.into());
         }
-        let (permission_id, reservation) = match self.admit(&decision).await {
+        let (permission_id, reservation) = match self.admit(&decision, agent, tool).await {
             Ok(admitted) => admitted,
             Err(refused) => {
                 let mut e = self.audit(
@@ -288,6 +299,7 @@ impl ExecutorService {
             traceparent: outgoing_traceparent,
             caller: call.caller,
             limits: call.limits,
+            agent_rpm: agent.calls_per_minute,
         };
         let credential = snap.credential(tool.id);
         let retry = self.retry_for(&snap, tool.id);
@@ -510,7 +522,7 @@ impl ExecutorService {
                         continue;
                     }
                     // The fallback's own grant pays for it.
-                    let (permission_id, reservation) = match self.admit(&decision).await {
+                    let (permission_id, reservation) = match self.admit(&decision, agent, tool).await {
                         Ok(admitted) => admitted,
                         Err(refused) => {
                             self.audit_fallback_refused(ctx, tool, &refused.to_string());
@@ -612,38 +624,80 @@ impl ExecutorService {
     }
 
     /// Reserves a call from the decision's daily budgets when only LIMITED_INVOCATIONS
-    /// grants allow it: the grant the call goes under, and the reservation to give
-    /// back ([`Self::refund`]) if the call is not sent to the tool after all.
-    async fn admit(&self, decision: &PermissionDecision) -> Result<(Option<Uuid>, Option<Reservation>), ExecError> {
-        if decision.quotas.is_empty() {
-            return Ok((decision.permission_id, None));
-        }
-        match self.quotas.consume(&decision.quotas).await {
-            Consumed::Admitted {
-                permission_id,
-                reservation,
-                ..
-            } => Ok((Some(permission_id), Some(reservation))),
-            Consumed::Exhausted { resets_at, limits } => {
-                metrics::counter!(m::QUOTA_EXHAUSTED).increment(1);
-                Err(ExecError::QuotaExhausted { resets_at, limits })
+    /// grants allow it, and its cost from the agent's daily spend budget: the grant the
+    /// call goes under, and what to give back ([`Self::refund`]) if the call is not
+    /// sent to the tool after all.
+    async fn admit(
+        &self,
+        decision: &PermissionDecision,
+        agent: &Agent,
+        tool: &Tool,
+    ) -> Result<(Option<Uuid>, Held), ExecError> {
+        let (permission_id, quota) = if decision.quotas.is_empty() {
+            (decision.permission_id, None)
+        } else {
+            match self.quotas.consume(&decision.quotas).await {
+                Consumed::Admitted {
+                    permission_id,
+                    reservation,
+                    ..
+                } => (Some(permission_id), Some(reservation)),
+                Consumed::Exhausted { resets_at, limits } => {
+                    metrics::counter!(m::QUOTA_EXHAUSTED).increment(1);
+                    return Err(ExecError::QuotaExhausted { resets_at, limits });
+                }
             }
-        }
+        };
+        let spend = match self
+            .spend
+            .reserve(agent.id, agent.daily_spend_budget, tool.spec.cost_per_call, Utc::now())
+            .await
+        {
+            Spend::Admitted(r) => r,
+            Spend::Exhausted {
+                budget,
+                spent,
+                cost,
+                resets_at,
+            } => {
+                if let Some(q) = quota {
+                    self.quotas.refund(q).await;
+                }
+                metrics::counter!(m::QUOTA_EXHAUSTED).increment(1);
+                return Err(ExecError::SpendExhausted {
+                    budget,
+                    spent,
+                    cost,
+                    resets_at,
+                });
+            }
+        };
+        Ok((permission_id, Held { quota, spend }))
     }
 
-    /// Gives back a call's budget: it was admitted but never sent to the tool.
-    async fn refund(&self, reservation: Option<Reservation>) {
-        if let Some(r) = reservation {
+    /// Gives back a call's budgets: it was admitted but never sent to the tool.
+    async fn refund(&self, held: Held) {
+        if let Some(r) = held.quota {
             self.quotas.refund(r).await;
+        }
+        if let Some(r) = held.spend {
+            self.spend.refund(r).await;
         }
     }
 
     /// `Some(result)` when the tool's rate limit refuses the call (audited).
+    /// The agent's own limit (`calls_per_minute`, across every tool) is asked first.
     async fn rate_limited(&self, ctx: &Ctx<'_>) -> Option<ToolResult> {
         let tool = ctx.tool;
-        let rpm = tool.spec.requirements.rate_limit_rpm;
-        let Decision::Limited { retry_after } = self.limits.check(tool.id, rpm).await else {
-            return None;
+        let (rpm, whose, retry_after) = match self.limits.check_agent(ctx.agent_id, ctx.agent_rpm).await {
+            Decision::Limited { retry_after } => (ctx.agent_rpm, "this agent".to_owned(), retry_after),
+            Decision::Allowed => {
+                let rpm = tool.spec.requirements.rate_limit_rpm;
+                let Decision::Limited { retry_after } = self.limits.check(tool.id, rpm).await else {
+                    return None;
+                };
+                (rpm, format!("tool {}", tool.spec.name), retry_after)
+            }
         };
         metrics::counter!(m::RATE_LIMITED, "tool" => tool.spec.name.clone()).increment(1);
         let mut e = self.audit(
@@ -655,11 +709,10 @@ impl ExecutorService {
             &ctx.sanitized,
         );
         e.permission_id = ctx.permission_id;
-        e.detail = format!("{rpm} calls per minute");
+        e.detail = format!("{rpm} calls per minute ({whose})");
         self.outbox.push(SyncEvent::Audit(e));
         let error = format!(
-            "the rate limit of tool {} ({rpm} calls per minute) is reached; retry in {} ms",
-            tool.spec.name,
+            "the rate limit of {whose} ({rpm} calls per minute) is reached; retry in {} ms",
             retry_after.as_millis()
         );
         Some(ToolResult {

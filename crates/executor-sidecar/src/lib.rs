@@ -20,6 +20,7 @@ pub mod result_cache;
 pub mod server;
 pub mod shared_redis;
 pub mod snapshot;
+pub mod spend;
 pub mod spool;
 pub mod sync;
 pub mod task;

@@ -1,4 +1,5 @@
-//! Per-tool rate limits (`rate_limit_rpm`) with GCRA. With Redis every sidecar draws
+//! Per-tool rate limits (`rate_limit_rpm`) and per-agent ones (`calls_per_minute`) with
+//! GCRA, each in its own key space. With Redis every sidecar draws
 //! from one budget: one atomic script call per decision, timed by Redis's clock. Without
 //! Redis each sidecar limits itself. When Redis stops answering, each sidecar falls back
 //! to a local limiter sized to its share of the budget (`local_share`), logs it once and
@@ -43,6 +44,23 @@ redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil((tolerance + interval
 return {1, 0, stored or -1, now, tat + interval}
 "#;
 
+/// What a limit is about: a tool (all agents' calls to it) or an agent (its calls to
+/// every tool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Tool,
+    Agent,
+}
+
+impl Scope {
+    fn key(self, id: Uuid) -> String {
+        match self {
+            Scope::Tool => format!("toolplane:ratelimit:{id}"),
+            Scope::Agent => format!("toolplane:ratelimit:agent:{id}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allowed,
@@ -51,11 +69,11 @@ pub enum Decision {
 
 pub struct RateLimiter {
     redis: Option<SharedRedis>,
-    local: Mutex<HashMap<(Uuid, u32), Arc<DefaultDirectRateLimiter>>>,
+    local: Mutex<HashMap<(Scope, Uuid, u32), Arc<DefaultDirectRateLimiter>>>,
     /// This sidecar's share of a tool's budget while Redis is away (0..1].
     local_share: f64,
-    /// Per tool, the TAT (Redis's clock, µs) this sidecar last saw or wrote.
-    seen: Mutex<HashMap<Uuid, i64>>,
+    /// Per tool or agent, the TAT (Redis's clock, µs) this sidecar last saw or wrote.
+    seen: Mutex<HashMap<(Scope, Uuid), i64>>,
 }
 
 impl RateLimiter {
@@ -86,59 +104,71 @@ impl RateLimiter {
             .map_or(0, |r| r.degraded_decisions.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// A tool's limit: `rpm` calls per minute to it, from every agent.
     pub async fn check(&self, tool: Uuid, rpm: u32) -> Decision {
+        self.check_scoped(Scope::Tool, tool, rpm).await
+    }
+
+    /// An agent's limit: `rpm` calls per minute from it, to every tool.
+    pub async fn check_agent(&self, agent: Uuid, rpm: u32) -> Decision {
+        self.check_scoped(Scope::Agent, agent, rpm).await
+    }
+
+    async fn check_scoped(&self, scope: Scope, id: Uuid, rpm: u32) -> Decision {
+        let subject = (scope, id);
         if rpm == 0 {
             return Decision::Allowed;
         }
         let Some(redis) = &self.redis else {
-            return self.check_local(tool, rpm);
+            return self.check_local(subject, rpm);
         };
         let interval_us = 60_000_000.0 / f64::from(rpm);
         let tolerance_us = interval_us * f64::from(rpm - 1);
-        let key = format!("toolplane:ratelimit:{tool}");
+        let key = scope.key(id);
         let args = vec![interval_us.round().to_string(), tolerance_us.round().to_string()];
         let reply = redis.eval(vec![key], args).await;
         if let Some([_, _, stored, now, after, ..]) = reply.as_deref() {
-            self.check_forward(tool, *stored, *now, *after);
+            self.check_forward(subject, *stored, *now, *after);
         }
         match reply.as_deref() {
             Some([1, ..]) => Decision::Allowed,
             Some([_, retry_ms, ..]) => Decision::Limited {
                 retry_after: Duration::from_millis(u64::try_from(*retry_ms).unwrap_or(0)),
             },
-            _ => self.check_degraded(tool, rpm),
+            _ => self.check_degraded(subject, rpm),
         }
     }
 
     /// Flags a TAT that went backwards (`stored`, -1 when the key was gone) while the
     /// one this sidecar last saw was still ahead of `now`; remembers `after`.
-    fn check_forward(&self, tool: Uuid, stored: i64, now: i64, after: i64) {
+    fn check_forward(&self, subject: (Scope, Uuid), stored: i64, now: i64, after: i64) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&prev) = seen.get(&tool)
+        if let Some(&prev) = seen.get(&subject)
             && prev > now
             && stored < prev
         {
             tracing::warn!(
-                %tool,
+                scope = ?subject.0,
+                id = %subject.1,
                 behind_ms = (prev - stored.max(now)) / 1000,
                 "rate-limit state in Redis went backwards: deleted or rewritten outside toolplane, or Redis lost it"
             );
             metrics::counter!(m::REDIS_REGRESSIONS, "kind" => "rate_limit").increment(1);
         }
-        seen.insert(tool, after);
+        seen.insert(subject, after);
     }
 
     /// Redis is away: this sidecar's share of the budget, locally.
-    fn check_degraded(&self, tool: Uuid, rpm: u32) -> Decision {
+    fn check_degraded(&self, subject: (Scope, Uuid), rpm: u32) -> Decision {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let share = (f64::from(rpm) * self.local_share).floor().max(1.0) as u32;
-        self.check_local(tool, share)
+        self.check_local(subject, share)
     }
 
-    fn check_local(&self, tool: Uuid, rpm: u32) -> Decision {
+    fn check_local(&self, (scope, id): (Scope, Uuid), rpm: u32) -> Decision {
         let limiter = {
             let mut map = self.local.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry((tool, rpm))
+            map.entry((scope, id, rpm))
                 .or_insert_with(|| {
                     let n = NonZeroU32::new(rpm).unwrap_or(NonZeroU32::MIN);
                     Arc::new(DefaultDirectRateLimiter::direct(Quota::per_minute(n).allow_burst(n)))
@@ -180,5 +210,10 @@ mod tests {
             "budgets are per tool"
         );
         assert_eq!(l.check(tool, 0).await, Decision::Allowed, "0 means unlimited");
+        assert_eq!(
+            l.check_agent(tool, 3).await,
+            Decision::Allowed,
+            "an agent's limit is apart from a tool's, even under the same id"
+        );
     }
 }

@@ -27,6 +27,7 @@ use crate::redis_conn::{RedisSettings, redis_client};
 use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, SharedCache};
 use crate::snapshot::SharedSnapshot;
+use crate::spend::SpendBudgets;
 use crate::sync::SyncClient;
 use crate::upstream::Upstream;
 
@@ -42,7 +43,9 @@ fn spawn_gauges(executor: Arc<ExecutorService>) {
             if let Some(age) = executor.snapshot.age() {
                 metrics::gauge!(m::SNAPSHOT_AGE).set(age.as_secs_f64());
             }
-            let degraded = executor.limits.degraded_decisions() + executor.quotas.degraded_decisions();
+            let degraded = executor.limits.degraded_decisions()
+                + executor.quotas.degraded_decisions()
+                + executor.spend.degraded_decisions();
             metrics::counter!(m::REDIS_DEGRADED).absolute(degraded);
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
@@ -205,6 +208,10 @@ pub async fn serve(
         quotas: match &redis {
             Some(client) => Quotas::shared(client.clone(), config.rate_limit_local_share),
             None => Quotas::local(),
+        },
+        spend: match &redis {
+            Some(client) => SpendBudgets::shared(client.clone(), config.rate_limit_local_share),
+            None => SpendBudgets::local(),
         },
         cache: ResultCache::new(shared_cache),
         last_good: moka::future::Cache::builder()

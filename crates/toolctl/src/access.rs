@@ -229,14 +229,24 @@ pub async fn run(cmd: PermissionsCmd, ch: Authed, out: Output) -> Result<(), Fai
             } else {
                 tool_id(&ch, &tool).await?
             };
-            let ps = c
-                .list_permissions(pb::ListPermissionsRequest {
-                    agent_id: agent,
-                    tool_id,
-                })
-                .await?
-                .into_inner()
-                .permissions;
+            let mut ps = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_permissions(pb::ListPermissionsRequest {
+                        agent_id: agent.clone(),
+                        tool_id: tool_id.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                ps.extend(r.permissions);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
             let v = Value::Array(ps.iter().map(permission_json).collect());
             let ids = ps.iter().map(|p| p.id.clone()).collect::<Vec<_>>().join("\n");
             print(out, &v, &ids, || {
@@ -273,14 +283,24 @@ pub async fn run(cmd: PermissionsCmd, ch: Authed, out: Output) -> Result<(), Fai
                 "denied" => pb::AccessRequestStatus::Denied,
                 _ => pb::AccessRequestStatus::Unspecified,
             } as i32;
-            let rs = c
-                .list_access_requests(pb::ListAccessRequestsRequest {
-                    status,
-                    agent_id: agent,
-                })
-                .await?
-                .into_inner()
-                .requests;
+            let mut rs = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_access_requests(pb::ListAccessRequestsRequest {
+                        status,
+                        agent_id: agent.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                rs.extend(r.requests);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
             let v = Value::Array(rs.iter().map(request_json).collect());
             let ids = rs.iter().map(|r| r.id.clone()).collect::<Vec<_>>().join("\n");
             print(out, &v, &ids, || {

@@ -7,6 +7,8 @@
 mod access;
 mod audit;
 mod audit_trail;
+mod fallbacks;
+mod identity;
 mod tool_file;
 mod tools;
 
@@ -61,12 +63,15 @@ enum Command {
     /// Register, import, list, show, update, enable/disable, delete tools; credentials.
     #[command(subcommand)]
     Tools(tools::ToolsCmd),
-    /// Create agents.
+    /// Create, list, change and delete agents.
     #[command(subcommand)]
-    Agents(AgentsCmd),
-    /// Issue tokens.
+    Agents(identity::AgentsCmd),
+    /// Issue, list and revoke tokens.
     #[command(subcommand)]
-    Tokens(TokensCmd),
+    Tokens(identity::TokensCmd),
+    /// Show and delete tools' fallback strategies.
+    #[command(subcommand)]
+    Fallbacks(fallbacks::FallbacksCmd),
     /// Grants, checks, listings and access requests.
     #[command(subcommand)]
     Permissions(access::PermissionsCmd),
@@ -93,35 +98,6 @@ enum Command {
         #[arg(long, env = "TOOLPLANE_SIDECAR", default_value = "http://127.0.0.1:50061")]
         sidecar: String,
     },
-}
-
-#[derive(Subcommand)]
-enum AgentsCmd {
-    Create {
-        name: String,
-        #[arg(long = "skill")]
-        skills: Vec<String>,
-        #[arg(long, default_value = "")]
-        team: String,
-        /// Never keep this agent's task descriptions in task memory.
-        #[arg(long)]
-        no_task_memory: bool,
-    },
-    List,
-}
-
-#[derive(Subcommand)]
-enum TokensCmd {
-    Issue {
-        #[arg(long, value_parser = ["admin", "agent", "sidecar"])]
-        role: String,
-        #[arg(long, default_value = "")]
-        agent: String,
-        #[arg(long, default_value_t = 0)]
-        ttl_seconds: u32,
-    },
-    /// Revoke a token by id; every sidecar refuses it within a second.
-    Revoke { token_id: String },
 }
 
 enum Failure {
@@ -195,85 +171,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let token = cli.token.as_deref();
     match cli.command {
         Command::Tools(cmd) => tools::run(cmd, channel(&cli.server, token).await?, out).await?,
-        Command::Agents(cmd) => {
-            let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
-            match cmd {
-                AgentsCmd::Create {
-                    name,
-                    skills,
-                    team,
-                    no_task_memory,
-                } => {
-                    let a = c
-                        .create_agent(pb::CreateAgentRequest {
-                            name,
-                            skills,
-                            team,
-                            task_memory_opt_out: no_task_memory,
-                        })
-                        .await?
-                        .into_inner()
-                        .agent
-                        .unwrap_or_default();
-                    let v = json!({"id": a.id, "name": a.name, "skills": a.skills, "team": a.team, "task_memory_opt_out": a.task_memory_opt_out});
-                    print(out, &v, &a.id, || println!("created agent {}\t{}", a.name, a.id));
-                }
-                AgentsCmd::List => {
-                    let agents = c
-                        .list_agents(pb::ListAgentsRequest::default())
-                        .await?
-                        .into_inner()
-                        .agents;
-                    let v = Value::Array(
-                        agents
-                            .iter()
-                            .map(|a| json!({"id": a.id, "name": a.name, "skills": a.skills}))
-                            .collect(),
-                    );
-                    let ids = agents.iter().map(|a| a.id.clone()).collect::<Vec<_>>().join("\n");
-                    print(out, &v, &ids, || {
-                        for a in &agents {
-                            println!("{:<28} {}", a.name, a.id);
-                        }
-                    });
-                }
-            }
-        }
-        Command::Tokens(TokensCmd::Revoke { token_id }) => {
-            let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
-            c.revoke_token(pb::RevokeTokenRequest {
-                token_id: token_id.clone(),
-            })
-            .await?;
-            print(out, &json!({"revoked": token_id}), &token_id, || {
-                println!("revoked token {token_id}")
-            });
-        }
-        Command::Tokens(TokensCmd::Issue {
-            role,
-            agent,
-            ttl_seconds,
-        }) => {
-            let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
-            let role = match role.as_str() {
-                "admin" => pb::Role::Admin,
-                "agent" => pb::Role::Agent,
-                _ => pb::Role::Sidecar,
-            } as i32;
-            let r = c
-                .issue_token(pb::IssueTokenRequest {
-                    role,
-                    agent_id: agent,
-                    ttl_seconds,
-                    description: "toolctl".to_owned(),
-                })
-                .await?
-                .into_inner();
-            let v = json!({"token_id": r.token_id, "token": r.token});
-            print(out, &v, &r.token, || {
-                println!("token {} (shown once):\n{}", r.token_id, r.token)
-            });
-        }
+        Command::Agents(cmd) => identity::agents(cmd, channel(&cli.server, token).await?, out).await?,
+        Command::Tokens(cmd) => identity::tokens(cmd, channel(&cli.server, token).await?, out).await?,
+        Command::Fallbacks(cmd) => fallbacks::run(cmd, channel(&cli.server, token).await?, out).await?,
         Command::Permissions(cmd) => access::run(cmd, channel(&cli.server, token).await?, out).await?,
         Command::Select {
             task,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use tonic::{Request, Response, Status};
-use toolplane_core::convert::{agent_to_pb, role_from_pb, ts};
+use toolplane_core::convert::{agent_to_pb, parse_budget, role_from_pb, token_info_to_pb, ts};
 use toolplane_core::model::{Agent, AuditAction, Principal, Role, TokenRecord};
 use toolplane_core::validate::is_valid_name;
 use toolplane_core::{Violations, token};
@@ -16,10 +16,13 @@ use uuid::Uuid;
 use super::uuid_field;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use identity_admin::check_agent_fields;
 
 pub const DEFAULT_TOKEN_TTL_SECS: u32 = 30 * 24 * 3600;
 pub const MAX_TOKEN_TTL_SECS: u32 = 366 * 24 * 3600;
-const MAX_SKILLS: usize = 64;
+
+#[path = "identity_admin.rs"]
+mod identity_admin;
 
 pub struct IdentityService {
     state: Arc<AppState>,
@@ -35,12 +38,14 @@ impl IdentityService {
         if !is_valid_name(&req.name) {
             v.push("name", "must match ^[a-z][a-z0-9_.-]*$ and be at most 128 characters");
         }
-        if req.skills.len() > MAX_SKILLS {
-            v.push("skills", format!("has more than the limit of {MAX_SKILLS} items"));
-        }
-        if req.team.len() > 128 {
-            v.push("team", "is longer than the limit of 128 characters");
-        }
+        check_agent_fields(&mut v, "", &req.skills, &req.team, req.calls_per_minute);
+        let daily_spend_budget = match parse_budget("daily_spend_budget", &req.daily_spend_budget) {
+            Ok(b) => b,
+            Err(e) => {
+                v.0.extend(e.0);
+                None
+            }
+        };
         v.into_result()?;
         let agent = Agent {
             id: Uuid::now_v7(),
@@ -49,6 +54,8 @@ impl IdentityService {
             team: req.team,
             created_at: Utc::now(),
             task_memory_opt_out: req.task_memory_opt_out,
+            calls_per_minute: req.calls_per_minute,
+            daily_spend_budget,
         };
         let audit = self.state.admin_event(
             who,
@@ -134,14 +141,50 @@ impl Identity for IdentityService {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let who = principal(&request)?;
         who.require(&[Role::Admin, Role::Sidecar], "ListAgents")?;
-        let team = request.into_inner().team;
-        let agents = self.state.store.list_agents().await.map_err(ApiError::from)?;
+        let (agents, next_page_token) = self.list_agents(request.into_inner()).await?;
         Ok(Response::new(pb::ListAgentsResponse {
-            agents: agents
-                .iter()
-                .filter(|a| team.is_empty() || a.team == team)
-                .map(agent_to_pb)
-                .collect(),
+            agents: agents.iter().map(agent_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_agent(
+        &self,
+        request: Request<pb::UpdateAgentRequest>,
+    ) -> Result<Response<pb::UpdateAgentResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "UpdateAgent")?;
+        let agent = IdentityService::update_agent(self, &who, request.into_inner()).await?;
+        Ok(Response::new(pb::UpdateAgentResponse {
+            agent: Some(agent_to_pb(&agent)),
+        }))
+    }
+
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "DeleteAgent")?;
+        let r = IdentityService::delete_agent(self, &who, request.into_inner()).await?;
+        let n = |v: &[Uuid]| u32::try_from(v.len()).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::DeleteAgentResponse {
+            tokens_revoked: n(&r.tokens_revoked),
+            grants_revoked: n(&r.grants_revoked),
+            access_requests_denied: n(&r.access_requests_denied),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "ListTokens")?;
+        let (tokens, next_page_token) = IdentityService::list_tokens(self, request.into_inner()).await?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(token_info_to_pb).collect(),
+            next_page_token,
         }))
     }
 

@@ -4,6 +4,7 @@ pub mod audit;
 mod audit_checkpoints;
 pub mod identity;
 pub mod learning;
+pub(crate) mod paging;
 pub mod permissions;
 pub mod registry;
 pub mod selector;

@@ -18,7 +18,8 @@ use toolplane_proto::v1::permissions_server::Permissions;
 use toolplane_runtime::auth::{PrincipalExt, principal};
 use uuid::Uuid;
 
-use super::{required, uuid_field};
+use super::paging::PageRequest;
+use super::{opt_uuid, required, uuid_field};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -186,10 +187,32 @@ impl PermissionsService {
         &self,
         who: &Principal,
         req: pb::ListAccessRequestsRequest,
-    ) -> ApiResult<Vec<AccessRequest>> {
+    ) -> ApiResult<(Vec<AccessRequest>, String)> {
+        let page = PageRequest::parse("access_requests", req.page_size, &req.page_token)?;
         let agent = own_agent_or("agent_id", who, &req.agent_id)?;
         let status = access_status_from_pb(req.status);
-        Ok(self.state.store.list_access_requests(status, agent).await?)
+        let requests = self
+            .state
+            .store
+            .access_requests_page(status, agent, page.after_id()?, page.fetch())
+            .await?;
+        Ok(page.finish(requests, |r| r.id.to_string()))
+    }
+
+    async fn list_grants(
+        &self,
+        who: &Principal,
+        req: pb::ListPermissionsRequest,
+    ) -> ApiResult<(Vec<Permission>, String)> {
+        let page = PageRequest::parse("permissions", req.page_size, &req.page_token)?;
+        let agent = own_agent_or("agent_id", who, &req.agent_id)?;
+        let tool = opt_uuid("tool_id", &req.tool_id)?;
+        let grants = self
+            .state
+            .store
+            .permissions_page(agent, tool, page.after_id()?, page.fetch())
+            .await?;
+        Ok(page.finish(grants, |p| p.id.to_string()))
     }
 
     async fn check(&self, who: &Principal, req: pb::CheckRequest) -> ApiResult<pb::CheckResponse> {
@@ -266,21 +289,10 @@ impl Permissions for PermissionsService {
         request: Request<pb::ListPermissionsRequest>,
     ) -> Result<Response<pb::ListPermissionsResponse>, Status> {
         let who = principal(&request)?;
-        let req = request.into_inner();
-        let agent = own_agent_or("agent_id", &who, &req.agent_id)?;
-        let tool = if req.tool_id.is_empty() {
-            None
-        } else {
-            Some(uuid_field("tool_id", &req.tool_id)?)
-        };
-        let grants = self
-            .state
-            .store
-            .list_permissions(agent, tool)
-            .await
-            .map_err(ApiError::from)?;
+        let (grants, next_page_token) = self.list_grants(&who, request.into_inner()).await?;
         Ok(Response::new(pb::ListPermissionsResponse {
             permissions: grants.iter().map(permission_to_pb).collect(),
+            next_page_token,
         }))
     }
 
@@ -312,9 +324,10 @@ impl Permissions for PermissionsService {
         request: Request<pb::ListAccessRequestsRequest>,
     ) -> Result<Response<pb::ListAccessRequestsResponse>, Status> {
         let who = principal(&request)?;
-        let requests = self.list_requests(&who, request.into_inner()).await?;
+        let (requests, next_page_token) = self.list_requests(&who, request.into_inner()).await?;
         Ok(Response::new(pb::ListAccessRequestsResponse {
             requests: requests.iter().map(access_request_to_pb).collect(),
+            next_page_token,
         }))
     }
 }

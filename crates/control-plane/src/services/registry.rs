@@ -521,6 +521,37 @@ impl ToolRegistry for RegistryService {
         }))
     }
 
+    async fn delete_fallback_strategy(
+        &self,
+        request: Request<pb::DeleteFallbackStrategyRequest>,
+    ) -> Result<Response<pb::DeleteFallbackStrategyResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "DeleteFallbackStrategy")?;
+        let tool_id = uuid_field("tool_id", &request.get_ref().tool_id)?;
+        let mut audit = self.state.admin_event(
+            &who,
+            AuditAction::FallbackStrategyDeleted,
+            None,
+            Some(tool_id),
+            format!("fallback strategy of tool {tool_id} deleted"),
+        );
+        if let Some(tool) = self.state.store.get_tool(tool_id).await.map_err(ApiError::from)? {
+            audit = audit.about(&tool);
+            audit.detail = format!("fallback strategy of {} deleted", tool.spec.name);
+        }
+        if !self
+            .state
+            .store
+            .delete_fallback(tool_id, &audit)
+            .await
+            .map_err(ApiError::from)?
+        {
+            return Err(ApiError::NotFound(format!("tool {tool_id} has no fallback strategy")).into());
+        }
+        self.state.changed();
+        Ok(Response::new(pb::DeleteFallbackStrategyResponse {}))
+    }
+
     async fn get_fallback_strategy(
         &self,
         request: Request<pb::GetFallbackStrategyRequest>,

@@ -13,8 +13,8 @@ use toolplane_core::usage::{self, UsageCounts, UsageKey};
 use uuid::Uuid;
 
 use super::{
-    AuditFilter, AuditOf, DeadLetter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry, ToolFilter,
-    UsageRow,
+    AgentRemoval, AuditFilter, AuditOf, DeadLetter, SelectionLogEntry, Store, StoreError, StoreResult, TaskEntry,
+    TokenFilter, ToolFilter, UsageRow,
 };
 
 #[derive(Default)]
@@ -27,7 +27,10 @@ struct State {
     names: BTreeMap<String, Uuid>,
     credentials: HashMap<Uuid, StoredCredential>,
     fallbacks: HashMap<Uuid, FallbackStrategy>,
+    /// Live agents.
     agents: HashMap<Uuid, Agent>,
+    /// Deleted agents, kept for history.
+    deleted_agents: HashMap<Uuid, Agent>,
     tokens: HashMap<String, TokenRecord>,
     permissions: Vec<Permission>,
     access_requests: Vec<AccessRequest>,
@@ -264,6 +267,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn delete_fallback(&self, tool_id: Uuid, audit: &AuditEvent) -> StoreResult<bool> {
+        let mut st = self.write();
+        if st.fallbacks.remove(&tool_id).is_none() {
+            return Ok(false);
+        }
+        st.append_audit(audit);
+        Ok(true)
+    }
+
     async fn create_agent(&self, agent: &Agent, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
         if st.agents.values().any(|a| a.name == agent.name) {
@@ -287,8 +299,110 @@ impl Store for MemoryStore {
         Ok(agents)
     }
 
+    async fn agents_page(&self, team: Option<&str>, after: Option<&str>, limit: usize) -> StoreResult<Vec<Agent>> {
+        let st = self.read();
+        let mut agents: Vec<&Agent> = st
+            .agents
+            .values()
+            .filter(|a| team.is_none_or(|t| a.team == t) && after.is_none_or(|n| a.name.as_str() > n))
+            .collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(agents.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn update_agent(&self, agent: &Agent, audit: &AuditEvent) -> StoreResult<bool> {
+        let mut st = self.write();
+        let Some(live) = st.agents.get_mut(&agent.id) else {
+            return Ok(false);
+        };
+        *live = Agent {
+            id: live.id,
+            name: live.name.clone(),
+            created_at: live.created_at,
+            ..agent.clone()
+        };
+        st.append_audit(audit);
+        Ok(true)
+    }
+
+    async fn delete_agent(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditOf<'_, AgentRemoval>,
+    ) -> StoreResult<Option<AgentRemoval>> {
+        let mut st = self.write();
+        let Some(agent) = st.agents.remove(&id) else {
+            return Ok(None);
+        };
+        let mut tokens_revoked: Vec<Uuid> = st
+            .tokens
+            .values_mut()
+            .filter(|t| t.agent_id == Some(id) && t.revoked_at.is_none())
+            .map(|t| {
+                t.revoked_at = Some(at);
+                t.id
+            })
+            .collect();
+        tokens_revoked.sort();
+        let grants_revoked = st
+            .permissions
+            .iter()
+            .filter(|p| p.agent_id == id)
+            .map(|p| p.id)
+            .collect();
+        st.permissions.retain(|p| p.agent_id != id);
+        let access_requests_denied = st
+            .access_requests
+            .iter_mut()
+            .filter(|r| r.agent_id == id && r.status == AccessRequestStatus::Pending)
+            .map(|r| {
+                r.status = AccessRequestStatus::Denied;
+                r.reviewed_at = Some(at);
+                r.review_reason = "the agent was deleted".to_owned();
+                r.id
+            })
+            .collect();
+        st.deleted_agents.insert(id, agent.clone());
+        let removal = AgentRemoval {
+            agent,
+            tokens_revoked,
+            grants_revoked,
+            access_requests_denied,
+        };
+        audit(&removal).iter().for_each(|e| st.append_audit(e));
+        Ok(Some(removal))
+    }
+
+    async fn list_tokens(
+        &self,
+        filter: &TokenFilter,
+        now: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<TokenRecord>> {
+        let st = self.read();
+        let mut tokens: Vec<&TokenRecord> = st
+            .tokens
+            .values()
+            .filter(|t| {
+                filter.agent_id.is_none_or(|a| t.agent_id == Some(a))
+                    && filter.role.is_none_or(|r| t.role == r)
+                    && (filter.include_inactive || t.is_active(now))
+                    && after.is_none_or(|a| t.id > a)
+            })
+            .collect();
+        tokens.sort_by_key(|t| t.id);
+        Ok(tokens.into_iter().take(limit).cloned().collect())
+    }
+
     async fn create_token(&self, token: &TokenRecord, audit: &AuditEvent) -> StoreResult<()> {
         let mut st = self.write();
+        if let Some(agent) = token.agent_id
+            && !st.agents.contains_key(&agent)
+        {
+            return Err(StoreError::NotFound(format!("agent {agent}")));
+        }
         if st.tokens.contains_key(&token.sha256) {
             return Err(StoreError::Conflict("token digest collision".to_owned()));
         }
@@ -407,6 +521,48 @@ impl Store for MemoryStore {
             .filter(|r| status.is_none_or(|s| r.status == s) && agent_id.is_none_or(|a| r.agent_id == a))
             .cloned()
             .collect())
+    }
+
+    async fn permissions_page(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<Permission>> {
+        let st = self.read();
+        let mut page: Vec<&Permission> = st
+            .permissions
+            .iter()
+            .filter(|p| {
+                agent_id.is_none_or(|a| p.agent_id == a)
+                    && tool_id.is_none_or(|t| p.tool_id == t)
+                    && after.is_none_or(|a| p.id > a)
+            })
+            .collect();
+        page.sort_by_key(|p| p.id);
+        Ok(page.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn access_requests_page(
+        &self,
+        status: Option<AccessRequestStatus>,
+        agent_id: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<AccessRequest>> {
+        let st = self.read();
+        let mut page: Vec<&AccessRequest> = st
+            .access_requests
+            .iter()
+            .filter(|r| {
+                status.is_none_or(|s| r.status == s)
+                    && agent_id.is_none_or(|a| r.agent_id == a)
+                    && after.is_none_or(|a| r.id > a)
+            })
+            .collect();
+        page.sort_by_key(|r| r.id);
+        Ok(page.into_iter().take(limit).cloned().collect())
     }
 
     async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>> {

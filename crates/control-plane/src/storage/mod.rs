@@ -6,6 +6,7 @@ mod memory;
 mod migrate;
 mod pg_tls;
 mod postgres;
+mod postgres_admin;
 mod postgres_audit;
 mod postgres_checkpoints;
 mod postgres_learning;
@@ -146,6 +147,25 @@ pub struct BudgetWindow {
     pub since: DateTime<Utc>,
 }
 
+/// What deleting an agent took away with it, for its audit event and the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRemoval {
+    /// The agent as it was.
+    pub agent: Agent,
+    pub tokens_revoked: Vec<Uuid>,
+    pub grants_revoked: Vec<Uuid>,
+    pub access_requests_denied: Vec<Uuid>,
+}
+
+/// Which tokens `ListTokens` lists.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFilter {
+    pub agent_id: Option<Uuid>,
+    pub role: Option<toolplane_core::model::Role>,
+    /// Revoked and expired tokens too.
+    pub include_inactive: bool,
+}
+
 /// One row of usage statistics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageRow {
@@ -195,16 +215,45 @@ pub trait Store: Send + Sync + 'static {
     async fn get_fallback(&self, tool_id: Uuid) -> StoreResult<Option<FallbackStrategy>>;
     /// Strategies of live tools.
     async fn list_fallbacks(&self) -> StoreResult<Vec<FallbackStrategy>>;
+    /// `false` when the tool has no strategy.
+    async fn delete_fallback(&self, tool_id: Uuid, audit: &AuditEvent) -> StoreResult<bool>;
 
     /// `Conflict` when the name is taken.
     async fn create_agent(&self, agent: &Agent, audit: &AuditEvent) -> StoreResult<()>;
+    /// Live (not deleted) agents only.
     async fn get_agent(&self, id: Uuid) -> StoreResult<Option<Agent>>;
+    /// Every live agent, ordered by name.
     async fn list_agents(&self) -> StoreResult<Vec<Agent>>;
+    /// Live agents (of `team`, when set) ordered by name, names strictly after `after`,
+    /// at most `limit`.
+    async fn agents_page(&self, team: Option<&str>, after: Option<&str>, limit: usize) -> StoreResult<Vec<Agent>>;
+    /// Replaces the live agent's changeable fields (everything but id, name and
+    /// creation time) with `agent`'s; `false` when there is no such live agent.
+    async fn update_agent(&self, agent: &Agent, audit: &AuditEvent) -> StoreResult<bool>;
+    /// Deletes the live agent: revokes its unrevoked tokens and grants and denies its
+    /// pending access requests, all with the audit events `audit` makes of what was
+    /// removed, in one step. Its history stays; its name is free again. `None` when
+    /// there is no such live agent.
+    async fn delete_agent(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditOf<'_, AgentRemoval>,
+    ) -> StoreResult<Option<AgentRemoval>>;
 
     async fn create_token(&self, token: &TokenRecord, audit: &AuditEvent) -> StoreResult<()>;
     async fn token_by_digest(&self, sha256: &str) -> StoreResult<Option<TokenRecord>>;
     /// Unrevoked, unexpired tokens.
     async fn active_tokens(&self, now: DateTime<Utc>) -> StoreResult<Vec<TokenRecord>>;
+    /// Tokens matching `filter`, ordered by id (issue order), ids strictly after
+    /// `after`, at most `limit`.
+    async fn list_tokens(
+        &self,
+        filter: &TokenFilter,
+        now: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<TokenRecord>>;
     /// `false` when there is no such unrevoked token.
     async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<bool>;
 
@@ -218,6 +267,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<Permission>>;
     /// Unrevoked grants, optionally narrowed to one agent and/or tool.
     async fn list_permissions(&self, agent_id: Option<Uuid>, tool_id: Option<Uuid>) -> StoreResult<Vec<Permission>>;
+    /// [`Store::list_permissions`] a page at a time: ordered by id (grant order), ids
+    /// strictly after `after`, at most `limit`.
+    async fn permissions_page(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<Permission>>;
 
     async fn create_access_request(&self, request: &AccessRequest, audit: &AuditEvent) -> StoreResult<()>;
     async fn get_access_request(&self, id: Uuid) -> StoreResult<Option<AccessRequest>>;
@@ -235,6 +293,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         status: Option<AccessRequestStatus>,
         agent_id: Option<Uuid>,
+    ) -> StoreResult<Vec<AccessRequest>>;
+    /// [`Store::list_access_requests`] a page at a time: ordered by id (request order),
+    /// ids strictly after `after`, at most `limit`.
+    async fn access_requests_page(
+        &self,
+        status: Option<AccessRequestStatus>,
+        agent_id: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: usize,
     ) -> StoreResult<Vec<AccessRequest>>;
 
     /// Stores events atomically and idempotently: an event whose id is already stored

@@ -124,7 +124,7 @@ impl PostgresStore {
         });
     }
 
-    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+    pub(super) async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool
             .get()
             .await
@@ -293,7 +293,7 @@ impl<'a> ToolRow<'a> {
 ///
 /// The change revision moves in the same transaction, so replicas polling it cannot
 /// miss a change even if this replica dies before its NOTIFY.
-async fn commit_audited(tx: deadpool_postgres::Transaction<'_>, audit: &[&AuditEvent]) -> StoreResult<()> {
+pub(super) async fn commit_audited(tx: deadpool_postgres::Transaction<'_>, audit: &[&AuditEvent]) -> StoreResult<()> {
     postgres_audit::append_audit(&tx, audit).await?;
     tx.execute("UPDATE toolplane_changes SET revision = revision + 1", &[])
         .await
@@ -339,7 +339,7 @@ fn task_from_row(r: &Row) -> StoreResult<TaskEntry> {
     })
 }
 
-fn agent_from_row(r: &Row) -> Agent {
+pub(super) fn agent_from_row(r: &Row) -> Agent {
     Agent {
         id: r.get("id"),
         name: r.get("name"),
@@ -347,10 +347,12 @@ fn agent_from_row(r: &Row) -> Agent {
         team: r.get("team"),
         created_at: r.get("created_at"),
         task_memory_opt_out: r.get("task_memory_opt_out"),
+        calls_per_minute: u32_of(r.get("calls_per_minute")),
+        daily_spend_budget: r.get("daily_spend_budget"),
     }
 }
 
-fn token_from_row(r: &Row) -> StoreResult<TokenRecord> {
+pub(super) fn token_from_row(r: &Row) -> StoreResult<TokenRecord> {
     Ok(TokenRecord {
         id: r.get("id"),
         sha256: r.get("sha256"),
@@ -363,7 +365,7 @@ fn token_from_row(r: &Row) -> StoreResult<TokenRecord> {
     })
 }
 
-fn permission_from_row(r: &Row) -> StoreResult<Permission> {
+pub(super) fn permission_from_row(r: &Row) -> StoreResult<Permission> {
     let hours: Vec<i32> = r.get("allowed_hours");
     let max: Option<String> = r.get("max_sensitivity");
     Ok(Permission {
@@ -385,6 +387,9 @@ fn permission_from_row(r: &Row) -> StoreResult<Permission> {
 }
 
 async fn insert_permission(client: &impl GenericClient, p: &Permission) -> StoreResult<()> {
+    if !super::postgres_admin::lock_live_agent(client, p.agent_id).await? {
+        return Err(StoreError::NotFound(format!("agent {}", p.agent_id)));
+    }
     let hours: Vec<i32> = p.allowed_hours.iter().filter_map(|h| i32::try_from(*h).ok()).collect();
     client
         .execute(
@@ -410,7 +415,7 @@ async fn insert_permission(client: &impl GenericClient, p: &Permission) -> Store
     Ok(())
 }
 
-fn access_request_from_row(r: &Row) -> StoreResult<AccessRequest> {
+pub(super) fn access_request_from_row(r: &Row) -> StoreResult<AccessRequest> {
     Ok(AccessRequest {
         id: r.get("id"),
         agent_id: r.get("agent_id"),
@@ -716,8 +721,8 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         tx.execute(
-            "INSERT INTO agents (id, name, skills, team, created_at, task_memory_opt_out) \
-                 VALUES ($1,$2,$3,$4,$5,$6)",
+            "INSERT INTO agents (id, name, skills, team, created_at, task_memory_opt_out, calls_per_minute, \
+                 daily_spend_budget) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
             &[
                 &a.id,
                 &a.name,
@@ -725,6 +730,8 @@ impl Store for PostgresStore {
                 &a.team,
                 &a.created_at,
                 &a.task_memory_opt_out,
+                &i64::from(a.calls_per_minute),
+                &a.daily_spend_budget,
             ],
         )
         .await
@@ -739,7 +746,7 @@ impl Store for PostgresStore {
         let row = self
             .client()
             .await?
-            .query_opt("SELECT * FROM agents WHERE id = $1", &[&id])
+            .query_opt("SELECT * FROM agents WHERE id = $1 AND deleted_at IS NULL", &[&id])
             .await
             .map_err(db_err)?;
         Ok(row.as_ref().map(agent_from_row))
@@ -749,15 +756,71 @@ impl Store for PostgresStore {
         let rows = self
             .client()
             .await?
-            .query("SELECT * FROM agents ORDER BY name", &[])
+            .query("SELECT * FROM agents WHERE deleted_at IS NULL ORDER BY name", &[])
             .await
             .map_err(db_err)?;
         Ok(rows.iter().map(agent_from_row).collect())
     }
 
+    async fn agents_page(&self, team: Option<&str>, after: Option<&str>, limit: usize) -> StoreResult<Vec<Agent>> {
+        super::postgres_admin::agents_page(&self.client().await?, team, after, limit).await
+    }
+
+    async fn update_agent(&self, a: &Agent, audit: &AuditEvent) -> StoreResult<bool> {
+        super::postgres_admin::update_agent(&mut self.client().await?, a, audit).await
+    }
+
+    async fn delete_agent(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        audit: &AuditOf<'_, super::AgentRemoval>,
+    ) -> StoreResult<Option<super::AgentRemoval>> {
+        super::postgres_admin::delete_agent(&mut self.client().await?, id, at, audit).await
+    }
+
+    async fn list_tokens(
+        &self,
+        filter: &super::TokenFilter,
+        now: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<TokenRecord>> {
+        super::postgres_admin::list_tokens(&self.client().await?, filter, now, after, limit).await
+    }
+
+    async fn permissions_page(
+        &self,
+        agent_id: Option<Uuid>,
+        tool_id: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<Permission>> {
+        super::postgres_admin::permissions_page(&self.client().await?, agent_id, tool_id, after, limit).await
+    }
+
+    async fn access_requests_page(
+        &self,
+        status: Option<AccessRequestStatus>,
+        agent_id: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<AccessRequest>> {
+        super::postgres_admin::access_requests_page(&self.client().await?, status, agent_id, after, limit).await
+    }
+
+    async fn delete_fallback(&self, tool_id: Uuid, audit: &AuditEvent) -> StoreResult<bool> {
+        super::postgres_admin::delete_fallback(&mut self.client().await?, tool_id, audit).await
+    }
+
     async fn create_token(&self, t: &TokenRecord, audit: &AuditEvent) -> StoreResult<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
+        if let Some(agent) = t.agent_id
+            && !super::postgres_admin::lock_live_agent(&*tx, agent).await?
+        {
+            return Err(StoreError::NotFound(format!("agent {agent}")));
+        }
         tx.execute(
             "INSERT INTO tokens (id, sha256, role, agent_id, description, created_at, expires_at, revoked_at) \
                  VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
