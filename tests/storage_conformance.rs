@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use serde_json::json;
 use toolplane_control_plane::storage::{
-    AuditFilter, BudgetWindow, DeadLetter, MemoryStore, PostgresStore, Store, StoreError, ToolFilter,
+    AuditFilter, BudgetWindow, DeadLetter, MemoryStore, PostgresStore, Store, StoreError, TokenFilter, ToolFilter,
 };
 use toolplane_core::model::*;
 use toolplane_core::testutil;
@@ -65,6 +65,9 @@ conformance!(
     audit_checkpoints_are_kept_once_and_listed_in_byte_order,
     budget_use_counts_the_calls_that_reached_the_tool_under_each_grant,
     shared_learning_folds_each_invocation_and_first_verdict_once,
+    agents_are_updated_and_deleted_with_their_tokens_grants_and_requests,
+    lists_page_in_index_order_after_a_cursor,
+    fallback_strategies_are_deleted_once_and_audited,
 );
 
 /// The audit event an administrative change carries (its content does not matter here).
@@ -922,4 +925,293 @@ async fn shared_learning_folds_each_invocation_and_first_verdict_once(s: Arc<dyn
     assert_eq!(agg.invocations, 2);
     assert!((agg.quality().unwrap() - 0.4).abs() < 1e-9);
     assert!(s.record_quality(Uuid::new_v4(), 0.5, true).await.unwrap().is_none());
+}
+
+fn pending_request(a: &Agent, t: &Tool) -> AccessRequest {
+    AccessRequest {
+        id: Uuid::now_v7(),
+        agent_id: a.id,
+        tool_id: t.id,
+        justification: "needed".to_owned(),
+        status: AccessRequestStatus::Pending,
+        requested_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+        reviewed_at: None,
+        reviewed_by: String::new(),
+        review_reason: String::new(),
+        permission_id: None,
+    }
+}
+
+async fn trail_len(s: &Arc<dyn Store>) -> usize {
+    s.audit_events(&AuditFilter::default()).await.unwrap().len()
+}
+
+async fn agents_are_updated_and_deleted_with_their_tokens_grants_and_requests(s: Arc<dyn Store>) {
+    let mut a = testutil::agent("courier");
+    a.created_at = chrono::DateTime::from_timestamp(a.created_at.timestamp(), 0).unwrap();
+    let bystander = testutil::agent("bystander");
+    let t = testutil::tool("t");
+    let u = testutil::tool("u");
+    s.create_agent(&a, &ev()).await.unwrap();
+    s.create_agent(&bystander, &ev()).await.unwrap();
+    s.create_tool(&t, &ev()).await.unwrap();
+    s.create_tool(&u, &ev()).await.unwrap();
+
+    // An update changes what may change, and never the name, id or creation time.
+    let changed = Agent {
+        name: "renamed".to_owned(),
+        skills: vec!["maps".to_owned()],
+        team: "logistics".to_owned(),
+        task_memory_opt_out: true,
+        calls_per_minute: 120,
+        daily_spend_budget: Some("12.345678".parse().unwrap()),
+        ..a.clone()
+    };
+    let before = trail_len(&s).await;
+    assert!(s.update_agent(&changed, &ev()).await.unwrap());
+    assert_eq!(trail_len(&s).await, before + 1, "the update is audited with it");
+    let got = s.get_agent(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        Agent {
+            name: "courier".to_owned(),
+            ..changed.clone()
+        }
+    );
+    assert!(!s.update_agent(&testutil::agent("nobody"), &ev()).await.unwrap());
+    assert_eq!(trail_len(&s).await, before + 1, "a refused update records nothing");
+
+    let live = token(Role::Agent, Some(a.id), Duration::hours(1), false);
+    let live2 = token(Role::Agent, Some(a.id), Duration::hours(2), false);
+    let old = token(Role::Agent, Some(a.id), Duration::hours(1), true);
+    let other = token(Role::Agent, Some(bystander.id), Duration::hours(1), false);
+    for tk in [&live, &live2, &old, &other] {
+        s.create_token(tk, &ev()).await.unwrap();
+    }
+    let g1 = testutil::grant(&a, &t, PermissionType::FullAccess);
+    let g2 = testutil::grant(&a, &u, PermissionType::ReadOnly);
+    let g3 = testutil::grant(&bystander, &t, PermissionType::FullAccess);
+    for g in [&g1, &g2, &g3] {
+        s.create_permission(g, &ev()).await.unwrap();
+    }
+    let pending = pending_request(&a, &t);
+    s.create_access_request(&pending, &ev()).await.unwrap();
+
+    let before = trail_len(&s).await;
+    let removal = s
+        .delete_agent(a.id, Utc::now(), &|r| {
+            (0..1 + r.tokens_revoked.len() + r.grants_revoked.len())
+                .map(|_| ev())
+                .collect()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removal.agent.name, "courier");
+    let mut tokens = vec![live.id, live2.id];
+    tokens.sort();
+    assert_eq!(
+        removal.tokens_revoked, tokens,
+        "its unrevoked tokens, not the one revoked before"
+    );
+    let mut grants = vec![g1.id, g2.id];
+    grants.sort();
+    assert_eq!(removal.grants_revoked, grants);
+    assert_eq!(removal.access_requests_denied, [pending.id]);
+    assert_eq!(
+        trail_len(&s).await,
+        before + 5,
+        "every event the deletion made, with it"
+    );
+
+    assert!(s.get_agent(a.id).await.unwrap().is_none());
+    let names: Vec<String> = s.list_agents().await.unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, ["bystander"]);
+    let active: Vec<Uuid> = s
+        .active_tokens(Utc::now())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(active, [other.id]);
+    assert!(
+        s.token_by_digest(&live.sha256)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    let left: Vec<Uuid> = s
+        .list_permissions(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(left, [g3.id]);
+    let req = s.get_access_request(pending.id).await.unwrap().unwrap();
+    assert_eq!(req.status, AccessRequestStatus::Denied);
+
+    // Gone for every new grant, token or update; a second delete changes and records
+    // nothing; the name is free again.
+    let before = trail_len(&s).await;
+    assert!(matches!(
+        s.create_permission(&testutil::grant(&a, &t, PermissionType::FullAccess), &ev())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.create_token(&token(Role::Agent, Some(a.id), Duration::hours(1), false), &ev())
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!s.update_agent(&changed, &ev()).await.unwrap());
+    assert!(
+        s.delete_agent(a.id, Utc::now(), &|_| vec![ev()])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(trail_len(&s).await, before);
+    s.create_agent(&testutil::agent("courier"), &ev()).await.unwrap();
+}
+
+async fn lists_page_in_index_order_after_a_cursor(s: Arc<dyn Store>) {
+    let t = testutil::tool("t");
+    s.create_tool(&t, &ev()).await.unwrap();
+    let mut agents = Vec::new();
+    for (name, team) in [("e", "x"), ("a", "x"), ("d", "y"), ("b", "x"), ("c", "y")] {
+        let mut a = testutil::agent(name);
+        a.id = Uuid::now_v7();
+        a.team = team.to_owned();
+        s.create_agent(&a, &ev()).await.unwrap();
+        agents.push(a);
+    }
+    let names = |v: Vec<Agent>| v.into_iter().map(|a| a.name).collect::<Vec<_>>();
+    assert_eq!(names(s.agents_page(None, None, 2).await.unwrap()), ["a", "b"]);
+    assert_eq!(names(s.agents_page(None, Some("b"), 2).await.unwrap()), ["c", "d"]);
+    assert_eq!(names(s.agents_page(None, Some("d"), 2).await.unwrap()), ["e"]);
+    assert_eq!(
+        names(s.agents_page(Some("x"), Some("a"), 10).await.unwrap()),
+        ["b", "e"]
+    );
+
+    // Grants and requests page by id (UUIDv7: the order they were made in).
+    let mut grants = Vec::new();
+    for a in &agents {
+        let mut g = testutil::grant(a, &t, PermissionType::FullAccess);
+        g.id = Uuid::now_v7();
+        s.create_permission(&g, &ev()).await.unwrap();
+        grants.push(g.id);
+        s.create_access_request(&pending_request(a, &t), &ev()).await.unwrap();
+    }
+    let ids = |v: Vec<Permission>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.permissions_page(None, None, None, 3).await.unwrap()), grants[..3]);
+    assert_eq!(
+        ids(s.permissions_page(None, None, Some(grants[2]), 3).await.unwrap()),
+        grants[3..]
+    );
+    assert_eq!(
+        ids(s
+            .permissions_page(Some(agents[1].id), Some(t.id), None, 3)
+            .await
+            .unwrap()),
+        [grants[1]]
+    );
+    let revoked = s
+        .revoke_permission(grants[3], Utc::now(), &|_| vec![ev()])
+        .await
+        .unwrap();
+    assert!(revoked.is_some());
+    assert_eq!(
+        ids(s.permissions_page(None, None, Some(grants[2]), 3).await.unwrap()),
+        [grants[4]],
+        "revoked grants are not listed"
+    );
+    let requests = s.access_requests_page(None, None, None, 10).await.unwrap();
+    assert_eq!(requests.len(), 5);
+    assert!(requests.windows(2).all(|w| w[0].id < w[1].id));
+    let rest = s
+        .access_requests_page(Some(AccessRequestStatus::Pending), None, Some(requests[1].id), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [requests[2].id, requests[3].id]
+    );
+    let mine = s
+        .access_requests_page(None, Some(agents[4].id), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 1);
+
+    // Tokens: metadata by id, active ones unless asked for all.
+    let mut made = Vec::new();
+    for (agent, revoked) in [(Some(agents[0].id), false), (None, false), (Some(agents[0].id), true)] {
+        let mut tk = token(
+            if agent.is_some() { Role::Agent } else { Role::Sidecar },
+            agent,
+            Duration::hours(1),
+            revoked,
+        );
+        tk.id = Uuid::now_v7();
+        s.create_token(&tk, &ev()).await.unwrap();
+        made.push(tk.id);
+    }
+    let now = Utc::now();
+    let tids = |v: Vec<TokenRecord>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let all = TokenFilter {
+        include_inactive: true,
+        ..Default::default()
+    };
+    assert_eq!(tids(s.list_tokens(&all, now, None, 10).await.unwrap()), made);
+    assert_eq!(
+        tids(s.list_tokens(&all, now, Some(made[0]), 1).await.unwrap()),
+        [made[1]]
+    );
+    assert_eq!(
+        tids(s.list_tokens(&TokenFilter::default(), now, None, 10).await.unwrap()),
+        made[..2]
+    );
+    let agent_only = TokenFilter {
+        agent_id: Some(agents[0].id),
+        include_inactive: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        tids(s.list_tokens(&agent_only, now, None, 10).await.unwrap()),
+        [made[0], made[2]]
+    );
+    let sidecars = TokenFilter {
+        role: Some(Role::Sidecar),
+        ..Default::default()
+    };
+    assert_eq!(tids(s.list_tokens(&sidecars, now, None, 10).await.unwrap()), [made[1]]);
+}
+
+async fn fallback_strategies_are_deleted_once_and_audited(s: Arc<dyn Store>) {
+    let t = testutil::tool("primary");
+    let f = testutil::tool("fallback");
+    s.create_tool(&t, &ev()).await.unwrap();
+    s.create_tool(&f, &ev()).await.unwrap();
+    let strategy = FallbackStrategy {
+        tool_id: t.id,
+        fallback_tool_ids: vec![f.id],
+        max_attempts: 2,
+        initial_backoff_ms: 0,
+        max_backoff_ms: 0,
+        conditions: Vec::new(),
+        mode: DegradationMode::Full,
+    };
+    s.set_fallback(&strategy, &ev()).await.unwrap();
+    assert!(s.get_fallback(t.id).await.unwrap().is_some());
+    let before = trail_len(&s).await;
+    assert!(s.delete_fallback(t.id, &ev()).await.unwrap());
+    assert_eq!(trail_len(&s).await, before + 1);
+    assert!(s.get_fallback(t.id).await.unwrap().is_none());
+    assert!(s.list_fallbacks().await.unwrap().is_empty());
+    assert!(!s.delete_fallback(t.id, &ev()).await.unwrap());
+    assert_eq!(trail_len(&s).await, before + 1, "nothing deleted, nothing recorded");
 }
