@@ -168,6 +168,9 @@ async fn an_agents_own_rate_limit_is_shared_by_two_sidecars_across_its_tools() {
         2 * n,
         tally.rate_limited.load(Ordering::SeqCst)
     );
+    for sc in &f.sidecars {
+        assert!(!sc.logs().contains("Redis unavailable"), "{}", sc.logs());
+    }
     assert!(
         admitted + n / 100 >= n && admitted <= n + refilled + n / 100,
         "admitted {admitted}: limit {n} (±1 %) plus {refilled} refilled"
@@ -239,6 +242,9 @@ async fn a_daily_spend_budget_is_exact_across_two_sidecars() {
         tally.exhausted.load(Ordering::SeqCst),
         spent_micros(&f.agent.id)
     );
+    for sc in &f.sidecars {
+        assert!(!sc.logs().contains("Redis unavailable"), "{}", sc.logs());
+    }
     assert_eq!(admitted, 33);
     assert_eq!(tally.exhausted.load(Ordering::SeqCst), 80 - 33);
     assert_eq!(spent_micros(&f.agent.id), 99_000);

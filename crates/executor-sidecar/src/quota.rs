@@ -330,4 +330,4 @@ impl Inner {
 
 #[cfg(test)]
 #[path = "quota_tests.rs"]
-mod tests;
+pub(crate) mod tests;

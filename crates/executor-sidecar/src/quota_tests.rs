@@ -83,14 +83,14 @@ async fn a_refunded_call_gives_its_budget_back() {
 
 /// A `redis-server` of the test's own on a free port (with an append-only file, so a
 /// restart keeps the counters), killed when dropped.
-struct OwnRedis {
+pub(crate) struct OwnRedis {
     child: Option<Child>,
     port: u16,
     dir: std::path::PathBuf,
 }
 
 impl OwnRedis {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -102,7 +102,7 @@ impl OwnRedis {
         r
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
@@ -120,14 +120,14 @@ impl OwnRedis {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }
@@ -148,7 +148,8 @@ async fn counter_in(redis: &OwnRedis, q: &Quota) -> i64 {
     v.unwrap_or(0)
 }
 
-async fn shared(redis: &OwnRedis, share: f64) -> Quotas {
+/// A client of `redis`, connected.
+pub(crate) async fn client_of(redis: &OwnRedis) -> fred::prelude::Client {
     let url = redis.url();
     let client = crate::redis_conn::redis_client(crate::redis_conn::RedisSettings {
         url: &url,
@@ -162,7 +163,11 @@ async fn shared(redis: &OwnRedis, share: f64) -> Quotas {
         assert!(std::time::Instant::now() < until, "no connection to Redis");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Quotas::shared(client, share)
+    client
+}
+
+async fn shared(redis: &OwnRedis, share: f64) -> Quotas {
+    Quotas::shared(client_of(redis).await, share)
 }
 
 #[tokio::test]

@@ -80,8 +80,13 @@ fn tls_config(extra_ca: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
 /// in the background and reconnects forever; until Redis answers, all three work
 /// locally.
 pub fn redis_client(settings: RedisSettings<'_>) -> anyhow::Result<Client> {
+    redis_client_with_timeout(settings, REDIS_DECISION_TIMEOUT)
+}
+
+/// [`redis_client`] whose commands wait up to `timeout` (e.g. for spend budgets).
+pub fn redis_client_with_timeout(settings: RedisSettings<'_>, timeout: Duration) -> anyhow::Result<Client> {
     let client = Builder::from_config(redis_config(settings)?)
-        .with_performance_config(|p| p.default_command_timeout = REDIS_DECISION_TIMEOUT)
+        .with_performance_config(|p| p.default_command_timeout = timeout)
         .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
         .build()?;

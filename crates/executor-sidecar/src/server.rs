@@ -23,7 +23,7 @@ use crate::mcp_server::McpFrontDoor;
 use crate::outbox::Outbox;
 use crate::quota::Quotas;
 use crate::rate_limit::RateLimiter;
-use crate::redis_conn::{RedisSettings, redis_client};
+use crate::redis_conn::{RedisSettings, redis_client, redis_client_with_timeout};
 use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, SharedCache};
 use crate::snapshot::SharedSnapshot;
@@ -209,8 +209,19 @@ pub async fn serve(
             Some(client) => Quotas::shared(client.clone(), config.rate_limit_local_share),
             None => Quotas::local(),
         },
-        spend: match &redis {
-            Some(client) => SpendBudgets::shared(client.clone(), config.rate_limit_local_share),
+        spend: match config.redis_url.as_deref() {
+            // Its own client: spend decisions wait longer for Redis than the others.
+            Some(url) => SpendBudgets::shared(
+                redis_client_with_timeout(
+                    RedisSettings {
+                        url,
+                        password_file: config.redis_password_file.as_deref(),
+                        ca_file: config.redis_ca_file.as_deref(),
+                    },
+                    crate::spend::SPEND_DECISION_TIMEOUT,
+                )?,
+                config.rate_limit_local_share,
+            ),
             None => SpendBudgets::local(),
         },
         cache: ResultCache::new(shared_cache),

@@ -17,6 +17,8 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct SharedRedis {
     client: Client,
+    /// How long one decision waits for Redis.
+    timeout: Duration,
     script: Script,
     /// What the decisions are about, for the log lines.
     what: &'static str,
@@ -28,8 +30,16 @@ pub struct SharedRedis {
 
 impl SharedRedis {
     pub fn new(client: Client, lua: &str, what: &'static str) -> Self {
+        Self::with_timeout(client, lua, what, REDIS_DECISION_TIMEOUT)
+    }
+
+    /// Decisions that wait up to `timeout` for Redis (the client's own command timeout
+    /// must be at least as long), for decisions where deciding locally costs more than
+    /// waiting.
+    pub fn with_timeout(client: Client, lua: &str, what: &'static str, timeout: Duration) -> Self {
         Self {
             client,
+            timeout,
             script: Script::from_lua(lua),
             what,
             degraded: AtomicBool::new(false),
@@ -53,7 +63,7 @@ impl SharedRedis {
         let call = self
             .script
             .evalsha_with_reload::<Vec<i64>, _, _>(&self.client, keys, args);
-        let why = match tokio::time::timeout(REDIS_DECISION_TIMEOUT, call).await {
+        let why = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(v)) if !v.is_empty() => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!(what = self.what, "Redis answers again; shared across sidecars again");
@@ -62,7 +72,7 @@ impl SharedRedis {
             }
             Ok(Ok(v)) => format!("unexpected reply {v:?}"),
             Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {REDIS_DECISION_TIMEOUT:?}"),
+            Err(_) => format!("no answer within {:?}", self.timeout),
         };
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %why, what = self.what, "Redis unavailable; deciding locally at this sidecar's share");
