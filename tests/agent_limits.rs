@@ -53,8 +53,14 @@ async fn fleet(agent: pb::CreateAgentRequest, tools: &[(&str, &str)]) -> Fleet {
     let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
     let redis = test_redis();
     let mut sidecars = Vec::new();
+    // What is under test is the sharing, not the fallback when Redis answers late (a
+    // loaded test machine can delay an answer past the 100 ms default).
+    let env = [
+        ("REDIS_URL", redis.as_str()),
+        ("TOOLPLANE_REDIS_DECISION_TIMEOUT_MS", "2000"),
+    ];
     for _ in 0..2 {
-        sidecars.push(sidecar_with(&cp, &sidecar_token, &spool_dir(), &[("REDIS_URL", &redis)]).await);
+        sidecars.push(sidecar_with(&cp, &sidecar_token, &spool_dir(), &env).await);
     }
     for sc in &sidecars {
         ready(sc, &token, tools[0].0).await;

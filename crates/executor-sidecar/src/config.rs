@@ -107,6 +107,12 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_RATE_LIMIT_LOCAL_SHARE", default_value_t = 1.0)]
     pub rate_limit_local_share: f64,
 
+    /// Milliseconds a rate-limit or daily-budget decision waits for Redis before this
+    /// sidecar decides locally (at its share). Spend-budget decisions wait at least a
+    /// second.
+    #[arg(long, env = "TOOLPLANE_REDIS_DECISION_TIMEOUT_MS", value_parser = parse_millis, default_value = "100")]
+    pub redis_decision_timeout: Duration,
+
     /// Consecutive failures that open a tool's circuit.
     #[arg(long, env = "TOOLPLANE_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,

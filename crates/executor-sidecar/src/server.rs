@@ -23,7 +23,7 @@ use crate::mcp_server::McpFrontDoor;
 use crate::outbox::Outbox;
 use crate::quota::Quotas;
 use crate::rate_limit::RateLimiter;
-use crate::redis_conn::{RedisSettings, redis_client, redis_client_with_timeout};
+use crate::redis_conn::{RedisSettings, redis_client_with_timeout};
 use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, SharedCache};
 use crate::snapshot::SharedSnapshot;
@@ -172,11 +172,14 @@ pub async fn serve(
         .redis_url
         .as_deref()
         .map(|url| {
-            redis_client(RedisSettings {
-                url,
-                password_file: config.redis_password_file.as_deref(),
-                ca_file: config.redis_ca_file.as_deref(),
-            })
+            redis_client_with_timeout(
+                RedisSettings {
+                    url,
+                    password_file: config.redis_password_file.as_deref(),
+                    ca_file: config.redis_ca_file.as_deref(),
+                },
+                config.redis_decision_timeout,
+            )
         })
         .transpose()?;
     let shared_cache = match (&redis, config.redis_sealer()?) {
@@ -218,7 +221,9 @@ pub async fn serve(
                         password_file: config.redis_password_file.as_deref(),
                         ca_file: config.redis_ca_file.as_deref(),
                     },
-                    crate::spend::SPEND_DECISION_TIMEOUT,
+                    config
+                        .redis_decision_timeout
+                        .max(crate::spend::MIN_SPEND_DECISION_TIMEOUT),
                 )?,
                 config.rate_limit_local_share,
             ),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use fred::types::scripts::Script;
 
-/// How long one Redis decision may take before the local fallback decides instead.
+/// How long one Redis decision may take before the local fallback decides instead, by
+/// default (`TOOLPLANE_REDIS_DECISION_TIMEOUT_MS`).
 pub const REDIS_DECISION_TIMEOUT: Duration = Duration::from_millis(100);
 /// While Redis is away, how often one decision tries it again.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -29,14 +30,13 @@ pub struct SharedRedis {
 }
 
 impl SharedRedis {
+    /// Decisions wait for Redis as long as `client`'s command timeout (see
+    /// [`crate::redis_conn::redis_client_with_timeout`]).
     pub fn new(client: Client, lua: &str, what: &'static str) -> Self {
-        Self::with_timeout(client, lua, what, REDIS_DECISION_TIMEOUT)
-    }
-
-    /// Decisions that wait up to `timeout` for Redis (the client's own command timeout
-    /// must be at least as long), for decisions where deciding locally costs more than
-    /// waiting.
-    pub fn with_timeout(client: Client, lua: &str, what: &'static str, timeout: Duration) -> Self {
+        let timeout = match client.perf_config().default_command_timeout {
+            t if t.is_zero() => REDIS_DECISION_TIMEOUT,
+            t => t,
+        };
         Self {
             client,
             timeout,

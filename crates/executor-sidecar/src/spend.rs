@@ -37,9 +37,10 @@ const SCALE: i64 = 1_000_000;
 /// How long Redis remembers an applied operation's id (an operation in doubt for
 /// longer than this, across a Redis outage that long, could be counted twice).
 const OP_MEMORY_SECS: i64 = 3600;
-/// How long a spend decision waits for Redis: longer than rate limits do, as a
-/// decision made locally may pass the budget (by at most this sidecar's share).
-pub const SPEND_DECISION_TIMEOUT: Duration = Duration::from_secs(1);
+/// The least a spend decision waits for Redis (its client's command timeout): longer
+/// than rate limits do, as a decision made locally may pass the budget (by at most
+/// this sidecar's share).
+pub const MIN_SPEND_DECISION_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often operations in doubt are offered to Redis again.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Counters kept before those of past days are dropped.
@@ -165,16 +166,12 @@ impl SpendBudgets {
         }
     }
 
-    /// Budgets counted in Redis. Starts the background flush of operations in doubt
+    /// Budgets counted in Redis (`client` made with a command timeout of at least
+    /// [`MIN_SPEND_DECISION_TIMEOUT`]). Starts the background flush of operations in doubt
     /// (it ends when the `SpendBudgets` is dropped).
     pub fn shared(client: Client, local_share: f64) -> Self {
         let inner = Arc::new(Inner {
-            redis: Some(SharedRedis::with_timeout(
-                client,
-                SPEND_LUA,
-                "spend budgets",
-                SPEND_DECISION_TIMEOUT,
-            )),
+            redis: Some(SharedRedis::new(client, SPEND_LUA, "spend budgets")),
             counters: Mutex::default(),
             local_share: local_share.clamp(0.0001, 1.0),
         });
