@@ -319,7 +319,9 @@ async fn agents_change_and_go_and_a_deleted_agents_tokens_are_refused_at_once() 
     assert!(
         history
             .iter()
-            .any(|e| e.action == pb::AuditAction::PermissionRevoked as i32 && e.detail.contains(&grant.id))
+            .any(|e| e.action == pb::AuditAction::PermissionRevoked as i32
+                && e.detail.contains(&grant.id)
+                && e.tool_id == tool.id)
     );
     for (req, code) in [
         (agent.id.clone(), Code::NotFound),

@@ -1014,9 +1014,9 @@ async fn agents_are_updated_and_deleted_with_their_tokens_grants_and_requests(s:
         removal.tokens_revoked, tokens,
         "its unrevoked tokens, not the one revoked before"
     );
-    let mut grants = vec![g1.id, g2.id];
+    let mut grants = vec![(g1.id, t.id), (g2.id, u.id)];
     grants.sort();
-    assert_eq!(removal.grants_revoked, grants);
+    assert_eq!(removal.grants_revoked, grants, "each with its tool");
     assert_eq!(removal.access_requests_denied, [pending.id]);
     assert_eq!(
         trail_len(&s).await,

@@ -167,11 +167,11 @@ impl Identity for IdentityService {
         let who = principal(&request)?;
         who.require(&[Role::Admin], "DeleteAgent")?;
         let r = IdentityService::delete_agent(self, &who, request.into_inner()).await?;
-        let n = |v: &[Uuid]| u32::try_from(v.len()).unwrap_or(u32::MAX);
+        let n = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
         Ok(Response::new(pb::DeleteAgentResponse {
-            tokens_revoked: n(&r.tokens_revoked),
-            grants_revoked: n(&r.grants_revoked),
-            access_requests_denied: n(&r.access_requests_denied),
+            tokens_revoked: n(r.tokens_revoked.len()),
+            grants_revoked: n(r.grants_revoked.len()),
+            access_requests_denied: n(r.access_requests_denied.len()),
         }))
     }
 

@@ -161,12 +161,12 @@ impl IdentityService {
                     format!("revoked token {t} (agent {} deleted)", r.agent.name),
                 )
             }));
-            events.extend(r.grants_revoked.iter().map(|g| {
+            events.extend(r.grants_revoked.iter().map(|(g, tool)| {
                 self.state.admin_event(
                     who,
                     AuditAction::PermissionRevoked,
                     Some(id),
-                    None,
+                    Some(*tool),
                     format!("revoked grant {g} (agent {} deleted)", r.agent.name),
                 )
             }));

@@ -345,14 +345,15 @@ impl Store for MemoryStore {
             })
             .collect();
         tokens_revoked.sort();
-        let grants_revoked = st
+        let mut grants_revoked: Vec<(Uuid, Uuid)> = st
             .permissions
             .iter()
             .filter(|p| p.agent_id == id)
-            .map(|p| p.id)
+            .map(|p| (p.id, p.tool_id))
             .collect();
+        grants_revoked.sort();
         st.permissions.retain(|p| p.agent_id != id);
-        let access_requests_denied = st
+        let mut access_requests_denied: Vec<Uuid> = st
             .access_requests
             .iter_mut()
             .filter(|r| r.agent_id == id && r.status == AccessRequestStatus::Pending)
@@ -363,6 +364,7 @@ impl Store for MemoryStore {
                 r.id
             })
             .collect();
+        access_requests_denied.sort();
         st.deleted_agents.insert(id, agent.clone());
         let removal = AgentRemoval {
             agent,

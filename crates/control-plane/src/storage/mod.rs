@@ -153,7 +153,8 @@ pub struct AgentRemoval {
     /// The agent as it was.
     pub agent: Agent,
     pub tokens_revoked: Vec<Uuid>,
-    pub grants_revoked: Vec<Uuid>,
+    /// The grants revoked: (grant, its tool).
+    pub grants_revoked: Vec<(Uuid, Uuid)>,
     pub access_requests_denied: Vec<Uuid>,
 }
 

@@ -95,13 +95,16 @@ pub(super) async fn delete_agent(
         )
         .await
         .map_err(db_err)?);
-    let grants_revoked = ids(tx
+    let grants_revoked = tx
         .query(
-            "UPDATE permissions SET revoked_at = $2 WHERE agent_id = $1 AND revoked_at IS NULL RETURNING id",
+            "UPDATE permissions SET revoked_at = $2 WHERE agent_id = $1 AND revoked_at IS NULL RETURNING id, tool_id",
             &[&id, &at],
         )
         .await
-        .map_err(db_err)?);
+        .map_err(db_err)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let access_requests_denied = ids(tx
         .query(
             "UPDATE access_requests SET status = 'denied', reviewed_at = $2, \
