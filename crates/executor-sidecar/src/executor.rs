@@ -663,7 +663,7 @@ impl ExecutorService {
                 if let Some(q) = quota {
                     self.quotas.refund(q).await;
                 }
-                metrics::counter!(m::QUOTA_EXHAUSTED).increment(1);
+                metrics::counter!(m::SPEND_EXHAUSTED).increment(1);
                 return Err(ExecError::SpendExhausted {
                     budget,
                     spent,

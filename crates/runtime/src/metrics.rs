@@ -25,6 +25,8 @@ pub const CACHE_REJECTED: &str = "toolplane_cache_rejected_total";
 pub const RATE_LIMITED: &str = "toolplane_rate_limit_rejections_total";
 /// Calls refused because a daily LIMITED_INVOCATIONS budget was spent.
 pub const QUOTA_EXHAUSTED: &str = "toolplane_quota_exhausted_total";
+/// Calls refused because the agent's daily spend budget would be passed.
+pub const SPEND_EXHAUSTED: &str = "toolplane_spend_budget_exhausted_total";
 /// Calls refused by an open circuit, by `tool`.
 pub const CIRCUIT_REJECTIONS: &str = "toolplane_circuit_open_rejections_total";
 /// Tools whose circuit is open right now.

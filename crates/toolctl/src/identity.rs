@@ -35,7 +35,7 @@ pub enum AgentsCmd {
     /// Change only the fields given (by agent id).
     Update {
         agent_id: String,
-        /// Replaces the skills (repeat the flag; `--skill ''`-free: use --clear-skills).
+        /// Replaces the skills (repeat the flag; --clear-skills for none).
         #[arg(long = "skill")]
         skills: Vec<String>,
         #[arg(long, conflicts_with = "skills")]
