@@ -1,5 +1,5 @@
 //! The admin API's PostgreSQL side: changing and deleting agents, listing tokens, and
-//! the paged lists, each ordered by (and paged on) an index in `V11__admin_api.sql`.
+//! the paged lists, each ordered by (and paged on) an index in `V12__admin_api.sql`.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
