@@ -292,7 +292,7 @@ impl<'a> ToolRow<'a> {
 /// The change revision moves in the same transaction, so replicas polling it cannot
 /// miss a change even if this replica dies before its NOTIFY.
 async fn commit_audited(tx: deadpool_postgres::Transaction<'_>, audit: &[&AuditEvent]) -> StoreResult<()> {
-    postgres_audit::append_audit(&tx, audit).await?;
+    postgres_audit::append_audit(&tx, audit, postgres_audit::Resends::Skip).await?;
     tx.execute("UPDATE toolplane_changes SET revision = revision + 1", &[])
         .await
         .map_err(db_err)?;
@@ -940,14 +940,21 @@ impl Store for PostgresStore {
             }
         }
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        if !audit.is_empty() {
-            postgres_audit::append_audit(&tx, &audit).await?;
+        // Resends are rare: the first attempt lets the unique index find them, and only
+        // a batch that had one is stored again, looking them up first.
+        for resends in [postgres_audit::Resends::Refuse, postgres_audit::Resends::Skip] {
+            let tx = client.transaction().await.map_err(db_err)?;
+            if !audit.is_empty()
+                && postgres_audit::append_audit(&tx, &audit, resends).await? == postgres_audit::Appended::HadResends
+            {
+                continue;
+            }
+            if !invocations.is_empty() {
+                postgres_audit::append_invocations(&tx, &invocations).await?;
+            }
+            return tx.commit().await.map_err(db_err);
         }
-        if !invocations.is_empty() {
-            postgres_audit::append_invocations(&tx, &invocations).await?;
-        }
-        tx.commit().await.map_err(db_err)
+        Err(StoreError::Backend("audit events were stored twice at once".to_owned()))
     }
 
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
