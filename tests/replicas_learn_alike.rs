@@ -300,3 +300,159 @@ async fn replicas_learn_alike_survive_a_restart_and_count_a_resent_batch_once() 
     assert_eq!(after_twice, after_once);
     drop((sc_a, sc_b, cp_a, cp_b));
 }
+
+/// The primary's reasoning for `task` as replica `url` selects for the agent.
+async fn reasoning(url: &str, agent_token: &str, task: &str) -> String {
+    let mut selector = Selector::new(channel(url, Some(agent_token)).await);
+    selector
+        .select_tool(pb::SelectToolRequest {
+            task_description: task.to_owned(),
+            task_category: CATEGORY.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .reasoning
+}
+
+/// The first recommendation's reason for [`CATEGORY`], as replica `url` gives it.
+async fn recommendation_reason(url: &str) -> String {
+    let mut learning = Learning::new(channel(url, Some(ADMIN_TOKEN)).await);
+    learning
+        .get_recommendations(pb::GetRecommendationsRequest {
+            task_category: CATEGORY.to_owned(),
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .recommendations
+        .first()
+        .map(|r| r.reason.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn replicas_share_remembered_tasks_forgetting_and_recommendation_follow_ups() {
+    const TASK: &str = "tally how many words my essay draft has";
+    const ROUNDS: usize = 4;
+    let db = TestDb::create().await;
+    let server = ToolServer::start().await;
+    let cp_a = control_plane(Some(&db.url)).await;
+    let cp_b = control_plane(Some(&db.url)).await;
+    let mut admin = Admin::connect(&cp_a.url(), ADMIN_TOKEN).await;
+    let tool = admin
+        .register(http_tool("word_count", &server.url("/word_count")))
+        .await
+        .unwrap();
+    let agent = admin.agent("counter").await;
+    admin.grant_full(&agent.id, &tool.id).await;
+    let agent_token = admin.token(pb::Role::Agent, &agent.id).await;
+    // Only replica B has a sidecar: what its ingest learns, replica A must read.
+    let sc_b = sidecar(&cp_b, &admin.token(pb::Role::Sidecar, "").await).await;
+    let mut ex_b = executor(&sc_b.url(), Some(&agent_token)).await;
+    eventually("the sidecar to serve", WAIT, || {
+        let mut ex = ex_b.clone();
+        async move { try_call(&mut ex, "word_count").await.ok().filter(|(_, ok)| *ok) }
+    })
+    .await;
+    assert!(
+        !reasoning(&cp_a.url(), &agent_token, TASK)
+            .await
+            .contains("similar past tasks"),
+        "nothing remembered yet"
+    );
+
+    // Selections on replica A, each followed by its call through replica B's sidecar.
+    let mut selector_a = Selector::new(channel(&cp_a.url(), Some(&agent_token)).await);
+    let mut first_call = String::new();
+    for round in 0..ROUNDS {
+        let s = selector_a
+            .select_tool(pb::SelectToolRequest {
+                task_description: TASK.to_owned(),
+                task_category: CATEGORY.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.primary.as_ref().unwrap().tool.as_ref().unwrap().id, tool.id);
+        let r = ex_b
+            .invoke(pb::InvokeRequest {
+                tool: Some(pb::invoke_request::Tool::ToolId(tool.id.clone())),
+                parameters: json_to_struct(&json!({"text": "one two three"})),
+                task_id: format!("essay-{round}"),
+                task_category: CATEGORY.to_owned(),
+                selection_id: s.selection_id,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+            .unwrap();
+        assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{}", r.error);
+        if round == 0 {
+            first_call = r.invocation_id;
+        }
+    }
+    // One of the agent's earlier calls made no selection: it is not a follow-up. The
+    // warm-up selection above counts as a recommendation that was not followed.
+    let expected = format!(
+        "recommended a tool for this category {} times, agents followed {ROUNDS} times and {ROUNDS} of those succeeded",
+        ROUNDS + 1
+    );
+    let started = Instant::now();
+    eventually("both replicas to count the follow-ups alike", WAIT, || {
+        let (a, b, expected) = (cp_a.url(), cp_b.url(), expected.clone());
+        async move {
+            let (x, y) = (recommendation_reason(&a).await, recommendation_reason(&b).await);
+            (x == y && x.contains(&expected)).then_some(())
+        }
+    })
+    .await;
+    assert!(started.elapsed() <= ALIKE, "took {:?}", started.elapsed());
+
+    // The task remembered by B's ingest guides A's selection too.
+    let started = Instant::now();
+    eventually("replica A to use the task B remembered", WAIT, || {
+        let (a, token) = (cp_a.url(), agent_token.clone());
+        async move {
+            reasoning(&a, &token, TASK)
+                .await
+                .contains("similar past tasks")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(started.elapsed() <= ALIKE, "took {:?}", started.elapsed());
+
+    // The agent says the call did not serve the task (through replica B): forgotten on
+    // both replicas, and its text is gone from the database.
+    let mut learning_b = Learning::new(channel(&cp_b.url(), Some(&agent_token)).await);
+    learning_b
+        .report_outcome(pb::ReportOutcomeRequest {
+            invocation_id: first_call,
+            quality: 0.1,
+            task_succeeded: false,
+            comment: String::new(),
+        })
+        .await
+        .unwrap();
+    eventually("both replicas to forget the task", WAIT, || {
+        let (a, b, token) = (cp_a.url(), cp_b.url(), agent_token.clone());
+        async move {
+            let (x, y) = (reasoning(&a, &token, TASK).await, reasoning(&b, &token, TASK).await);
+            (!x.contains("similar past tasks") && !y.contains("similar past tasks")).then_some(())
+        }
+    })
+    .await;
+    let pg = db.client().await;
+    let texts: i64 = pg
+        .query_one("SELECT count(*) FROM task_memory WHERE task_text <> ''", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(texts, 0, "a forgotten task keeps no text");
+    drop((sc_b, cp_a, cp_b));
+}

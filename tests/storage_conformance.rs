@@ -612,6 +612,15 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
     assert_eq!(all[0].prev_hash, toolplane_core::audit::GENESIS_HASH);
     assert_eq!(all[1].prev_hash, all[0].hash);
     assert_eq!(all[2].prev_hash, all[1].hash);
+    // A batch mixing a stored event with a new one stores only the new one, next in
+    // its chain.
+    let fourth = audit(Uuid::now_v7(), AuditAction::CacheMiss);
+    s.append_events(&[SyncEvent::Audit(first.clone()), SyncEvent::Audit(fourth)])
+        .await
+        .unwrap();
+    let four = s.audit_events(&AuditFilter::default()).await.unwrap();
+    assert_eq!(four.iter().map(|r| r.chain_seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(four[3].prev_hash, four[2].hash);
     let by_agent = s
         .audit_events(&AuditFilter {
             agent_id: first.agent_id,

@@ -64,7 +64,7 @@ async fn invoke(ex: &mut Executor, tool_id: &str, selection_id: &str) -> String 
 async fn remembered(db: &tokio_postgres::Client, tool_id: &str) -> Vec<String> {
     let id = uuid::Uuid::parse_str(tool_id).unwrap();
     db.query(
-        "SELECT task_text FROM task_memory WHERE tool_id = $1 ORDER BY last_seen",
+        "SELECT task_text FROM task_memory WHERE tool_id = $1 AND forgotten_at IS NULL ORDER BY last_seen",
         &[&id],
     )
     .await

@@ -55,9 +55,23 @@ fn event(sidecar: &str, n: usize) -> AuditEvent {
     }
 }
 
+/// One stream's batches, built before the clock starts (the bench measures ingest, not
+/// its own event synthesis).
+fn stream_batches(sidecar: &str) -> Vec<pb::ConnectRequest> {
+    (0..EVENTS / BATCH)
+        .map(|b| pb::ConnectRequest {
+            message: Some(pb::connect_request::Message::Events(pb::EventBatch {
+                events: (0..BATCH)
+                    .map(|i| sync_event_to_pb(&SyncEvent::Audit(event(sidecar, b * BATCH + i))))
+                    .collect(),
+            })),
+        })
+        .collect()
+}
+
 /// One sidecar's stream: hello, then batches with `IN_FLIGHT` unacked, until every
 /// event is acked.
-async fn stream_events(url: String, token: String, sidecar: String) {
+async fn stream_events(url: String, token: String, sidecar: String, batches: Vec<pb::ConnectRequest>) {
     let ch = channel(&url, Some(&token)).await;
     let mut client = pb::sidecar_sync_client::SidecarSyncClient::new(ch);
     let (tx, rx) = mpsc::channel::<pb::ConnectRequest>(IN_FLIGHT + 1);
@@ -71,15 +85,6 @@ async fn stream_events(url: String, token: String, sidecar: String) {
     .await
     .unwrap();
     let mut inbound = client.connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let batches: Vec<pb::ConnectRequest> = (0..EVENTS / BATCH)
-        .map(|b| pb::ConnectRequest {
-            message: Some(pb::connect_request::Message::Events(pb::EventBatch {
-                events: (0..BATCH)
-                    .map(|i| sync_event_to_pb(&SyncEvent::Audit(event(&sidecar, b * BATCH + i))))
-                    .collect(),
-            })),
-        })
-        .collect();
     let total = batches.len();
     let sender = tokio::spawn(async move {
         for b in batches {
@@ -104,11 +109,36 @@ async fn stream_events(url: String, token: String, sidecar: String) {
     sender.abort();
 }
 
+/// A raw stream's rows: events with their chain position and hashes, built before the
+/// clock starts like the sidecar streams' batches.
+/// The action, result status and classification as text.
+type RawRow = (AuditEvent, i64, String, String, [&'static str; 3]);
+
+fn raw_rows(chain: &str) -> Vec<Vec<RawRow>> {
+    let mut head = ChainHead::default();
+    (0..EVENTS / BATCH)
+        .map(|b| {
+            (0..BATCH)
+                .map(|i| {
+                    let mut e = event(chain, b * BATCH + i);
+                    e.occurred_at = stored_time(e.occurred_at);
+                    let (seq, prev, hash) = head.append(chain, &e);
+                    let texts = [
+                        e.action.as_str(),
+                        e.result.as_ref().unwrap().status.as_str(),
+                        e.data_classification.unwrap().as_str(),
+                    ];
+                    (e, seq as i64, prev, hash, texts)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The same kind of rows, straight into the same table with multi-row INSERTs.
-async fn raw_insert(db_url: String, chain: String) {
+async fn raw_insert(db_url: String, chain: String, batches: Vec<Vec<RawRow>>) {
     let (client, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    let mut head = ChainHead::default();
     let cols = "event_id, action, invocation_id, actor_id, agent_id, tool_id, tool_version, task_id, occurred_at, \
         sanitized_parameters, result_size_bytes, result_status, result_digest, success, detail, compliance_frameworks, \
         data_classification, sidecar_id, permission_id, chain, chain_seq, prev_hash, hash";
@@ -121,32 +151,11 @@ async fn raw_insert(db_url: String, chain: String) {
         .collect();
     let sql = format!("INSERT INTO audit_events ({cols}) VALUES {}", placeholders.join(","));
     let stmt = client.prepare(&sql).await.unwrap();
-    for b in 0..EVENTS / BATCH {
-        let rows: Vec<(AuditEvent, i64, String, String)> = (0..BATCH)
-            .map(|i| {
-                let mut e = event(&chain, b * BATCH + i);
-                e.occurred_at = stored_time(e.occurred_at);
-                let (seq, prev, hash) = head.append(&chain, &e);
-                (e, seq as i64, prev, hash)
-            })
-            .collect();
-        let texts: Vec<[String; 6]> = rows
-            .iter()
-            .map(|(e, _, _, _)| {
-                [
-                    e.action.as_str().to_owned(),
-                    e.result.as_ref().unwrap().status.as_str().to_owned(),
-                    e.data_classification.unwrap().as_str().to_owned(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ]
-            })
-            .collect();
-        let size: i64 = 42;
-        let version: i64 = 3;
+    let size: i64 = 42;
+    let version: i64 = 3;
+    for rows in &batches {
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::with_capacity(BATCH * N);
-        for ((e, seq, prev, hash), t) in rows.iter().zip(&texts) {
+        for (e, seq, prev, hash, t) in rows {
             let r = e.result.as_ref().unwrap();
             params.extend_from_slice(&[
                 &e.event_id,
@@ -190,20 +199,25 @@ async fn main() {
     }
     let total = (EVENTS * STREAMS) as f64;
 
+    let batches: Vec<Vec<pb::ConnectRequest>> = (0..STREAMS).map(|s| stream_batches(&format!("bench-{s}"))).collect();
     let started = Instant::now();
     let streams: Vec<_> = tokens
         .into_iter()
+        .zip(batches)
         .enumerate()
-        .map(|(s, token)| tokio::spawn(stream_events(cp.url(), token, format!("bench-{s}"))))
+        .map(|(s, (token, batches))| tokio::spawn(stream_events(cp.url(), token, format!("bench-{s}"), batches)))
         .collect();
     for s in streams {
         s.await.unwrap();
     }
     let ingest = total / started.elapsed().as_secs_f64();
 
+    let rows: Vec<Vec<Vec<RawRow>>> = (0..STREAMS).map(|s| raw_rows(&format!("raw-{s}"))).collect();
     let started = Instant::now();
-    let raws: Vec<_> = (0..STREAMS)
-        .map(|s| tokio::spawn(raw_insert(db.url.clone(), format!("raw-{s}"))))
+    let raws: Vec<_> = rows
+        .into_iter()
+        .enumerate()
+        .map(|(s, rows)| tokio::spawn(raw_insert(db.url.clone(), format!("raw-{s}"), rows)))
         .collect();
     for r in raws {
         r.await.unwrap();

@@ -35,6 +35,7 @@ pub struct AppState {
     pub recent_selections: crate::task_memory::RecentSelections,
     /// The version of the shared learning cells this replica has loaded.
     learning_version: tokio::sync::Mutex<u64>,
+    task_memory_version: tokio::sync::Mutex<u64>,
 }
 
 impl AppState {
@@ -52,6 +53,7 @@ impl AppState {
             selector: Selector::default(),
             recent_selections: Default::default(),
             learning_version: tokio::sync::Mutex::new(0),
+            task_memory_version: tokio::sync::Mutex::new(0),
         })
     }
 
@@ -98,6 +100,30 @@ impl AppState {
         let n = cells.len();
         self.selector.learning.load(cells);
         *version = now;
+        drop(version);
+        Ok(n + self.refresh_task_memory().await?)
+    }
+
+    /// Applies the remembered tasks other replicas changed (and this one: the stored
+    /// totals replace what it counted); returns how many changed.
+    async fn refresh_task_memory(&self) -> ApiResult<usize> {
+        let memory = &self.selector.memory;
+        if !memory.config().enabled() {
+            return Ok(0);
+        }
+        let mut version = self.task_memory_version.lock().await;
+        let changes = self.store.task_memory_changes(*version).await?;
+        let cutoff = Utc::now() - memory.config().retention;
+        let n = changes.remembered.len() + changes.forgotten.len();
+        for e in changes.remembered {
+            if e.last_seen >= cutoff {
+                memory.set(e);
+            }
+        }
+        for (tool, hash) in changes.forgotten {
+            memory.forget(tool, &hash);
+        }
+        *version = changes.top;
         Ok(n)
     }
 

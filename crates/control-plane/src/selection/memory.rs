@@ -262,6 +262,28 @@ impl TaskMemory {
         inner.bound(tool, config.per_tool);
     }
 
+    /// Takes a task as the shared store holds it: its stored totals replace what this
+    /// process counted, so every replica holds the same entry.
+    pub fn set(&self, entry: TaskEntry) {
+        let config = self.config();
+        if !config.enabled() || entry.text.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let tool = entry.tool_id;
+        match inner.by_key.get(&(entry.tool_id, entry.hash.clone())).copied() {
+            Some(slot) => {
+                if let Some(s) = inner.slots[slot as usize].as_mut() {
+                    s.entry.uses = entry.uses;
+                    s.entry.last_seen = entry.last_seen;
+                    s.entry.first_seen = entry.first_seen;
+                }
+            }
+            None => inner.insert(&self.analyzer, entry),
+        }
+        inner.bound(tool, config.per_tool);
+    }
+
     /// Forgets one task of one tool (an agent said the call did not serve it).
     pub fn forget(&self, tool_id: Uuid, hash: &str) -> bool {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());

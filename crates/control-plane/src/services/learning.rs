@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::opt_uuid;
 use crate::error::{ApiError, ApiResult};
-use crate::selection::learning::Trend;
+use crate::selection::learning::{Trend, normalize_category};
 use crate::state::AppState;
 
 /// Outcomes a recommendation must rest on.
@@ -147,7 +147,11 @@ impl pb::learning_server::Learning for LearningService {
             .collect();
         best.sort_by(|a, b| b.1.total_cmp(&a.1));
         best.truncate(limit);
-        let follow = learning.follow_stats(&category);
+        let follow = match self.state.store.follow_stats(&normalize_category(&category)).await {
+            Ok(Some(shared)) => shared,
+            Ok(None) => learning.follow_stats(&category),
+            Err(e) => return Err(ApiError::from(e).into()),
+        };
         let recommendations = best
             .into_iter()
             .map(|(tool, p, n, rate)| pb::Recommendation {

@@ -10,6 +10,7 @@ mod postgres_admin;
 mod postgres_audit;
 mod postgres_checkpoints;
 mod postgres_learning;
+mod postgres_task_memory;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use toolplane_core::model::{
 use toolplane_core::usage::{UsageCounts, UsageKey};
 use uuid::Uuid;
 
-pub use crate::selection::learning::{Cell, Key as LearningKey};
+pub use crate::selection::learning::{Cell, FollowStats, Key as LearningKey};
 pub use crate::selection::memory::TaskEntry;
 
 pub use memory::MemoryStore;
@@ -94,6 +95,15 @@ impl AuditFilter {
 }
 
 /// One selection decision, as logged (`tool_selection_log`).
+/// Task memory changed since a version: remembered tasks with their stored totals,
+/// forgotten ones by (tool, task hash), and the highest version read.
+#[derive(Debug, Default)]
+pub struct TaskMemoryChanges {
+    pub remembered: Vec<TaskEntry>,
+    pub forgotten: Vec<(Uuid, String)>,
+    pub top: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelectionLogEntry {
     pub selection_id: Uuid,
@@ -366,6 +376,20 @@ pub trait Store: Send + Sync + 'static {
     async fn task_memory(&self, since: DateTime<Utc>) -> StoreResult<Vec<TaskEntry>>;
     /// Forgets tasks last seen before `before`; returns how many.
     async fn prune_task_memory(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// Remembered tasks changed after version `after`, for replicas to apply; nothing
+    /// from a backend that does not share learning (see [`Store::shares_learning`]).
+    async fn task_memory_changes(&self, after: u64) -> StoreResult<TaskMemoryChanges> {
+        Ok(TaskMemoryChanges {
+            top: after,
+            ..TaskMemoryChanges::default()
+        })
+    }
+    /// How agents followed selection's recommendations for `category`, counted alike
+    /// by every replica; `None` from a backend that does not share learning (the
+    /// process counts them).
+    async fn follow_stats(&self, _category: &str) -> StoreResult<Option<FollowStats>> {
+        Ok(None)
+    }
 
     /// Whether this backend keeps selection's learning cells itself, folding every newly
     /// stored invocation and first verdict into them in the same transaction (so a

@@ -1,7 +1,7 @@
 //! PostgreSQL backend (tokio-postgres over a deadpool pool). SQL lives next to the
 //! code that binds its parameters; the schema lives in `migrations/`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::{Pool, Runtime};
@@ -18,8 +18,6 @@ use super::{
 };
 use toolplane_core::audit::AuditRecord;
 use toolplane_core::audit_checkpoint::AuditCheckpoint;
-
-use crate::selection::memory::TaskSource;
 
 /// The NOTIFY channel replicas announce changes on.
 const CHANGES_CHANNEL: &str = "toolplane_changes";
@@ -294,7 +292,7 @@ impl<'a> ToolRow<'a> {
 /// The change revision moves in the same transaction, so replicas polling it cannot
 /// miss a change even if this replica dies before its NOTIFY.
 pub(super) async fn commit_audited(tx: deadpool_postgres::Transaction<'_>, audit: &[&AuditEvent]) -> StoreResult<()> {
-    postgres_audit::append_audit(&tx, audit).await?;
+    postgres_audit::append_audit(&tx, audit, postgres_audit::Resends::Skip).await?;
     tx.execute("UPDATE toolplane_changes SET revision = revision + 1", &[])
         .await
         .map_err(db_err)?;
@@ -325,18 +323,6 @@ fn selection_from_row(r: &Row) -> SelectionLogEntry {
         reasoning: r.get("reasoning"),
         selected_at: r.get("selected_at"),
     }
-}
-
-fn task_from_row(r: &Row) -> StoreResult<TaskEntry> {
-    Ok(TaskEntry {
-        tool_id: r.get("tool_id"),
-        hash: r.get("task_hash"),
-        text: r.get("task_text"),
-        source: parse_text("source", r.get("source"), TaskSource::parse)?,
-        uses: u64::try_from(r.get::<_, i64>("uses")).unwrap_or(0),
-        first_seen: r.get("first_seen"),
-        last_seen: r.get("last_seen"),
-    })
 }
 
 pub(super) fn agent_from_row(r: &Row) -> Agent {
@@ -1017,14 +1003,21 @@ impl Store for PostgresStore {
             }
         }
         let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_err)?;
-        if !audit.is_empty() {
-            postgres_audit::append_audit(&tx, &audit).await?;
+        // Resends are rare: the first attempt lets the unique index find them, and only
+        // a batch that had one is stored again, looking them up first.
+        for resends in [postgres_audit::Resends::Refuse, postgres_audit::Resends::Skip] {
+            let tx = client.transaction().await.map_err(db_err)?;
+            if !audit.is_empty()
+                && postgres_audit::append_audit(&tx, &audit, resends).await? == postgres_audit::Appended::HadResends
+            {
+                continue;
+            }
+            if !invocations.is_empty() {
+                postgres_audit::append_invocations(&tx, &invocations).await?;
+            }
+            return tx.commit().await.map_err(db_err);
         }
-        if !invocations.is_empty() {
-            postgres_audit::append_invocations(&tx, &invocations).await?;
-        }
-        tx.commit().await.map_err(db_err)
+        Err(StoreError::Backend("audit events were stored twice at once".to_owned()))
     }
 
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
@@ -1318,91 +1311,44 @@ impl Store for PostgresStore {
     }
 
     async fn remember_tasks(&self, entries: &[TaskEntry], per_tool: usize) -> StoreResult<()> {
-        // One row per key: an upsert may not touch the same row twice.
-        let mut merged: BTreeMap<(Uuid, &str), TaskEntry> = BTreeMap::new();
-        for e in entries {
-            merged
-                .entry((e.tool_id, e.hash.as_str()))
-                .and_modify(|x| {
-                    x.uses += e.uses;
-                    x.last_seen = x.last_seen.max(e.last_seen);
-                })
-                .or_insert_with(|| e.clone());
-        }
-        if merged.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<&TaskEntry> = merged.values().collect();
-        let tools: Vec<Uuid> = rows.iter().map(|e| e.tool_id).collect();
-        let hashes: Vec<&str> = rows.iter().map(|e| e.hash.as_str()).collect();
-        let texts: Vec<&str> = rows.iter().map(|e| e.text.as_str()).collect();
-        let sources: Vec<&str> = rows.iter().map(|e| e.source.as_str()).collect();
-        let uses: Vec<i64> = rows.iter().map(|e| i64::try_from(e.uses).unwrap_or(i64::MAX)).collect();
-        let first: Vec<DateTime<Utc>> = rows.iter().map(|e| e.first_seen).collect();
-        let last: Vec<DateTime<Utc>> = rows.iter().map(|e| e.last_seen).collect();
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        tx.execute(
-            "INSERT INTO task_memory (tool_id, task_hash, task_text, source, uses, first_seen, last_seen) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], \
-             $6::timestamptz[], $7::timestamptz[]) \
-             ON CONFLICT (tool_id, task_hash) DO UPDATE SET uses = task_memory.uses + EXCLUDED.uses, \
-             last_seen = GREATEST(task_memory.last_seen, EXCLUDED.last_seen)",
-            &[&tools, &hashes, &texts, &sources, &uses, &first, &last],
-        )
-        .await
-        .map_err(db_err)?;
-        let mut touched = tools.clone();
-        touched.dedup();
-        tx.execute(
-            "DELETE FROM task_memory t USING (SELECT tool_id, task_hash, row_number() OVER \
-             (PARTITION BY tool_id ORDER BY last_seen DESC, task_hash) AS rank \
-             FROM task_memory WHERE tool_id = ANY($1)) r \
-             WHERE t.tool_id = r.tool_id AND t.task_hash = r.task_hash AND r.rank > $2",
-            &[&touched, &i64::try_from(per_tool).unwrap_or(i64::MAX)],
-        )
-        .await
-        .map_err(db_err)?;
+        super::postgres_task_memory::remember(&tx, entries, per_tool).await?;
         tx.commit().await.map_err(db_err)
     }
 
     async fn forget_task(&self, tool_id: Uuid, hash: &str) -> StoreResult<bool> {
-        let n = self
-            .client()
-            .await?
-            .execute(
-                "DELETE FROM task_memory WHERE tool_id = $1 AND task_hash = $2",
-                &[&tool_id, &hash],
-            )
-            .await
-            .map_err(db_err)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = super::postgres_task_memory::forget(&tx, tool_id, Some(hash)).await?;
+        tx.commit().await.map_err(db_err)?;
         Ok(n > 0)
     }
 
     async fn forget_tool_tasks(&self, tool_id: Uuid) -> StoreResult<u64> {
-        self.client()
-            .await?
-            .execute("DELETE FROM task_memory WHERE tool_id = $1", &[&tool_id])
-            .await
-            .map_err(db_err)
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = super::postgres_task_memory::forget(&tx, tool_id, None).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(n)
     }
 
     async fn task_memory(&self, since: DateTime<Utc>) -> StoreResult<Vec<TaskEntry>> {
-        let rows = self
-            .client()
-            .await?
-            .query("SELECT * FROM task_memory WHERE last_seen > $1", &[&since])
-            .await
-            .map_err(db_err)?;
-        rows.iter().map(task_from_row).collect()
+        super::postgres_task_memory::live(&self.client().await?, since).await
     }
 
     async fn prune_task_memory(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        self.client()
-            .await?
-            .execute("DELETE FROM task_memory WHERE last_seen < $1", &[&before])
+        super::postgres_task_memory::prune(&self.client().await?, before).await
+    }
+
+    async fn task_memory_changes(&self, after: u64) -> StoreResult<super::TaskMemoryChanges> {
+        super::postgres_task_memory::changes(&self.client().await?, after).await
+    }
+
+    async fn follow_stats(&self, category: &str) -> StoreResult<Option<super::FollowStats>> {
+        super::postgres_task_memory::follow_stats(&self.client().await?, category)
             .await
-            .map_err(db_err)
+            .map(Some)
     }
 
     async fn add_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> StoreResult<()> {

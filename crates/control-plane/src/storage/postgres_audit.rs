@@ -9,6 +9,7 @@ use deadpool_postgres::Transaction;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
 use toolplane_core::audit::{AuditRecord, ChainHead, chain_of, stored_time};
 use toolplane_core::model::*;
 use toolplane_core::stats::{self, ToolStats};
@@ -93,8 +94,32 @@ impl AuditColumns {
     }
 }
 
-/// Appends new audit events to their chains; events already stored are skipped.
-pub(super) async fn append_audit(tx: &Transaction<'_>, events: &[&AuditEvent]) -> StoreResult<()> {
+/// Whether [`append_audit`] looks up which events are stored already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resends {
+    /// Assume none is (the common case): the insert's unique index on
+    /// (event_id, occurred_at) catches a resend, and the caller retries with `Skip`.
+    Refuse,
+    /// Look them up and skip them (a batch resent after a lost ack).
+    Skip,
+}
+
+/// What [`append_audit`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Appended {
+    Done,
+    /// Under [`Resends::Refuse`], an event of the batch was stored before: the
+    /// transaction is aborted; append again in a new one with [`Resends::Skip`].
+    HadResends,
+}
+
+/// Appends new audit events to their chains; events already stored are skipped (see
+/// [`Resends`]).
+pub(super) async fn append_audit(
+    tx: &Transaction<'_>,
+    events: &[&AuditEvent],
+    resends: Resends,
+) -> StoreResult<Appended> {
     let mut by_chain: BTreeMap<String, Vec<AuditEvent>> = BTreeMap::new();
     let mut seen = HashSet::new();
     for e in events {
@@ -112,14 +137,17 @@ pub(super) async fn append_audit(tx: &Transaction<'_>, events: &[&AuditEvent]) -
     }
     // Resends after a lost ack come from the same writer, so the chain lock above
     // also orders them against their first delivery.
-    let ids: Vec<Uuid> = seen.into_iter().collect();
-    let stored: HashSet<Uuid> = tx
-        .query("SELECT event_id FROM audit_events WHERE event_id = ANY($1)", &[&ids])
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored: HashSet<Uuid> = if resends == Resends::Skip {
+        let ids: Vec<Uuid> = seen.into_iter().collect();
+        tx.query("SELECT event_id FROM audit_events WHERE event_id = ANY($1)", &[&ids])
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let mut cols = AuditColumns::default();
     let (mut head_chain, mut head_seq, mut head_hash) = (Vec::new(), Vec::new(), Vec::new());
     for (chain, events) in &by_chain {
@@ -150,39 +178,45 @@ pub(super) async fn append_audit(tx: &Transaction<'_>, events: &[&AuditEvent]) -
         head_hash.push(head.hash);
     }
     if cols.event_id.is_empty() {
-        return Ok(());
+        return Ok(Appended::Done);
     }
     let c = &cols;
-    tx.execute(
-        INSERT_AUDIT,
-        &[
-            &c.event_id,
-            &c.action,
-            &c.invocation_id,
-            &c.actor_id,
-            &c.agent_id,
-            &c.tool_id,
-            &c.tool_version,
-            &c.task_id,
-            &c.occurred_at,
-            &c.parameters,
-            &c.result_size,
-            &c.result_status,
-            &c.result_digest,
-            &c.success,
-            &c.detail,
-            &c.frameworks,
-            &c.classification,
-            &c.sidecar_id,
-            &c.permission_id,
-            &c.chain,
-            &c.chain_seq,
-            &c.prev_hash,
-            &c.hash,
-        ],
-    )
-    .await
-    .map_err(db_err)?;
+    let inserted = tx
+        .execute(
+            INSERT_AUDIT,
+            &[
+                &c.event_id,
+                &c.action,
+                &c.invocation_id,
+                &c.actor_id,
+                &c.agent_id,
+                &c.tool_id,
+                &c.tool_version,
+                &c.task_id,
+                &c.occurred_at,
+                &c.parameters,
+                &c.result_size,
+                &c.result_status,
+                &c.result_digest,
+                &c.success,
+                &c.detail,
+                &c.frameworks,
+                &c.classification,
+                &c.sidecar_id,
+                &c.permission_id,
+                &c.chain,
+                &c.chain_seq,
+                &c.prev_hash,
+                &c.hash,
+            ],
+        )
+        .await;
+    match inserted {
+        Err(e) if resends == Resends::Refuse && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            return Ok(Appended::HadResends);
+        }
+        other => other.map_err(db_err)?,
+    };
     tx.execute(
         "INSERT INTO audit_chain_heads (chain, chain_seq, hash) SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[]) \
          ON CONFLICT (chain) DO UPDATE SET chain_seq = EXCLUDED.chain_seq, hash = EXCLUDED.hash",
@@ -190,7 +224,7 @@ pub(super) async fn append_audit(tx: &Transaction<'_>, events: &[&AuditEvent]) -
     )
     .await
     .map_err(db_err)?;
-    Ok(())
+    Ok(Appended::Done)
 }
 
 const INSERT_INVOCATIONS: &str = "INSERT INTO invocations (invocation_id, agent_id, task_id, requested_tool_id, \

@@ -93,16 +93,22 @@ async fn lock_cells(tx: &Transaction<'_>, keys: &[Key]) -> StoreResult<HashMap<K
         .collect())
 }
 
-/// Writes `cells` back under the next version.
-async fn store_cells(tx: &Transaction<'_>, cells: BTreeMap<Key, Cell>) -> StoreResult<()> {
-    let version: i64 = tx
+/// The next shared learning version, taken under the counter row's lock until `tx`
+/// ends: versions commit in order, so a reader of "changed since v" misses nothing.
+pub(super) async fn next_version(tx: &Transaction<'_>) -> StoreResult<i64> {
+    Ok(tx
         .query_one(
             "UPDATE learning_version SET version = version + 1 RETURNING version",
             &[],
         )
         .await
         .map_err(db_err)?
-        .get(0);
+        .get(0))
+}
+
+/// Writes `cells` back under the next version.
+async fn store_cells(tx: &Transaction<'_>, cells: BTreeMap<Key, Cell>) -> StoreResult<()> {
+    let version = next_version(tx).await?;
     let cells: Vec<(Key, Cell)> = cells.into_iter().collect();
     let f64s = |f: fn(&Cell) -> f64| cells.iter().map(|(_, c)| f(c)).collect::<Vec<f64>>();
     let i64s = |f: fn(&Cell) -> u64| cells.iter().map(|(_, c)| i64_of(f(c))).collect::<Vec<i64>>();
