@@ -304,17 +304,24 @@ async fn agents_change_and_go_and_a_deleted_agents_tokens_are_refused_at_once() 
         .tokens;
     assert!(all_tokens[0].revoked_at.is_some(), "listed as revoked with --all");
 
-    // History is kept: the agent's calls and every part of its removal are in the trail.
-    let history = trail(
-        &cp,
-        pb::QueryAuditTrailRequest {
-            agent_id: agent.id.clone(),
-            ..Default::default()
-        },
-    )
+    // History is kept: the agent's calls (streamed from the sidecar, so they may
+    // arrive after the deletion) and every part of its removal are in the trail.
+    let history = eventually("the agent's calls in the trail", WAIT, || async {
+        let history = trail(
+            &cp,
+            pb::QueryAuditTrailRequest {
+                agent_id: agent.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        history
+            .iter()
+            .any(|e| e.action == pb::AuditAction::ToolInvoked as i32)
+            .then_some(history)
+    })
     .await;
     let has = |a: pb::AuditAction| history.iter().any(|e| e.action == a as i32);
-    assert!(has(pb::AuditAction::ToolInvoked), "its calls are kept");
     assert!(has(pb::AuditAction::AgentDeleted) && has(pb::AuditAction::TokenRevoked));
     assert!(
         history
