@@ -219,6 +219,9 @@ pub fn action_from_pb(v: i32) -> Option<AuditAction> {
         A::CredentialSet => AuditAction::CredentialSet,
         A::AgentCreated => AuditAction::AgentCreated,
         A::FallbackStrategySet => AuditAction::FallbackStrategySet,
+        A::ToolChangeDetected => AuditAction::ToolChangeDetected,
+        A::ToolChangeReviewed => AuditAction::ToolChangeReviewed,
+        A::ToolReviewPolicySet => AuditAction::ToolReviewPolicySet,
     })
 }
 
@@ -245,6 +248,9 @@ pub fn action_to_pb(v: AuditAction) -> i32 {
         AuditAction::CredentialSet => A::CredentialSet,
         AuditAction::AgentCreated => A::AgentCreated,
         AuditAction::FallbackStrategySet => A::FallbackStrategySet,
+        AuditAction::ToolChangeDetected => A::ToolChangeDetected,
+        AuditAction::ToolChangeReviewed => A::ToolChangeReviewed,
+        AuditAction::ToolReviewPolicySet => A::ToolReviewPolicySet,
     }) as i32
 }
 
@@ -350,6 +356,7 @@ pub fn spec_to_pb(spec: ToolSpec) -> pb::Tool {
         cache_ignored_params: s.cache_ignored_params.clone(),
         compliance_frameworks: s.compliance_frameworks.clone(),
         remote_name: s.remote_name.clone(),
+        definition_hash: crate::definition::definition_hash(s),
         created_at: None,
         updated_at: None,
     }

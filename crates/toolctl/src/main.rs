@@ -7,6 +7,7 @@
 mod access;
 mod audit;
 mod audit_trail;
+mod review;
 mod tool_file;
 mod tools;
 
@@ -61,6 +62,10 @@ enum Command {
     /// Register, import, list, show, update, enable/disable, delete tools; credentials.
     #[command(subcommand)]
     Tools(tools::ToolsCmd),
+    /// Pinned tool definitions: changes MCP servers made to approved tools, their review,
+    /// and providers' auto-approval.
+    #[command(subcommand)]
+    Review(review::ReviewCmd),
     /// Create agents.
     #[command(subcommand)]
     Agents(AgentsCmd),
@@ -195,6 +200,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let token = cli.token.as_deref();
     match cli.command {
         Command::Tools(cmd) => tools::run(cmd, channel(&cli.server, token).await?, out).await?,
+        Command::Review(cmd) => review::run(cmd, channel(&cli.server, token).await?, out).await?,
         Command::Agents(cmd) => {
             let mut c = pb::identity_client::IdentityClient::new(channel(&cli.server, token).await?);
             match cmd {
