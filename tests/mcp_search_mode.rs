@@ -129,7 +129,10 @@ async fn three_hundred_tools_are_searched_and_called_through_meta_tools() {
     assert_eq!(ok.structured_content, Some(json!({"words": 4})));
     // Validated like a direct call.
     let invalid = client
-        .call_tool(call("toolplane_call", json!({"tool": "word_count", "arguments": {"text": 7}})))
+        .call_tool(call(
+            "toolplane_call",
+            json!({"tool": "word_count", "arguments": {"text": 7}}),
+        ))
         .await
         .unwrap();
     assert_eq!(invalid.is_error, Some(true));

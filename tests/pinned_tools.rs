@@ -33,11 +33,7 @@ fn review_client(ch: Authed) -> pb::tool_review_client::ToolReviewClient<Authed>
     pb::tool_review_client::ToolReviewClient::new(ch)
 }
 
-async fn import(
-    admin: &mut Admin,
-    endpoint: &str,
-    prefix: &str,
-) -> Result<pb::ImportMcpToolsResponse, tonic::Status> {
+async fn import(admin: &mut Admin, endpoint: &str, prefix: &str) -> Result<pb::ImportMcpToolsResponse, tonic::Status> {
     Ok(admin
         .registry
         .import_mcp_tools(pb::ImportMcpToolsRequest {
@@ -114,7 +110,11 @@ async fn a_changed_description_waits_for_review_while_the_sidecar_serves_the_app
 
     let first = import(&mut admin, &endpoint, "calc.").await.unwrap();
     let sum = first.created.iter().find(|t| t.name == "calc.sum").unwrap().clone();
-    assert_eq!(sum.definition_hash.len(), 64, "every tool has a canonical definition hash");
+    assert_eq!(
+        sum.definition_hash.len(),
+        64,
+        "every tool has a canonical definition hash"
+    );
     let agent = admin.agent("pinned-agent").await;
     admin.grant_full(&agent.id, &sum.id).await;
     let token = admin.token(pb::Role::Agent, &agent.id).await;
@@ -194,7 +194,10 @@ async fn a_changed_description_waits_for_review_while_the_sidecar_serves_the_app
         .unwrap()
         .into_inner();
     let tool = approved.tool.unwrap();
-    assert_eq!((tool.version, tool.description.as_str()), (2, "Add two numbers (exactly)"));
+    assert_eq!(
+        (tool.version, tool.description.as_str()),
+        (2, "Add two numbers (exactly)")
+    );
     assert_eq!(tool.definition_hash, change.proposed_hash);
     assert_eq!(approved.change.unwrap().status, pb::ToolChangeStatus::Approved as i32);
     eventually("the approved new definition on the MCP front door", WAIT, || {
@@ -229,7 +232,9 @@ async fn a_changed_description_waits_for_review_while_the_sidecar_serves_the_app
 
     // A second server claiming the same names is refused, and nothing is taken over.
     let other = mcp_server(&["--listen", "127.0.0.1:0"]).await;
-    let hijack = import(&mut admin, &format!("{}/mcp", other.url()), "calc.").await.unwrap();
+    let hijack = import(&mut admin, &format!("{}/mcp", other.url()), "calc.")
+        .await
+        .unwrap();
     assert!(hijack.created.is_empty() && hijack.pending.is_empty() && hijack.updated.is_empty());
     let collision = hijack.skipped.iter().find(|s| s.remote_name == "sum").unwrap();
     assert!(collision.reason.contains("name collision"), "{}", collision.reason);
@@ -290,7 +295,10 @@ async fn the_scheduled_relist_flags_drift_without_an_import_and_a_provider_may_a
     let detected = audit_of(&cp, &sum.id, pb::AuditAction::ToolChangeDetected).await;
     assert_eq!(detected[0].actor_id, "control-plane:mcp-relist");
     let live_now = live(&mut admin, "m.sum").await;
-    assert_eq!((live_now.version, live_now.description.as_str()), (1, "Add two numbers"));
+    assert_eq!(
+        (live_now.version, live_now.description.as_str()),
+        (1, "Add two numbers")
+    );
     let scrape = toolplane_tests::http_get(format!("http://{metrics_listen}/metrics"))
         .await
         .unwrap()
