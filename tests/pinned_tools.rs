@@ -60,6 +60,21 @@ async fn live(admin: &mut Admin, name: &str) -> pb::Tool {
         .unwrap()
 }
 
+/// Runs `toolctl` against `cp` as the admin: (exit code, stdout, stderr).
+fn toolctl(cp: &Proc, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(toolplane_tests::procs::bin("toolctl"))
+        .args(["--server", &cp.url()])
+        .args(args)
+        .env("TOOLPLANE_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The description the sidecar's MCP front door serves for `tool` to the agent.
 async fn served_description(url: &str, token: &str, tool: &str) -> Option<String> {
     let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
@@ -183,6 +198,19 @@ async fn a_changed_description_waits_for_review_while_the_sidecar_serves_the_app
         "the sidecar serves only approved definitions"
     );
 
+    // `toolctl review` shows the same diff.
+    let (code, out, err) = toolctl(&cp, &["-o", "json", "review", "changes"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["id"], change.id.as_str(), "{listed}");
+    assert_eq!(listed[0]["diff"][0]["after"], "Add two numbers (exactly)", "{listed}");
+    let (code, out, err) = toolctl(&cp, &["review", "show", &change.id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("- Add two numbers") && out.contains("+ Add two numbers (exactly)"),
+        "{out}"
+    );
+
     // Approval makes it the next version, served at once.
     let approved = review
         .review_tool_change(pb::ReviewToolChangeRequest {
@@ -299,20 +327,21 @@ async fn the_scheduled_relist_flags_drift_without_an_import_and_a_provider_may_a
         (live_now.version, live_now.description.as_str()),
         (1, "Add two numbers")
     );
-    let scrape = toolplane_tests::http_get(format!("http://{metrics_listen}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        scrape
-            .lines()
-            .any(|l| l.starts_with("toolplane_tool_definition_drift_total")
-                && l.contains("source=\"relist\"")
-                && l.contains("outcome=\"pending\"")),
-        "{scrape}"
-    );
+    eventually("the drift metric", WAIT, || {
+        let url = format!("http://{metrics_listen}/metrics");
+        async move {
+            let scrape = toolplane_tests::http_get(url).await.ok()?.text().await.ok()?;
+            scrape
+                .lines()
+                .any(|l| {
+                    l.starts_with("toolplane_tool_definition_drift_total")
+                        && l.contains("source=\"relist\"")
+                        && l.contains("outcome=\"pending\"")
+                })
+                .then_some(())
+        }
+    })
+    .await;
     // Later re-lists find the same drift and record it once.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let all = review
@@ -348,13 +377,18 @@ async fn the_scheduled_relist_flags_drift_without_an_import_and_a_provider_may_a
     .await;
 
     // The provider's changes are approved automatically from now on (audited).
-    review
-        .set_tool_review_policy(pb::SetToolReviewPolicyRequest {
-            provider: "calc-vendor".into(),
-            auto_approve: true,
-        })
+    let (code, _, err) = toolctl(&cp, &["review", "policy", "calc-vendor", "--auto-approve", "true"]);
+    assert_eq!(code, 0, "{err}");
+    let policies = review
+        .list_tool_review_policies(pb::ListToolReviewPoliciesRequest {})
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .policies;
+    assert_eq!(
+        (policies[0].provider.as_str(), policies[0].auto_approve),
+        ("calc-vendor", true)
+    );
     v1.stop().await;
     let _v2 = mcp_server(&["--variant", "2", "--listen", &addr]).await;
     let updated = eventually("the automatically approved version", WAIT, || {

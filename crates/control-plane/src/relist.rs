@@ -83,6 +83,26 @@ async fn credential(state: &AppState, tools: &[Tool]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether the server's definition of `current` is a change found just now (newly
+/// pending, or approved automatically).
+async fn found_new(
+    state: &AppState,
+    current: Tool,
+    fresh: &toolplane_core::model::ToolSpec,
+) -> Result<bool, crate::error::ApiError> {
+    let before = state
+        .store
+        .list_tool_changes(Some(toolplane_core::model::ToolChangeStatus::Pending), Some(current.id))
+        .await?;
+    Ok(
+        match tool_review::on_server_definition(state, &Finder::Relist, current, fresh).await? {
+            Drift::Applied(_) => true,
+            Drift::Pending(c) => !before.iter().any(|b| b.id == c.id),
+            Drift::Unchanged | Drift::Rejected(_) => false,
+        },
+    )
+}
+
 /// Re-lists every imported server once; returns how many changes are newly pending
 /// or were approved automatically.
 pub async fn relist_all(state: &AppState) -> Result<usize, crate::error::ApiError> {
@@ -111,14 +131,13 @@ pub async fn relist_all(state: &AppState) -> Result<usize, crate::error::ApiErro
                 continue;
             };
             let fresh = mcp_import::to_spec(t, &opts);
-            let before = state
-                .store
-                .list_tool_changes(Some(toolplane_core::model::ToolChangeStatus::Pending), Some(current.id))
-                .await?;
-            match tool_review::on_server_definition(state, &Finder::Relist, current, &fresh).await? {
-                Drift::Applied(_) => found += 1,
-                Drift::Pending(c) if !before.iter().any(|b| b.id == c.id) => found += 1,
-                _ => {}
+            let name = current.spec.name.clone();
+            match found_new(state, current, &fresh).await {
+                Ok(true) => found += 1,
+                Ok(false) => {}
+                // One tool's trouble (storage, a concurrent change) does not stop the
+                // rest of the round.
+                Err(e) => tracing::warn!(tool = %name, error = %e, "could not compare a re-listed tool"),
             }
         }
     }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 use crate::mcp_import;
 use crate::state::AppState;
+use crate::storage::StoreError;
 
 /// Who found a change: an admin's import, or the control plane's own re-list.
 #[derive(Debug, Clone)]
@@ -168,7 +169,26 @@ pub async fn on_server_definition(
     let mut audit = event(state, finder, AuditAction::ToolChangeDetected, &current, detail);
     // A drift is news, not a completed admin action.
     audit.success = false;
-    state.store.record_tool_change(&change, &audit).await?;
+    match state.store.record_tool_change(&change, &audit).await {
+        Ok(()) => {}
+        // Another replica's re-list (or an import) recorded a change of this tool in
+        // the same instant (one pending change per tool is a unique index): theirs
+        // stands, and this one, with its event, is not recorded.
+        Err(StoreError::Conflict(_)) => {
+            let pending = state
+                .store
+                .list_tool_changes(Some(ToolChangeStatus::Pending), Some(current.id))
+                .await?;
+            return match pending.into_iter().next() {
+                Some(c) => Ok(Drift::Pending(c)),
+                None => Err(ApiError::Unavailable(format!(
+                    "a concurrent change of {} is being recorded; retry",
+                    current.spec.name
+                ))),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    }
     metrics::counter!(m::TOOL_DRIFT, "source" => source, "outcome" => "pending").increment(1);
     tracing::warn!(
         tool = %current.spec.name, change = %change.id, source, changed = %changes.join(", "),
