@@ -99,6 +99,38 @@ async fn three_hundred_tools_are_searched_and_called_through_meta_tools() {
     let names: Vec<&str> = listed.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(names, ["toolplane_select", "toolplane_call"], "only the meta-tools");
 
+    // The same agent on a sidecar with search mode off gets every definition: what
+    // search mode keeps out of the agent's context.
+    let full_port = free_port();
+    let full_listen = format!("127.0.0.1:{full_port}");
+    let _full_sc = sidecar_with(
+        &cp,
+        &sidecar_token,
+        &spool_dir(),
+        &[
+            ("TOOLPLANE_MCP_LISTEN", &full_listen),
+            ("TOOLPLANE_MCP_SEARCH_ABOVE", "0"),
+        ],
+    )
+    .await;
+    let full_url = format!("http://{full_listen}/mcp");
+    let full = eventually("the full catalog", WAIT, || {
+        let (url, token) = (full_url.clone(), token.clone());
+        async move {
+            let c = connect(&url, &token).await?;
+            let all = c.list_all_tools().await.ok()?;
+            let _ = c.cancel().await;
+            (all.len() == 301).then_some(all)
+        }
+    })
+    .await;
+    let (search_bytes, full_bytes) = (
+        serde_json::to_string(&listed).unwrap().len(),
+        serde_json::to_string(&full).unwrap().len(),
+    );
+    println!("tools/list for 300 granted tools: {full_bytes} bytes in full, {search_bytes} in search mode");
+    assert!(search_bytes * 20 < full_bytes, "{search_bytes} vs {full_bytes}");
+
     // Select: candidates come with their input schemas.
     let picked = client
         .call_tool(call("toolplane_select", json!({"task": "count the words of my essay"})))
