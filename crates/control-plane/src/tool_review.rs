@@ -9,7 +9,9 @@
 
 use chrono::Utc;
 use toolplane_core::definition::{definition_hash, diff};
-use toolplane_core::model::{AuditAction, AuditEvent, Principal, Tool, ToolChange, ToolChangeStatus, ToolSpec};
+use toolplane_core::model::{
+    AuditAction, AuditEvent, Principal, Tool, ToolChange, ToolChangeStatus, ToolProtocol, ToolSpec,
+};
 use toolplane_runtime::metrics as m;
 use uuid::Uuid;
 
@@ -23,6 +25,8 @@ use crate::storage::StoreError;
 pub enum Finder<'a> {
     Import(&'a Principal),
     Relist,
+    /// An admin's `UpdateTool` of an MCP-imported tool's pinned definition.
+    Update(&'a Principal),
 }
 
 impl Finder<'_> {
@@ -30,12 +34,13 @@ impl Finder<'_> {
         match self {
             Finder::Import(_) => "import",
             Finder::Relist => "relist",
+            Finder::Update(_) => "update",
         }
     }
 
     fn actor_id(&self) -> String {
         match self {
-            Finder::Import(who) => who.actor_id(),
+            Finder::Import(who) | Finder::Update(who) => who.actor_id(),
             Finder::Relist => "control-plane:mcp-relist".to_owned(),
         }
     }
@@ -56,7 +61,7 @@ pub enum Drift {
 
 fn event(state: &AppState, finder: &Finder<'_>, action: AuditAction, tool: &Tool, detail: String) -> AuditEvent {
     let mut e = match finder {
-        Finder::Import(who) => state.admin_event(who, action, None, Some(tool.id), detail),
+        Finder::Import(who) | Finder::Update(who) => state.admin_event(who, action, None, Some(tool.id), detail),
         Finder::Relist => state.admin_event(
             &Principal::Admin { token_id: None },
             action,
@@ -111,6 +116,33 @@ pub async fn on_server_definition(
         }
         return Ok(Drift::Unchanged);
     }
+    propose(state, finder, current, merged, &changes).await
+}
+
+/// The server-owned fields an admin's `UpdateTool` may not change on an MCP-imported
+/// tool without review: what agents read of it besides its annotations (which an
+/// admin refines as governance, e.g. side effects NONE).
+pub fn pinned_update_fields(current: &ToolSpec, update: &ToolSpec) -> Vec<&'static str> {
+    if current.protocol != ToolProtocol::Mcp {
+        return Vec::new();
+    }
+    diff(current, update)
+        .into_iter()
+        .map(|c| c.field)
+        .filter(|f| matches!(*f, "description" | "input_schema" | "output_schema" | "remote_name"))
+        .collect()
+}
+
+/// Records `proposed` (a whole spec: `current` with the changed definition) as a
+/// pending change of `current`, or applies it when its provider is auto-approved.
+pub async fn propose(
+    state: &AppState,
+    finder: &Finder<'_>,
+    current: Tool,
+    proposed: ToolSpec,
+    changes: &[&str],
+) -> ApiResult<Drift> {
+    let merged = proposed;
     let proposed_hash = definition_hash(&merged);
     // The same definition found again: one record, one event.
     let latest = state.store.list_tool_changes(None, Some(current.id)).await?;
@@ -158,17 +190,21 @@ pub async fn on_server_definition(
         review_reason: String::new(),
     };
     let detail = format!(
-        "definition of {} (version {}) changed on its MCP server, found by {source}: {} changed; pending review \
-         as change {} (sidecars keep serving version {})",
+        "definition of {} (version {}) changed {}: {} changed; pending review as change {} (sidecars keep \
+         serving version {})",
         current.spec.name,
         current.version,
+        match finder {
+            Finder::Update(who) => format!("by an update of {}", who.actor_id()),
+            _ => format!("on its MCP server, found by {source}"),
+        },
         changes.join(", "),
         change.id,
         current.version
     );
     let mut audit = event(state, finder, AuditAction::ToolChangeDetected, &current, detail);
-    // A drift is news, not a completed admin action.
-    audit.success = false;
+    // A drift is news, not a completed admin action (an admin's update is a request).
+    audit.success = matches!(finder, Finder::Update(_));
     match state.store.record_tool_change(&change, &audit).await {
         Ok(()) => {}
         // Another replica's re-list (or an import) recorded a change of this tool in
@@ -245,10 +281,15 @@ pub async fn review(
         review_reason: reason,
         ..change.clone()
     };
-    let fields: Vec<&str> = diff(&current.spec, &mcp_import::merge(&current.spec, &change.proposed))
-        .iter()
-        .map(|c| c.field)
-        .collect();
+    // The proposal whole when the tool did not move since (an update's governance
+    // fields included); else only its server-owned fields, onto governance as it is now
+    // (an admin may have changed it while the change waited).
+    let proposed = if change.base_version == current.version {
+        change.proposed.clone()
+    } else {
+        mcp_import::merge(&current.spec, &change.proposed)
+    };
+    let fields: Vec<&str> = diff(&current.spec, &proposed).iter().map(|c| c.field).collect();
     let verdict = if approve { "approved" } else { "rejected" };
     let mut detail = format!(
         "{verdict} change {id} of {} ({}){}",
@@ -260,11 +301,7 @@ pub async fn review(
             format!(": {}", reviewed.review_reason)
         }
     );
-    let new_version = approve.then(|| {
-        // The server's fields from the proposal; governance as it is now (an admin may
-        // have changed it while the change waited).
-        next_version(&current, mcp_import::merge(&current.spec, &change.proposed))
-    });
+    let new_version = approve.then(|| next_version(&current, proposed));
     if let Some(t) = &new_version {
         detail.push_str(&format!("; {} is now version {}", t.spec.name, t.version));
     }

@@ -206,14 +206,21 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
         }
         ToolsCmd::Update { file } => {
             let tool = tool_file::ToolFile::read(&file)?.into_pb()?;
-            let t = c
+            let r = c
                 .update_tool(pb::UpdateToolRequest { tool: Some(tool) })
                 .await?
-                .into_inner()
-                .tool
-                .unwrap_or_default();
-            print(out, &tool_json(&t), &t.version.to_string(), || {
-                println!("updated {} to v{}", t.name, t.version)
+                .into_inner();
+            let t = r.tool.unwrap_or_default();
+            let mut v = tool_json(&t);
+            if let Some(p) = &r.pending {
+                v["pending_change"] = json!(p.id);
+            }
+            print(out, &v, &t.version.to_string(), || match &r.pending {
+                Some(p) => println!(
+                    "{} stays at v{}: the definition change waits for review (toolctl review show {})",
+                    t.name, t.version, p.id
+                ),
+                None => println!("updated {} to v{}", t.name, t.version),
             });
         }
         ToolsCmd::Enable { name } => set_enabled(&mut c, &name, true, out).await?,

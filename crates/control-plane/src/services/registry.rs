@@ -110,7 +110,12 @@ impl RegistryService {
             .ok_or_else(|| ApiError::NotFound(format!("version {} of tool {tool_id} not found", req.version)))
     }
 
-    async fn update(&self, who: &Principal, req: pb::UpdateToolRequest) -> ApiResult<Tool> {
+    /// The tool as it is now, and the pending change when the update waits for review.
+    async fn update(
+        &self,
+        who: &Principal,
+        req: pb::UpdateToolRequest,
+    ) -> ApiResult<(Tool, Option<toolplane_core::model::ToolChange>)> {
         let wire = required("tool", req.tool)?;
         let current = self.live("tool.id", Some(&wire.id), Some(&wire.name)).await?;
         let mut spec = tool_spec_from_pb(wire)?;
@@ -121,7 +126,20 @@ impl RegistryService {
             return Err(Violations::single("tool.name", "cannot change; register a new tool instead").into());
         }
         check_tool_spec(&spec, self.state.policy)?;
-        self.save_version(who, current, spec, "").await
+        // An MCP-imported tool's pinned definition changes only through review.
+        let pinned = tool_review::pinned_update_fields(&current.spec, &spec);
+        if !pinned.is_empty() {
+            spec.reliability_score = current.spec.reliability_score;
+            spec.average_latency_ms = current.spec.average_latency_ms;
+            return Ok(
+                match tool_review::propose(&self.state, &Finder::Update(who), current.clone(), spec, &pinned).await? {
+                    Drift::Applied(tool) => (tool, None),
+                    Drift::Pending(change) | Drift::Rejected(change) => (current, Some(change)),
+                    Drift::Unchanged => (current, None),
+                },
+            );
+        }
+        Ok((self.save_version(who, current, spec, "").await?, None))
     }
 
     /// Stores `spec` as the next version of `current` (learned statistics kept), with
@@ -499,9 +517,10 @@ impl ToolRegistry for RegistryService {
     ) -> Result<Response<pb::UpdateToolResponse>, Status> {
         let who = principal(&request)?;
         who.require(&[Role::Admin], "UpdateTool")?;
-        let tool = self.update(&who, request.into_inner()).await?;
+        let (tool, pending) = self.update(&who, request.into_inner()).await?;
         Ok(Response::new(pb::UpdateToolResponse {
             tool: Some(tool_to_pb(&tool)),
+            pending: pending.as_ref().map(super::tool_review::change_to_pb),
         }))
     }
 
