@@ -232,6 +232,9 @@ async fn mcp_reimport_keeps_what_the_admin_governs(mut cp: Cp) {
     assert_eq!(held.tool.as_ref().unwrap().description, imported.description);
     let pending = held.pending.unwrap();
     assert_eq!(pending.source, "update");
+    // A re-import of the unchanged server does not withdraw the admin's proposal.
+    let unchanged = import(&mut cp.admin, &endpoint).await.unwrap();
+    assert!(unchanged.pending.is_empty() && unchanged.updated.is_empty());
     let mut review: pb::tool_review_client::ToolReviewClient<Authed> =
         pb::tool_review_client::ToolReviewClient::new(channel(&cp.proc.url(), Some(ADMIN_TOKEN)).await);
     let rejected = review
@@ -243,6 +246,11 @@ async fn mcp_reimport_keeps_what_the_admin_governs(mut cp: Cp) {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(
+        rejected.change.unwrap().status,
+        pb::ToolChangeStatus::Rejected as i32,
+        "still pending until rejected"
+    );
     assert_eq!(
         rejected.tool.unwrap().version,
         2,

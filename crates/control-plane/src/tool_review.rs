@@ -95,7 +95,15 @@ pub async fn on_server_definition(
     let merged = mcp_import::merge(&current.spec, fresh);
     let changes = mcp_import::server_changes(&current.spec, &merged);
     if changes.is_empty() {
-        // The server went back to the approved definition: nothing waits any more.
+        // The server went back to the approved definition: a drift it had shown waits
+        // no more (an admin's pending update is not the server's to withdraw).
+        let pending = state
+            .store
+            .list_tool_changes(Some(ToolChangeStatus::Pending), Some(current.id))
+            .await?;
+        if pending.iter().all(|c| c.source == "update") {
+            return Ok(Drift::Unchanged);
+        }
         let audit = event(
             state,
             finder,
@@ -158,10 +166,14 @@ pub async fn propose(
         });
     }
     let source = finder.source();
+    let how = match finder {
+        Finder::Update(who) => format!("by an update of {}", who.actor_id()),
+        _ => format!("on its MCP server, found by {source}"),
+    };
     if auto_approves(state, &current.spec.provider).await? {
         let detail = format!(
-            "{} is now version {} (changed on its MCP server, found by {source}: {} changed; approved \
-             automatically by the review policy of provider {:?})",
+            "{} is now version {} (changed {how}: {} changed; approved automatically by the review policy of \
+             provider {:?})",
             current.spec.name,
             current.version + 1,
             changes.join(", "),
@@ -194,10 +206,7 @@ pub async fn propose(
          serving version {})",
         current.spec.name,
         current.version,
-        match finder {
-            Finder::Update(who) => format!("by an update of {}", who.actor_id()),
-            _ => format!("on its MCP server, found by {source}"),
-        },
+        how,
         changes.join(", "),
         change.id,
         current.version
