@@ -49,7 +49,7 @@ async fn connect(
         HeaderName::from_static("authorization"),
         HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
     );
-    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    let transport = StreamableHttpClientTransport::with_client(toolplane_tests::http_client(), config);
     watcher.serve(transport).await.ok()
 }
 
@@ -98,7 +98,7 @@ async fn an_mcp_client_lists_selects_and_calls_governed_tools() {
     );
     let intruder = ClientConfig::default()
         .serve(StreamableHttpClientTransport::with_client(
-            reqwest::Client::new(),
+            toolplane_tests::http_client(),
             config,
         ))
         .await;
@@ -282,7 +282,7 @@ async fn raw_initialize(url: &str, host: &str, token: Option<&str>) -> (u16, Opt
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "raw", "version": "0"}}});
-    let mut req = reqwest::Client::new()
+    let mut req = toolplane_tests::http_client()
         .post(url)
         .header("host", host)
         .header("accept", "application/json, text/event-stream")

@@ -19,7 +19,7 @@ use toolplane_tests::{eventually, free_port};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn scrape(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    toolplane_tests::http_get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
         .text()

@@ -14,7 +14,7 @@ use toolplane_tests::{eventually, free_port};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn scrape(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    toolplane_tests::http_get(format!("http://127.0.0.1:{port}/metrics"))
         .await
         .unwrap()
         .text()
@@ -133,7 +133,9 @@ async fn both_binaries_expose_prometheus_metrics_of_real_calls() {
     })
     .await;
     assert!(text.contains("toolplane_selection_duration_seconds_count 1"), "{text}");
-    let missing = reqwest::get(format!("http://127.0.0.1:{cp_port}/other")).await.unwrap();
+    let missing = toolplane_tests::http_get(format!("http://127.0.0.1:{cp_port}/other"))
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 }
 

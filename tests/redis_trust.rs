@@ -453,7 +453,7 @@ async fn tampered_cache_values_are_not_served_and_untampered_shared_hits_are() {
     }
     assert_redis_was_used(&b);
 
-    let text = reqwest::get(format!("http://127.0.0.1:{b_metrics}/metrics"))
+    let text = toolplane_tests::http_get(format!("http://127.0.0.1:{b_metrics}/metrics"))
         .await
         .unwrap()
         .text()
@@ -471,7 +471,7 @@ async fn a_rate_limit_state_deleted_behind_the_sidecars_back_is_noticed() {
     let s = Stack::start().await;
     let (a, metrics_port) = s.sidecar().await;
     let scrape = || async move {
-        reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        toolplane_tests::http_get(format!("http://127.0.0.1:{metrics_port}/metrics"))
             .await
             .unwrap()
             .text()

@@ -162,7 +162,7 @@ async fn health(url: &str, service: &str) -> ServingStatus {
 
 /// `toolplane_snapshot_age_seconds` as the sidecar exports it.
 async fn snapshot_age_metric(metrics: &str) -> Option<f64> {
-    let body = reqwest::get(metrics).await.ok()?.text().await.ok()?;
+    let body = toolplane_tests::http_get(metrics).await.ok()?.text().await.ok()?;
     body.lines()
         .find_map(|l| l.strip_prefix("toolplane_snapshot_age_seconds "))
         .and_then(|v| v.trim().parse().ok())
@@ -187,7 +187,7 @@ async fn a_frozen_control_plane_cuts_the_sidecar_off_until_it_resumes() {
     );
     let mcp = ClientConfig::default()
         .serve(StreamableHttpClientTransport::with_client(
-            reqwest::Client::new(),
+            toolplane_tests::http_client(),
             mcp_config,
         ))
         .await

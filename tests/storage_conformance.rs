@@ -68,6 +68,7 @@ conformance!(
     agents_are_updated_and_deleted_with_their_tokens_grants_and_requests,
     lists_page_in_index_order_after_a_cursor,
     fallback_strategies_are_deleted_once_and_audited,
+    tool_changes_wait_supersede_and_are_reviewed_once_with_the_new_version,
 );
 
 /// The audit event an administrative change carries (its content does not matter here).
@@ -1223,4 +1224,114 @@ async fn fallback_strategies_are_deleted_once_and_audited(s: Arc<dyn Store>) {
     assert!(s.list_fallbacks().await.unwrap().is_empty());
     assert!(!s.delete_fallback(t.id, &ev()).await.unwrap());
     assert_eq!(trail_len(&s).await, before + 1, "nothing deleted, nothing recorded");
+}
+
+fn change_of(t: &Tool, description: &str) -> ToolChange {
+    let mut proposed = t.spec.clone();
+    proposed.description = description.to_owned();
+    ToolChange {
+        id: Uuid::now_v7(),
+        tool_id: t.id,
+        tool_name: t.spec.name.clone(),
+        base_version: t.version,
+        base_hash: toolplane_core::definition::definition_hash(&t.spec),
+        proposed_hash: toolplane_core::definition::definition_hash(&proposed),
+        proposed,
+        source: "import".into(),
+        status: ToolChangeStatus::Pending,
+        detected_at: toolplane_core::audit::stored_time(Utc::now()),
+        reviewed_at: None,
+        reviewed_by: String::new(),
+        review_reason: String::new(),
+    }
+}
+
+async fn tool_changes_wait_supersede_and_are_reviewed_once_with_the_new_version(s: Arc<dyn Store>) {
+    let t = testutil::tool("pinned");
+    s.create_tool(&t, &ev()).await.unwrap();
+    let first = change_of(&t, "poisoned once");
+    s.record_tool_change(&first, &ev()).await.unwrap();
+    let second = change_of(&t, "poisoned twice");
+    s.record_tool_change(&second, &ev()).await.unwrap();
+    let pending = s
+        .list_tool_changes(Some(ToolChangeStatus::Pending), Some(t.id))
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1, "only the newest waits");
+    assert_eq!(pending[0], second, "round-trips whole");
+    assert_eq!(
+        s.get_tool_change(first.id).await.unwrap().unwrap().status,
+        ToolChangeStatus::Superseded
+    );
+    assert_eq!(
+        s.list_tool_changes(None, None).await.unwrap()[0].id,
+        second.id,
+        "newest first"
+    );
+    // The live tool is untouched while a change waits.
+    let live = s.get_tool(t.id).await.unwrap().unwrap();
+    assert_eq!((live.version, &live.spec), (t.version, &t.spec));
+
+    // Approval: the review and the next version in one step, with both events.
+    let mut next = t.clone();
+    next.version = 2;
+    next.spec = second.proposed.clone();
+    let reviewed = ToolChange {
+        status: ToolChangeStatus::Approved,
+        reviewed_at: Some(Utc::now()),
+        reviewed_by: "admin:x".into(),
+        review_reason: "fine".into(),
+        ..second.clone()
+    };
+    let before = s.audit_events(&AuditFilter::default()).await.unwrap().len();
+    let done = s
+        .review_tool_change(&reviewed, Some(&next), &[ev(), ev()])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, ToolChangeStatus::Approved);
+    assert_eq!(done.review_reason, "fine");
+    assert_eq!(
+        s.get_tool(t.id).await.unwrap().unwrap().spec.description,
+        "poisoned twice"
+    );
+    assert_eq!(s.audit_events(&AuditFilter::default()).await.unwrap().len(), before + 2);
+    // Not pending any more: a second review changes nothing.
+    assert!(s.review_tool_change(&reviewed, None, &[ev()]).await.unwrap().is_none());
+    assert_eq!(s.audit_events(&AuditFilter::default()).await.unwrap().len(), before + 2);
+
+    // A stale approval (the tool moved on) is refused and leaves the change pending.
+    let third = change_of(&next, "third");
+    s.record_tool_change(&third, &ev()).await.unwrap();
+    let stale = ToolChange {
+        status: ToolChangeStatus::Approved,
+        ..third.clone()
+    };
+    assert!(matches!(
+        s.review_tool_change(&stale, Some(&next), &[ev()]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.get_tool_change(third.id).await.unwrap().unwrap().status,
+        ToolChangeStatus::Pending
+    );
+    // Withdrawn when the server goes back; audited only when something was pending.
+    let n = s.audit_events(&AuditFilter::default()).await.unwrap().len();
+    assert_eq!(s.withdraw_tool_changes(t.id, Utc::now(), &ev()).await.unwrap(), 1);
+    assert_eq!(s.withdraw_tool_changes(t.id, Utc::now(), &ev()).await.unwrap(), 0);
+    assert_eq!(s.audit_events(&AuditFilter::default()).await.unwrap().len(), n + 1);
+
+    // Review policies.
+    let policy = ToolReviewPolicy {
+        provider: "vendor".into(),
+        auto_approve: true,
+        updated_at: toolplane_core::audit::stored_time(Utc::now()),
+    };
+    s.set_tool_review_policy(&policy, &ev()).await.unwrap();
+    let off = ToolReviewPolicy {
+        auto_approve: false,
+        ..policy.clone()
+    };
+    s.set_tool_review_policy(&off, &ev()).await.unwrap();
+    assert_eq!(s.list_tool_review_policies().await.unwrap(), vec![off]);
 }

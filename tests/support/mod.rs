@@ -43,3 +43,16 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A plain HTTP client for tests. reqwest is built with `rustls-no-provider` (the
+/// product hands it a ring-based TLS configuration), so a client built without one
+/// needs ring installed as the process's default provider first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// `GET url` with [`http_client`].
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
+}

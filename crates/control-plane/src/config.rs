@@ -118,6 +118,16 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_EMBEDDINGS_DIR", default_value = "models/all-minilm-l6-v2")]
     pub embeddings_dir: PathBuf,
 
+    /// PEM CA bundle trusted for https:// MCP servers (imports and re-lists) besides the
+    /// public roots (a private CA).
+    #[arg(long, env = "TOOLPLANE_TOOL_CA_FILE")]
+    pub tool_ca_file: Option<PathBuf>,
+
+    /// Re-list every imported MCP server this often and flag changed tool definitions
+    /// as pending changes (0, the default, turns the schedule off).
+    #[arg(long, env = "TOOLPLANE_MCP_RELIST_SECS", default_value_t = 0)]
+    pub mcp_relist_secs: u64,
+
     /// Apply database migrations and exit (the Kubernetes migration Job).
     #[arg(long, env = "TOOLPLANE_MIGRATE_ONLY", default_value_t = false)]
     pub migrate_only: bool,

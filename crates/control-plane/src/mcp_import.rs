@@ -32,17 +32,27 @@ pub enum ImportError {
     Refused(String),
 }
 
-/// Lists every tool of the server at `endpoint` (all pages). `allow_link_local` is
-/// the registry's `TOOLPLANE_ALLOW_LINK_LOCAL_ENDPOINTS`.
-pub async fn list_tools(endpoint: &str, allow_link_local: bool) -> Result<Vec<rmcp::model::Tool>, ImportError> {
+/// Lists every tool of the server at `endpoint` (all pages), sending `headers` (the
+/// tools' credential) with every request. `http` is the guarded client
+/// ([`AppState::mcp_http`](crate::state::AppState::mcp_http)).
+pub async fn list_tools(
+    http: &McpHttp,
+    endpoint: &str,
+    headers: &[(String, String)],
+) -> Result<Vec<rmcp::model::Tool>, ImportError> {
     let work = async {
-        let http = McpHttp::new(allow_link_local).map_err(|e| ImportError::Unreachable(e.to_string()))?;
-        let transport = http
-            .transport(StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned()))
-            .map_err(|e| match e {
-                EgressError::Refused(why) => ImportError::Refused(why),
-                EgressError::BadUrl(_) => ImportError::Unreachable(e.to_string()),
-            })?;
+        let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned());
+        for (name, value) in headers {
+            let name =
+                http::HeaderName::try_from(name.as_str()).map_err(|e| ImportError::Unreachable(e.to_string()))?;
+            let value =
+                http::HeaderValue::try_from(value.as_str()).map_err(|e| ImportError::Unreachable(e.to_string()))?;
+            config.custom_headers.insert(name, value);
+        }
+        let transport = http.transport(config).map_err(|e| match e {
+            EgressError::Refused(why) => ImportError::Refused(why),
+            EgressError::BadUrl(_) => ImportError::Unreachable(e.to_string()),
+        })?;
         let client = ClientConfig::default()
             .serve(transport)
             .await
@@ -200,7 +210,6 @@ pub fn server_changes(registered: &ToolSpec, merged: &ToolSpec) -> Vec<&'static 
     fields.into_iter().filter(|(_, d)| *d).map(|(f, _)| f).collect()
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,6 +117,13 @@ pub async fn serve(
         },
         config.keyring()?,
     );
+    state.set_mcp_http(toolplane_runtime::egress::McpHttp::new(
+        config.common.allow_link_local_endpoints,
+        config.tool_ca_file.as_deref(),
+    )?);
+    if config.mcp_relist_secs > 0 {
+        crate::relist::spawn(state.clone(), std::time::Duration::from_secs(config.mcp_relist_secs));
+    }
     let authn = Arc::new(StoreAuthenticator::new(store, &admin_token));
     state
         .selector
@@ -207,6 +214,9 @@ pub async fn serve(
         .add_service(pb::tool_registry_server::ToolRegistryServer::new(RegistryService::new(
             state.clone(),
         )))
+        .add_service(pb::tool_review_server::ToolReviewServer::new(
+            crate::services::tool_review::ToolReviewService::new(state.clone()),
+        ))
         .add_service(pb::identity_server::IdentityServer::new(IdentityService::new(
             state.clone(),
         )))

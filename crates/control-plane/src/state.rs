@@ -36,6 +36,9 @@ pub struct AppState {
     /// The version of the shared learning cells this replica has loaded.
     learning_version: tokio::sync::Mutex<u64>,
     task_memory_version: tokio::sync::Mutex<u64>,
+    /// The guarded client for MCP servers (imports, re-lists); set at start-up with
+    /// the configured CA bundle ([`Self::set_mcp_http`]).
+    mcp_http: std::sync::OnceLock<toolplane_runtime::egress::McpHttp>,
 }
 
 impl AppState {
@@ -54,7 +57,24 @@ impl AppState {
             recent_selections: Default::default(),
             learning_version: tokio::sync::Mutex::new(0),
             task_memory_version: tokio::sync::Mutex::new(0),
+            mcp_http: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the MCP client (once, at start-up).
+    pub fn set_mcp_http(&self, http: toolplane_runtime::egress::McpHttp) {
+        let _ = self.mcp_http.set(http);
+    }
+
+    /// The guarded MCP client: the one set at start-up, else one trusting the public
+    /// roots only.
+    pub fn mcp_http(&self) -> Result<toolplane_runtime::egress::McpHttp, String> {
+        if let Some(h) = self.mcp_http.get() {
+            return Ok(h.clone());
+        }
+        let h = toolplane_runtime::egress::McpHttp::new(self.policy.allow_link_local_endpoints, None)
+            .map_err(|e| format!("cannot build the MCP client: {e}"))?;
+        Ok(self.mcp_http.get_or_init(|| h).clone())
     }
 
     /// Feeds an invocation outcome to selection's learning. Cache hits and calls that

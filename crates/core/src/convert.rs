@@ -246,6 +246,9 @@ pub fn action_from_pb(v: i32) -> Option<AuditAction> {
         A::AgentUpdated => AuditAction::AgentUpdated,
         A::AgentDeleted => AuditAction::AgentDeleted,
         A::FallbackStrategyDeleted => AuditAction::FallbackStrategyDeleted,
+        A::ToolChangeDetected => AuditAction::ToolChangeDetected,
+        A::ToolChangeReviewed => AuditAction::ToolChangeReviewed,
+        A::ToolReviewPolicySet => AuditAction::ToolReviewPolicySet,
     })
 }
 
@@ -275,6 +278,9 @@ pub fn action_to_pb(v: AuditAction) -> i32 {
         AuditAction::AgentUpdated => A::AgentUpdated,
         AuditAction::AgentDeleted => A::AgentDeleted,
         AuditAction::FallbackStrategyDeleted => A::FallbackStrategyDeleted,
+        AuditAction::ToolChangeDetected => A::ToolChangeDetected,
+        AuditAction::ToolChangeReviewed => A::ToolChangeReviewed,
+        AuditAction::ToolReviewPolicySet => A::ToolReviewPolicySet,
     }) as i32
 }
 
@@ -380,6 +386,7 @@ pub fn spec_to_pb(spec: ToolSpec) -> pb::Tool {
         cache_ignored_params: s.cache_ignored_params.clone(),
         compliance_frameworks: s.compliance_frameworks.clone(),
         remote_name: s.remote_name.clone(),
+        definition_hash: crate::definition::definition_hash(s),
         created_at: None,
         updated_at: None,
     }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod compliance;
 pub mod convert;
 pub mod crypto;
+pub mod definition;
 pub mod delta;
 pub mod endpoint;
 pub mod error;

@@ -269,6 +269,9 @@ text_enum!(AuditAction {
     AgentUpdated = "agent_updated",
     AgentDeleted = "agent_deleted",
     FallbackStrategyDeleted = "fallback_strategy_deleted",
+    ToolChangeDetected = "tool_change_detected",
+    ToolChangeReviewed = "tool_change_reviewed",
+    ToolReviewPolicySet = "tool_review_policy_set",
 });
 text_enum!(ExecutionStatus {
     Success = "success",
@@ -497,4 +500,42 @@ pub struct Snapshot {
     pub tokens: Vec<TokenRecord>,
     pub credentials: Vec<Credential>,
     pub fallbacks: Vec<FallbackStrategy>,
+}
+
+text_enum!(ToolChangeStatus {
+    Pending = "pending",
+    Approved = "approved",
+    Rejected = "rejected",
+    Superseded = "superseded",
+});
+
+/// A changed definition of an approved tool, found on its MCP server (by an import or
+/// the scheduled re-list), that sidecars do not serve until an admin approves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolChange {
+    pub id: Uuid,
+    pub tool_id: Uuid,
+    pub tool_name: String,
+    /// The approved version the change was found against.
+    pub base_version: u32,
+    /// [`crate::definition::definition_hash`] of that version.
+    pub base_hash: String,
+    /// The server's definition merged onto the approved tool (governance kept).
+    pub proposed: ToolSpec,
+    pub proposed_hash: String,
+    /// `import` or `relist`.
+    pub source: String,
+    pub status: ToolChangeStatus,
+    pub detected_at: DateTime<Utc>,
+    pub reviewed_at: Option<DateTime<Utc>>,
+    pub reviewed_by: String,
+    pub review_reason: String,
+}
+
+/// Whether an MCP server's changes to a provider's tools are approved without review.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolReviewPolicy {
+    pub provider: String,
+    pub auto_approve: bool,
+    pub updated_at: DateTime<Utc>,
 }

@@ -140,6 +140,16 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_MCP_MAX_SESSIONS", default_value_t = 1000)]
     pub mcp_max_sessions: usize,
 
+    /// MCP search mode for large catalogs: an agent that may use more tools than this
+    /// gets `toolplane_select` and `toolplane_call` from `tools/list` instead of every
+    /// definition (0: never by count).
+    #[arg(long, env = "TOOLPLANE_MCP_SEARCH_ABOVE", default_value_t = 100)]
+    pub mcp_search_above: usize,
+
+    /// Agents (ids or names, comma-separated) always in MCP search mode.
+    #[arg(long, env = "TOOLPLANE_MCP_SEARCH_AGENTS", value_delimiter = ',')]
+    pub mcp_search_agents: Vec<String>,
+
     /// An MCP session idle this long is closed.
     #[arg(long, env = "TOOLPLANE_MCP_SESSION_IDLE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub mcp_session_idle_secs: u64,

@@ -48,38 +48,12 @@ pub struct ToolHttpClient {
     client: Client<Connector, Full<Bytes>>,
 }
 
-/// Roots tools' certificates are checked against: the Mozilla set (webpki-roots), plus
-/// a private CA bundle when configured.
-fn tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra_ca {
-        let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| anyhow::anyhow!("cannot read the tool CA bundle {}: {e}", path.display()))?
-        {
-            let cert = cert.map_err(|e| anyhow::anyhow!("bad certificate in {}: {e}", path.display()))?;
-            roots.add(cert)?;
-            added += 1;
-        }
-        tracing::info!(path = %path.display(), certificates = added, "trusting an extra CA for tools");
-    }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
 impl ToolHttpClient {
     /// HTTP/1.1 and, over TLS, HTTP/2 when the tool offers it (ALPN).
     pub fn new(allow_link_local: bool, extra_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let http = egress::connector(GuardedResolver::new(allow_link_local));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(extra_ca)?)
+            .with_tls_config(toolplane_runtime::tool_tls::client_config(extra_ca)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()

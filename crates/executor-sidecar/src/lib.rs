@@ -10,6 +10,7 @@ pub mod error;
 pub mod executor;
 pub mod http_client;
 pub mod mcp_client;
+pub mod mcp_search;
 pub mod mcp_server;
 pub mod outbox;
 pub mod quota;

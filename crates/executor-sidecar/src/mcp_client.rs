@@ -42,9 +42,10 @@ pub struct McpPool {
 }
 
 impl McpPool {
-    pub fn new(allow_link_local: bool) -> anyhow::Result<Self> {
+    /// `tool_ca`: a PEM bundle trusted for https:// MCP servers besides the public roots.
+    pub fn new(allow_link_local: bool, tool_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
         Ok(Self {
-            http: McpHttp::new(allow_link_local)?,
+            http: McpHttp::new(allow_link_local, tool_ca)?,
             sessions: Mutex::default(),
         })
     }

@@ -34,6 +34,7 @@ use uuid::Uuid;
 use crate::auth::SnapshotAuthenticator;
 use crate::error::ExecError;
 use crate::executor::{Call, ExecutorService};
+use crate::mcp_search::{self, SearchMode};
 
 const BEARER_PREFIX: &str = "Bearer ";
 /// The built-in selection tool.
@@ -54,6 +55,8 @@ pub struct McpFrontDoor {
     auth: Arc<SnapshotAuthenticator>,
     /// Peers of initialized sessions, told when the catalog changes.
     peers: Arc<Mutex<Vec<Peer<RoleServer>>>>,
+    /// When `tools/list` holds the meta-tools only (large catalogs).
+    search: Arc<SearchMode>,
 }
 
 fn schema(v: &Value) -> Arc<serde_json::Map<String, Value>> {
@@ -70,7 +73,14 @@ impl McpFrontDoor {
             executor,
             auth,
             peers: Arc::default(),
+            search: Arc::default(),
         }
+    }
+
+    /// Search mode for large catalogs ([`crate::mcp_search`]).
+    pub fn with_search_mode(mut self, search: SearchMode) -> Self {
+        self.search = Arc::new(search);
+        self
     }
 
     /// The calling agent, from this HTTP request's bearer token.
@@ -124,6 +134,10 @@ impl McpFrontDoor {
                 )
             })
             .collect();
+        if self.search.applies(a, mine.len()) {
+            tools.push(mcp_search::call_tool());
+            return tools;
+        }
         mine.sort_by(|a, b| a.name.cmp(&b.name));
         tools.extend(mine);
         tools
@@ -146,6 +160,14 @@ impl McpFrontDoor {
         match selector.clone().select_tool(req).await {
             Ok(r) => {
                 let r = r.into_inner();
+                let snap = self.executor.snapshot.current();
+                // Each candidate's input schema, so the agent can call it at once (in
+                // search mode it has no other way to read it).
+                let input_schema = |name: &str| {
+                    snap.as_ref()
+                        .and_then(|s| s.tool_by_name(name).map(|t| t.tool.spec.input_schema.clone()))
+                        .unwrap_or(Value::Null)
+                };
                 let ranked: Vec<Value> = r
                     .primary
                     .iter()
@@ -153,7 +175,8 @@ impl McpFrontDoor {
                     .filter_map(|s| {
                         s.tool.as_ref().map(|t| {
                             json!({"tool": t.name, "description": t.description, "score": s.combined_score,
-                                   "match": s.match_score, "suitability": s.suitability_score})
+                                   "match": s.match_score, "suitability": s.suitability_score,
+                                   "input_schema": input_schema(&t.name)})
                         })
                     })
                     .collect();
@@ -273,9 +296,18 @@ impl ServerHandler for McpFrontDoor {
         if request.name == SELECT_TOOL {
             return Ok(self.select(&token, &args).await);
         }
+        // `toolplane_call` only names the tool another way: the call below is the same.
+        let (name, args) = if request.name == mcp_search::CALL_TOOL {
+            match mcp_search::target(&args) {
+                Ok(t) => t,
+                Err(why) => return Ok(failure(why)),
+            }
+        } else {
+            (request.name.to_string(), args)
+        };
         let call = Call {
             agent_id,
-            tool: Some(pb::invoke_request::Tool::ToolName(request.name.to_string())),
+            tool: Some(pb::invoke_request::Tool::ToolName(name)),
             parameters: args,
             task_id: String::new(),
             task_category: String::new(),

@@ -244,7 +244,16 @@ pub async fn serve(
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for MCP on {addr}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving MCP (Streamable HTTP) at /mcp");
-        let door = McpFrontDoor::new(executor.clone(), Arc::new(SnapshotAuthenticator::new(snapshot.clone())));
+        let door = McpFrontDoor::new(executor.clone(), Arc::new(SnapshotAuthenticator::new(snapshot.clone())))
+            .with_search_mode(crate::mcp_search::SearchMode {
+                above: config.mcp_search_above,
+                agents: config
+                    .mcp_search_agents
+                    .iter()
+                    .filter(|a| !a.is_empty())
+                    .cloned()
+                    .collect(),
+            });
         let mut hosts = vec![
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),

@@ -81,7 +81,7 @@ impl Upstream {
     pub fn new(allow_link_local: bool, tool_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
         Ok(Self {
             http: ToolHttpClient::new(allow_link_local, tool_ca)?,
-            mcp: McpPool::new(allow_link_local)?,
+            mcp: McpPool::new(allow_link_local, tool_ca)?,
         })
     }
 

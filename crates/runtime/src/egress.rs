@@ -236,13 +236,16 @@ pub struct McpHttp {
 }
 
 impl McpHttp {
-    pub fn new(allow_link_local: bool) -> Result<Self, reqwest::Error> {
-        Self::with_resolver(GuardedResolver::new(allow_link_local))
+    /// Over TLS, server certificates are checked against the Mozilla roots plus
+    /// `extra_ca` (a PEM bundle, e.g. a private CA), with the ring provider.
+    pub fn new(allow_link_local: bool, extra_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Self::with_resolver(GuardedResolver::new(allow_link_local), extra_ca)
     }
 
-    pub fn with_resolver(resolver: GuardedResolver) -> Result<Self, reqwest::Error> {
+    pub fn with_resolver(resolver: GuardedResolver, extra_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let allow_link_local = resolver.allow_link_local;
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(crate::tool_tls::client_config(extra_ca)?)
             .dns_resolver(resolver)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

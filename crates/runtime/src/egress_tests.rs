@@ -113,7 +113,7 @@ async fn http_tool_connections_are_guarded_at_connect_time() {
 
 #[tokio::test]
 async fn mcp_clients_refuse_refused_hosts_and_do_not_follow_redirects() {
-    let mcp = McpHttp::with_resolver(fake_dns(false)).unwrap();
+    let mcp = McpHttp::with_resolver(fake_dns(false), None).unwrap();
     for url in [
         "http://2852039166/mcp",
         "http://0251.0376.0251.0376/mcp",

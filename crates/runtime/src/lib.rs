@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod rpc_metrics;
 pub mod telemetry;
 pub mod tls;
+pub mod tool_tls;

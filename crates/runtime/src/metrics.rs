@@ -53,6 +53,11 @@ pub const SYNC_SESSIONS: &str = "toolplane_sync_sessions";
 /// Sync events the control plane could not store in the trail and kept in the
 /// dead-letter table, by `reason` (`unparseable`, `refused`, `rejected`).
 pub const EVENTS_DEAD_LETTERED: &str = "toolplane_sync_events_dead_lettered_total";
+/// Changed definitions of approved MCP tools found on their servers, by `source`
+/// (`import`, `relist`) and `outcome` (`pending`, `auto_approved`).
+pub const TOOL_DRIFT: &str = "toolplane_tool_definition_drift_total";
+/// Scheduled re-lists of imported MCP servers, by `result` (`ok`, `error`).
+pub const MCP_RELISTS: &str = "toolplane_mcp_relists_total";
 /// RPCs received, by `grpc_service`, `grpc_method` and `grpc_type` (see
 /// [`crate::rpc_metrics`] for what is labelled as itself and when a call counts).
 pub const RPC_STARTED: &str = "toolplane_grpc_server_started_total";

@@ -9,6 +9,7 @@ mod audit;
 mod audit_trail;
 mod fallbacks;
 mod identity;
+mod review;
 mod tool_file;
 mod tools;
 
@@ -63,6 +64,10 @@ enum Command {
     /// Register, import, list, show, update, enable/disable, delete tools; credentials.
     #[command(subcommand)]
     Tools(tools::ToolsCmd),
+    /// Pinned tool definitions: changes MCP servers made to approved tools, their review,
+    /// and providers' auto-approval.
+    #[command(subcommand)]
+    Review(review::ReviewCmd),
     /// Create, list, change and delete agents.
     #[command(subcommand)]
     Agents(identity::AgentsCmd),
@@ -171,6 +176,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let token = cli.token.as_deref();
     match cli.command {
         Command::Tools(cmd) => tools::run(cmd, channel(&cli.server, token).await?, out).await?,
+        Command::Review(cmd) => review::run(cmd, channel(&cli.server, token).await?, out).await?,
         Command::Agents(cmd) => identity::agents(cmd, channel(&cli.server, token).await?, out).await?,
         Command::Tokens(cmd) => identity::tokens(cmd, channel(&cli.server, token).await?, out).await?,
         Command::Fallbacks(cmd) => fallbacks::run(cmd, channel(&cli.server, token).await?, out).await?,

@@ -26,6 +26,13 @@ pub enum ToolsCmd {
         provider: String,
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Send this header to the server while listing and seal it as every created
+        /// tool's credential (the secret from --credential-from-file).
+        #[arg(long, default_value = "", requires = "credential_from_file")]
+        credential_header: String,
+        /// Read the credential's secret from this file ("-" for stdin).
+        #[arg(long, requires = "credential_header")]
+        credential_from_file: Option<PathBuf>,
     },
     List {
         #[arg(long)]
@@ -106,13 +113,21 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
             category,
             provider,
             prefix,
+            credential_header,
+            credential_from_file,
         } => {
+            let credential_secret = match &credential_from_file {
+                Some(f) => read_secret(f)?,
+                None => String::new(),
+            };
             let r = c
                 .import_mcp_tools(pb::ImportMcpToolsRequest {
                     endpoint,
                     category,
                     provider,
                     name_prefix: prefix,
+                    credential_header,
+                    credential_secret,
                 })
                 .await?
                 .into_inner();
@@ -120,6 +135,7 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
                 "created": r.created.iter().map(|t| &t.name).collect::<Vec<_>>(),
                 "updated": r.updated.iter().map(|t| &t.name).collect::<Vec<_>>(),
                 "unchanged": r.unchanged,
+                "pending": r.pending.iter().map(|c| json!({"tool": c.tool_name, "change_id": c.id})).collect::<Vec<_>>(),
                 "skipped": r.skipped.iter().map(|s| json!({"name": s.remote_name, "reason": s.reason})).collect::<Vec<_>>(),
             });
             print(out, &v, &r.created.len().to_string(), || {
@@ -131,6 +147,12 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
                 }
                 for n in &r.unchanged {
                     println!("unchanged {n}");
+                }
+                for p in &r.pending {
+                    println!(
+                        "pending   {} (change {}; toolctl review show {})",
+                        p.tool_name, p.id, p.id
+                    );
                 }
                 for s in &r.skipped {
                     println!("skipped   {}: {}", s.remote_name, s.reason);
@@ -184,14 +206,21 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
         }
         ToolsCmd::Update { file } => {
             let tool = tool_file::ToolFile::read(&file)?.into_pb()?;
-            let t = c
+            let r = c
                 .update_tool(pb::UpdateToolRequest { tool: Some(tool) })
                 .await?
-                .into_inner()
-                .tool
-                .unwrap_or_default();
-            print(out, &tool_json(&t), &t.version.to_string(), || {
-                println!("updated {} to v{}", t.name, t.version)
+                .into_inner();
+            let t = r.tool.unwrap_or_default();
+            let mut v = tool_json(&t);
+            if let Some(p) = &r.pending {
+                v["pending_change"] = json!(p.id);
+            }
+            print(out, &v, &t.version.to_string(), || match &r.pending {
+                Some(p) => println!(
+                    "{} stays at v{}: the definition change waits for review (toolctl review show {})",
+                    t.name, t.version, p.id
+                ),
+                None => println!("updated {} to v{}", t.name, t.version),
             });
         }
         ToolsCmd::Enable { name } => set_enabled(&mut c, &name, true, out).await?,
@@ -206,19 +235,7 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
             from_file,
             header,
         } => {
-            let mut secret = String::new();
-            if from_file.as_os_str() == "-" {
-                std::io::stdin()
-                    .read_to_string(&mut secret)
-                    .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read the secret from stdin: {e}")))?;
-            } else {
-                secret = std::fs::read_to_string(&from_file)
-                    .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {}: {e}", from_file.display())))?;
-            }
-            let secret = secret.trim().to_owned();
-            if secret.is_empty() {
-                return Err(Failure::Usage(anyhow::anyhow!("the secret is empty")));
-            }
+            let secret = read_secret(&from_file)?;
             let t = by_name(&mut c, &name).await?;
             c.set_credential(pb::SetCredentialRequest {
                 tool_id: t.id.clone(),
@@ -233,6 +250,24 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
         }
     }
     Ok(())
+}
+
+/// A secret from a file ("-" for stdin), trimmed; never from a flag.
+fn read_secret(from_file: &std::path::Path) -> Result<String, Failure> {
+    let mut secret = String::new();
+    if from_file.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut secret)
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read the secret from stdin: {e}")))?;
+    } else {
+        secret = std::fs::read_to_string(from_file)
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {}: {e}", from_file.display())))?;
+    }
+    let secret = secret.trim().to_owned();
+    if secret.is_empty() {
+        return Err(Failure::Usage(anyhow::anyhow!("the secret is empty")));
+    }
+    Ok(secret)
 }
 
 async fn set_enabled(

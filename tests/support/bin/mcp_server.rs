@@ -1,5 +1,8 @@
 //! A real MCP server (rmcp, Streamable HTTP) for tests. `--variant 2` serves a changed
-//! catalog (an edited description and one more tool), to test re-imports.
+//! catalog (an edited description and one more tool), to test re-imports;
+//! `--tools N` adds N generated tools (`tool_0`..) for large catalogs. With
+//! `--tls-cert`/`--tls-key` (PEM) it serves https; with `--require-header name=value`
+//! it answers 401 to requests without that header.
 //!
 //! Prints `toolplane-test-mcp-server listening grpc=<addr>` (the harness's format).
 
@@ -20,6 +23,7 @@ use serde_json::{Value, json};
 #[derive(Clone)]
 struct Catalog {
     variant: u32,
+    generated: u32,
     /// MCP sessions opened so far (the service factory runs once per session).
     sessions: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -73,6 +77,16 @@ impl Catalog {
             )
             .annotate(ToolAnnotations::new().read_only(true)),
         );
+        for i in 0..self.generated {
+            tools.push(
+                Tool::new(
+                    format!("tool_{i}"),
+                    format!("Generated tool number {i}"),
+                    schema(json!({"type": "object"})),
+                )
+                .annotate(ToolAnnotations::new().read_only(true)),
+            );
+        }
         if self.variant >= 2 {
             tools.push(
                 Tool::new("multiply", "Multiply two numbers", schema(numbers))
@@ -131,8 +145,29 @@ async fn main() -> anyhow::Result<()> {
     };
     let variant: u32 = flag("--variant").map_or(Ok(1), |v| v.parse())?;
     let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".to_owned());
+    let generated: u32 = flag("--tools").map_or(Ok(0), |v| v.parse())?;
+    let required =
+        flag("--require-header").and_then(|h| h.split_once('=').map(|(n, v)| (n.to_ascii_lowercase(), v.to_owned())));
+    let tls = match (flag("--tls-cert"), flag("--tls-key")) {
+        (Some(cert), Some(key)) => {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(&cert)?.collect::<Result<_, _>>()?;
+            let key = PrivateKeyDer::from_pem_file(&key)?;
+            let mut config =
+                rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()?
+                    .with_no_client_auth()
+                    .with_single_cert(certs, key)?;
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        }
+        _ => None,
+    };
     let catalog = Catalog {
         variant,
+        generated,
         sessions: Arc::default(),
     };
     let service: StreamableHttpService<Catalog, LocalSessionManager> = StreamableHttpService::new(
@@ -147,11 +182,34 @@ async fn main() -> anyhow::Result<()> {
     println!("toolplane-test-mcp-server listening grpc={}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
-        let service = TowerToHyperService::new(service.clone());
+        let (service, required, tls) = (service.clone(), required.clone(), tls.clone());
+        let guarded = tower::util::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let (service, required) = (service.clone(), required.clone());
+            async move {
+                if let Some((name, value)) = &required
+                    && req.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str())
+                {
+                    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"credential required"));
+                    let mut refused = http::Response::new(http_body_util::BodyExt::boxed(body));
+                    *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
+                    return Ok::<_, std::convert::Infallible>(refused);
+                }
+                Ok(service.handle(req).await)
+            }
+        });
+        let service = TowerToHyperService::new(guarded);
         tokio::spawn(async move {
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                }
+            }
         });
     }
 }

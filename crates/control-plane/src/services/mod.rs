@@ -11,6 +11,7 @@ pub mod selector;
 pub mod sync;
 pub mod sync_fleet;
 mod sync_ingest;
+pub mod tool_review;
 
 use toolplane_core::Violations;
 use uuid::Uuid;

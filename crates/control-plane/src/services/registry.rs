@@ -9,7 +9,9 @@ use toolplane_core::convert::{
     auth_from_pb, fallback_from_pb, fallback_to_pb, spec_to_pb, tool_spec_from_pb, tool_to_pb,
 };
 use toolplane_core::endpoint::check_endpoint;
-use toolplane_core::model::{AuditAction, FallbackStrategy, Principal, Role, StoredCredential, Tool, ToolSpec};
+use toolplane_core::model::{
+    AuditAction, FallbackStrategy, Principal, Role, StoredCredential, Tool, ToolProtocol, ToolSpec,
+};
 use toolplane_core::validate::check_tool_spec;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::tool_registry_server::ToolRegistry;
@@ -21,6 +23,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::mcp_import::{self, ImportOptions};
 use crate::state::AppState;
 use crate::storage::ToolFilter;
+use crate::tool_review::{self, Drift, Finder};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -107,7 +110,12 @@ impl RegistryService {
             .ok_or_else(|| ApiError::NotFound(format!("version {} of tool {tool_id} not found", req.version)))
     }
 
-    async fn update(&self, who: &Principal, req: pb::UpdateToolRequest) -> ApiResult<Tool> {
+    /// The tool as it is now, and the pending change when the update waits for review.
+    async fn update(
+        &self,
+        who: &Principal,
+        req: pb::UpdateToolRequest,
+    ) -> ApiResult<(Tool, Option<toolplane_core::model::ToolChange>)> {
         let wire = required("tool", req.tool)?;
         let current = self.live("tool.id", Some(&wire.id), Some(&wire.name)).await?;
         let mut spec = tool_spec_from_pb(wire)?;
@@ -118,7 +126,20 @@ impl RegistryService {
             return Err(Violations::single("tool.name", "cannot change; register a new tool instead").into());
         }
         check_tool_spec(&spec, self.state.policy)?;
-        self.save_version(who, current, spec, "").await
+        // An MCP-imported tool's pinned definition changes only through review.
+        let pinned = tool_review::pinned_update_fields(&current.spec, &spec);
+        if !pinned.is_empty() {
+            spec.reliability_score = current.spec.reliability_score;
+            spec.average_latency_ms = current.spec.average_latency_ms;
+            return Ok(
+                match tool_review::propose(&self.state, &Finder::Update(who), current.clone(), spec, &pinned).await? {
+                    Drift::Applied(tool) => (tool, None),
+                    Drift::Pending(change) | Drift::Rejected(change) => (current, Some(change)),
+                    Drift::Unchanged => (current, None),
+                },
+            );
+        }
+        Ok((self.save_version(who, current, spec, "").await?, None))
     }
 
     /// Stores `spec` as the next version of `current` (learned statistics kept), with
@@ -204,26 +225,39 @@ impl RegistryService {
         req: pb::ImportMcpToolsRequest,
     ) -> ApiResult<pb::ImportMcpToolsResponse> {
         check_endpoint("endpoint", &req.endpoint, self.state.policy.allow_link_local_endpoints)?;
+        let credential = import_credential(&req)?;
         let opts = ImportOptions {
             endpoint: req.endpoint,
             category: req.category,
             provider: req.provider,
             name_prefix: req.name_prefix,
         };
-        let remote = mcp_import::list_tools(&opts.endpoint, self.state.policy.allow_link_local_endpoints)
+        let headers: Vec<(String, String)> = credential.iter().cloned().collect();
+        let http = self.state.mcp_http().map_err(ApiError::Unavailable)?;
+        let remote = mcp_import::list_tools(&http, &opts.endpoint, &headers)
             .await
             .map_err(|e| match e {
                 mcp_import::ImportError::Refused(why) => ApiError::from(Violations::single("endpoint", why)),
                 e => ApiError::Unavailable(e.to_string()),
             })?;
         let mut out = pb::ImportMcpToolsResponse::default();
+        // Registry names this import has claimed, with the remote tool claiming each.
+        let mut claimed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         for t in &remote {
             let spec = mcp_import::to_spec(t, &opts);
+            let skip = |reason: String| pb::SkippedTool {
+                remote_name: t.name.to_string(),
+                reason,
+            };
             if let Err(v) = check_tool_spec(&spec, self.state.policy) {
-                out.skipped.push(pb::SkippedTool {
-                    remote_name: t.name.to_string(),
-                    reason: v.to_string(),
-                });
+                out.skipped.push(skip(v.to_string()));
+                continue;
+            }
+            if let Some(other) = claimed.insert(spec.name.clone(), t.name.to_string()) {
+                out.skipped.push(skip(format!(
+                    "name collision: remote tools {other:?} and {:?} both become {:?}; refused",
+                    t.name, spec.name
+                )));
                 continue;
             }
             let existing = self.state.store.get_tool_by_name(&spec.name).await?;
@@ -237,32 +271,53 @@ impl RegistryService {
                             },
                         )
                         .await?;
+                    if let Some((header, secret)) = &credential {
+                        self.store_credential(
+                            who,
+                            pb::SetCredentialRequest {
+                                tool_id: tool.id.to_string(),
+                                auth_type: pb::AuthType::ApiKey as i32,
+                                header_name: header.clone(),
+                                secret: secret.clone(),
+                            },
+                        )
+                        .await?;
+                    }
                     out.created.push(tool_to_pb(&tool));
                 }
+                Some(current)
+                    if current.spec.protocol != ToolProtocol::Mcp || current.spec.endpoint != opts.endpoint =>
+                {
+                    // Another server (or a non-MCP tool) owns the name: a second server
+                    // must not take over a tool agents already trust.
+                    let owner = if current.spec.protocol == ToolProtocol::Mcp {
+                        format!("the MCP server at {}", current.spec.endpoint)
+                    } else {
+                        format!("a {} tool", current.spec.protocol)
+                    };
+                    out.skipped.push(skip(format!(
+                        "name collision: {:?} is already registered from {owner}; refused (import with another name_prefix)",
+                        spec.name
+                    )));
+                }
                 Some(current) => {
-                    // Only what the server owns is taken; the admin's governance stays.
-                    let merged = mcp_import::merge(&current.spec, &spec);
-                    let changes = mcp_import::server_changes(&current.spec, &merged);
-                    if changes.is_empty() {
-                        out.unchanged.push(current.spec.name);
-                        continue;
+                    let name = current.spec.name.clone();
+                    match tool_review::on_server_definition(&self.state, &Finder::Import(who), current, &spec).await? {
+                        Drift::Unchanged => out.unchanged.push(name),
+                        Drift::Applied(tool) => out.updated.push(tool_to_pb(&tool)),
+                        Drift::Pending(change) => out.pending.push(super::tool_review::change_to_pb(&change)),
+                        Drift::Rejected(change) => out.skipped.push(skip(format!(
+                            "this definition of {name} was rejected in review (change {}); the approved version stays",
+                            change.id
+                        ))),
                     }
-                    if let Err(v) = check_tool_spec(&merged, self.state.policy) {
-                        out.skipped.push(pb::SkippedTool {
-                            remote_name: t.name.to_string(),
-                            reason: v.to_string(),
-                        });
-                        continue;
-                    }
-                    let why = format!(" (re-imported from its MCP server: {} changed)", changes.join(", "));
-                    let tool = self.save_version(who, current, merged, &why).await?;
-                    out.updated.push(tool_to_pb(&tool));
                 }
             }
         }
         tracing::info!(
             created = out.created.len(),
             updated = out.updated.len(),
+            pending = out.pending.len(),
             unchanged = out.unchanged.len(),
             skipped = out.skipped.len(),
             "imported MCP tools"
@@ -462,9 +517,10 @@ impl ToolRegistry for RegistryService {
     ) -> Result<Response<pb::UpdateToolResponse>, Status> {
         let who = principal(&request)?;
         who.require(&[Role::Admin], "UpdateTool")?;
-        let tool = self.update(&who, request.into_inner()).await?;
+        let (tool, pending) = self.update(&who, request.into_inner()).await?;
         Ok(Response::new(pb::UpdateToolResponse {
             tool: Some(tool_to_pb(&tool)),
+            pending: pending.as_ref().map(super::tool_review::change_to_pb),
         }))
     }
 
@@ -568,6 +624,44 @@ impl ToolRegistry for RegistryService {
         Ok(Response::new(pb::GetFallbackStrategyResponse {
             strategy: Some(fallback_to_pb(&strategy)),
         }))
+    }
+}
+
+/// The credential an import request names, as (header, secret); checked like
+/// `SetCredential`'s.
+fn import_credential(req: &pb::ImportMcpToolsRequest) -> ApiResult<Option<(String, String)>> {
+    match (req.credential_header.is_empty(), req.credential_secret.is_empty()) {
+        (true, true) => Ok(None),
+        (false, true) => Err(Violations::single("credential_secret", "is required with credential_header").into()),
+        (true, false) => Err(Violations::single("credential_header", "is required with credential_secret").into()),
+        (false, false) => {
+            let mut v = Violations::default();
+            if req.credential_secret.len() > MAX_SECRET_BYTES {
+                v.push(
+                    "credential_secret",
+                    format!("is larger than the limit of {MAX_SECRET_BYTES} bytes"),
+                );
+            }
+            if req.credential_header.len() > 128
+                || !req
+                    .credential_header
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                v.push(
+                    "credential_header",
+                    "must be an HTTP header name (letters, digits and -), at most 128 characters",
+                );
+            }
+            if http::HeaderValue::from_str(&req.credential_secret).is_err() {
+                v.push("credential_secret", "must be a valid HTTP header value");
+            }
+            v.into_result()?;
+            Ok(Some((
+                req.credential_header.to_ascii_lowercase(),
+                req.credential_secret.clone(),
+            )))
+        }
     }
 }
 

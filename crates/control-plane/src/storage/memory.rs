@@ -8,6 +8,7 @@ use toolplane_core::audit::{AuditRecord, ChainHead, chain_of, stored_time};
 use toolplane_core::audit_checkpoint::AuditCheckpoint;
 use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy, StoredCredential};
 use toolplane_core::model::{Agent, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool};
+use toolplane_core::model::{ToolChange, ToolChangeStatus, ToolReviewPolicy};
 use toolplane_core::stats::{self, ToolStats};
 use toolplane_core::usage::{self, UsageCounts, UsageKey};
 use uuid::Uuid;
@@ -53,6 +54,9 @@ struct State {
     tasks: HashMap<Uuid, HashMap<String, TaskEntry>>,
     /// Outcomes observed per tool, for the statistics.
     outcomes: HashMap<Uuid, u64>,
+    /// Tool changes in the order they were found.
+    tool_changes: Vec<ToolChange>,
+    review_policies: BTreeMap<String, ToolReviewPolicy>,
 }
 
 #[derive(Default)]
@@ -856,6 +860,102 @@ impl Store for MemoryStore {
         }
         st.tasks.retain(|_, t| !t.is_empty());
         Ok(n)
+    }
+
+    async fn record_tool_change(&self, change: &ToolChange, audit: &AuditEvent) -> StoreResult<()> {
+        let mut st = self.write();
+        if !st.tools.contains_key(&change.tool_id) {
+            return Err(StoreError::NotFound(format!("tool {}", change.tool_id)));
+        }
+        for c in st.tool_changes.iter_mut() {
+            if c.tool_id == change.tool_id && c.status == ToolChangeStatus::Pending {
+                c.status = ToolChangeStatus::Superseded;
+                c.reviewed_at = Some(change.detected_at);
+            }
+        }
+        st.tool_changes.push(change.clone());
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn withdraw_tool_changes(&self, tool_id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<u64> {
+        let mut st = self.write();
+        let mut n = 0;
+        for c in st.tool_changes.iter_mut() {
+            if c.tool_id == tool_id && c.status == ToolChangeStatus::Pending {
+                c.status = ToolChangeStatus::Superseded;
+                c.reviewed_at = Some(at);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            st.append_audit(audit);
+        }
+        Ok(n)
+    }
+
+    async fn get_tool_change(&self, id: Uuid) -> StoreResult<Option<ToolChange>> {
+        Ok(self.read().tool_changes.iter().find(|c| c.id == id).cloned())
+    }
+
+    async fn list_tool_changes(
+        &self,
+        status: Option<ToolChangeStatus>,
+        tool_id: Option<Uuid>,
+    ) -> StoreResult<Vec<ToolChange>> {
+        Ok(self
+            .read()
+            .tool_changes
+            .iter()
+            .rev()
+            .filter(|c| status.is_none_or(|s| c.status == s) && tool_id.is_none_or(|t| c.tool_id == t))
+            .cloned()
+            .collect())
+    }
+
+    async fn review_tool_change(
+        &self,
+        reviewed: &ToolChange,
+        new_version: Option<&Tool>,
+        audit: &[AuditEvent],
+    ) -> StoreResult<Option<ToolChange>> {
+        let mut st = self.write();
+        let Some(i) = st
+            .tool_changes
+            .iter()
+            .position(|c| c.id == reviewed.id && c.status == ToolChangeStatus::Pending)
+        else {
+            return Ok(None);
+        };
+        if let Some(tool) = new_version {
+            let Some(current) = st.tools.get(&tool.id) else {
+                return Err(StoreError::NotFound(format!("tool {}", tool.id)));
+            };
+            if current.version + 1 != tool.version || current.spec.name != tool.spec.name {
+                return Err(StoreError::Conflict(format!(
+                    "tool {} is at version {}, not {}; retry",
+                    tool.spec.name,
+                    current.version,
+                    tool.version.saturating_sub(1)
+                )));
+            }
+            st.tools.insert(tool.id, tool.clone());
+            st.versions.insert((tool.id, tool.version), tool.clone());
+        }
+        st.tool_changes[i] = reviewed.clone();
+        audit.iter().for_each(|e| st.append_audit(e));
+        Ok(Some(reviewed.clone()))
+    }
+
+    async fn set_tool_review_policy(&self, policy: &ToolReviewPolicy, audit: &AuditEvent) -> StoreResult<()> {
+        let mut st = self.write();
+        st.review_policies.insert(policy.provider.clone(), policy.clone());
+        st.append_audit(audit);
+        Ok(())
+    }
+
+    async fn list_tool_review_policies(&self) -> StoreResult<Vec<ToolReviewPolicy>> {
+        Ok(self.read().review_policies.values().cloned().collect())
     }
 
     async fn add_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> StoreResult<()> {

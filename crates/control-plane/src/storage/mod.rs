@@ -10,6 +10,7 @@ mod postgres_admin;
 mod postgres_audit;
 mod postgres_checkpoints;
 mod postgres_learning;
+mod postgres_review;
 mod postgres_task_memory;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use toolplane_core::model::{AccessRequest, AccessRequestStatus, FallbackStrategy
 use toolplane_core::model::{
     Agent, AuditAction, AuditEvent, InvocationRecord, Permission, SyncEvent, TokenRecord, Tool,
 };
+use toolplane_core::model::{ToolChange, ToolChangeStatus, ToolReviewPolicy};
 use toolplane_core::usage::{UsageCounts, UsageKey};
 use uuid::Uuid;
 
@@ -459,6 +461,35 @@ pub trait Store: Send + Sync + 'static {
     fn pool_status(&self) -> Option<PoolStatus> {
         None
     }
+
+    // Pinned tool definitions (`ToolReview`).
+
+    /// Records a pending change of a tool, superseding any other pending change of the
+    /// same tool (only the server's newest definition waits for review).
+    async fn record_tool_change(&self, change: &ToolChange, audit: &AuditEvent) -> StoreResult<()>;
+    /// Supersedes the tool's pending changes (its server went back to the approved
+    /// definition), with `audit` only when there was one; how many.
+    async fn withdraw_tool_changes(&self, tool_id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<u64>;
+    async fn get_tool_change(&self, id: Uuid) -> StoreResult<Option<ToolChange>>;
+    /// Newest first.
+    async fn list_tool_changes(
+        &self,
+        status: Option<ToolChangeStatus>,
+        tool_id: Option<Uuid>,
+    ) -> StoreResult<Vec<ToolChange>>;
+    /// Records the review of a pending change and, for an approval, the tool's next
+    /// version (as [`Store::update_tool`] would), in one step: `None` when the change is
+    /// not pending any more, so two admins cannot both review it.
+    async fn review_tool_change(
+        &self,
+        reviewed: &ToolChange,
+        new_version: Option<&Tool>,
+        audit: &[AuditEvent],
+    ) -> StoreResult<Option<ToolChange>>;
+    /// Creates or replaces a provider's policy.
+    async fn set_tool_review_policy(&self, policy: &ToolReviewPolicy, audit: &AuditEvent) -> StoreResult<()>;
+    /// Ordered by provider.
+    async fn list_tool_review_policies(&self) -> StoreResult<Vec<ToolReviewPolicy>>;
 
     // Signed checkpoints of the audit chains (append-only).
 

@@ -299,6 +299,35 @@ pub(super) async fn commit_audited(tx: deadpool_postgres::Transaction<'_>, audit
     tx.commit().await.map_err(db_err)
 }
 
+/// Stores `t` as the next version of a live tool (`t.version` = live version + 1) in
+/// `tx`: `NotFound` for a tool that is not live, `Conflict` when another update won.
+pub(super) async fn update_tool_in(tx: &deadpool_postgres::Transaction<'_>, t: &Tool) -> StoreResult<()> {
+    let row = ToolRow::new(t)?;
+    let sql = format!(
+        "UPDATE tools SET ({TOOL_COLUMNS}) = ({}) WHERE id = $1 AND version = ${} AND deleted_at IS NULL",
+        placeholders(TOOL_COLUMN_COUNT),
+        TOOL_COLUMN_COUNT + 1
+    );
+    let previous = i64::from(t.version) - 1;
+    let mut params = row.params();
+    params.push(&previous);
+    if tx.execute(&sql, &params).await.map_err(db_err)? == 0 {
+        let live: Option<i64> = tx
+            .query_opt(
+                "SELECT version FROM tools WHERE id = $1 AND deleted_at IS NULL",
+                &[&t.id],
+            )
+            .await
+            .map_err(db_err)?
+            .map(|r| r.get(0));
+        return Err(match live {
+            None => StoreError::NotFound(format!("tool {}", t.id)),
+            Some(v) => StoreError::Conflict(format!("tool {} is at version {v}, not {previous}; retry", t.spec.name)),
+        });
+    }
+    insert_version(tx, t).await
+}
+
 async fn insert_version(tx: &deadpool_postgres::Transaction<'_>, t: &Tool) -> StoreResult<()> {
     let spec = serde_json::to_value(&t.spec).map_err(|e| StoreError::Backend(e.to_string()))?;
     tx.execute(
@@ -467,34 +496,9 @@ impl Store for PostgresStore {
     }
 
     async fn update_tool(&self, t: &Tool, audit: &AuditEvent) -> StoreResult<()> {
-        let row = ToolRow::new(t)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        let sql = format!(
-            "UPDATE tools SET ({TOOL_COLUMNS}) = ({}) WHERE id = $1 AND version = ${} AND deleted_at IS NULL",
-            placeholders(TOOL_COLUMN_COUNT),
-            TOOL_COLUMN_COUNT + 1
-        );
-        let previous = i64::from(t.version) - 1;
-        let mut params = row.params();
-        params.push(&previous);
-        if tx.execute(&sql, &params).await.map_err(db_err)? == 0 {
-            let live: Option<i64> = tx
-                .query_opt(
-                    "SELECT version FROM tools WHERE id = $1 AND deleted_at IS NULL",
-                    &[&t.id],
-                )
-                .await
-                .map_err(db_err)?
-                .map(|r| r.get(0));
-            return Err(match live {
-                None => StoreError::NotFound(format!("tool {}", t.id)),
-                Some(v) => {
-                    StoreError::Conflict(format!("tool {} is at version {v}, not {previous}; retry", t.spec.name))
-                }
-            });
-        }
-        insert_version(&tx, t).await?;
+        update_tool_in(&tx, t).await?;
         commit_audited(tx, &[audit]).await
     }
 
@@ -1349,6 +1353,43 @@ impl Store for PostgresStore {
         super::postgres_task_memory::follow_stats(&self.client().await?, category)
             .await
             .map(Some)
+    }
+
+    async fn record_tool_change(&self, change: &ToolChange, audit: &AuditEvent) -> StoreResult<()> {
+        self.record_change(change, audit).await
+    }
+
+    async fn withdraw_tool_changes(&self, tool_id: Uuid, at: DateTime<Utc>, audit: &AuditEvent) -> StoreResult<u64> {
+        self.withdraw_changes(tool_id, at, audit).await
+    }
+
+    async fn get_tool_change(&self, id: Uuid) -> StoreResult<Option<ToolChange>> {
+        self.get_change(id).await
+    }
+
+    async fn list_tool_changes(
+        &self,
+        status: Option<ToolChangeStatus>,
+        tool_id: Option<Uuid>,
+    ) -> StoreResult<Vec<ToolChange>> {
+        self.list_changes(status, tool_id).await
+    }
+
+    async fn review_tool_change(
+        &self,
+        reviewed: &ToolChange,
+        new_version: Option<&Tool>,
+        audit: &[AuditEvent],
+    ) -> StoreResult<Option<ToolChange>> {
+        self.review_change(reviewed, new_version, audit).await
+    }
+
+    async fn set_tool_review_policy(&self, policy: &ToolReviewPolicy, audit: &AuditEvent) -> StoreResult<()> {
+        self.set_review_policy(policy, audit).await
+    }
+
+    async fn list_tool_review_policies(&self) -> StoreResult<Vec<ToolReviewPolicy>> {
+        self.review_policies().await
     }
 
     async fn add_audit_checkpoint(&self, checkpoint: &AuditCheckpoint) -> StoreResult<()> {
