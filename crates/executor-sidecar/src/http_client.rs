@@ -50,7 +50,7 @@ pub struct ToolHttpClient {
 
 /// Roots tools' certificates are checked against: the Mozilla set (webpki-roots), plus
 /// a private CA bundle when configured.
-fn tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+pub(crate) fn tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
