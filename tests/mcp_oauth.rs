@@ -328,8 +328,10 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
         .invoke(invoke_request("word_count", &json!({"text": "x y z"})))
         .await
         .unwrap()
-        .into_inner();
-    assert_eq!(r.status, pb::ExecutionStatus::Success as i32, "{r:?}");
+        .into_inner()
+        .result
+        .unwrap();
+    assert_eq!(r.status, pb::ToolExecutionStatus::Success as i32, "{}", r.error);
     let mut grpc = executor(&sc.url(), Some(&forged)).await;
     let e = grpc
         .invoke(invoke_request("word_count", &json!({"text": "x"})))

@@ -36,7 +36,10 @@ const authProvider = new ClientCredentialsProvider({
   expectedIssuer: process.env.OAUTH_ISSUER,
 });
 const transport = new StreamableHTTPClientTransport(url, { authProvider, fetch: recordingFetch });
-const client = new Client({ name: `toolplane-test-${which}`, version: '1.0.0' });
+// The 2.x client negotiates only when asked ('auto': `server/discover`, falling back
+// to the handshake on servers that predate 2026-07-28).
+const options = which === 'client' ? { versionNegotiation: { mode: 'auto' } } : {};
+const client = new Client({ name: `toolplane-test-${which}`, version: '1.0.0' }, options);
 await client.connect(transport);
 const version = transport.protocolVersion ?? client.getNegotiatedProtocolVersion?.() ?? null;
 const tools = (await client.listTools()).tools.map((t) => t.name);
