@@ -272,6 +272,47 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
         message(&called.body)["result"]["structuredContent"],
         json!({"words": 2})
     );
+    // 2026-07-28, by hand: stateless (no session), `server/discover`, routing headers,
+    // and a tools/list with cache hints private to the agent.
+    let modern = |method: &str, id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"}}}})
+    };
+    let stateless = |method: &'static str, id: u64| {
+        let (url, good, body) = (url.clone(), good.clone(), modern(method, id));
+        async move {
+            let r = reqwest::Client::new()
+                .post(&url)
+                .header("accept", "application/json, text/event-stream")
+                .header("content-type", "application/json")
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", method)
+                .header("authorization", format!("Bearer {good}"))
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.headers().get("mcp-session-id").is_none(), "2026-07-28 keeps no session");
+            assert_eq!(r.status(), 200);
+            message(&r.text().await.unwrap())
+        }
+    };
+    let discovered = stateless("server/discover", 10).await;
+    let versions = discovered["result"]["supportedVersions"].as_array().unwrap().clone();
+    for v in ["2025-06-18", "2025-11-25", "2026-07-28"] {
+        assert!(versions.contains(&json!(v)), "{discovered}");
+    }
+    let listed = stateless("tools/list", 11).await;
+    assert_eq!(listed["result"]["tools"][1]["name"], "word_count", "{listed}");
+    assert_eq!(listed["result"]["cacheScope"], "private", "{listed}");
+    assert_eq!(listed["result"]["ttlMs"], 10_000, "{listed}");
+    // Unauthenticated stateless requests get the same 401 challenge.
+    let anonymous = post(&url, None, None, "2026-07-28", modern("tools/list", 12)).await;
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.challenge.contains(&metadata_url));
+
     // The official SDKs, each discovering the metadata after a 401 and signing in by
     // client credentials: Python 1.x and TypeScript 1.x (2025-11-25 handshake), Python
     // 2.x and the TypeScript 2.x client (2026-07-28, stateless).
