@@ -287,4 +287,46 @@ mod tests {
         assert!(e.contains("TOOLPLANE_MAX_SNAPSHOT_AGE"), "{e}");
         assert!(parse(&["--sync-idle-timeout", "10"]).check_freshness().is_err());
     }
+
+    #[test]
+    fn identity_providers_need_an_audience_and_public_key_algorithms() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["toolplane-sidecar"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap()
+        };
+        assert!(parse(&[]).oauth().unwrap().is_none());
+        let e = parse(&["--oauth-issuers", "https://idp.example"])
+            .oauth()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TOOLPLANE_MCP_RESOURCE"), "{e}");
+        let on = parse(&[
+            "--oauth-issuers",
+            "https://idp.example",
+            "--mcp-listen",
+            "127.0.0.1:50062",
+        ])
+        .oauth()
+        .unwrap()
+        .unwrap();
+        assert_eq!(on.resource, "http://127.0.0.1:50062/mcp");
+        assert_eq!(on.agent_claim, "sub");
+        let e = parse(&[
+            "--oauth-issuers",
+            "https://idp.example",
+            "--mcp-resource",
+            "https://tools.example/mcp",
+            "--oauth-algorithms",
+            "RS256,HS256",
+        ])
+        .oauth()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TOOLPLANE_OAUTH_ALGORITHMS") && e.contains("HS256"), "{e}");
+        assert!(
+            Config::try_parse_from(["toolplane-sidecar", "--oauth-leeway-secs", "301"]).is_err(),
+            "the skew is bounded"
+        );
+    }
 }

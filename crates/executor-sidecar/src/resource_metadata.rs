@@ -127,3 +127,37 @@ pub fn refused(meta: Option<&Metadata>, r: &Refusal, presented: bool) -> http::R
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metadata_url_inserts_the_well_known_segment_before_the_resource_path() {
+        assert_eq!(
+            split_url("https://tools.example.com/mcp/"),
+            ("https://tools.example.com".to_owned(), "/mcp".to_owned())
+        );
+        assert_eq!(
+            split_url("http://127.0.0.1:5/"),
+            ("http://127.0.0.1:5".to_owned(), String::new())
+        );
+    }
+
+    #[test]
+    fn a_refusal_reason_cannot_break_out_of_the_challenge() {
+        let r = Refusal::Unauthenticated("issuer \"x\"\r\nSet-Cookie: a=b".to_owned());
+        let resp = refused(None, &r, true);
+        assert_eq!(resp.status(), http::StatusCode::UNAUTHORIZED);
+        let c = resp.headers()[http::header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap_or_default();
+        assert_eq!(
+            c,
+            "Bearer realm=\"toolplane\", error=\"invalid_token\", error_description=\"issuer 'x'Set-Cookie: a=b\""
+        );
+        let forbidden = refused(None, &Refusal::Forbidden("no agent".to_owned()), true);
+        assert_eq!(forbidden.status(), http::StatusCode::FORBIDDEN);
+        assert!(forbidden.headers().get(http::header::WWW_AUTHENTICATE).is_none());
+    }
+}
