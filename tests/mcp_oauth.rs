@@ -115,6 +115,7 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}/mcp");
     let elsewhere = "http://127.0.0.1:9/another/mcp";
+    let metrics_listen = format!("127.0.0.1:{}", free_port());
     let idp = Idp::start(
         &[&url, elsewhere],
         &[
@@ -132,6 +133,7 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
             ("TOOLPLANE_MCP_LISTEN", &listen),
             ("TOOLPLANE_OAUTH_ISSUERS", &idp.issuer),
             ("TOOLPLANE_OAUTH_LEEWAY_SECS", "0"),
+            ("TOOLPLANE_METRICS_LISTEN", &metrics_listen),
         ],
     )
     .await;
@@ -294,7 +296,10 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
                 .send()
                 .await
                 .unwrap();
-            assert!(r.headers().get("mcp-session-id").is_none(), "2026-07-28 keeps no session");
+            assert!(
+                r.headers().get("mcp-session-id").is_none(),
+                "2026-07-28 keeps no session"
+            );
             assert_eq!(r.status(), 200);
             message(&r.text().await.unwrap())
         }
@@ -385,6 +390,22 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
+    // Operators see the verdicts and the key loads.
+    let metrics = reqwest::get(format!("http://{metrics_listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "toolplane_access_tokens_total{outcome=\"accepted\"}",
+        "toolplane_access_tokens_total{outcome=\"invalid\"}",
+        "toolplane_access_tokens_total{outcome=\"forbidden\"}",
+        "toolplane_jwks_refreshes_total{result=\"ok\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 }
 
 fn base64_url(s: &str) -> Vec<u8> {

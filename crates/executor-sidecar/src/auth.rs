@@ -64,11 +64,19 @@ impl SnapshotAuthenticator {
     /// provider's access token whose agent claim names an agent of the snapshot.
     pub async fn agent(&self, bearer: &str) -> Result<Uuid, Refusal> {
         if let (Some(oauth), true) = (&self.oauth, looks_like_jwt(bearer)) {
-            let claims = oauth.validate(bearer).await.map_err(|e| match e {
-                TokenError::Invalid(m) => Refusal::Unauthenticated(m),
-                TokenError::Unavailable(m) => Refusal::Unavailable(m),
-            })?;
-            return self.agent_of_claims(&claims, &oauth.settings().agent_claim);
+            let verdict = match oauth.validate(bearer).await {
+                Ok(claims) => self.agent_of_claims(&claims, &oauth.settings().agent_claim),
+                Err(TokenError::Invalid(m)) => Err(Refusal::Unauthenticated(m)),
+                Err(TokenError::Unavailable(m)) => Err(Refusal::Unavailable(m)),
+            };
+            let outcome = match &verdict {
+                Ok(_) => "accepted",
+                Err(Refusal::Unauthenticated(_)) => "invalid",
+                Err(Refusal::Forbidden(_)) => "forbidden",
+                Err(Refusal::Unavailable(_)) => "unavailable",
+            };
+            metrics::counter!(toolplane_runtime::metrics::ACCESS_TOKENS, "outcome" => outcome).increment(1);
+            return verdict;
         }
         match self.authenticate(bearer).await {
             Ok(Some(Principal::Agent { agent_id, .. })) => Ok(agent_id),

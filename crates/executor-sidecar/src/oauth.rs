@@ -303,7 +303,26 @@ impl JwtValidator {
             return Ok(());
         }
         *last = Some(Instant::now());
-        let jwks = match &issuer.source {
+        let loaded = self.load(issuer).await;
+        metrics::counter!(
+            toolplane_runtime::metrics::JWKS_REFRESHES,
+            "result" => if loaded.is_ok() { "ok" } else { "error" }
+        )
+        .increment(1);
+        let jwks = loaded?;
+        let (by_kid, anonymous) = parse_jwks(&jwks);
+        tracing::info!(issuer = %issuer.issuer, keys = by_kid.len() + anonymous.len(), "loaded the identity provider's keys");
+        *issuer.keys.write().await = Keys {
+            by_kid,
+            anonymous,
+            fetched: Some(Instant::now()),
+        };
+        Ok(())
+    }
+
+    /// `issuer`'s JWKS document, from its file or its `jwks_uri`.
+    async fn load(&self, issuer: &Issuer) -> Result<Value, TokenError> {
+        Ok(match &issuer.source {
             KeySource::File(path) => {
                 let text = tokio::fs::read(path).await.map_err(|e| {
                     TokenError::Unavailable(format!("cannot read the JWKS file {}: {e}", path.display()))
@@ -316,15 +335,7 @@ impl JwtValidator {
                 let uri = self.jwks_uri(issuer).await?;
                 self.get_json(&uri).await?
             }
-        };
-        let (by_kid, anonymous) = parse_jwks(&jwks);
-        tracing::info!(issuer = %issuer.issuer, keys = by_kid.len() + anonymous.len(), "loaded the identity provider's keys");
-        *issuer.keys.write().await = Keys {
-            by_kid,
-            anonymous,
-            fetched: Some(Instant::now()),
-        };
-        Ok(())
+        })
     }
 
     /// The issuer's `jwks_uri`, from its OpenID Connect or OAuth metadata.
