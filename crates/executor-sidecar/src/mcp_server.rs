@@ -408,14 +408,6 @@ pub async fn serve(listener: tokio::net::TcpListener, door: McpFrontDoor, limits
                                 bearer: token.to_owned(),
                             }),
                         };
-                        let caller = match caller {
-                            Ok(c) => c,
-                            Err(r) => {
-                                let presented = bearer(req.headers()).is_some();
-                                return Ok(refused(metadata.as_ref().as_ref(), &r, presented));
-                            }
-                        };
-                        req.extensions_mut().insert(caller);
                         // 2026-07-28 and later are stateless: such requests never open one.
                         let stateless = req
                             .headers()
@@ -425,6 +417,20 @@ pub async fn serve(listener: tokio::net::TcpListener, door: McpFrontDoor, limits
                         let opens_session = req.method() == http::Method::POST
                             && !stateless
                             && !req.headers().contains_key("mcp-session-id");
+                        match caller {
+                            Ok(c) => {
+                                req.extensions_mut().insert(c);
+                            }
+                            // Undecidable now (snapshot too old, identity provider away):
+                            // a request that keeps no state goes on to the handlers, which
+                            // authenticate again and answer a tool call with the reason the
+                            // agent can read; opening a session is refused.
+                            Err(Refusal::Unavailable(_)) if !opens_session => {}
+                            Err(r) => {
+                                let presented = bearer(req.headers()).is_some();
+                                return Ok(refused(metadata.as_ref().as_ref(), &r, presented));
+                            }
+                        }
                         if opens_session && sessions.sessions.read().await.len() >= max_sessions {
                             return Ok(plain(
                                 http::StatusCode::SERVICE_UNAVAILABLE,
