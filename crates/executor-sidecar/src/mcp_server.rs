@@ -6,7 +6,9 @@
 //! `toolplane_select` ranks tools for a task description.
 //!
 //! Requests are authenticated one by one (not per session), so a revoked token stops
-//! working at once. Sessions are cheap: with MCP 2026-07-28 the transport is stateless
+//! working at once: a toolplane agent token, or with identity providers configured an
+//! OAuth access token ([`crate::oauth`]); a request without one gets 401 pointing at the
+//! protected-resource metadata ([`crate::resource_metadata`]), one naming no agent 403. Sessions are cheap: with MCP 2026-07-28 the transport is stateless
 //! and survives a sidecar restart; older clients re-initialize after a restart.
 
 use std::sync::{Arc, Mutex};

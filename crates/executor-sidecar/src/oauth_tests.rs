@@ -162,3 +162,21 @@ fn rfc8414_metadata_goes_before_the_issuer_path() {
         "https://idp.example/.well-known/oauth-authorization-server"
     );
 }
+
+/// What validating an access token costs per request (EdDSA; `cargo test --release
+/// -p toolplane-sidecar --lib validation_cost -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn validation_cost() {
+    let k1 = key();
+    let (v, path) = validator(&jwks(&[("k1", &k1)]));
+    let token = sign(&k1, "k1", claims(RESOURCE, now() + 600));
+    v.validate(&token).await.unwrap();
+    let n = 20_000;
+    let start = Instant::now();
+    for _ in 0..n {
+        v.validate(&token).await.unwrap();
+    }
+    println!("validate: {:.1} µs per token", start.elapsed().as_secs_f64() * 1e6 / f64::from(n));
+    let _ = std::fs::remove_file(path);
+}
