@@ -37,6 +37,11 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Keys older than this are refetched on the next token (rotation without a new `kid`
 /// is rare, but a removed key must stop working eventually).
 const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
+/// How long a verified token is remembered (a key withdrawn from the JWKS stops
+/// working at most this much later).
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Most verified tokens remembered.
+const VERIFIED_CAPACITY: u64 = 10_000;
 /// The most clock skew an operator may allow.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// Algorithms accepted when none are configured.
@@ -124,7 +129,14 @@ pub struct JwtValidator {
     settings: OAuthSettings,
     issuers: Vec<Arc<Issuer>>,
     http: Client<Connector, Empty<Bytes>>,
+    /// Tokens verified lately, by digest, with their claims: a client sends the same
+    /// token on every request, and its signature need not be checked each time. Kept
+    /// at most [`VERIFIED_FOR`], and never past the token's own `exp`.
+    verified: moka::future::Cache<String, Claims>,
 }
+
+/// A validated token's claims.
+pub type Claims = Arc<Map<String, Value>>;
 
 /// Whether `bearer` has the shape of a JWS compact serialization (three base64url
 /// parts), as opposed to a toolplane token.
@@ -182,6 +194,10 @@ impl JwtValidator {
             settings,
             issuers,
             http,
+            verified: moka::future::Cache::builder()
+                .max_capacity(VERIFIED_CAPACITY)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
         })
     }
 
@@ -208,7 +224,23 @@ impl JwtValidator {
     }
 
     /// Validates `token` and returns its claims.
-    pub async fn validate(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
+    pub async fn validate(&self, token: &str) -> Result<Claims, TokenError> {
+        let digest = toolplane_core::token::digest(token);
+        if let Some(claims) = self.verified.get(&digest).await {
+            let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+            if exp.saturating_add(self.settings.leeway.as_secs()) > jsonwebtoken::get_current_timestamp() {
+                return Ok(claims);
+            }
+            self.verified.invalidate(&digest).await;
+            return Err(TokenError::Invalid("the token has expired".to_owned()));
+        }
+        let claims = Arc::new(self.verify(token).await?);
+        self.verified.insert(digest, claims.clone()).await;
+        Ok(claims)
+    }
+
+    /// Checks `token`'s signature, issuer, audience and lifetime.
+    async fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
         let invalid = |m: &str| TokenError::Invalid(m.to_owned());
         let mut parts = token.split('.');
         let (Some(head), Some(body), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {

@@ -63,7 +63,7 @@ fn claims(aud: &str, exp: u64) -> Value {
     json!({"iss": ISSUER, "sub": "agent-7", "aud": aud, "exp": exp, "iat": now()})
 }
 
-fn invalid(r: Result<Map<String, Value>, TokenError>) -> String {
+fn invalid(r: Result<Claims, TokenError>) -> String {
     match r {
         Err(TokenError::Invalid(m)) => m,
         other => panic!("expected an invalid-token refusal, got {other:?}"),
@@ -126,6 +126,19 @@ async fn a_token_of_the_issuer_for_this_resource_is_accepted_and_every_forgery_r
 }
 
 #[tokio::test]
+async fn a_remembered_token_still_expires() {
+    let k1 = key();
+    let (v, path) = validator(&jwks(&[("k1", &k1)]));
+    // Valid for one second past the 5 s skew.
+    let token = sign(&k1, "k1", claims(RESOURCE, now() - 4));
+    assert!(v.validate(&token).await.is_ok());
+    assert!(v.validate(&token).await.is_ok(), "remembered");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(invalid(v.validate(&token).await).contains("expired"));
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
 async fn unknown_kids_refresh_the_keys_at_most_once_per_interval() {
     let k1 = key();
     let (mut v, path) = validator(&jwks(&[("k1", &k1)]));
@@ -175,8 +188,14 @@ async fn validation_cost() {
     let n = 20_000;
     let start = Instant::now();
     for _ in 0..n {
+        v.verify(&token).await.unwrap();
+    }
+    let verify = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    let start = Instant::now();
+    for _ in 0..n {
         v.validate(&token).await.unwrap();
     }
-    println!("validate: {:.1} µs per token", start.elapsed().as_secs_f64() * 1e6 / f64::from(n));
+    let remembered = start.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    println!("verify: {verify:.1} µs per token; remembered: {remembered:.1} µs");
     let _ = std::fs::remove_file(path);
 }
