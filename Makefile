@@ -8,6 +8,13 @@ BUF_VERSION     := 1.75.0
 GRPCURL_VERSION := 1.8.6.post2
 # The official MCP Python SDK, for the MCP front door's client test.
 MCP_VERSION     := 1.30.0
+# The MCP Python SDK's latest release too (a second venv): the front door is tested with
+# both, as they speak different protocol revisions.
+MCP_LATEST_VERSION := 2.3.0
+VENV_MCP_LATEST := .venv-mcp-latest
+# A real OpenID provider (oidc-provider) and the MCP TypeScript SDKs, pinned in
+# tests/oidc/package.json and package-lock.json, for the MCP authorization tests.
+OIDC_DIR := tests/oidc
 # The Python gRPC example's client is generated from proto/ with these at test time.
 GRPCIO_VERSION       := 1.85.3
 GRPCIO_TOOLS_VERSION := 1.85.1
@@ -18,14 +25,14 @@ PROMQL_PARSER_VERSION := 0.12.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
+.PHONY: run test test-deps build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
 	@scripts/run-demo.sh
 
 ## The whole test suite: proto lint, unit, conformance and end-to-end tests.
-test: build $(VENV)/.installed
+test: build test-deps
 	$(VENV)/bin/buf lint
 	$(CARGO) test --workspace --benches --no-run --quiet
 	scripts/with-services.sh $(CARGO) test --workspace
@@ -124,6 +131,19 @@ fmt:
 
 tools: $(VENV)/.installed
 
+## What the tests need besides cargo: the Python venvs, the OpenID provider and the
+## TypeScript MCP SDKs (npm, pinned by tests/oidc/package-lock.json).
+test-deps: $(VENV)/.installed $(VENV_MCP_LATEST)/.installed $(OIDC_DIR)/node_modules/.installed
+
+$(VENV_MCP_LATEST)/.installed: Makefile
+	python3 -m venv $(VENV_MCP_LATEST)
+	$(VENV_MCP_LATEST)/bin/pip install --quiet --disable-pip-version-check mcp==$(MCP_LATEST_VERSION)
+	touch $@
+
+$(OIDC_DIR)/node_modules/.installed: $(OIDC_DIR)/package.json $(OIDC_DIR)/package-lock.json
+	cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 $(VENV)/.installed: Makefile
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
@@ -134,4 +154,4 @@ $(VENV)/.installed: Makefile
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV) .toolplane
+	rm -rf $(VENV) $(VENV_MCP_LATEST) $(OIDC_DIR)/node_modules .toolplane

@@ -5,6 +5,7 @@
 
 pub mod fake_sidecar;
 pub mod grpc;
+pub mod oidc;
 pub mod pg;
 pub mod procs;
 pub mod tool_server;

@@ -154,6 +154,52 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_MCP_SESSION_IDLE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub mcp_session_idle_secs: u64,
 
+    /// This MCP endpoint's canonical URL, as clients reach it (e.g.
+    /// https://tools.example.com/mcp): the audience identity-provider tokens must name,
+    /// and the `resource` of its protected-resource metadata. Default
+    /// http://<TOOLPLANE_MCP_LISTEN>/mcp.
+    #[arg(long, env = "TOOLPLANE_MCP_RESOURCE")]
+    pub mcp_resource: Option<String>,
+
+    /// Identity providers (OAuth 2.1 / OIDC issuer URLs, comma-separated) whose JWT
+    /// access tokens the MCP front door and the gRPC API accept besides toolplane agent
+    /// tokens; their keys are found by discovery (`/.well-known/openid-configuration`,
+    /// else RFC 8414). Off when unset.
+    #[arg(long, env = "TOOLPLANE_OAUTH_ISSUERS", value_delimiter = ',')]
+    pub oauth_issuers: Vec<String>,
+
+    /// A JWKS file holding the signing keys of TOOLPLANE_OAUTH_JWKS_ISSUER (instead of
+    /// discovery; re-read when a token names an unknown key).
+    #[arg(long, env = "TOOLPLANE_OAUTH_JWKS_FILE", requires = "oauth_jwks_issuer")]
+    pub oauth_jwks_file: Option<PathBuf>,
+
+    /// The issuer (`iss`) whose keys TOOLPLANE_OAUTH_JWKS_FILE holds.
+    #[arg(long, env = "TOOLPLANE_OAUTH_JWKS_ISSUER", requires = "oauth_jwks_file")]
+    pub oauth_jwks_issuer: Option<String>,
+
+    /// The access-token claim naming the toolplane agent, by id or by name (`sub`,
+    /// `client_id`, `azp`, or a custom claim).
+    #[arg(long, env = "TOOLPLANE_OAUTH_AGENT_CLAIM", default_value = "sub")]
+    pub oauth_agent_claim: String,
+
+    /// JWS algorithms accepted, comma-separated; public-key ones only (`none` and HS*
+    /// are refused at start-up).
+    #[arg(long, env = "TOOLPLANE_OAUTH_ALGORITHMS", default_value = crate::oauth::DEFAULT_ALGORITHMS)]
+    pub oauth_algorithms: String,
+
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most 300).
+    #[arg(long, env = "TOOLPLANE_OAUTH_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub oauth_leeway_secs: u64,
+
+    /// Least time between two JWKS refreshes of one issuer triggered by tokens naming
+    /// an unknown key (seconds).
+    #[arg(long, env = "TOOLPLANE_OAUTH_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub oauth_jwks_min_refresh_secs: u64,
+
+    /// PEM CA bundle trusted for https identity providers besides the public roots.
+    #[arg(long, env = "TOOLPLANE_OAUTH_CA_FILE")]
+    pub oauth_ca_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub control_plane_tls: toolplane_runtime::tls::ClientTlsArgs,
 
@@ -199,6 +245,37 @@ impl Config {
         Ok(())
     }
 
+    /// The MCP endpoint's resource URL.
+    pub fn mcp_resource(&self) -> Option<String> {
+        self.mcp_resource
+            .clone()
+            .or_else(|| self.mcp_listen.map(|a| format!("http://{a}/mcp")))
+    }
+
+    /// The identity providers' settings, when any is configured.
+    pub fn oauth(&self) -> anyhow::Result<Option<crate::oauth::OAuthSettings>> {
+        let issuers: Vec<String> = self.oauth_issuers.iter().filter(|i| !i.is_empty()).cloned().collect();
+        if issuers.is_empty() && self.oauth_jwks_file.is_none() {
+            return Ok(None);
+        }
+        let resource = self.mcp_resource().ok_or_else(|| {
+            anyhow::anyhow!(
+                "identity providers need TOOLPLANE_MCP_RESOURCE or TOOLPLANE_MCP_LISTEN (the token audience)"
+            )
+        })?;
+        Ok(Some(crate::oauth::OAuthSettings {
+            issuers,
+            jwks_file: self.oauth_jwks_issuer.clone().zip(self.oauth_jwks_file.clone()),
+            resource,
+            agent_claim: self.oauth_agent_claim.clone(),
+            leeway: Duration::from_secs(self.oauth_leeway_secs),
+            algorithms: crate::oauth::parse_algorithms(&self.oauth_algorithms)
+                .map_err(|e| anyhow::anyhow!("TOOLPLANE_OAUTH_ALGORITHMS: {e}"))?,
+            min_refresh: Duration::from_secs(self.oauth_jwks_min_refresh_secs),
+            ca_file: self.oauth_ca_file.clone(),
+        }))
+    }
+
     pub fn sidecar_id(&self) -> String {
         self.sidecar_id
             .clone()
@@ -225,5 +302,47 @@ mod tests {
         let e = inverted.check_freshness().unwrap_err().to_string();
         assert!(e.contains("TOOLPLANE_MAX_SNAPSHOT_AGE"), "{e}");
         assert!(parse(&["--sync-idle-timeout", "10"]).check_freshness().is_err());
+    }
+
+    #[test]
+    fn identity_providers_need_an_audience_and_public_key_algorithms() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["toolplane-sidecar"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap()
+        };
+        assert!(parse(&[]).oauth().unwrap().is_none());
+        let e = parse(&["--oauth-issuers", "https://idp.example"])
+            .oauth()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TOOLPLANE_MCP_RESOURCE"), "{e}");
+        let on = parse(&[
+            "--oauth-issuers",
+            "https://idp.example",
+            "--mcp-listen",
+            "127.0.0.1:50062",
+        ])
+        .oauth()
+        .unwrap()
+        .unwrap();
+        assert_eq!(on.resource, "http://127.0.0.1:50062/mcp");
+        assert_eq!(on.agent_claim, "sub");
+        let e = parse(&[
+            "--oauth-issuers",
+            "https://idp.example",
+            "--mcp-resource",
+            "https://tools.example/mcp",
+            "--oauth-algorithms",
+            "RS256,HS256",
+        ])
+        .oauth()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TOOLPLANE_OAUTH_ALGORITHMS") && e.contains("HS256"), "{e}");
+        assert!(
+            Config::try_parse_from(["toolplane-sidecar", "--oauth-leeway-secs", "301"]).is_err(),
+            "the skew is bounded"
+        );
     }
 }

@@ -6,7 +6,9 @@
 //! `toolplane_select` ranks tools for a task description.
 //!
 //! Requests are authenticated one by one (not per session), so a revoked token stops
-//! working at once. Sessions are cheap: with MCP 2026-07-28 the transport is stateless
+//! working at once: a toolplane agent token, or with identity providers configured an
+//! OAuth access token ([`crate::oauth`]); a request without one gets 401 pointing at the
+//! protected-resource metadata ([`crate::resource_metadata`]), one naming no agent 403. Sessions are cheap: with MCP 2026-07-28 the transport is stateless
 //! and survives a sidecar restart; older clients re-initialize after a restart.
 
 use std::sync::{Arc, Mutex};
@@ -16,8 +18,8 @@ use chrono::Utc;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig, Tool as McpTool, ToolAnnotations,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool as McpTool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -25,13 +27,12 @@ use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 use tonic::metadata::MetadataValue;
-use toolplane_core::model::{ExecutionStatus, Principal, SideEffects};
+use toolplane_core::model::{ExecutionStatus, SideEffects};
 use toolplane_core::permission::evaluate;
 use toolplane_proto::v1 as pb;
-use toolplane_runtime::auth::Authenticate;
 use uuid::Uuid;
 
-use crate::auth::SnapshotAuthenticator;
+use crate::auth::{Refusal, SnapshotAuthenticator};
 use crate::error::ExecError;
 use crate::executor::{Call, ExecutorService};
 use crate::mcp_search::{self, SearchMode};
@@ -41,6 +42,8 @@ const BEARER_PREFIX: &str = "Bearer ";
 pub const SELECT_TOOL: &str = "toolplane_select";
 /// `_meta` key of `tools/call` naming the `toolplane_select` answer the call follows.
 pub const SELECTION_META: &str = "toolplane.dev/selection_id";
+/// How long a client may keep a `tools/list` answer (milliseconds).
+pub const LIST_TTL_MS: u64 = 10_000;
 /// Tools per `tools/list` page.
 pub const PAGE_SIZE: usize = 100;
 /// Most sessions told of catalog changes; the oldest is forgotten first (it can still
@@ -83,20 +86,20 @@ impl McpFrontDoor {
         self
     }
 
-    /// The calling agent, from this HTTP request's bearer token.
+    /// The calling agent: resolved from this HTTP request's bearer token by [`serve`]
+    /// before rmcp sees the request (every request, so a revoked token stops at once).
     async fn agent(&self, extensions: &rmcp::model::Extensions) -> Result<(Uuid, String), ErrorData> {
-        let header = extensions
-            .get::<http::request::Parts>()
-            .and_then(|p| p.headers.get(http::header::AUTHORIZATION))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix(BEARER_PREFIX))
-            .map(str::trim)
+        let parts = extensions.get::<http::request::Parts>();
+        if let Some(c) = parts.and_then(|p| p.extensions.get::<Caller>()) {
+            return Ok((c.agent_id, c.bearer.clone()));
+        }
+        let bearer = parts
+            .and_then(|p| bearer(&p.headers))
             .ok_or_else(|| ErrorData::invalid_request("authorization: Bearer <agent token> is required", None))?;
-        match self.auth.authenticate(header).await {
-            Ok(Some(Principal::Agent { agent_id, .. })) => Ok((agent_id, header.to_owned())),
-            Ok(Some(_)) => Err(ErrorData::invalid_request("only agent tokens may use tools", None)),
-            Ok(None) => Err(ErrorData::invalid_request("unknown, expired or revoked token", None)),
-            Err(s) => Err(ErrorData::internal_error(s.message().to_owned(), None)),
+        match self.auth.agent(bearer).await {
+            Ok(agent_id) => Ok((agent_id, bearer.to_owned())),
+            Err(Refusal::Unavailable(m)) => Err(ErrorData::internal_error(m, None)),
+            Err(r) => Err(ErrorData::invalid_request(r.to_string(), None)),
         }
     }
 
@@ -264,6 +267,11 @@ impl ServerHandler for McpFrontDoor {
         if start + PAGE_SIZE < all.len() {
             result.next_cursor = Some((start + PAGE_SIZE).to_string());
         }
+        // Cache hints (2026-07-28): the catalog is this agent's own, so private; fresh
+        // for a short while, as a grant or revocation changes it (stateless clients get
+        // no `list_changed`).
+        result.ttl_ms = Some(LIST_TTL_MS);
+        result.cache_scope = Some(CacheScope::Private);
         Ok(result)
     }
 
@@ -355,17 +363,24 @@ impl ServerHandler for McpFrontDoor {
     }
 }
 
-/// Whether the request carries a live agent token.
-async fn is_agent(auth: &SnapshotAuthenticator, headers: &http::HeaderMap) -> bool {
-    let Some(token) = headers
+/// The agent a request was authenticated as, put in its extensions by [`serve`].
+#[derive(Clone)]
+struct Caller {
+    agent_id: Uuid,
+    bearer: String,
+}
+
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix(BEARER_PREFIX))
+        .and_then(|v| {
+            v.get(..BEARER_PREFIX.len())
+                .filter(|p| p.eq_ignore_ascii_case(BEARER_PREFIX))
+                .map(|_| &v[BEARER_PREFIX.len()..])
+        })
         .map(str::trim)
-    else {
-        return false;
-    };
-    matches!(auth.authenticate(token).await, Ok(Some(Principal::Agent { .. })))
+        .filter(|t| !t.is_empty())
 }
 
 /// What bounds the front door's state: whom it answers (by `Host`), how many sessions
@@ -377,7 +392,8 @@ pub struct SessionLimits {
     pub idle: Duration,
 }
 
-/// Serves MCP at `http://<addr>/mcp` until the process stops.
+/// Serves MCP at `http://<addr>/mcp` until the process stops, and the protected-resource
+/// metadata (RFC 9728) when identity providers are configured.
 pub async fn serve(listener: tokio::net::TcpListener, door: McpFrontDoor, limits: SessionLimits) {
     door.spawn_change_announcer();
     let auth = door.auth.clone();
@@ -391,45 +407,69 @@ pub async fn serve(listener: tokio::net::TcpListener, door: McpFrontDoor, limits
             .with_sse_keep_alive(Some(Duration::from_secs(15)))
             .with_allowed_hosts(limits.allowed_hosts.clone()),
     );
+    let metadata = auth.oauth().map(|o| crate::resource_metadata::Metadata::new(o));
+    let metadata = Arc::new(metadata);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let (service, sessions, max_sessions) = (service.clone(), sessions.clone(), limits.max_sessions);
-        let auth = auth.clone();
+        let (auth, metadata) = (auth.clone(), metadata.clone());
         tokio::spawn(async move {
             let svc = TowerToHyperService::new(tower::ServiceBuilder::new().service(tower::util::service_fn(
-                move |req: http::Request<hyper::body::Incoming>| {
-                    let (service, sessions, auth) = (service.clone(), sessions.clone(), auth.clone());
+                move |mut req: http::Request<hyper::body::Incoming>| {
+                    let (service, sessions, auth, metadata) =
+                        (service.clone(), sessions.clone(), auth.clone(), metadata.clone());
                     async move {
-                        let opens_session =
-                            req.method() == http::Method::POST && !req.headers().contains_key("mcp-session-id");
-                        // A session is state kept for its opener: only an agent opens one.
-                        if opens_session && !is_agent(&auth, req.headers()).await {
-                            let body = http_body_util::Full::new(bytes::Bytes::from_static(
-                                b"authorization: Bearer <agent token> is required",
-                            ));
-                            let mut refused = http::Response::new(http_body_util::BodyExt::boxed(body));
-                            *refused.status_mut() = http::StatusCode::UNAUTHORIZED;
-                            refused.headers_mut().insert(
-                                http::header::WWW_AUTHENTICATE,
-                                http::HeaderValue::from_static("Bearer realm=\"toolplane\""),
-                            );
-                            return Ok::<_, std::convert::Infallible>(refused);
-                        }
-                        if opens_session && sessions.sessions.read().await.len() >= max_sessions {
-                            let body = http_body_util::Full::new(bytes::Bytes::from_static(
-                                b"too many MCP sessions are open on this sidecar; retry later",
-                            ));
-                            let mut busy = http::Response::new(http_body_util::BodyExt::boxed(body));
-                            *busy.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                            return Ok::<_, std::convert::Infallible>(busy);
+                        use crate::resource_metadata::{plain, refused};
+                        if let Some(m) = metadata.as_ref().as_ref()
+                            && let Some(doc) = m.answer(&req)
+                        {
+                            return Ok::<_, std::convert::Infallible>(doc);
                         }
                         if req.uri().path() != "/mcp" {
-                            let body = http_body_util::Full::new(bytes::Bytes::from_static(b"MCP is served at /mcp"));
-                            let mut not_found = http::Response::new(http_body_util::BodyExt::boxed(body));
-                            *not_found.status_mut() = http::StatusCode::NOT_FOUND;
-                            return Ok::<_, std::convert::Infallible>(not_found);
+                            return Ok(plain(http::StatusCode::NOT_FOUND, "MCP is served at /mcp"));
+                        }
+                        // Every request is authenticated here, before rmcp keeps any state
+                        // for it: a session is state kept for its opener, and only an
+                        // agent opens one.
+                        let caller = match bearer(req.headers()) {
+                            None => Err(Refusal::Unauthenticated(
+                                "authorization: Bearer <agent token or access token> is required".to_owned(),
+                            )),
+                            Some(token) => auth.agent(token).await.map(|agent_id| Caller {
+                                agent_id,
+                                bearer: token.to_owned(),
+                            }),
+                        };
+                        // 2026-07-28 and later are stateless: such requests never open one.
+                        let stateless = req
+                            .headers()
+                            .get("mcp-protocol-version")
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.trim() >= ProtocolVersion::NO_INITIALIZE.as_str());
+                        let opens_session = req.method() == http::Method::POST
+                            && !stateless
+                            && !req.headers().contains_key("mcp-session-id");
+                        match caller {
+                            Ok(c) => {
+                                req.extensions_mut().insert(c);
+                            }
+                            // Undecidable now (snapshot too old, identity provider away):
+                            // a request that keeps no state goes on to the handlers, which
+                            // authenticate again and answer a tool call with the reason the
+                            // agent can read; opening a session is refused.
+                            Err(Refusal::Unavailable(_)) if !opens_session => {}
+                            Err(r) => {
+                                let presented = bearer(req.headers()).is_some();
+                                return Ok(refused(metadata.as_ref().as_ref(), &r, presented));
+                            }
+                        }
+                        if opens_session && sessions.sessions.read().await.len() >= max_sessions {
+                            return Ok(plain(
+                                http::StatusCode::SERVICE_UNAVAILABLE,
+                                "too many MCP sessions are open on this sidecar; retry later",
+                            ));
                         }
                         Ok(service.handle(req).await)
                     }

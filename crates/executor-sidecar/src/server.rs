@@ -239,13 +239,24 @@ pub async fn serve(
         selector: Some(selector_client(config)?),
     });
 
+    // Identity providers' access tokens, accepted by the MCP front door and the gRPC API.
+    let oauth = match config.oauth()? {
+        Some(settings) => {
+            let validator = Arc::new(crate::oauth::JwtValidator::new(settings)?);
+            validator.spawn_warm_up();
+            Some(validator)
+        }
+        None => None,
+    };
+    let authenticator = Arc::new(SnapshotAuthenticator::with_oauth(snapshot.clone(), oauth));
+
     if let Some(addr) = config.mcp_listen {
         let listener = bind_retrying(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for MCP on {addr}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving MCP (Streamable HTTP) at /mcp");
-        let door = McpFrontDoor::new(executor.clone(), Arc::new(SnapshotAuthenticator::new(snapshot.clone())))
-            .with_search_mode(crate::mcp_search::SearchMode {
+        let door = McpFrontDoor::new(executor.clone(), authenticator.clone()).with_search_mode(
+            crate::mcp_search::SearchMode {
                 above: config.mcp_search_above,
                 agents: config
                     .mcp_search_agents
@@ -253,7 +264,8 @@ pub async fn serve(
                     .filter(|a| !a.is_empty())
                     .cloned()
                     .collect(),
-            });
+            },
+        );
         let mut hosts = vec![
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),
@@ -291,7 +303,7 @@ pub async fn serve(
     }
     let server = builder
         .layer(RpcMetricsLayer)
-        .layer(AuthLayer::new(Arc::new(SnapshotAuthenticator::new(snapshot))))
+        .layer(AuthLayer::new(authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -26,6 +26,8 @@ pub struct SnapshotIndex {
     tools: HashMap<Uuid, Arc<CompiledTool>>,
     names: HashMap<String, Uuid>,
     agents: HashMap<Uuid, Agent>,
+    /// Agent names (unique) to ids: an identity provider's token may name its agent.
+    agent_names: HashMap<String, Uuid>,
     tokens: HashMap<String, TokenRecord>,
     grants: HashMap<(Uuid, Uuid), Vec<Permission>>,
     credentials: HashMap<Uuid, Credential>,
@@ -68,6 +70,7 @@ impl SnapshotIndex {
             revision: s.revision,
             tools,
             names,
+            agent_names: s.agents.iter().map(|a| (a.name.clone(), a.id)).collect(),
             agents: s.agents.into_iter().map(|a| (a.id, a)).collect(),
             tokens: s.tokens.into_iter().map(|t| (t.sha256.clone(), t)).collect(),
             grants,
@@ -86,6 +89,11 @@ impl SnapshotIndex {
 
     pub fn agent(&self, id: Uuid) -> Option<&Agent> {
         self.agents.get(&id)
+    }
+
+    /// The id of the agent named `name`.
+    pub fn agent_by_name(&self, name: &str) -> Option<Uuid> {
+        self.agent_names.get(name).copied()
     }
 
     pub fn token(&self, sha256: &str) -> Option<&TokenRecord> {

@@ -80,6 +80,11 @@ pub const SIDECAR_REVISION_LAG: &str = "toolplane_sidecar_snapshot_revision_lag"
 /// By `sidecar_token`: seconds since this replica last sent a connected sidecar a
 /// snapshot, delta or heartbeat.
 pub const SIDECAR_PUSH_AGE: &str = "toolplane_sidecar_last_push_age_seconds";
+/// Identity-provider access tokens a sidecar judged, by `outcome` (`accepted`,
+/// `invalid`, `forbidden`, `unavailable`).
+pub const ACCESS_TOKENS: &str = "toolplane_access_tokens_total";
+/// JWKS loads of an identity provider's keys, by `result` (`ok`, `error`).
+pub const JWKS_REFRESHES: &str = "toolplane_jwks_refreshes_total";
 
 /// Installs the process-wide recorder; `None` if one is already installed (tests that
 /// start several servers in one process).
