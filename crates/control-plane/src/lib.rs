@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod mcp_import;
 pub mod observe;
+pub mod openapi_import;
 pub mod selection;
 pub mod server;
 pub mod services;

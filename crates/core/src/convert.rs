@@ -80,7 +80,7 @@ pub fn sensitivity_to_pb(v: Option<DataSensitivity>) -> i32 {
     }) as i32
 }
 
-fn side_effects_from_pb(v: i32) -> SideEffects {
+pub fn side_effects_from_pb(v: i32) -> SideEffects {
     match pb::SideEffects::try_from(v) {
         Ok(pb::SideEffects::None) => SideEffects::None,
         Ok(pb::SideEffects::Read) => SideEffects::Read,
@@ -102,16 +102,18 @@ pub fn auth_from_pb(v: i32) -> AuthType {
         Ok(pb::AuthType::ApiKey) => AuthType::ApiKey,
         Ok(pb::AuthType::Oauth2) => AuthType::OAuth2,
         Ok(pb::AuthType::MutualTls) => AuthType::MutualTls,
+        Ok(pb::AuthType::HttpBasic) => AuthType::HttpBasic,
         _ => AuthType::None,
     }
 }
 
-fn auth_to_pb(v: AuthType) -> i32 {
+pub fn auth_to_pb(v: AuthType) -> i32 {
     (match v {
         AuthType::None => pb::AuthType::None,
         AuthType::ApiKey => pb::AuthType::ApiKey,
         AuthType::OAuth2 => pb::AuthType::Oauth2,
         AuthType::MutualTls => pb::AuthType::MutualTls,
+        AuthType::HttpBasic => pb::AuthType::HttpBasic,
     }) as i32
 }
 
@@ -289,6 +291,7 @@ pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
         cache_normalize_keys: t.cache_normalize_keys,
         cache_ignored_params: t.cache_ignored_params,
         compliance_frameworks: t.compliance_frameworks,
+        http: t.http.map(http_binding_from_pb).transpose()?,
         remote_name: t.remote_name,
     })
 }
@@ -349,6 +352,7 @@ pub fn spec_to_pb(spec: ToolSpec) -> pb::Tool {
         cache_normalize_keys: s.cache_normalize_keys,
         cache_ignored_params: s.cache_ignored_params.clone(),
         compliance_frameworks: s.compliance_frameworks.clone(),
+        http: s.http.as_ref().map(http_binding_to_pb),
         remote_name: s.remote_name.clone(),
         created_at: None,
         updated_at: None,
@@ -908,5 +912,60 @@ pub fn checkpoint_from_pb(c: pb::AuditCheckpoint) -> Result<crate::audit_checkpo
         key_id: c.key_id,
         signature: c.signature,
         version: c.version,
+    })
+}
+
+pub fn http_binding_to_pb(b: &crate::http_binding::HttpBinding) -> pb::HttpBinding {
+    use crate::http_binding::ParamLocation as L;
+    pb::HttpBinding {
+        method: b.method.clone(),
+        path: b.path.clone(),
+        parameters: b
+            .parameters
+            .iter()
+            .map(|p| pb::HttpParameter {
+                name: p.name.clone(),
+                location: match p.location {
+                    L::Path => pb::ParameterLocation::Path,
+                    L::Query => pb::ParameterLocation::Query,
+                    L::Header => pb::ParameterLocation::Header,
+                } as i32,
+                wire_name: p.wire_name.clone(),
+            })
+            .collect(),
+        body: b.body.clone(),
+    }
+}
+
+pub fn http_binding_from_pb(b: pb::HttpBinding) -> Result<crate::http_binding::HttpBinding, Violations> {
+    use crate::http_binding::{HttpParameter, ParamLocation as L};
+    let parameters = b
+        .parameters
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let location = match pb::ParameterLocation::try_from(p.location) {
+                Ok(pb::ParameterLocation::Path) => L::Path,
+                Ok(pb::ParameterLocation::Query) => L::Query,
+                Ok(pb::ParameterLocation::Header) => L::Header,
+                _ => {
+                    return Err(Violations::single(
+                        format!("tool.http.parameters[{i}].location"),
+                        "must be PATH, QUERY or HEADER",
+                    ));
+                }
+            };
+            Ok(HttpParameter {
+                name: p.name,
+                location,
+                wire_name: p.wire_name,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::http_binding::HttpBinding {
+        method: b.method,
+        path: b.path,
+        parameters,
+        body: b.body,
     })
 }

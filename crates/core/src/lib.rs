@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod delta;
 pub mod endpoint;
 pub mod error;
+pub mod http_binding;
 pub mod json;
 pub mod model;
 pub mod permission;

@@ -43,7 +43,13 @@ text_enum!(
     DataSensitivity { Public = "public", Internal = "internal", Confidential = "confidential", Restricted = "restricted" }
 );
 text_enum!(SideEffects { None = "none", Read = "read", Write = "write" });
-text_enum!(AuthType { None = "none", ApiKey = "api_key", OAuth2 = "oauth2", MutualTls = "mutual_tls" });
+text_enum!(AuthType {
+    None = "none",
+    ApiKey = "api_key",
+    OAuth2 = "oauth2",
+    MutualTls = "mutual_tls",
+    HttpBasic = "http_basic",
+});
 text_enum!(ToolProtocol { Http = "http", Mcp = "mcp" });
 text_enum!(Role { Admin = "admin", Agent = "agent", Sidecar = "sidecar" });
 text_enum!(PermissionType {
@@ -106,6 +112,10 @@ pub struct ToolSpec {
     /// Frameworks whose compliance reports include this tool's audit events.
     #[serde(default)]
     pub compliance_frameworks: Vec<String>,
+    /// HTTP tools only: method, path template and where each parameter goes; `None`
+    /// posts the parameters as JSON to the endpoint.
+    #[serde(default)]
+    pub http: Option<crate::http_binding::HttpBinding>,
 }
 
 impl ToolSpec {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
+use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -98,21 +98,35 @@ impl ToolHttpClient {
         headers: &[(String, String)],
         timeout: Duration,
     ) -> Result<Value, CallError> {
+        self.send(Method::POST, endpoint, Some(body), headers, timeout).await
+    }
+
+    /// Sends one request (`body`, when given, as JSON) and parses the answer within
+    /// `timeout`: JSON as JSON, an empty body as `null`, other text as a string.
+    pub async fn send(
+        &self,
+        method: Method,
+        endpoint: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
         let uri: Uri = endpoint
             .parse()
             .map_err(|_| CallError::Connect(format!("{endpoint:?} is not a URL")))?;
-        let mut builder = Request::post(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")),
-            );
+        let mut builder = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        builder = builder.header(header::ACCEPT, "application/json").header(
+            header::USER_AGENT,
+            concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")),
+        );
         for (name, value) in headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let req = builder
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
             .map_err(|e| CallError::Connect(e.to_string()))?;
         let call = async {
             let resp = self
@@ -124,6 +138,11 @@ impl ToolHttpClient {
                     None => CallError::Connect(e.to_string()),
                 })?;
             let status = resp.status();
+            let is_json = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|v| v.contains("json"));
             let retry_after = resp
                 .headers()
                 .get(header::RETRY_AFTER)
@@ -152,7 +171,15 @@ impl ToolHttpClient {
                     body,
                 });
             }
-            serde_json::from_slice(&bytes).map_err(|e| CallError::InvalidJson(e.to_string()))
+            if bytes.is_empty() {
+                return Ok(Value::Null);
+            }
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => Ok(v),
+                Err(e) if is_json => Err(CallError::InvalidJson(e.to_string())),
+                // A non-JSON answer (text/plain, text/html, ...) as text.
+                Err(_) => Ok(Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+            }
         };
         tokio::time::timeout(timeout, call)
             .await

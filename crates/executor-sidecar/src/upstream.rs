@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use toolplane_core::model::{Credential, ExecutionStatus, ToolProtocol};
+use toolplane_core::http_binding;
+use toolplane_core::model::{Credential, ExecutionStatus, ToolProtocol, ToolSpec};
 use toolplane_core::redact::scrub_credential;
 use toolplane_core::schema;
 
@@ -126,8 +127,7 @@ impl Upstream {
                 let mut headers = headers.clone();
                 headers.push(("traceparent".to_owned(), traceparent.to_owned()));
                 let secret = credential.map_or("", |c| c.secret.as_str());
-                self.call_http(&tool.spec.endpoint, params, &headers, timeout, secret)
-                    .await
+                self.call_http(&tool.spec, params, headers, timeout, secret).await
             }
             ToolProtocol::Mcp => {
                 let remote = if tool.spec.remote_name.is_empty() {
@@ -172,14 +172,32 @@ impl Upstream {
 
     async fn call_http(
         &self,
-        endpoint: &str,
+        spec: &ToolSpec,
         params: &Value,
-        headers: &[(String, String)],
+        mut headers: Vec<(String, String)>,
         timeout: Duration,
         secret: &str,
     ) -> Outcome {
-        let body = toolplane_core::json::canonical(params).into_bytes();
-        match self.http.post_json(endpoint, body, headers, timeout).await {
+        // Parameters passed the input schema; placing them can still fail for values
+        // no URL can carry (a `..` path segment, a newline in a header).
+        let request = match http_binding::render(&spec.endpoint, spec.http.as_ref(), params) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("the parameters cannot be sent: {e}");
+                return Outcome::failed(ExecutionStatus::ValidationError, why, false);
+            }
+        };
+        // The tool's own header parameters never replace the credential's header.
+        for (name, value) in request.headers {
+            if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                headers.push((name, value));
+            }
+        }
+        let sent = self
+            .http
+            .send(request.method, &request.url, request.body, &headers, timeout)
+            .await;
+        match sent {
             Ok(output) => Outcome::ok(output),
             Err(e @ CallError::Timeout(_)) => Outcome::failed(ExecutionStatus::Timeout, e.to_string(), true),
             Err(e @ CallError::Connect(_)) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), true),

@@ -22,6 +22,8 @@ use crate::mcp_import::{self, ImportOptions};
 use crate::state::AppState;
 use crate::storage::ToolFilter;
 
+mod openapi;
+
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const MAX_SECRET_BYTES: usize = 16 * 1024;
@@ -499,6 +501,15 @@ impl ToolRegistry for RegistryService {
         Ok(Response::new(self.import_mcp(&who, request.into_inner()).await?))
     }
 
+    async fn import_open_api(
+        &self,
+        request: Request<pb::ImportOpenApiRequest>,
+    ) -> Result<Response<pb::ImportOpenApiResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "ImportOpenApi")?;
+        Ok(Response::new(self.import_openapi(&who, request.into_inner()).await?))
+    }
+
     async fn set_credential(
         &self,
         request: Request<pb::SetCredentialRequest>,
@@ -579,6 +590,7 @@ impl CatalogReader {
         if let Self::Agent(_) = self {
             t.endpoint.clear();
             t.remote_name.clear();
+            t.http = None;
             if let Some(r) = t.requirements.as_mut() {
                 r.authentication = pb::AuthType::Unspecified as i32;
             }

@@ -173,10 +173,15 @@ const TOOL_COLUMNS: &str = "id, name, category, description, version, input_sche
     examples, capabilities, auth_type, rate_limit_rpm, timeout_ms, required_skills, data_sensitivity, \
     provider, endpoint, protocol, reliability_score, average_latency_ms, cost_per_call, enabled, \
     side_effects, idempotent, cacheable, cache_ttl_seconds, cache_normalize_keys, cache_ignored_params, remote_name, \
-    created_at, updated_at, compliance_frameworks";
+    created_at, updated_at, compliance_frameworks, http";
 
 fn tool_from_row(r: &Row) -> StoreResult<Tool> {
     let examples: Value = r.get("examples");
+    let http = r
+        .get::<_, Option<Value>>("http")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| StoreError::Backend(format!("bad http binding in database: {e}")))?;
     Ok(Tool {
         id: r.get("id"),
         version: u32_of(r.get("version")),
@@ -210,13 +215,14 @@ fn tool_from_row(r: &Row) -> StoreResult<Tool> {
             cache_ignored_params: r.get("cache_ignored_params"),
             compliance_frameworks: r.get("compliance_frameworks"),
             remote_name: r.get("remote_name"),
+            http,
         },
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
     })
 }
 
-const TOOL_COLUMN_COUNT: usize = 31;
+const TOOL_COLUMN_COUNT: usize = 32;
 
 fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
@@ -232,6 +238,7 @@ struct ToolRow<'a> {
     timeout_ms: i64,
     average_latency_ms: i64,
     cache_ttl_seconds: i64,
+    http: Option<Value>,
 }
 
 impl<'a> ToolRow<'a> {
@@ -245,6 +252,12 @@ impl<'a> ToolRow<'a> {
             timeout_ms: i64::from(s.requirements.timeout_ms),
             average_latency_ms: i64::from(s.average_latency_ms),
             cache_ttl_seconds: i64::from(s.cache_ttl_seconds),
+            http: s
+                .http
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| StoreError::Backend(e.to_string()))?,
         })
     }
 
@@ -283,6 +296,7 @@ impl<'a> ToolRow<'a> {
             &t.created_at,
             &t.updated_at,
             &s.compliance_frameworks,
+            &self.http,
         ]
     }
 }
