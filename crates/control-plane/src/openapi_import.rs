@@ -496,6 +496,8 @@ fn operation(
         codes.sort();
         for code in codes {
             let resp = deref(doc, &responses[code])?;
+            // A response schema that cannot be inlined (recursive) leaves the output
+            // unchecked rather than the operation out.
             if let Ok(Some(s)) = json_content(doc, resp.get("content")) {
                 output_schema = s;
                 break;

@@ -566,6 +566,9 @@ pub fn credential_to_pb(c: &Credential) -> pb::ToolCredential {
         auth_type: auth_to_pb(c.auth_type),
         header_name: c.header_name.clone(),
         secret: c.secret.clone(),
+        query_param: c.settings.query_param.clone(),
+        username: c.settings.username.clone(),
+        expires_at: opt_ts(c.expires_at),
     }
 }
 
@@ -575,6 +578,11 @@ pub fn credential_from_pb(c: pb::ToolCredential) -> Result<Credential, Violation
         auth_type: auth_from_pb(c.auth_type),
         header_name: c.header_name,
         secret: c.secret,
+        settings: crate::model::CredentialSettings {
+            query_param: c.query_param,
+            username: c.username,
+        },
+        expires_at: c.expires_at.as_ref().and_then(from_ts),
     })
 }
 

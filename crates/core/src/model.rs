@@ -448,6 +448,18 @@ impl SyncEvent {
     }
 }
 
+/// What a credential says besides its secret, kept in the clear beside the sealed
+/// secret: where an API key goes, the user name of HTTP basic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialSettings {
+    /// API keys: sent as this query parameter instead of a header.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub query_param: String,
+    /// HTTP basic: the user name (the secret is the password).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+}
+
 /// A tool's credential in the clear: only in control plane memory while building a
 /// snapshot, on the sync stream, and in sidecar memory. Debug never shows the secret.
 #[derive(Clone, PartialEq)]
@@ -457,6 +469,9 @@ pub struct Credential {
     /// Empty: sent as `authorization: Bearer <secret>`.
     pub header_name: String,
     pub secret: String,
+    pub settings: CredentialSettings,
+    /// Refused for calls after this instant.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -465,18 +480,41 @@ impl std::fmt::Debug for Credential {
             .field("tool_id", &self.tool_id)
             .field("auth_type", &self.auth_type)
             .field("header_name", &self.header_name)
+            .field("settings", &self.settings)
+            .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }
 
 impl Credential {
-    /// The header the sidecar adds to calls of the tool.
-    pub fn header(&self) -> (String, String) {
-        if self.header_name.is_empty() {
+    /// The header the sidecar adds to calls of the tool, if the credential goes in one.
+    pub fn header(&self) -> Option<(String, String)> {
+        if self.auth_type == AuthType::HttpBasic {
+            use base64::Engine as _;
+            let pair = format!("{}:{}", self.settings.username, self.secret);
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            return Some(("authorization".to_owned(), format!("Basic {encoded}")));
+        }
+        if !self.settings.query_param.is_empty() {
+            return None;
+        }
+        Some(if self.header_name.is_empty() {
             ("authorization".to_owned(), format!("Bearer {}", self.secret))
         } else {
             (self.header_name.to_ascii_lowercase(), self.secret.clone())
-        }
+        })
+    }
+
+    /// The query parameter the sidecar adds to HTTP calls of the tool, if the
+    /// credential goes in the query.
+    pub fn query(&self) -> Option<(&str, &str)> {
+        (self.auth_type != AuthType::HttpBasic && !self.settings.query_param.is_empty())
+            .then(|| (self.settings.query_param.as_str(), self.secret.as_str()))
+    }
+
+    /// Whether the credential has expired at `now`.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
     }
 }
 
@@ -488,6 +526,8 @@ pub struct StoredCredential {
     pub header_name: String,
     pub sealed: crate::crypto::Sealed,
     pub updated_at: DateTime<Utc>,
+    pub settings: CredentialSettings,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The state a sidecar serves from.

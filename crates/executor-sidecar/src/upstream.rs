@@ -120,14 +120,30 @@ impl Upstream {
             let why = "the caller's deadline left no time for the call".to_owned();
             return Outcome::failed(ExecutionStatus::Timeout, why, false);
         }
-        let headers: Vec<(String, String)> = credential.map(Credential::header).into_iter().collect();
+        if let Some(c) = credential
+            && c.expired(chrono::Utc::now())
+        {
+            let at = c.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+            let why = format!(
+                "the credential of tool {} expired at {at}; an admin must set a new one (SetCredential)",
+                tool.spec.name
+            );
+            // Said like the tool refusing our credential, so ON_AUTH_FAILURE fallbacks apply.
+            return Outcome {
+                auth_failure: true,
+                ..Outcome::failed(ExecutionStatus::ExecutionError, why, false)
+            };
+        }
+        let headers: Vec<(String, String)> = credential.and_then(Credential::header).into_iter().collect();
         let outcome = match tool.spec.protocol {
             ToolProtocol::Http => {
                 // MCP sessions are keyed by their headers, so only HTTP calls carry it.
                 let mut headers = headers.clone();
                 headers.push(("traceparent".to_owned(), traceparent.to_owned()));
                 let secret = credential.map_or("", |c| c.secret.as_str());
-                self.call_http(&tool.spec, params, headers, timeout, secret).await
+                let query = credential.and_then(Credential::query);
+                self.call_http(&tool.spec, params, headers, query, timeout, secret)
+                    .await
             }
             ToolProtocol::Mcp => {
                 let remote = if tool.spec.remote_name.is_empty() {
@@ -175,13 +191,34 @@ impl Upstream {
         spec: &ToolSpec,
         params: &Value,
         mut headers: Vec<(String, String)>,
+        credential_query: Option<(&str, &str)>,
         timeout: Duration,
         secret: &str,
     ) -> Outcome {
         // Parameters passed the input schema; placing them can still fail for values
         // no URL can carry (a `..` path segment, a newline in a header).
         let request = match http_binding::render(&spec.endpoint, spec.http.as_ref(), params) {
-            Ok(r) => r,
+            Ok(mut r) => {
+                if let Some((name, value)) = credential_query {
+                    match url::Url::parse(&r.url) {
+                        Ok(mut u) => {
+                            // The tool's own parameter of that name never stands in for the key.
+                            let kept: Vec<(String, String)> = u
+                                .query_pairs()
+                                .filter(|(k, _)| k != name)
+                                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                                .collect();
+                            u.query_pairs_mut().clear().extend_pairs(kept).append_pair(name, value);
+                            r.url = u.to_string();
+                        }
+                        Err(e) => {
+                            let why = format!("the tool's URL is not valid: {e}");
+                            return Outcome::failed(ExecutionStatus::ExecutionError, why, false);
+                        }
+                    }
+                }
+                r
+            }
             Err(e) => {
                 let why = format!("the parameters cannot be sent: {e}");
                 return Outcome::failed(ExecutionStatus::ValidationError, why, false);

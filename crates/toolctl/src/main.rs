@@ -7,6 +7,7 @@
 mod access;
 mod audit;
 mod audit_trail;
+mod fetch;
 mod tool_file;
 mod tools;
 

@@ -9,7 +9,9 @@ use toolplane_core::convert::{
     auth_from_pb, fallback_from_pb, fallback_to_pb, spec_to_pb, tool_spec_from_pb, tool_to_pb,
 };
 use toolplane_core::endpoint::check_endpoint;
-use toolplane_core::model::{AuditAction, FallbackStrategy, Principal, Role, StoredCredential, Tool, ToolSpec};
+use toolplane_core::model::{
+    AuditAction, AuthType, CredentialSettings, FallbackStrategy, Principal, Role, StoredCredential, Tool, ToolSpec,
+};
 use toolplane_core::validate::check_tool_spec;
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::tool_registry_server::ToolRegistry;
@@ -335,6 +337,37 @@ impl RegistryService {
                 "must be an HTTP header name (letters, digits and -), at most 128 characters",
             );
         }
+        let auth_type = auth_from_pb(req.auth_type);
+        if !req.query_param.is_empty() {
+            if auth_type != AuthType::ApiKey {
+                v.push("query_param", "only an API_KEY credential goes in the query");
+            }
+            if !req.header_name.is_empty() {
+                v.push("query_param", "an API key goes in a header or the query, not both");
+            }
+            if req.query_param.len() > 128
+                || !req
+                    .query_param
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                v.push(
+                    "query_param",
+                    "must be letters, digits, -, _ or ., at most 128 characters",
+                );
+            }
+        }
+        if auth_type == AuthType::HttpBasic {
+            if req.username.is_empty() || req.username.contains(':') || req.username.len() > 256 {
+                v.push("username", "is required for HTTP_BASIC: at most 256 characters, no ':'");
+            }
+        } else if !req.username.is_empty() {
+            v.push("username", "only an HTTP_BASIC credential has a user name");
+        }
+        let expires_at = req.expires_at.as_ref().and_then(toolplane_core::convert::from_ts);
+        if req.expires_at.is_some() && expires_at.is_none_or(|at| at <= Utc::now()) {
+            v.push("expires_at", "must be a valid instant in the future");
+        }
         v.into_result()?;
         let keyring = self.state.keyring.as_ref().ok_or_else(|| {
             ApiError::FailedPrecondition(
@@ -349,10 +382,15 @@ impl RegistryService {
             .ok_or_else(|| ApiError::NotFound(format!("tool {tool_id} not found")))?;
         let credential = StoredCredential {
             tool_id,
-            auth_type: auth_from_pb(req.auth_type),
+            auth_type,
             header_name: req.header_name,
             sealed: keyring.seal(req.secret.as_bytes(), tool_id.as_bytes()),
             updated_at: Utc::now(),
+            settings: CredentialSettings {
+                query_param: req.query_param,
+                username: req.username,
+            },
+            expires_at,
         };
         let detail = format!(
             "credential of {} set (key {})",

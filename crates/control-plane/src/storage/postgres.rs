@@ -625,14 +625,16 @@ impl Store for PostgresStore {
     }
 
     async fn set_credential(&self, c: &StoredCredential, audit: &AuditEvent) -> StoreResult<()> {
+        let settings = serde_json::to_value(&c.settings).map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         let n = tx
             .execute(
-                "INSERT INTO credentials (tool_id, auth_type, header_name, key_id, nonce, ciphertext, updated_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM tools WHERE id = $1 AND deleted_at IS NULL) \
+                "INSERT INTO credentials (tool_id, auth_type, header_name, key_id, nonce, ciphertext, updated_at, \
+                 settings, expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM tools WHERE id = $1 AND deleted_at IS NULL) \
                  ON CONFLICT (tool_id) DO UPDATE SET auth_type = $2, header_name = $3, key_id = $4, nonce = $5, \
-                 ciphertext = $6, updated_at = $7",
+                 ciphertext = $6, updated_at = $7, settings = $8, expires_at = $9",
                 &[
                     &c.tool_id,
                     &c.auth_type.as_str(),
@@ -641,6 +643,8 @@ impl Store for PostgresStore {
                     &c.sealed.nonce,
                     &c.sealed.ciphertext,
                     &c.updated_at,
+                    &settings,
+                    &c.expires_at,
                 ],
             )
             .await
@@ -673,6 +677,9 @@ impl Store for PostgresStore {
                         ciphertext: r.get("ciphertext"),
                     },
                     updated_at: r.get("updated_at"),
+                    settings: serde_json::from_value(r.get("settings"))
+                        .map_err(|e| StoreError::Backend(format!("bad credential settings in database: {e}")))?,
+                    expires_at: r.get("expires_at"),
                 })
             })
             .collect()

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use toolplane_core::Violations;
-use toolplane_core::convert::{auth_to_pb, side_effects_from_pb, spec_to_pb, tool_to_pb};
+use toolplane_core::convert::{auth_to_pb, side_effects_from_pb, spec_to_pb, tool_spec_from_pb, tool_to_pb};
 use toolplane_core::endpoint::check_endpoint;
 use toolplane_core::model::Principal;
 use toolplane_core::validate::check_tool_spec;
@@ -63,7 +63,10 @@ impl RegistryService {
                 reason: s.reason,
             });
         }
-        for op in imported.operations {
+        for mut op in imported.operations {
+            // As stored: through the wire form, whose numbers are f64 (`0.0` in the
+            // document is `0` once stored), so an unchanged document compares equal.
+            op.spec = tool_spec_from_pb(spec_to_pb(op.spec))?;
             let http = op.spec.http.clone().unwrap_or_default();
             let skip = |reason: String| pb::SkippedOperation {
                 method: http.method.clone(),
