@@ -6,6 +6,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod error;
 pub mod mcp_import;
+pub mod mtls;
 pub mod observe;
 pub mod openapi_import;
 pub mod selection;

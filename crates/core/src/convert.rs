@@ -569,6 +569,8 @@ pub fn credential_to_pb(c: &Credential) -> pb::ToolCredential {
         query_param: c.settings.query_param.clone(),
         username: c.settings.username.clone(),
         expires_at: opt_ts(c.expires_at),
+        oauth2: c.settings.oauth2.as_ref().map(oauth2_to_pb),
+        client_certificate_pem: c.settings.client_certificate_pem.clone(),
     }
 }
 
@@ -581,6 +583,8 @@ pub fn credential_from_pb(c: pb::ToolCredential) -> Result<Credential, Violation
         settings: crate::model::CredentialSettings {
             query_param: c.query_param,
             username: c.username,
+            oauth2: c.oauth2.map(oauth2_from_pb),
+            client_certificate_pem: c.client_certificate_pem,
         },
         expires_at: c.expires_at.as_ref().and_then(from_ts),
     })
@@ -976,4 +980,22 @@ pub fn http_binding_from_pb(b: pb::HttpBinding) -> Result<crate::http_binding::H
         parameters,
         body: b.body,
     })
+}
+
+pub fn oauth2_to_pb(o: &crate::model::OAuth2Settings) -> pb::OAuth2ClientCredentials {
+    pb::OAuth2ClientCredentials {
+        token_url: o.token_url.clone(),
+        client_id: o.client_id.clone(),
+        scopes: o.scopes.clone(),
+        audience: o.audience.clone(),
+    }
+}
+
+pub fn oauth2_from_pb(o: pb::OAuth2ClientCredentials) -> crate::model::OAuth2Settings {
+    crate::model::OAuth2Settings {
+        token_url: o.token_url,
+        client_id: o.client_id,
+        scopes: o.scopes,
+        audience: o.audience,
+    }
 }

@@ -458,6 +458,24 @@ pub struct CredentialSettings {
     /// HTTP basic: the user name (the secret is the password).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub username: String,
+    /// OAuth 2.0 client credentials (the secret is the client secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Settings>,
+    /// Mutual TLS: the client certificate chain, PEM (the secret is its private key).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_certificate_pem: String,
+}
+
+/// Where an OAuth 2.0 client-credentials token comes from and what it asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth2Settings {
+    pub token_url: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Sent as `audience` when set (Auth0, Okta and others name the API this way).
+    #[serde(default)]
+    pub audience: String,
 }
 
 /// A tool's credential in the clear: only in control plane memory while building a
@@ -495,7 +513,9 @@ impl Credential {
             let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
             return Some(("authorization".to_owned(), format!("Basic {encoded}")));
         }
-        if !self.settings.query_param.is_empty() {
+        if !self.settings.query_param.is_empty() || matches!(self.auth_type, AuthType::OAuth2 | AuthType::MutualTls) {
+            // Query keys go in the URL; OAuth 2.0 tokens are fetched per call; a client
+            // certificate is presented in the TLS handshake.
             return None;
         }
         Some(if self.header_name.is_empty() {

@@ -48,9 +48,34 @@ pub struct ToolHttpClient {
     client: Client<Connector, Full<Bytes>>,
 }
 
+/// A client certificate chain and its key, presented to one tool (mutual TLS).
+pub struct ClientIdentity {
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// From PEM text; `None` with the reason when either part does not parse.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the client certificate is not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("the client certificate chain is empty".to_owned());
+        }
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("the client key is not PEM: {e}"))?;
+        Ok(Self { certs, key })
+    }
+}
+
 /// Roots tools' certificates are checked against: the Mozilla set (webpki-roots), plus
-/// a private CA bundle when configured.
-fn tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+/// a private CA bundle when configured; with `identity`, the client certificate shown.
+fn tls_config(
+    extra_ca: Option<&std::path::Path>,
+    identity: Option<ClientIdentity>,
+) -> anyhow::Result<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -66,20 +91,32 @@ fn tls_config(extra_ca: Option<&std::path::Path>) -> anyhow::Result<rustls::Clie
         }
         tracing::info!(path = %path.display(), certificates = added, "trusting an extra CA for tools");
     }
-    Ok(
+    let builder =
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+            .with_root_certificates(roots);
+    Ok(match identity {
+        Some(id) => builder.with_client_auth_cert(id.certs, id.key)?,
+        None => builder.with_no_client_auth(),
+    })
 }
 
 impl ToolHttpClient {
     /// HTTP/1.1 and, over TLS, HTTP/2 when the tool offers it (ALPN).
     pub fn new(allow_link_local: bool, extra_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Self::with_identity(allow_link_local, extra_ca, None)
+    }
+
+    /// A client of its own (own connection pool) presenting `identity` when the tool
+    /// asks for a client certificate.
+    pub fn with_identity(
+        allow_link_local: bool,
+        extra_ca: Option<&std::path::Path>,
+        identity: Option<ClientIdentity>,
+    ) -> anyhow::Result<Self> {
         let http = egress::connector(GuardedResolver::new(allow_link_local));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(extra_ca)?)
+            .with_tls_config(tls_config(extra_ca, identity)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -111,13 +148,42 @@ impl ToolHttpClient {
         headers: &[(String, String)],
         timeout: Duration,
     ) -> Result<Value, CallError> {
+        let typed = body.map(|b| (b, "application/json"));
+        self.request(method, endpoint, typed, headers, timeout).await
+    }
+
+    /// POSTs a form (`application/x-www-form-urlencoded`), e.g. an OAuth 2.0 token
+    /// request, and parses the JSON answer.
+    pub async fn send_form(
+        &self,
+        endpoint: &str,
+        body: Vec<u8>,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let typed = Some((body, "application/x-www-form-urlencoded"));
+        self.request(Method::POST, endpoint, typed, headers, timeout).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        endpoint: &str,
+        body: Option<(Vec<u8>, &'static str)>,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
         let uri: Uri = endpoint
             .parse()
             .map_err(|_| CallError::Connect(format!("{endpoint:?} is not a URL")))?;
         let mut builder = Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            builder = builder.header(header::CONTENT_TYPE, "application/json");
-        }
+        let body = match body {
+            Some((bytes, content_type)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                Some(bytes)
+            }
+            None => None,
+        };
         builder = builder.header(header::ACCEPT, "application/json").header(
             header::USER_AGENT,
             concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")),

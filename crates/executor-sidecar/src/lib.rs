@@ -11,6 +11,7 @@ pub mod executor;
 pub mod http_client;
 pub mod mcp_client;
 pub mod mcp_server;
+pub mod oauth;
 pub mod outbox;
 pub mod quota;
 pub mod rate_limit;

@@ -4,13 +4,19 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use toolplane_core::http_binding;
-use toolplane_core::model::{Credential, ExecutionStatus, ToolProtocol, ToolSpec};
+
+use sha2::{Digest, Sha256};
+use toolplane_core::model::{AuthType, Credential, ExecutionStatus, ToolProtocol, ToolSpec};
 use toolplane_core::redact::scrub_credential;
 use toolplane_core::schema;
+use uuid::Uuid;
 
-use crate::http_client::{CallError, ToolHttpClient};
+use crate::http_client::{CallError, ClientIdentity, ToolHttpClient};
 use crate::mcp_client::{McpCallError, McpPool};
+use crate::oauth::TokenCache;
 use crate::snapshot::CompiledTool;
 
 #[derive(Debug, Clone)]
@@ -76,6 +82,12 @@ impl Outcome {
 pub struct Upstream {
     pub http: ToolHttpClient,
     pub mcp: McpPool,
+    tokens: TokenCache,
+    /// Mutual-TLS tools' own clients, by tool and a digest of the identity (a
+    /// rotated certificate gets a new client, and no connection of the old one).
+    identities: Mutex<HashMap<Uuid, ([u8; 32], ToolHttpClient)>>,
+    allow_link_local: bool,
+    tool_ca: Option<std::path::PathBuf>,
 }
 
 impl Upstream {
@@ -83,7 +95,39 @@ impl Upstream {
         Ok(Self {
             http: ToolHttpClient::new(allow_link_local, tool_ca)?,
             mcp: McpPool::new(allow_link_local)?,
+            tokens: TokenCache::default(),
+            identities: Mutex::default(),
+            allow_link_local,
+            tool_ca: tool_ca.map(std::path::Path::to_path_buf),
         })
+    }
+
+    /// The client a tool's calls go through: its own for a mutual-TLS credential (so
+    /// its certificate is shown on its connections only), else the shared one.
+    fn client_for(&self, credential: Option<&Credential>) -> Result<ToolHttpClient, String> {
+        let Some(c) = credential.filter(|c| c.auth_type == AuthType::MutualTls) else {
+            return Ok(self.http.clone());
+        };
+        let digest: [u8; 32] = Sha256::new()
+            .chain_update(c.settings.client_certificate_pem.as_bytes())
+            .chain_update([0])
+            .chain_update(c.secret.as_bytes())
+            .finalize()
+            .into();
+        let mut clients = self
+            .identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((d, client)) = clients.get(&c.tool_id)
+            && *d == digest
+        {
+            return Ok(client.clone());
+        }
+        let identity = ClientIdentity::from_pem(&c.settings.client_certificate_pem, &c.secret)?;
+        let client = ToolHttpClient::with_identity(self.allow_link_local, self.tool_ca.as_deref(), Some(identity))
+            .map_err(|e| format!("cannot use the tool's client certificate: {e}"))?;
+        clients.insert(c.tool_id, (digest, client.clone()));
+        Ok(client)
     }
 
     /// Calls the tool once and validates its output against the output schema. The
@@ -142,8 +186,21 @@ impl Upstream {
                 headers.push(("traceparent".to_owned(), traceparent.to_owned()));
                 let secret = credential.map_or("", |c| c.secret.as_str());
                 let query = credential.and_then(Credential::query);
-                self.call_http(&tool.spec, params, headers, query, timeout, secret)
-                    .await
+                let client = match self.client_for(credential) {
+                    Ok(c) => c,
+                    Err(why) => return Outcome::failed(ExecutionStatus::ExecutionError, why, false),
+                };
+                match credential.filter(|c| c.auth_type == AuthType::OAuth2) {
+                    None => {
+                        self.call_http(&client, &tool.spec, params, headers, query, timeout, secret)
+                            .await
+                            .0
+                    }
+                    Some(c) => {
+                        self.call_with_token(&client, c, &tool.spec, params, headers, timeout)
+                            .await
+                    }
+                }
             }
             ToolProtocol::Mcp => {
                 let remote = if tool.spec.remote_name.is_empty() {
@@ -186,15 +243,59 @@ impl Upstream {
         }
     }
 
+    /// An OAuth 2.0 call: with the cached token, and once more with a fresh one if the
+    /// tool answers 401 (the token was revoked or expired early).
+    async fn call_with_token(
+        &self,
+        client: &ToolHttpClient,
+        c: &Credential,
+        spec: &ToolSpec,
+        params: &Value,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Outcome {
+        let started = std::time::Instant::now();
+        let mut refused: Option<String> = None;
+        loop {
+            let token = match self.tokens.token(&self.http, c).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let why = format!("cannot get an OAuth 2.0 access token for the tool: {e}");
+                    return Outcome {
+                        auth_failure: !e.retryable(),
+                        ..Outcome::failed(ExecutionStatus::ExecutionError, why, e.retryable())
+                    };
+                }
+            };
+            let mut h = headers.clone();
+            h.push(("authorization".to_owned(), format!("Bearer {token}")));
+            let left = timeout.saturating_sub(started.elapsed());
+            let (mut outcome, unauthorized) = self.call_http(client, spec, params, h, None, left, &token).await;
+            if !outcome.error.is_empty() {
+                outcome.error = scrub_credential(&outcome.error, &token);
+            }
+            if unauthorized && refused.is_none() && !left.is_zero() {
+                tracing::info!(tool = %spec.name, "the tool refused its OAuth 2.0 token; fetching a new one");
+                self.tokens.refused(c, &token).await;
+                refused = Some(token);
+                continue;
+            }
+            return outcome;
+        }
+    }
+
+    /// One HTTP request; also whether the tool answered 401.
+    #[allow(clippy::too_many_arguments)]
     async fn call_http(
         &self,
+        client: &ToolHttpClient,
         spec: &ToolSpec,
         params: &Value,
         mut headers: Vec<(String, String)>,
         credential_query: Option<(&str, &str)>,
         timeout: Duration,
         secret: &str,
-    ) -> Outcome {
+    ) -> (Outcome, bool) {
         // Parameters passed the input schema; placing them can still fail for values
         // no URL can carry (a `..` path segment, a newline in a header).
         let request = match http_binding::render(&spec.endpoint, spec.http.as_ref(), params) {
@@ -213,7 +314,7 @@ impl Upstream {
                         }
                         Err(e) => {
                             let why = format!("the tool's URL is not valid: {e}");
-                            return Outcome::failed(ExecutionStatus::ExecutionError, why, false);
+                            return (Outcome::failed(ExecutionStatus::ExecutionError, why, false), false);
                         }
                     }
                 }
@@ -221,7 +322,7 @@ impl Upstream {
             }
             Err(e) => {
                 let why = format!("the parameters cannot be sent: {e}");
-                return Outcome::failed(ExecutionStatus::ValidationError, why, false);
+                return (Outcome::failed(ExecutionStatus::ValidationError, why, false), false);
             }
         };
         // The tool's own header parameters never replace the credential's header.
@@ -230,11 +331,11 @@ impl Upstream {
                 headers.push((name, value));
             }
         }
-        let sent = self
-            .http
+        let sent = client
             .send(request.method, &request.url, request.body, &headers, timeout)
             .await;
-        match sent {
+        let unauthorized = matches!(&sent, Err(CallError::Status { status, .. }) if status.as_u16() == 401);
+        let outcome = match sent {
             Ok(output) => Outcome::ok(output),
             Err(e @ CallError::Timeout(_)) => Outcome::failed(ExecutionStatus::Timeout, e.to_string(), true),
             Err(e @ CallError::Connect(_)) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), true),
@@ -263,7 +364,8 @@ impl Upstream {
                 }
             }
             Err(e) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), false),
-        }
+        };
+        (outcome, unauthorized)
     }
 }
 

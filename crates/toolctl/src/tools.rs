@@ -77,9 +77,25 @@ pub enum ToolsCmd {
         /// Sent as this header; default `authorization: Bearer <secret>`.
         #[arg(long, default_value = "")]
         header: String,
-        /// api-key (default) or basic.
+        /// api-key (default), basic, oauth2 (the secret is the client secret) or mtls
+        /// (the secret is the client key, PEM).
         #[arg(long = "type", default_value = "api-key")]
         kind: String,
+        /// oauth2: the authorization server's token endpoint.
+        #[arg(long, default_value = "")]
+        token_url: String,
+        /// oauth2: the client id.
+        #[arg(long, default_value = "")]
+        client_id: String,
+        /// oauth2: a scope to ask for; repeatable.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// oauth2: the audience to ask for.
+        #[arg(long, default_value = "")]
+        audience: String,
+        /// mtls: the client certificate chain (PEM file).
+        #[arg(long)]
+        cert: Option<PathBuf>,
         /// api-key: send the secret as this query parameter instead of a header.
         #[arg(long, default_value = "")]
         query_param: String,
@@ -284,6 +300,11 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
             from_file,
             header,
             kind,
+            token_url,
+            client_id,
+            scopes,
+            audience,
+            cert,
             query_param,
             username,
             expires_at,
@@ -291,7 +312,24 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
             let auth_type = match kind.as_str() {
                 "api-key" => pb::AuthType::ApiKey,
                 "basic" => pb::AuthType::HttpBasic,
-                other => return Err(Failure::Usage(anyhow::anyhow!("--type {other:?}: api-key or basic"))),
+                "oauth2" => pb::AuthType::Oauth2,
+                "mtls" => pb::AuthType::MutualTls,
+                other => {
+                    return Err(Failure::Usage(anyhow::anyhow!(
+                        "--type {other:?}: api-key, basic, oauth2 or mtls"
+                    )));
+                }
+            };
+            let oauth2 = (auth_type == pb::AuthType::Oauth2).then(|| pb::OAuth2ClientCredentials {
+                token_url,
+                client_id,
+                scopes,
+                audience,
+            });
+            let client_certificate_pem = match cert {
+                Some(path) => std::fs::read_to_string(&path)
+                    .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {}: {e}", path.display())))?,
+                None => String::new(),
             };
             let expires_at = expires_at
                 .map(|s| {
@@ -325,6 +363,8 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
                 query_param,
                 username,
                 expires_at,
+                oauth2,
+                client_certificate_pem,
             })
             .await?;
             print(out, &json!({"tool_id": t.id}), &t.id, || {

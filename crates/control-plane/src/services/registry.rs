@@ -364,6 +364,47 @@ impl RegistryService {
         } else if !req.username.is_empty() {
             v.push("username", "only an HTTP_BASIC credential has a user name");
         }
+        let oauth2 = req.oauth2.map(toolplane_core::convert::oauth2_from_pb);
+        match (&oauth2, auth_type) {
+            (Some(o), AuthType::OAuth2) => {
+                if let Err(e) = check_endpoint(
+                    "oauth2.token_url",
+                    &o.token_url,
+                    self.state.policy.allow_link_local_endpoints,
+                ) {
+                    v.0.extend(e.0);
+                }
+                if o.client_id.is_empty() || o.client_id.len() > 256 {
+                    v.push("oauth2.client_id", "is required, at most 256 characters");
+                }
+                if o.scopes.len() > 64
+                    || o.scopes
+                        .iter()
+                        .any(|s| s.is_empty() || s.len() > 256 || s.contains(' '))
+                {
+                    v.push(
+                        "oauth2.scopes",
+                        "at most 64 scopes, each 1..256 characters without spaces",
+                    );
+                }
+                if o.audience.len() > 1024 {
+                    v.push("oauth2.audience", "is longer than 1024 characters");
+                }
+            }
+            (None, AuthType::OAuth2) => v.push("oauth2", "is required for an OAUTH2 credential"),
+            (Some(_), _) => v.push("oauth2", "only an OAUTH2 credential has a grant"),
+            (None, _) => {}
+        }
+        if auth_type == AuthType::MutualTls {
+            if let Err(e) = crate::mtls::check_identity(&req.client_certificate_pem, &req.secret) {
+                v.push(e.0, e.1);
+            }
+        } else if !req.client_certificate_pem.is_empty() {
+            v.push(
+                "client_certificate_pem",
+                "only a MUTUAL_TLS credential has a client certificate",
+            );
+        }
         let expires_at = req.expires_at.as_ref().and_then(toolplane_core::convert::from_ts);
         if req.expires_at.is_some() && expires_at.is_none_or(|at| at <= Utc::now()) {
             v.push("expires_at", "must be a valid instant in the future");
@@ -389,6 +430,8 @@ impl RegistryService {
             settings: CredentialSettings {
                 query_param: req.query_param,
                 username: req.username,
+                oauth2,
+                client_certificate_pem: req.client_certificate_pem,
             },
             expires_at,
         };
