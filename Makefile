@@ -21,14 +21,14 @@ UVICORN_VERSION := 0.54.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
+.PHONY: run test build lint oauth-server fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
 	@scripts/run-demo.sh
 
 ## The whole test suite: proto lint, unit, conformance and end-to-end tests.
-test: build $(VENV)/.installed
+test: build $(VENV)/.installed oauth-server
 	$(VENV)/bin/buf lint
 	$(CARGO) test --workspace --benches --no-run --quiet
 	scripts/with-services.sh $(CARGO) test --workspace
@@ -115,6 +115,13 @@ test-soak: build
 
 build:
 	$(CARGO) build --workspace --bins
+
+## The OAuth 2.0 authorization server the upstream auth tests start: oidc-provider
+## from npm, pinned with its dependencies by tests/oauth/package-lock.json.
+oauth-server: tests/oauth/node_modules/.installed
+tests/oauth/node_modules/.installed: tests/oauth/package.json tests/oauth/package-lock.json
+	cd tests/oauth && npm ci --no-audit --no-fund --silent
+	touch $@
 
 ## fmt, clippy (warnings are errors) and buf lint, as before every commit.
 lint: $(VENV)/.installed

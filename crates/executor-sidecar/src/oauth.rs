@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use crate::http_client::{CallError, ToolHttpClient};
 
-/// A token is renewed this long before it expires (or a tenth of its lifetime, if less).
+/// A token is renewed this long before it expires (or a tenth of its lifetime, if
+/// less), plus a second.
 const RENEW_BEFORE: Duration = Duration::from_secs(30);
 /// Lifetime assumed when the server does not say (`expires_in` absent).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
@@ -152,11 +153,14 @@ async fn fetch(http: &ToolHttpClient, c: &Credential, g: &OAuth2Settings) -> Res
         .get("expires_in")
         .and_then(Value::as_u64)
         .map_or(DEFAULT_LIFETIME, Duration::from_secs);
-    let margin = RENEW_BEFORE.min(lifetime / 10);
+    // Servers count `exp` in whole seconds from a truncated `iat`, so a token may
+    // end up to a second before `expires_in` says: that second is kept in hand too.
+    let margin = RENEW_BEFORE.min(lifetime / 10) + Duration::from_secs(1);
+    let keep = lifetime.saturating_sub(margin).max(lifetime / 4);
     tracing::info!(tool_id = %c.tool_id, lifetime_s = lifetime.as_secs(), "fetched an OAuth 2.0 access token");
     Ok(Token {
         value,
         // Counted from when the request was sent: the server's clock started then.
-        renew_at: started + lifetime.saturating_sub(margin),
+        renew_at: started + keep,
     })
 }
