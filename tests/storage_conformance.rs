@@ -65,6 +65,7 @@ conformance!(
     audit_checkpoints_are_kept_once_and_listed_in_byte_order,
     budget_use_counts_the_calls_that_reached_the_tool_under_each_grant,
     shared_learning_folds_each_invocation_and_first_verdict_once,
+    credentials_keep_their_settings_and_expiry_and_are_deleted,
 );
 
 /// The audit event an administrative change carries (its content does not matter here).
@@ -922,4 +923,35 @@ async fn shared_learning_folds_each_invocation_and_first_verdict_once(s: Arc<dyn
     assert_eq!(agg.invocations, 2);
     assert!((agg.quality().unwrap() - 0.4).abs() < 1e-9);
     assert!(s.record_quality(Uuid::new_v4(), 0.5, true).await.unwrap().is_none());
+}
+
+async fn credentials_keep_their_settings_and_expiry_and_are_deleted(s: Arc<dyn Store>) {
+    let tool = testutil::tool("with-credential");
+    s.create_tool(&tool, &ev()).await.unwrap();
+    let credential = toolplane_core::model::StoredCredential {
+        tool_id: tool.id,
+        auth_type: toolplane_core::model::AuthType::OAuth2,
+        header_name: String::new(),
+        sealed: toolplane_core::crypto::Sealed {
+            key_id: "k1".into(),
+            nonce: vec![1; 12],
+            ciphertext: vec![2; 24],
+        },
+        updated_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
+        settings: toolplane_core::model::CredentialSettings {
+            oauth2: Some(toolplane_core::model::OAuth2Settings {
+                token_url: "https://auth.example.com/token".into(),
+                client_id: "client".into(),
+                scopes: vec!["a".into(), "b".into()],
+                audience: "api".into(),
+            }),
+            ..Default::default()
+        },
+        expires_at: Some(chrono::DateTime::from_timestamp(Utc::now().timestamp() + 60, 0).unwrap()),
+    };
+    s.set_credential(&credential, &ev()).await.unwrap();
+    assert_eq!(s.list_credentials().await.unwrap(), vec![credential.clone()]);
+    assert!(s.delete_credential(tool.id, &ev()).await.unwrap());
+    assert!(s.list_credentials().await.unwrap().is_empty());
+    assert!(!s.delete_credential(tool.id, &ev()).await.unwrap(), "deleted twice");
 }

@@ -536,3 +536,210 @@ async fn a_tool_requiring_a_client_certificate_answers_only_the_tool_that_has_on
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("secret"), "{e:?}");
 }
+
+/// A tool that accepts an `x-api-key` from a set the test changes (an upstream
+/// rotating its keys); records the key of every request (empty when none came).
+#[derive(Clone, Default)]
+struct KeyedTool {
+    accepted: Arc<Mutex<std::collections::HashSet<String>>>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl KeyedTool {
+    async fn start() -> (Self, String) {
+        let tool = Self::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/count", listener.local_addr().unwrap());
+        let state = tool.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let key = req
+                                .headers()
+                                .get("x-api-key")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned();
+                            let _ = req.into_body().collect().await;
+                            let ok = state.accepted.lock().unwrap().contains(&key);
+                            state.seen.lock().unwrap().push(key);
+                            let (status, body) = if ok {
+                                (200, json!({"words": 1}))
+                            } else {
+                                (401, json!({}))
+                            };
+                            Ok::<_, Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body.to_string())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        (tool, url)
+    }
+
+    fn last_seen(&self) -> Option<String> {
+        self.seen.lock().unwrap().last().cloned()
+    }
+}
+
+fn api_key(key: &str) -> pb::SetCredentialRequest {
+    pb::SetCredentialRequest {
+        auth_type: pb::AuthType::ApiKey as i32,
+        header_name: "X-Api-Key".into(),
+        secret: key.into(),
+        ..Default::default()
+    }
+}
+
+async fn tool_id(admin: &mut Admin, name: &str) -> String {
+    admin
+        .registry
+        .get_tool(pb::GetToolRequest {
+            key: Some(pb::get_tool_request::Key::Name(name.into())),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tool
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn credentials_rotate_under_load_expire_and_are_deleted() {
+    let (keyed, url) = KeyedTool::start().await;
+    keyed.accepted.lock().unwrap().insert("key-0".into());
+    let (expiring_tool, expiring_url) = KeyedTool::start().await;
+    expiring_tool.accepted.lock().unwrap().insert("short".into());
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let mut expiring = api_key("short");
+    expiring.expires_at = Some(prost_types::Timestamp {
+        seconds: expires.timestamp(),
+        nanos: 0,
+    });
+    let mut d = deploy(
+        vec![
+            (patient_tool("keyed", &url), Some(api_key("key-0"))),
+            (patient_tool("expiring", &expiring_url), Some(expiring)),
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok(&first_call(&d.ex, "keyed").await));
+    assert!(ok(&first_call(&d.ex, "expiring").await));
+    let keyed_id = tool_id(&mut d.admin, "keyed").await;
+
+    // Rotation under load: four callers without pause while the key changes five
+    // times; the upstream accepts the new key before it is set and drops the old one
+    // once the sidecar sends the new one (after a grace for calls already sent).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (ex, stop) = (d.ex.clone(), stop.clone());
+        load.spawn(async move {
+            let (mut calls, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = call(&ex, "keyed").await;
+                calls += 1;
+                if !ok(&r) {
+                    failed.push(r.error);
+                }
+            }
+            (calls, failed)
+        });
+    }
+    for i in 1..=5 {
+        let (old, new) = (format!("key-{}", i - 1), format!("key-{i}"));
+        keyed.accepted.lock().unwrap().insert(new.clone());
+        let mut rotate = api_key(&new);
+        rotate.tool_id = keyed_id.clone();
+        d.admin.registry.set_credential(rotate).await.unwrap();
+        eventually("the sidecar to send the new key", WAIT, || {
+            let seen = keyed.last_seen();
+            let new = new.clone();
+            async move { (seen.as_deref() == Some(new.as_str())).then_some(()) }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        keyed.accepted.lock().unwrap().remove(&old);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut calls, mut failed) = (0, Vec::new());
+    while let Some(r) = load.join_next().await {
+        let (c, f) = r.unwrap();
+        calls += c;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(calls >= 50, "only {calls} calls under load");
+    assert!(
+        keyed.seen.lock().unwrap().iter().all(|k| k.starts_with("key-")),
+        "a call went without a key"
+    );
+
+    // Expiry: refused by the sidecar, with a clear reason, without reaching the tool.
+    let wait = (expires - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(200);
+    tokio::time::sleep(wait).await;
+    let before = expiring_tool.seen.lock().unwrap().len();
+    let r = call(&d.ex, "expiring").await;
+    assert_eq!(r.status, pb::ToolExecutionStatus::ExecutionError as i32, "{}", r.error);
+    assert!(r.error.contains("expired"), "{}", r.error);
+    assert!(!r.error.contains("short"), "{}", r.error);
+    assert_eq!(
+        expiring_tool.seen.lock().unwrap().len(),
+        before,
+        "an expired credential reached the tool"
+    );
+    let mut past = api_key("again");
+    past.tool_id = tool_id(&mut d.admin, "expiring").await;
+    past.expires_at = Some(prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp() - 1,
+        nanos: 0,
+    });
+    let e = d.admin.registry.set_credential(past).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("expires_at"), "{e:?}");
+
+    // Deletion: the sidecar stops sending the key; a second deletion finds none.
+    d.admin
+        .registry
+        .delete_credential(pb::DeleteCredentialRequest {
+            tool_id: keyed_id.clone(),
+        })
+        .await
+        .unwrap();
+    eventually("calls to go without the deleted key", WAIT, || {
+        let (ex, keyed) = (d.ex.clone(), keyed.clone());
+        async move {
+            let r = call(&ex, "keyed").await;
+            (!ok(&r) && keyed.last_seen().as_deref() == Some("")).then_some(())
+        }
+    })
+    .await;
+    let e = d
+        .admin
+        .registry
+        .delete_credential(pb::DeleteCredentialRequest { tool_id: keyed_id })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

@@ -221,6 +221,7 @@ pub fn action_from_pb(v: i32) -> Option<AuditAction> {
         A::CredentialSet => AuditAction::CredentialSet,
         A::AgentCreated => AuditAction::AgentCreated,
         A::FallbackStrategySet => AuditAction::FallbackStrategySet,
+        A::CredentialDeleted => AuditAction::CredentialDeleted,
     })
 }
 
@@ -247,6 +248,7 @@ pub fn action_to_pb(v: AuditAction) -> i32 {
         AuditAction::CredentialSet => A::CredentialSet,
         AuditAction::AgentCreated => A::AgentCreated,
         AuditAction::FallbackStrategySet => A::FallbackStrategySet,
+        AuditAction::CredentialDeleted => A::CredentialDeleted,
     }) as i32
 }
 

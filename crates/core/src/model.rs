@@ -272,6 +272,7 @@ text_enum!(AuditAction {
     CredentialSet = "credential_set",
     AgentCreated = "agent_created",
     FallbackStrategySet = "fallback_strategy_set",
+    CredentialDeleted = "credential_deleted",
 });
 text_enum!(ExecutionStatus {
     Success = "success",

@@ -68,6 +68,10 @@ pub enum ToolsCmd {
     Delete {
         name: String,
     },
+    /// Remove a tool's credential: sidecars stop sending it.
+    DeleteCredential {
+        name: String,
+    },
     /// Seal a credential for a tool; the secret comes from a file or stdin, never a flag.
     SetCredential {
         name: String,
@@ -294,6 +298,14 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
             let t = by_name(&mut c, &name).await?;
             c.delete_tool(pb::DeleteToolRequest { tool_id: t.id.clone() }).await?;
             print(out, &json!({"deleted": t.id}), &t.id, || println!("deleted {name}"));
+        }
+        ToolsCmd::DeleteCredential { name } => {
+            let t = by_name(&mut c, &name).await?;
+            c.delete_credential(pb::DeleteCredentialRequest { tool_id: t.id.clone() })
+                .await?;
+            print(out, &json!({"tool_id": t.id}), &t.id, || {
+                println!("credential of {name} deleted")
+            });
         }
         ToolsCmd::SetCredential {
             name,

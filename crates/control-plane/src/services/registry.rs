@@ -448,6 +448,31 @@ impl RegistryService {
         Ok(())
     }
 
+    async fn remove_credential(&self, who: &Principal, req: pb::DeleteCredentialRequest) -> ApiResult<()> {
+        let tool_id = uuid_field("tool_id", &req.tool_id)?;
+        let tool = self
+            .state
+            .store
+            .get_tool(tool_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("tool {tool_id} not found")))?;
+        let audit = self
+            .state
+            .admin_event(
+                who,
+                AuditAction::CredentialDeleted,
+                None,
+                Some(tool_id),
+                format!("credential of {} deleted", tool.spec.name),
+            )
+            .about(&tool);
+        if !self.state.store.delete_credential(tool_id, &audit).await? {
+            return Err(ApiError::NotFound(format!("tool {} has no credential", tool.spec.name)));
+        }
+        self.state.changed();
+        Ok(())
+    }
+
     async fn list(&self, reader: &CatalogReader, req: pb::ListToolsRequest) -> ApiResult<pb::ListToolsResponse> {
         let size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -599,6 +624,16 @@ impl ToolRegistry for RegistryService {
         who.require(&[Role::Admin], "SetCredential")?;
         self.store_credential(&who, request.into_inner()).await?;
         Ok(Response::new(pb::SetCredentialResponse {}))
+    }
+
+    async fn delete_credential(
+        &self,
+        request: Request<pb::DeleteCredentialRequest>,
+    ) -> Result<Response<pb::DeleteCredentialResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "DeleteCredential")?;
+        self.remove_credential(&who, request.into_inner()).await?;
+        Ok(Response::new(pb::DeleteCredentialResponse {}))
     }
 
     async fn set_fallback_strategy(

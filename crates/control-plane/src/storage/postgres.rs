@@ -655,6 +655,20 @@ impl Store for PostgresStore {
         commit_audited(tx, &[audit]).await
     }
 
+    async fn delete_credential(&self, tool_id: Uuid, audit: &AuditEvent) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = tx
+            .execute("DELETE FROM credentials WHERE tool_id = $1", &[&tool_id])
+            .await
+            .map_err(db_err)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        commit_audited(tx, &[audit]).await?;
+        Ok(true)
+    }
+
     async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>> {
         let rows = self
             .client()
