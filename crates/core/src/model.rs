@@ -530,7 +530,7 @@ impl Credential {
     /// credential goes in the query.
     pub fn query(&self) -> Option<(&str, &str)> {
         (self.auth_type != AuthType::HttpBasic && !self.settings.query_param.is_empty())
-            .then(|| (self.settings.query_param.as_str(), self.secret.as_str()))
+            .then_some((self.settings.query_param.as_str(), self.secret.as_str()))
     }
 
     /// Whether the credential has expired at `now`.

@@ -332,7 +332,7 @@ pub async fn run(cmd: ToolsCmd, ch: Authed, out: Output) -> Result<(), Failure> 
                     )));
                 }
             };
-            let oauth2 = (auth_type == pb::AuthType::Oauth2).then(|| pb::OAuth2ClientCredentials {
+            let oauth2 = (auth_type == pb::AuthType::Oauth2).then_some(pb::OAuth2ClientCredentials {
                 token_url,
                 client_id,
                 scopes,
