@@ -3,7 +3,7 @@
 //!   (oidc-provider, tests/oauth, installed by `make oauth-server`): the tool checks
 //!   every token it is shown by introspection; 200 concurrent calls cause one token
 //!   request; a revoked token is replaced after the tool's 401 without a failed call;
-//!   short-lived tokens are renewed before they expire without a failed call.
+//!   short-lived tokens are renewed before they expire, none reaching the tool expired.
 //! - Mutual TLS: a tool behind a rustls server that requires client certificates from
 //!   a test CA answers the tool whose credential holds one, and refuses a tool without.
 
@@ -263,22 +263,21 @@ fn ok(r: &pb::ToolResult) -> bool {
 async fn oauth_tokens_are_fetched_once_shared_and_replaced_when_refused() {
     let auth = AuthServer::start(300).await;
     let (tool, url) = ProtectedTool::start(&auth).await;
+    // A tool without a credential tells when the sidecar has its snapshot, so the
+    // OAuth tool's first calls find no token cached.
+    let (_warmup, warmup_url) = KeyedTool::start().await;
     let d = deploy(
-        vec![(patient_tool("oauth_tool", &url), Some(oauth_credential(&auth)))],
+        vec![
+            (patient_tool("oauth_tool", &url), Some(oauth_credential(&auth))),
+            (patient_tool("warmup", &warmup_url), None),
+        ],
         &[],
     )
     .await;
+    first_call(&d.ex, "warmup").await;
+    assert_eq!(auth.token_requests().await, 0);
 
-    let r = first_call(&d.ex, "oauth_tool").await;
-    assert!(ok(&r), "{}", r.error);
-    assert_eq!(auth.token_requests().await, 1);
-    let first_token = tool.tokens.lock().unwrap()[0].clone();
-    assert!(
-        auth.active(&first_token).await,
-        "the tool received a valid access token"
-    );
-
-    // 200 calls at once: one token serves them all.
+    // 200 calls at once, none with a token yet: one token request serves them all.
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..200 {
         let ex = d.ex.clone();
@@ -302,7 +301,15 @@ async fn oauth_tokens_are_fetched_once_shared_and_replaced_when_refused() {
         1,
         "200 concurrent calls caused more than one token request"
     );
+    let first_token = tool.tokens.lock().unwrap()[0].clone();
     assert!(tool.tokens.lock().unwrap().iter().all(|t| *t == first_token));
+    assert!(
+        auth.active(&first_token).await,
+        "the tool received a valid access token"
+    );
+    let r = call(&d.ex, "oauth_tool").await;
+    assert!(ok(&r), "{}", r.error);
+    assert_eq!(auth.token_requests().await, 1, "the cached token serves later calls");
 
     // The token is revoked at the server: the tool answers 401, the sidecar fetches a
     // new token and calls again; the caller sees a success.
@@ -320,8 +327,8 @@ async fn oauth_tokens_are_fetched_once_shared_and_replaced_when_refused() {
 
 #[tokio::test]
 async fn short_lived_oauth_tokens_are_renewed_before_they_expire() {
-    // Tokens live 2 s: calls over 7 s need several, and none may fail.
-    let auth = AuthServer::start(2).await;
+    // Tokens live 4 s: calls over 10 s need several, and none may fail.
+    let auth = AuthServer::start(4).await;
     let (tool, url) = ProtectedTool::start(&auth).await;
     let d = deploy(
         vec![(patient_tool("oauth_short", &url), Some(oauth_credential(&auth)))],
@@ -332,17 +339,18 @@ async fn short_lived_oauth_tokens_are_renewed_before_they_expire() {
     assert!(ok(&r), "{}", r.error);
     let start = std::time::Instant::now();
     let mut calls = 0;
-    while start.elapsed() < Duration::from_secs(7) {
+    while start.elapsed() < Duration::from_secs(10) {
         let r = call(&d.ex, "oauth_short").await;
         assert!(ok(&r), "a call failed after {:?}: {}", start.elapsed(), r.error);
         calls += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let requests = auth.token_requests().await;
-    // Renewed 1.2 s before the end of each 2 s token: one every ~0.8 s.
+    // Renewed 1.4 s before the end of each 4 s token (the server's whole-second `exp`
+    // can take up to a second of it): one every ~2.6 s.
     assert!(
-        (4..=12).contains(&requests),
-        "{requests} token requests for 7 s of 2 s tokens"
+        (4..=8).contains(&requests),
+        "{requests} token requests for 10 s of 4 s tokens"
     );
     assert_eq!(
         *tool.refused.lock().unwrap(),
