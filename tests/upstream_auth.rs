@@ -545,8 +545,9 @@ async fn a_tool_requiring_a_client_certificate_answers_only_the_tool_that_has_on
     assert!(e.message().contains("secret"), "{e:?}");
 }
 
-/// A tool that accepts an `x-api-key` from a set the test changes (an upstream
-/// rotating its keys); records the key of every request (empty when none came).
+/// A tool that accepts an `x-api-key` header (or an `api_key` query parameter) from a
+/// set the test changes (an upstream rotating its keys); records the key of every
+/// request (empty when none came).
 #[derive(Clone, Default)]
 struct KeyedTool {
     accepted: Arc<Mutex<std::collections::HashSet<String>>>,
@@ -566,12 +567,17 @@ impl KeyedTool {
                     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let state = state.clone();
                         async move {
+                            let in_query =
+                                url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+                                    .find(|(k, _)| k == "api_key")
+                                    .map(|(_, v)| v.into_owned());
                             let key = req
                                 .headers()
                                 .get("x-api-key")
                                 .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_owned();
+                                .map(str::to_owned)
+                                .or(in_query)
+                                .unwrap_or_default();
                             let _ = req.into_body().collect().await;
                             let ok = state.accepted.lock().unwrap().contains(&key);
                             state.seen.lock().unwrap().push(key);
@@ -750,4 +756,32 @@ async fn credentials_rotate_under_load_expire_and_are_deleted() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn an_api_key_goes_in_the_query_escaped_and_bad_settings_are_refused() {
+    let (keyed, url) = KeyedTool::start().await;
+    keyed.accepted.lock().unwrap().insert("q-key~1&x=2".into());
+    let mut in_query = api_key("q-key~1&x=2");
+    in_query.header_name.clear();
+    in_query.query_param = "api_key".into();
+    let d = deploy(vec![(patient_tool("query_keyed", &url), Some(in_query))], &[]).await;
+    let r = first_call(&d.ex, "query_keyed").await;
+    assert!(ok(&r), "{}", r.error);
+    assert_eq!(keyed.last_seen().as_deref(), Some("q-key~1&x=2"));
+
+    // Refused at SetCredential: a query parameter for a non-API-key credential, and
+    // HTTP basic without a user name.
+    let mut admin = d.admin;
+    let id = tool_id(&mut admin, "query_keyed").await;
+    let mut wrong = api_key("x");
+    wrong.tool_id = id.clone();
+    wrong.auth_type = pb::AuthType::HttpBasic as i32;
+    wrong.header_name.clear();
+    let e = admin.registry.set_credential(wrong.clone()).await.unwrap_err();
+    assert!(e.message().contains("username"), "{e:?}");
+    wrong.username = "alice".into();
+    wrong.query_param = "api_key".into();
+    let e = admin.registry.set_credential(wrong).await.unwrap_err();
+    assert!(e.message().contains("query_param"), "{e:?}");
 }
