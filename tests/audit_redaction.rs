@@ -65,6 +65,7 @@ async fn set_credential(admin: &mut Admin, tool: &pb::Tool) {
             // Sent as `authorization: Bearer <secret>`.
             header_name: String::new(),
             secret: SECRET.into(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -543,6 +543,7 @@ async fn a_credential_reaches_the_tool_and_nothing_else() {
             auth_type: pb::AuthType::ApiKey as i32,
             header_name: "X-Api-Key".into(),
             secret: SECRET.into(),
+            ..Default::default()
         })
         .await
         .unwrap();

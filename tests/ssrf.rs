@@ -194,6 +194,7 @@ async fn redirects_to_another_origin_are_not_followed_and_carry_no_credential() 
                 auth_type: pb::AuthType::ApiKey as i32,
                 header_name: "X-Api-Key".into(),
                 secret: secret.into(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -69,6 +69,7 @@ conformance!(
     lists_page_in_index_order_after_a_cursor,
     fallback_strategies_are_deleted_once_and_audited,
     tool_changes_wait_supersede_and_are_reviewed_once_with_the_new_version,
+    credentials_keep_their_settings_and_expiry_and_are_deleted,
 );
 
 /// The audit event an administrative change carries (its content does not matter here).
@@ -1334,4 +1335,35 @@ async fn tool_changes_wait_supersede_and_are_reviewed_once_with_the_new_version(
     };
     s.set_tool_review_policy(&off, &ev()).await.unwrap();
     assert_eq!(s.list_tool_review_policies().await.unwrap(), vec![off]);
+}
+
+async fn credentials_keep_their_settings_and_expiry_and_are_deleted(s: Arc<dyn Store>) {
+    let tool = testutil::tool("with-credential");
+    s.create_tool(&tool, &ev()).await.unwrap();
+    let credential = toolplane_core::model::StoredCredential {
+        tool_id: tool.id,
+        auth_type: toolplane_core::model::AuthType::OAuth2,
+        header_name: String::new(),
+        sealed: toolplane_core::crypto::Sealed {
+            key_id: "k1".into(),
+            nonce: vec![1; 12],
+            ciphertext: vec![2; 24],
+        },
+        updated_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
+        settings: toolplane_core::model::CredentialSettings {
+            oauth2: Some(toolplane_core::model::OAuth2Settings {
+                token_url: "https://auth.example.com/token".into(),
+                client_id: "client".into(),
+                scopes: vec!["a".into(), "b".into()],
+                audience: "api".into(),
+            }),
+            ..Default::default()
+        },
+        expires_at: Some(chrono::DateTime::from_timestamp(Utc::now().timestamp() + 60, 0).unwrap()),
+    };
+    s.set_credential(&credential, &ev()).await.unwrap();
+    assert_eq!(s.list_credentials().await.unwrap(), vec![credential.clone()]);
+    assert!(s.delete_credential(tool.id, &ev()).await.unwrap());
+    assert!(s.list_credentials().await.unwrap().is_empty());
+    assert!(!s.delete_credential(tool.id, &ev()).await.unwrap(), "deleted twice");
 }

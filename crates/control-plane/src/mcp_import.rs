@@ -158,6 +158,7 @@ pub fn to_spec(tool: &rmcp::model::Tool, opts: &ImportOptions) -> ToolSpec {
         cache_ignored_params: Vec::new(),
         compliance_frameworks: Vec::new(),
         remote_name: tool.name.to_string(),
+        http: None,
     }
 }
 

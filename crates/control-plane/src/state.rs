@@ -169,6 +169,8 @@ impl AppState {
                     auth_type: c.auth_type,
                     header_name: c.header_name,
                     secret: String::from_utf8_lossy(&secret).into_owned(),
+                    settings: c.settings,
+                    expires_at: c.expires_at,
                 }),
                 Err(e) => {
                     tracing::error!(tool_id = %c.tool_id, key_id = %c.sealed.key_id, error = %e, "cannot open credential")

@@ -104,7 +104,7 @@ pub fn sensitivity_to_pb(v: Option<DataSensitivity>) -> i32 {
     }) as i32
 }
 
-fn side_effects_from_pb(v: i32) -> SideEffects {
+pub fn side_effects_from_pb(v: i32) -> SideEffects {
     match pb::SideEffects::try_from(v) {
         Ok(pb::SideEffects::None) => SideEffects::None,
         Ok(pb::SideEffects::Read) => SideEffects::Read,
@@ -126,16 +126,18 @@ pub fn auth_from_pb(v: i32) -> AuthType {
         Ok(pb::AuthType::ApiKey) => AuthType::ApiKey,
         Ok(pb::AuthType::Oauth2) => AuthType::OAuth2,
         Ok(pb::AuthType::MutualTls) => AuthType::MutualTls,
+        Ok(pb::AuthType::HttpBasic) => AuthType::HttpBasic,
         _ => AuthType::None,
     }
 }
 
-fn auth_to_pb(v: AuthType) -> i32 {
+pub fn auth_to_pb(v: AuthType) -> i32 {
     (match v {
         AuthType::None => pb::AuthType::None,
         AuthType::ApiKey => pb::AuthType::ApiKey,
         AuthType::OAuth2 => pb::AuthType::Oauth2,
         AuthType::MutualTls => pb::AuthType::MutualTls,
+        AuthType::HttpBasic => pb::AuthType::HttpBasic,
     }) as i32
 }
 
@@ -249,6 +251,7 @@ pub fn action_from_pb(v: i32) -> Option<AuditAction> {
         A::ToolChangeDetected => AuditAction::ToolChangeDetected,
         A::ToolChangeReviewed => AuditAction::ToolChangeReviewed,
         A::ToolReviewPolicySet => AuditAction::ToolReviewPolicySet,
+        A::CredentialDeleted => AuditAction::CredentialDeleted,
     })
 }
 
@@ -281,6 +284,7 @@ pub fn action_to_pb(v: AuditAction) -> i32 {
         AuditAction::ToolChangeDetected => A::ToolChangeDetected,
         AuditAction::ToolChangeReviewed => A::ToolChangeReviewed,
         AuditAction::ToolReviewPolicySet => A::ToolReviewPolicySet,
+        AuditAction::CredentialDeleted => A::CredentialDeleted,
     }) as i32
 }
 
@@ -325,6 +329,7 @@ pub fn tool_spec_from_pb(t: pb::Tool) -> Result<ToolSpec, Violations> {
         cache_normalize_keys: t.cache_normalize_keys,
         cache_ignored_params: t.cache_ignored_params,
         compliance_frameworks: t.compliance_frameworks,
+        http: t.http.map(http_binding_from_pb).transpose()?,
         remote_name: t.remote_name,
     })
 }
@@ -385,6 +390,7 @@ pub fn spec_to_pb(spec: ToolSpec) -> pb::Tool {
         cache_normalize_keys: s.cache_normalize_keys,
         cache_ignored_params: s.cache_ignored_params.clone(),
         compliance_frameworks: s.compliance_frameworks.clone(),
+        http: s.http.as_ref().map(http_binding_to_pb),
         remote_name: s.remote_name.clone(),
         definition_hash: crate::definition::definition_hash(s),
         created_at: None,
@@ -616,6 +622,11 @@ pub fn credential_to_pb(c: &Credential) -> pb::ToolCredential {
         auth_type: auth_to_pb(c.auth_type),
         header_name: c.header_name.clone(),
         secret: c.secret.clone(),
+        query_param: c.settings.query_param.clone(),
+        username: c.settings.username.clone(),
+        expires_at: opt_ts(c.expires_at),
+        oauth2: c.settings.oauth2.as_ref().map(oauth2_to_pb),
+        client_certificate_pem: c.settings.client_certificate_pem.clone(),
     }
 }
 
@@ -625,6 +636,13 @@ pub fn credential_from_pb(c: pb::ToolCredential) -> Result<Credential, Violation
         auth_type: auth_from_pb(c.auth_type),
         header_name: c.header_name,
         secret: c.secret,
+        settings: crate::model::CredentialSettings {
+            query_param: c.query_param,
+            username: c.username,
+            oauth2: c.oauth2.map(oauth2_from_pb),
+            client_certificate_pem: c.client_certificate_pem,
+        },
+        expires_at: c.expires_at.as_ref().and_then(from_ts),
     })
 }
 
@@ -963,4 +981,77 @@ pub fn checkpoint_from_pb(c: pb::AuditCheckpoint) -> Result<crate::audit_checkpo
         signature: c.signature,
         version: c.version,
     })
+}
+
+pub fn http_binding_to_pb(b: &crate::http_binding::HttpBinding) -> pb::HttpBinding {
+    use crate::http_binding::ParamLocation as L;
+    pb::HttpBinding {
+        method: b.method.clone(),
+        path: b.path.clone(),
+        parameters: b
+            .parameters
+            .iter()
+            .map(|p| pb::HttpParameter {
+                name: p.name.clone(),
+                location: match p.location {
+                    L::Path => pb::ParameterLocation::Path,
+                    L::Query => pb::ParameterLocation::Query,
+                    L::Header => pb::ParameterLocation::Header,
+                } as i32,
+                wire_name: p.wire_name.clone(),
+            })
+            .collect(),
+        body: b.body.clone(),
+    }
+}
+
+pub fn http_binding_from_pb(b: pb::HttpBinding) -> Result<crate::http_binding::HttpBinding, Violations> {
+    use crate::http_binding::{HttpParameter, ParamLocation as L};
+    let parameters = b
+        .parameters
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let location = match pb::ParameterLocation::try_from(p.location) {
+                Ok(pb::ParameterLocation::Path) => L::Path,
+                Ok(pb::ParameterLocation::Query) => L::Query,
+                Ok(pb::ParameterLocation::Header) => L::Header,
+                _ => {
+                    return Err(Violations::single(
+                        format!("tool.http.parameters[{i}].location"),
+                        "must be PATH, QUERY or HEADER",
+                    ));
+                }
+            };
+            Ok(HttpParameter {
+                name: p.name,
+                location,
+                wire_name: p.wire_name,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::http_binding::HttpBinding {
+        method: b.method,
+        path: b.path,
+        parameters,
+        body: b.body,
+    })
+}
+
+pub fn oauth2_to_pb(o: &crate::model::OAuth2Settings) -> pb::OAuth2ClientCredentials {
+    pb::OAuth2ClientCredentials {
+        token_url: o.token_url.clone(),
+        client_id: o.client_id.clone(),
+        scopes: o.scopes.clone(),
+        audience: o.audience.clone(),
+    }
+}
+
+pub fn oauth2_from_pb(o: pb::OAuth2ClientCredentials) -> crate::model::OAuth2Settings {
+    crate::model::OAuth2Settings {
+        token_url: o.token_url,
+        client_id: o.client_id,
+        scopes: o.scopes,
+        audience: o.audience,
+    }
 }

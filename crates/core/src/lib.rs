@@ -17,6 +17,7 @@ pub mod definition;
 pub mod delta;
 pub mod endpoint;
 pub mod error;
+pub mod http_binding;
 pub mod json;
 pub mod model;
 pub mod permission;

@@ -43,7 +43,13 @@ text_enum!(
     DataSensitivity { Public = "public", Internal = "internal", Confidential = "confidential", Restricted = "restricted" }
 );
 text_enum!(SideEffects { None = "none", Read = "read", Write = "write" });
-text_enum!(AuthType { None = "none", ApiKey = "api_key", OAuth2 = "oauth2", MutualTls = "mutual_tls" });
+text_enum!(AuthType {
+    None = "none",
+    ApiKey = "api_key",
+    OAuth2 = "oauth2",
+    MutualTls = "mutual_tls",
+    HttpBasic = "http_basic",
+});
 text_enum!(ToolProtocol { Http = "http", Mcp = "mcp" });
 text_enum!(Role { Admin = "admin", Agent = "agent", Sidecar = "sidecar" });
 text_enum!(PermissionType {
@@ -106,6 +112,10 @@ pub struct ToolSpec {
     /// Frameworks whose compliance reports include this tool's audit events.
     #[serde(default)]
     pub compliance_frameworks: Vec<String>,
+    /// HTTP tools only: method, path template and where each parameter goes; `None`
+    /// posts the parameters as JSON to the endpoint.
+    #[serde(default)]
+    pub http: Option<crate::http_binding::HttpBinding>,
 }
 
 impl ToolSpec {
@@ -272,6 +282,7 @@ text_enum!(AuditAction {
     ToolChangeDetected = "tool_change_detected",
     ToolChangeReviewed = "tool_change_reviewed",
     ToolReviewPolicySet = "tool_review_policy_set",
+    CredentialDeleted = "credential_deleted",
 });
 text_enum!(ExecutionStatus {
     Success = "success",
@@ -448,6 +459,36 @@ impl SyncEvent {
     }
 }
 
+/// What a credential says besides its secret, kept in the clear beside the sealed
+/// secret: where an API key goes, the user name of HTTP basic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialSettings {
+    /// API keys: sent as this query parameter instead of a header.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub query_param: String,
+    /// HTTP basic: the user name (the secret is the password).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    /// OAuth 2.0 client credentials (the secret is the client secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Settings>,
+    /// Mutual TLS: the client certificate chain, PEM (the secret is its private key).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_certificate_pem: String,
+}
+
+/// Where an OAuth 2.0 client-credentials token comes from and what it asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth2Settings {
+    pub token_url: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Sent as `audience` when set (Auth0, Okta and others name the API this way).
+    #[serde(default)]
+    pub audience: String,
+}
+
 /// A tool's credential in the clear: only in control plane memory while building a
 /// snapshot, on the sync stream, and in sidecar memory. Debug never shows the secret.
 #[derive(Clone, PartialEq)]
@@ -457,6 +498,9 @@ pub struct Credential {
     /// Empty: sent as `authorization: Bearer <secret>`.
     pub header_name: String,
     pub secret: String,
+    pub settings: CredentialSettings,
+    /// Refused for calls after this instant.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -465,18 +509,43 @@ impl std::fmt::Debug for Credential {
             .field("tool_id", &self.tool_id)
             .field("auth_type", &self.auth_type)
             .field("header_name", &self.header_name)
+            .field("settings", &self.settings)
+            .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }
 
 impl Credential {
-    /// The header the sidecar adds to calls of the tool.
-    pub fn header(&self) -> (String, String) {
-        if self.header_name.is_empty() {
+    /// The header the sidecar adds to calls of the tool, if the credential goes in one.
+    pub fn header(&self) -> Option<(String, String)> {
+        if self.auth_type == AuthType::HttpBasic {
+            use base64::Engine as _;
+            let pair = format!("{}:{}", self.settings.username, self.secret);
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            return Some(("authorization".to_owned(), format!("Basic {encoded}")));
+        }
+        if !self.settings.query_param.is_empty() || matches!(self.auth_type, AuthType::OAuth2 | AuthType::MutualTls) {
+            // Query keys go in the URL; OAuth 2.0 tokens are fetched per call; a client
+            // certificate is presented in the TLS handshake.
+            return None;
+        }
+        Some(if self.header_name.is_empty() {
             ("authorization".to_owned(), format!("Bearer {}", self.secret))
         } else {
             (self.header_name.to_ascii_lowercase(), self.secret.clone())
-        }
+        })
+    }
+
+    /// The query parameter the sidecar adds to HTTP calls of the tool, if the
+    /// credential goes in the query.
+    pub fn query(&self) -> Option<(&str, &str)> {
+        (self.auth_type != AuthType::HttpBasic && !self.settings.query_param.is_empty())
+            .then_some((self.settings.query_param.as_str(), self.secret.as_str()))
+    }
+
+    /// Whether the credential has expired at `now`.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
     }
 }
 
@@ -488,6 +557,8 @@ pub struct StoredCredential {
     pub header_name: String,
     pub sealed: crate::crypto::Sealed,
     pub updated_at: DateTime<Utc>,
+    pub settings: CredentialSettings,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The state a sidecar serves from.

@@ -44,6 +44,7 @@ pub fn tool_spec(name: &str) -> ToolSpec {
         cache_ignored_params: vec![],
         compliance_frameworks: vec![],
         remote_name: String::new(),
+        http: None,
     }
 }
 

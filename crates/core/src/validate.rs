@@ -100,6 +100,12 @@ pub fn check_tool_spec(spec: &ToolSpec, policy: ToolPolicy) -> Result<(), Violat
     check_list(&mut v, "tool.cache_ignored_params", &spec.cache_ignored_params);
     check_list(&mut v, "tool.compliance_frameworks", &spec.compliance_frameworks);
     check_schemas(&mut v, spec);
+    if let Some(binding) = &spec.http {
+        if spec.protocol != crate::model::ToolProtocol::Http {
+            v.push("tool.http", "only HTTP tools take an HTTP binding");
+        }
+        crate::http_binding::check(&mut v, binding, &spec.input_schema);
+    }
     v.into_result()
 }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
+use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -48,12 +48,47 @@ pub struct ToolHttpClient {
     client: Client<Connector, Full<Bytes>>,
 }
 
+/// A client certificate chain and its key, presented to one tool (mutual TLS).
+pub struct ClientIdentity {
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// From PEM text; `None` with the reason when either part does not parse.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("the client certificate is not PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("the client certificate chain is empty".to_owned());
+        }
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("the client key is not PEM: {e}"))?;
+        Ok(Self { certs, key })
+    }
+}
+
 impl ToolHttpClient {
     /// HTTP/1.1 and, over TLS, HTTP/2 when the tool offers it (ALPN).
     pub fn new(allow_link_local: bool, extra_ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Self::with_identity(allow_link_local, extra_ca, None)
+    }
+
+    /// A client of its own (own connection pool) presenting `identity` when the tool
+    /// asks for a client certificate.
+    pub fn with_identity(
+        allow_link_local: bool,
+        extra_ca: Option<&std::path::Path>,
+        identity: Option<ClientIdentity>,
+    ) -> anyhow::Result<Self> {
         let http = egress::connector(GuardedResolver::new(allow_link_local));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(toolplane_runtime::tool_tls::client_config(extra_ca)?)
+            .with_tls_config(toolplane_runtime::tool_tls::client_config_with_identity(
+                extra_ca,
+                identity.map(|id| (id.certs, id.key)),
+            )?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -72,21 +107,64 @@ impl ToolHttpClient {
         headers: &[(String, String)],
         timeout: Duration,
     ) -> Result<Value, CallError> {
+        self.send(Method::POST, endpoint, Some(body), headers, timeout).await
+    }
+
+    /// Sends one request (`body`, when given, as JSON) and parses the answer within
+    /// `timeout`: JSON as JSON, an empty body as `null`, other text as a string.
+    pub async fn send(
+        &self,
+        method: Method,
+        endpoint: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let typed = body.map(|b| (b, "application/json"));
+        self.request(method, endpoint, typed, headers, timeout).await
+    }
+
+    /// POSTs a form (`application/x-www-form-urlencoded`), e.g. an OAuth 2.0 token
+    /// request, and parses the JSON answer.
+    pub async fn send_form(
+        &self,
+        endpoint: &str,
+        body: Vec<u8>,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let typed = Some((body, "application/x-www-form-urlencoded"));
+        self.request(Method::POST, endpoint, typed, headers, timeout).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        endpoint: &str,
+        body: Option<(Vec<u8>, &'static str)>,
+        headers: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
         let uri: Uri = endpoint
             .parse()
             .map_err(|_| CallError::Connect(format!("{endpoint:?} is not a URL")))?;
-        let mut builder = Request::post(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .header(
-                header::USER_AGENT,
-                concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")),
-            );
+        let mut builder = Request::builder().method(method).uri(uri);
+        let body = match body {
+            Some((bytes, content_type)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                Some(bytes)
+            }
+            None => None,
+        };
+        builder = builder.header(header::ACCEPT, "application/json").header(
+            header::USER_AGENT,
+            concat!("toolplane-sidecar/", env!("CARGO_PKG_VERSION")),
+        );
         for (name, value) in headers {
             builder = builder.header(name.as_str(), value.as_str());
         }
         let req = builder
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body.map(Bytes::from).unwrap_or_default()))
             .map_err(|e| CallError::Connect(e.to_string()))?;
         let call = async {
             let resp = self
@@ -98,6 +176,11 @@ impl ToolHttpClient {
                     None => CallError::Connect(e.to_string()),
                 })?;
             let status = resp.status();
+            let is_json = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_none_or(|v| v.contains("json"));
             let retry_after = resp
                 .headers()
                 .get(header::RETRY_AFTER)
@@ -126,7 +209,15 @@ impl ToolHttpClient {
                     body,
                 });
             }
-            serde_json::from_slice(&bytes).map_err(|e| CallError::InvalidJson(e.to_string()))
+            if bytes.is_empty() {
+                return Ok(Value::Null);
+            }
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => Ok(v),
+                Err(e) if is_json => Err(CallError::InvalidJson(e.to_string())),
+                // A non-JSON answer (text/plain, text/html, ...) as text.
+                Err(_) => Ok(Value::String(String::from_utf8_lossy(&bytes).into_owned())),
+            }
         };
         tokio::time::timeout(timeout, call)
             .await

@@ -28,4 +28,5 @@ pub mod spool;
 pub mod sync;
 pub mod task;
 pub mod upstream;
+pub mod upstream_oauth;
 pub mod wire;

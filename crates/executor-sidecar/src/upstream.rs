@@ -4,13 +4,20 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use toolplane_core::model::{Credential, ExecutionStatus, ToolProtocol};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use toolplane_core::http_binding;
+
+use sha2::{Digest, Sha256};
+use toolplane_core::model::{AuthType, Credential, ExecutionStatus, ToolProtocol, ToolSpec};
 use toolplane_core::redact::scrub_credential;
 use toolplane_core::schema;
+use uuid::Uuid;
 
-use crate::http_client::{CallError, ToolHttpClient};
+use crate::http_client::{CallError, ClientIdentity, ToolHttpClient};
 use crate::mcp_client::{McpCallError, McpPool};
 use crate::snapshot::CompiledTool;
+use crate::upstream_oauth::TokenCache;
 
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -75,6 +82,12 @@ impl Outcome {
 pub struct Upstream {
     pub http: ToolHttpClient,
     pub mcp: McpPool,
+    tokens: TokenCache,
+    /// Mutual-TLS tools' own clients, by tool and a digest of the identity (a
+    /// rotated certificate gets a new client, and no connection of the old one).
+    identities: Mutex<HashMap<Uuid, ([u8; 32], ToolHttpClient)>>,
+    allow_link_local: bool,
+    tool_ca: Option<std::path::PathBuf>,
 }
 
 impl Upstream {
@@ -82,7 +95,39 @@ impl Upstream {
         Ok(Self {
             http: ToolHttpClient::new(allow_link_local, tool_ca)?,
             mcp: McpPool::new(allow_link_local, tool_ca)?,
+            tokens: TokenCache::default(),
+            identities: Mutex::default(),
+            allow_link_local,
+            tool_ca: tool_ca.map(std::path::Path::to_path_buf),
         })
+    }
+
+    /// The client a tool's calls go through: its own for a mutual-TLS credential (so
+    /// its certificate is shown on its connections only), else the shared one.
+    fn client_for(&self, credential: Option<&Credential>) -> Result<ToolHttpClient, String> {
+        let Some(c) = credential.filter(|c| c.auth_type == AuthType::MutualTls) else {
+            return Ok(self.http.clone());
+        };
+        let digest: [u8; 32] = Sha256::new()
+            .chain_update(c.settings.client_certificate_pem.as_bytes())
+            .chain_update([0])
+            .chain_update(c.secret.as_bytes())
+            .finalize()
+            .into();
+        let mut clients = self
+            .identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((d, client)) = clients.get(&c.tool_id)
+            && *d == digest
+        {
+            return Ok(client.clone());
+        }
+        let identity = ClientIdentity::from_pem(&c.settings.client_certificate_pem, &c.secret)?;
+        let client = ToolHttpClient::with_identity(self.allow_link_local, self.tool_ca.as_deref(), Some(identity))
+            .map_err(|e| format!("cannot use the tool's client certificate: {e}"))?;
+        clients.insert(c.tool_id, (digest, client.clone()));
+        Ok(client)
     }
 
     /// Calls the tool once and validates its output against the output schema. The
@@ -119,15 +164,43 @@ impl Upstream {
             let why = "the caller's deadline left no time for the call".to_owned();
             return Outcome::failed(ExecutionStatus::Timeout, why, false);
         }
-        let headers: Vec<(String, String)> = credential.map(Credential::header).into_iter().collect();
+        if let Some(c) = credential
+            && c.expired(chrono::Utc::now())
+        {
+            let at = c.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+            let why = format!(
+                "the credential of tool {} expired at {at}; an admin must set a new one (SetCredential)",
+                tool.spec.name
+            );
+            // Said like the tool refusing our credential, so ON_AUTH_FAILURE fallbacks apply.
+            return Outcome {
+                auth_failure: true,
+                ..Outcome::failed(ExecutionStatus::ExecutionError, why, false)
+            };
+        }
+        let headers: Vec<(String, String)> = credential.and_then(Credential::header).into_iter().collect();
         let outcome = match tool.spec.protocol {
             ToolProtocol::Http => {
                 // MCP sessions are keyed by their headers, so only HTTP calls carry it.
                 let mut headers = headers.clone();
                 headers.push(("traceparent".to_owned(), traceparent.to_owned()));
                 let secret = credential.map_or("", |c| c.secret.as_str());
-                self.call_http(&tool.spec.endpoint, params, &headers, timeout, secret)
-                    .await
+                let query = credential.and_then(Credential::query);
+                let client = match self.client_for(credential) {
+                    Ok(c) => c,
+                    Err(why) => return Outcome::failed(ExecutionStatus::ExecutionError, why, false),
+                };
+                match credential.filter(|c| c.auth_type == AuthType::OAuth2) {
+                    None => {
+                        self.call_http(&client, &tool.spec, params, headers, query, timeout, secret)
+                            .await
+                            .0
+                    }
+                    Some(c) => {
+                        self.call_with_token(&client, c, &tool.spec, params, headers, timeout)
+                            .await
+                    }
+                }
             }
             ToolProtocol::Mcp => {
                 let remote = if tool.spec.remote_name.is_empty() {
@@ -170,16 +243,99 @@ impl Upstream {
         }
     }
 
+    /// An OAuth 2.0 call: with the cached token, and once more with a fresh one if the
+    /// tool answers 401 (the token was revoked or expired early).
+    async fn call_with_token(
+        &self,
+        client: &ToolHttpClient,
+        c: &Credential,
+        spec: &ToolSpec,
+        params: &Value,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Outcome {
+        let started = std::time::Instant::now();
+        let mut refused: Option<String> = None;
+        loop {
+            let token = match self.tokens.token(&self.http, c).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let why = format!("cannot get an OAuth 2.0 access token for the tool: {e}");
+                    return Outcome {
+                        auth_failure: !e.retryable(),
+                        ..Outcome::failed(ExecutionStatus::ExecutionError, why, e.retryable())
+                    };
+                }
+            };
+            let mut h = headers.clone();
+            h.push(("authorization".to_owned(), format!("Bearer {token}")));
+            let left = timeout.saturating_sub(started.elapsed());
+            let (mut outcome, unauthorized) = self.call_http(client, spec, params, h, None, left, &token).await;
+            if !outcome.error.is_empty() {
+                outcome.error = scrub_credential(&outcome.error, &token);
+            }
+            if unauthorized && refused.is_none() && !left.is_zero() {
+                tracing::info!(tool = %spec.name, "the tool refused its OAuth 2.0 token; fetching a new one");
+                self.tokens.refused(c, &token).await;
+                refused = Some(token);
+                continue;
+            }
+            return outcome;
+        }
+    }
+
+    /// One HTTP request; also whether the tool answered 401.
+    #[allow(clippy::too_many_arguments)]
     async fn call_http(
         &self,
-        endpoint: &str,
+        client: &ToolHttpClient,
+        spec: &ToolSpec,
         params: &Value,
-        headers: &[(String, String)],
+        mut headers: Vec<(String, String)>,
+        credential_query: Option<(&str, &str)>,
         timeout: Duration,
         secret: &str,
-    ) -> Outcome {
-        let body = toolplane_core::json::canonical(params).into_bytes();
-        match self.http.post_json(endpoint, body, headers, timeout).await {
+    ) -> (Outcome, bool) {
+        // Parameters passed the input schema; placing them can still fail for values
+        // no URL can carry (a `..` path segment, a newline in a header).
+        let request = match http_binding::render(&spec.endpoint, spec.http.as_ref(), params) {
+            Ok(mut r) => {
+                if let Some((name, value)) = credential_query {
+                    match url::Url::parse(&r.url) {
+                        Ok(mut u) => {
+                            // The tool's own parameter of that name never stands in for the key.
+                            let kept: Vec<(String, String)> = u
+                                .query_pairs()
+                                .filter(|(k, _)| k != name)
+                                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                                .collect();
+                            u.query_pairs_mut().clear().extend_pairs(kept).append_pair(name, value);
+                            r.url = u.to_string();
+                        }
+                        Err(e) => {
+                            let why = format!("the tool's URL is not valid: {e}");
+                            return (Outcome::failed(ExecutionStatus::ExecutionError, why, false), false);
+                        }
+                    }
+                }
+                r
+            }
+            Err(e) => {
+                let why = format!("the parameters cannot be sent: {e}");
+                return (Outcome::failed(ExecutionStatus::ValidationError, why, false), false);
+            }
+        };
+        // The tool's own header parameters never replace the credential's header.
+        for (name, value) in request.headers {
+            if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                headers.push((name, value));
+            }
+        }
+        let sent = client
+            .send(request.method, &request.url, request.body, &headers, timeout)
+            .await;
+        let unauthorized = matches!(&sent, Err(CallError::Status { status, .. }) if status.as_u16() == 401);
+        let outcome = match sent {
             Ok(output) => Outcome::ok(output),
             Err(e @ CallError::Timeout(_)) => Outcome::failed(ExecutionStatus::Timeout, e.to_string(), true),
             Err(e @ CallError::Connect(_)) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), true),
@@ -208,7 +364,8 @@ impl Upstream {
                 }
             }
             Err(e) => Outcome::failed(ExecutionStatus::ExecutionError, e.to_string(), false),
-        }
+        };
+        (outcome, unauthorized)
     }
 }
 

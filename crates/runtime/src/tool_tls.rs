@@ -10,6 +10,15 @@ use rustls::pki_types::pem::PemObject;
 
 /// Roots tools' certificates are checked against, and the client configuration.
 pub fn client_config(extra_ca: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    client_config_with_identity(extra_ca, None)
+}
+
+/// As [`client_config`], presenting a client certificate chain and its key (mutual TLS
+/// towards one tool) when given.
+pub fn client_config_with_identity(
+    extra_ca: Option<&Path>,
+    identity: Option<(Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
@@ -26,10 +35,11 @@ pub fn client_config(extra_ca: Option<&Path>) -> anyhow::Result<rustls::ClientCo
         }
         tracing::debug!(path = %path.display(), certificates = added, "trusting an extra CA for tools");
     }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match identity {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key)?,
+        None => builder.with_no_client_auth(),
+    })
 }

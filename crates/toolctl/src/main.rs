@@ -8,6 +8,7 @@ mod access;
 mod audit;
 mod audit_trail;
 mod fallbacks;
+mod fetch;
 mod identity;
 mod review;
 mod tool_file;

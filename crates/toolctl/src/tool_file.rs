@@ -50,6 +50,9 @@ pub struct ToolFile {
     pub cache_ignored_params: Vec<String>,
     #[serde(default)]
     pub compliance_frameworks: Vec<String>,
+    /// HTTP tools: method, path template and where each parameter goes.
+    #[serde(default)]
+    pub http: Option<toolplane_core::http_binding::HttpBinding>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +168,7 @@ impl ToolFile {
             cache_normalize_keys: self.cache_normalize_keys,
             cache_ignored_params: self.cache_ignored_params,
             remote_name: String::new(),
+            http: self.http,
             compliance_frameworks: self.compliance_frameworks,
         };
         Ok(spec_to_pb(spec))

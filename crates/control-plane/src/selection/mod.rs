@@ -721,6 +721,7 @@ mod tests {
                 cache_normalize_keys: false,
                 cache_ignored_params: Vec::new(),
                 remote_name: String::new(),
+                http: None,
                 compliance_frameworks: Vec::new(),
             },
             created_at: Utc::now(),

@@ -10,7 +10,8 @@ use toolplane_core::convert::{
 };
 use toolplane_core::endpoint::check_endpoint;
 use toolplane_core::model::{
-    AuditAction, FallbackStrategy, Principal, Role, StoredCredential, Tool, ToolProtocol, ToolSpec,
+    AuditAction, AuthType, CredentialSettings, FallbackStrategy, Principal, Role, StoredCredential, Tool, ToolProtocol,
+    ToolSpec,
 };
 use toolplane_core::validate::check_tool_spec;
 use toolplane_proto::v1 as pb;
@@ -24,6 +25,8 @@ use crate::mcp_import::{self, ImportOptions};
 use crate::state::AppState;
 use crate::storage::ToolFilter;
 use crate::tool_review::{self, Drift, Finder};
+
+mod openapi;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -279,6 +282,7 @@ impl RegistryService {
                                 auth_type: pb::AuthType::ApiKey as i32,
                                 header_name: header.clone(),
                                 secret: secret.clone(),
+                                ..Default::default()
                             },
                         )
                         .await?;
@@ -388,6 +392,78 @@ impl RegistryService {
                 "must be an HTTP header name (letters, digits and -), at most 128 characters",
             );
         }
+        let auth_type = auth_from_pb(req.auth_type);
+        if !req.query_param.is_empty() {
+            if auth_type != AuthType::ApiKey {
+                v.push("query_param", "only an API_KEY credential goes in the query");
+            }
+            if !req.header_name.is_empty() {
+                v.push("query_param", "an API key goes in a header or the query, not both");
+            }
+            if req.query_param.len() > 128
+                || !req
+                    .query_param
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                v.push(
+                    "query_param",
+                    "must be letters, digits, -, _ or ., at most 128 characters",
+                );
+            }
+        }
+        if auth_type == AuthType::HttpBasic {
+            if req.username.is_empty() || req.username.contains(':') || req.username.len() > 256 {
+                v.push("username", "is required for HTTP_BASIC: at most 256 characters, no ':'");
+            }
+        } else if !req.username.is_empty() {
+            v.push("username", "only an HTTP_BASIC credential has a user name");
+        }
+        let oauth2 = req.oauth2.map(toolplane_core::convert::oauth2_from_pb);
+        match (&oauth2, auth_type) {
+            (Some(o), AuthType::OAuth2) => {
+                if let Err(e) = check_endpoint(
+                    "oauth2.token_url",
+                    &o.token_url,
+                    self.state.policy.allow_link_local_endpoints,
+                ) {
+                    v.0.extend(e.0);
+                }
+                if o.client_id.is_empty() || o.client_id.len() > 256 {
+                    v.push("oauth2.client_id", "is required, at most 256 characters");
+                }
+                if o.scopes.len() > 64
+                    || o.scopes
+                        .iter()
+                        .any(|s| s.is_empty() || s.len() > 256 || s.contains(' '))
+                {
+                    v.push(
+                        "oauth2.scopes",
+                        "at most 64 scopes, each 1..256 characters without spaces",
+                    );
+                }
+                if o.audience.len() > 1024 {
+                    v.push("oauth2.audience", "is longer than 1024 characters");
+                }
+            }
+            (None, AuthType::OAuth2) => v.push("oauth2", "is required for an OAUTH2 credential"),
+            (Some(_), _) => v.push("oauth2", "only an OAUTH2 credential has a grant"),
+            (None, _) => {}
+        }
+        if auth_type == AuthType::MutualTls {
+            if let Err(e) = crate::mtls::check_identity(&req.client_certificate_pem, &req.secret) {
+                v.push(e.0, e.1);
+            }
+        } else if !req.client_certificate_pem.is_empty() {
+            v.push(
+                "client_certificate_pem",
+                "only a MUTUAL_TLS credential has a client certificate",
+            );
+        }
+        let expires_at = req.expires_at.as_ref().and_then(toolplane_core::convert::from_ts);
+        if req.expires_at.is_some() && expires_at.is_none_or(|at| at <= Utc::now()) {
+            v.push("expires_at", "must be a valid instant in the future");
+        }
         v.into_result()?;
         let keyring = self.state.keyring.as_ref().ok_or_else(|| {
             ApiError::FailedPrecondition(
@@ -402,10 +478,17 @@ impl RegistryService {
             .ok_or_else(|| ApiError::NotFound(format!("tool {tool_id} not found")))?;
         let credential = StoredCredential {
             tool_id,
-            auth_type: auth_from_pb(req.auth_type),
+            auth_type,
             header_name: req.header_name,
             sealed: keyring.seal(req.secret.as_bytes(), tool_id.as_bytes()),
             updated_at: Utc::now(),
+            settings: CredentialSettings {
+                query_param: req.query_param,
+                username: req.username,
+                oauth2,
+                client_certificate_pem: req.client_certificate_pem,
+            },
+            expires_at,
         };
         let detail = format!(
             "credential of {} set (key {})",
@@ -416,6 +499,31 @@ impl RegistryService {
             .admin_event(who, AuditAction::CredentialSet, None, Some(tool_id), detail)
             .about(&tool);
         self.state.store.set_credential(&credential, &audit).await?;
+        self.state.changed();
+        Ok(())
+    }
+
+    async fn remove_credential(&self, who: &Principal, req: pb::DeleteCredentialRequest) -> ApiResult<()> {
+        let tool_id = uuid_field("tool_id", &req.tool_id)?;
+        let tool = self
+            .state
+            .store
+            .get_tool(tool_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("tool {tool_id} not found")))?;
+        let audit = self
+            .state
+            .admin_event(
+                who,
+                AuditAction::CredentialDeleted,
+                None,
+                Some(tool_id),
+                format!("credential of {} deleted", tool.spec.name),
+            )
+            .about(&tool);
+        if !self.state.store.delete_credential(tool_id, &audit).await? {
+            return Err(ApiError::NotFound(format!("tool {} has no credential", tool.spec.name)));
+        }
         self.state.changed();
         Ok(())
     }
@@ -555,6 +663,15 @@ impl ToolRegistry for RegistryService {
         Ok(Response::new(self.import_mcp(&who, request.into_inner()).await?))
     }
 
+    async fn import_open_api(
+        &self,
+        request: Request<pb::ImportOpenApiRequest>,
+    ) -> Result<Response<pb::ImportOpenApiResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "ImportOpenApi")?;
+        Ok(Response::new(self.import_openapi(&who, request.into_inner()).await?))
+    }
+
     async fn set_credential(
         &self,
         request: Request<pb::SetCredentialRequest>,
@@ -563,6 +680,16 @@ impl ToolRegistry for RegistryService {
         who.require(&[Role::Admin], "SetCredential")?;
         self.store_credential(&who, request.into_inner()).await?;
         Ok(Response::new(pb::SetCredentialResponse {}))
+    }
+
+    async fn delete_credential(
+        &self,
+        request: Request<pb::DeleteCredentialRequest>,
+    ) -> Result<Response<pb::DeleteCredentialResponse>, Status> {
+        let who = principal(&request)?;
+        who.require(&[Role::Admin], "DeleteCredential")?;
+        self.remove_credential(&who, request.into_inner()).await?;
+        Ok(Response::new(pb::DeleteCredentialResponse {}))
     }
 
     async fn set_fallback_strategy(
@@ -704,6 +831,7 @@ impl CatalogReader {
         if let Self::Agent(_) = self {
             t.endpoint.clear();
             t.remote_name.clear();
+            t.http = None;
             if let Some(r) = t.requirements.as_mut() {
                 r.authentication = pb::AuthType::Unspecified as i32;
             }

@@ -237,6 +237,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn delete_credential(&self, tool_id: Uuid, audit: &AuditEvent) -> StoreResult<bool> {
+        let mut st = self.write();
+        if st.credentials.remove(&tool_id).is_none() {
+            return Ok(false);
+        }
+        st.append_audit(audit);
+        Ok(true)
+    }
+
     async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>> {
         let st = self.read();
         Ok(st

@@ -222,6 +222,8 @@ pub trait Store: Send + Sync + 'static {
     async fn set_credential(&self, credential: &StoredCredential, audit: &AuditEvent) -> StoreResult<()>;
     /// Credentials of live tools.
     async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>>;
+    /// Removes the tool's credential; `false` when it had none.
+    async fn delete_credential(&self, tool_id: Uuid, audit: &AuditEvent) -> StoreResult<bool>;
 
     /// Creates or replaces the tool's fallback strategy.
     async fn set_fallback(&self, strategy: &FallbackStrategy, audit: &AuditEvent) -> StoreResult<()>;

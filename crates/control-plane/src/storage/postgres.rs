@@ -171,10 +171,15 @@ const TOOL_COLUMNS: &str = "id, name, category, description, version, input_sche
     examples, capabilities, auth_type, rate_limit_rpm, timeout_ms, required_skills, data_sensitivity, \
     provider, endpoint, protocol, reliability_score, average_latency_ms, cost_per_call, enabled, \
     side_effects, idempotent, cacheable, cache_ttl_seconds, cache_normalize_keys, cache_ignored_params, remote_name, \
-    created_at, updated_at, compliance_frameworks";
+    created_at, updated_at, compliance_frameworks, http";
 
 fn tool_from_row(r: &Row) -> StoreResult<Tool> {
     let examples: Value = r.get("examples");
+    let http = r
+        .get::<_, Option<Value>>("http")
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| StoreError::Backend(format!("bad http binding in database: {e}")))?;
     Ok(Tool {
         id: r.get("id"),
         version: u32_of(r.get("version")),
@@ -208,13 +213,14 @@ fn tool_from_row(r: &Row) -> StoreResult<Tool> {
             cache_ignored_params: r.get("cache_ignored_params"),
             compliance_frameworks: r.get("compliance_frameworks"),
             remote_name: r.get("remote_name"),
+            http,
         },
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
     })
 }
 
-const TOOL_COLUMN_COUNT: usize = 31;
+const TOOL_COLUMN_COUNT: usize = 32;
 
 fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
@@ -230,6 +236,7 @@ struct ToolRow<'a> {
     timeout_ms: i64,
     average_latency_ms: i64,
     cache_ttl_seconds: i64,
+    http: Option<Value>,
 }
 
 impl<'a> ToolRow<'a> {
@@ -243,6 +250,12 @@ impl<'a> ToolRow<'a> {
             timeout_ms: i64::from(s.requirements.timeout_ms),
             average_latency_ms: i64::from(s.average_latency_ms),
             cache_ttl_seconds: i64::from(s.cache_ttl_seconds),
+            http: s
+                .http
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| StoreError::Backend(e.to_string()))?,
         })
     }
 
@@ -281,6 +294,7 @@ impl<'a> ToolRow<'a> {
             &t.created_at,
             &t.updated_at,
             &s.compliance_frameworks,
+            &self.http,
         ]
     }
 }
@@ -606,14 +620,16 @@ impl Store for PostgresStore {
     }
 
     async fn set_credential(&self, c: &StoredCredential, audit: &AuditEvent) -> StoreResult<()> {
+        let settings = serde_json::to_value(&c.settings).map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         let n = tx
             .execute(
-                "INSERT INTO credentials (tool_id, auth_type, header_name, key_id, nonce, ciphertext, updated_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM tools WHERE id = $1 AND deleted_at IS NULL) \
+                "INSERT INTO credentials (tool_id, auth_type, header_name, key_id, nonce, ciphertext, updated_at, \
+                 settings, expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM tools WHERE id = $1 AND deleted_at IS NULL) \
                  ON CONFLICT (tool_id) DO UPDATE SET auth_type = $2, header_name = $3, key_id = $4, nonce = $5, \
-                 ciphertext = $6, updated_at = $7",
+                 ciphertext = $6, updated_at = $7, settings = $8, expires_at = $9",
                 &[
                     &c.tool_id,
                     &c.auth_type.as_str(),
@@ -622,6 +638,8 @@ impl Store for PostgresStore {
                     &c.sealed.nonce,
                     &c.sealed.ciphertext,
                     &c.updated_at,
+                    &settings,
+                    &c.expires_at,
                 ],
             )
             .await
@@ -630,6 +648,20 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound(format!("tool {}", c.tool_id)));
         }
         commit_audited(tx, &[audit]).await
+    }
+
+    async fn delete_credential(&self, tool_id: Uuid, audit: &AuditEvent) -> StoreResult<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_err)?;
+        let n = tx
+            .execute("DELETE FROM credentials WHERE tool_id = $1", &[&tool_id])
+            .await
+            .map_err(db_err)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        commit_audited(tx, &[audit]).await?;
+        Ok(true)
     }
 
     async fn list_credentials(&self) -> StoreResult<Vec<StoredCredential>> {
@@ -654,6 +686,9 @@ impl Store for PostgresStore {
                         ciphertext: r.get("ciphertext"),
                     },
                     updated_at: r.get("updated_at"),
+                    settings: serde_json::from_value(r.get("settings"))
+                        .map_err(|e| StoreError::Backend(format!("bad credential settings in database: {e}")))?,
+                    expires_at: r.get("expires_at"),
                 })
             })
             .collect()
