@@ -30,7 +30,7 @@ struct Answer {
 
 /// One JSON-RPC POST to the MCP endpoint, as any HTTP client sends it.
 async fn post(url: &str, token: Option<&str>, session: Option<&str>, version: &str, body: Value) -> Answer {
-    let mut req = reqwest::Client::new()
+    let mut req = toolplane_tests::http_client()
         .post(url)
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
@@ -155,10 +155,10 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
         format!("Bearer resource_metadata=\"{metadata_url}\"")
     );
     assert!(anonymous.session.is_none());
-    let metadata: Value = reqwest::get(&metadata_url).await.unwrap().json().await.unwrap();
+    let metadata: Value = toolplane_tests::http_get(&metadata_url).await.unwrap().json().await.unwrap();
     assert_eq!(metadata["resource"], json!(url));
     assert_eq!(metadata["authorization_servers"], json!([idp.issuer]));
-    let root: Value = reqwest::get(format!("http://{listen}/.well-known/oauth-protected-resource"))
+    let root: Value = toolplane_tests::http_get(format!("http://{listen}/.well-known/oauth-protected-resource"))
         .await
         .unwrap()
         .json()
@@ -285,7 +285,7 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
     let stateless = |method: &'static str, id: u64| {
         let (url, good, body) = (url.clone(), good.clone(), modern(method, id));
         async move {
-            let r = reqwest::Client::new()
+            let r = toolplane_tests::http_client()
                 .post(&url)
                 .header("accept", "application/json, text/event-stream")
                 .header("content-type", "application/json")
@@ -392,7 +392,7 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 
     // Operators see the verdicts and the key loads.
-    let metrics = reqwest::get(format!("http://{metrics_listen}/metrics"))
+    let metrics = toolplane_tests::http_get(format!("http://{metrics_listen}/metrics"))
         .await
         .unwrap()
         .text()

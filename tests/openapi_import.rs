@@ -42,7 +42,7 @@ async fn fastapi() -> App {
     let url = format!("{base}/openapi.json");
     eventually("the FastAPI app to serve /openapi.json", WAIT, || {
         let url = url.clone();
-        async move { reqwest::get(&url).await.ok()?.status().is_success().then_some(()) }
+        async move { toolplane_tests::http_get(&url).await.ok()?.status().is_success().then_some(()) }
     })
     .await;
     App { _child: child, base }
@@ -289,7 +289,7 @@ async fn reimport_keeps_what_the_admin_governs_and_takes_what_the_document_owns(
     let app = fastapi().await;
     let cp = control_plane(None).await;
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
-    let text = reqwest::get(format!("{}/openapi.json", app.base))
+    let text = toolplane_tests::http_get(format!("{}/openapi.json", app.base))
         .await
         .unwrap()
         .text()

@@ -64,7 +64,7 @@ impl AuthServer {
     }
 
     async fn token_requests(&self) -> u64 {
-        let text = reqwest::get(format!("{}/test/token-requests", self.base))
+        let text = toolplane_tests::http_get(format!("{}/test/token-requests", self.base))
             .await
             .unwrap()
             .text()
@@ -75,7 +75,7 @@ impl AuthServer {
 
     /// POSTs a form to one of the server's endpoints as the client.
     async fn post(&self, path: &str, form: &str) -> reqwest::Response {
-        reqwest::Client::new()
+        toolplane_tests::http_client()
             .post(format!("{}{path}", self.base))
             .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -100,7 +100,7 @@ async fn introspect(base: &str, token: &str) -> bool {
     let _permit = INTROSPECTIONS.acquire().await.unwrap();
     let mut tries = 0;
     let text = loop {
-        let sent = reqwest::Client::new()
+        let sent = toolplane_tests::http_client()
             .post(format!("{base}/token/introspection"))
             .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
             .header("content-type", "application/x-www-form-urlencoded")

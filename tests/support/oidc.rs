@@ -63,7 +63,7 @@ impl Idp {
 
     /// An access token for `resource`, by client credentials (client_secret_basic).
     pub async fn token(&self, client_id: &str, secret: &str, resource: &str) -> String {
-        let r = reqwest::Client::new()
+        let r = crate::http_client()
             .post(format!("{}/token", self.issuer))
             .basic_auth(client_id, Some(secret))
             .header("content-type", "application/x-www-form-urlencoded")
