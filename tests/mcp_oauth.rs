@@ -155,7 +155,12 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
         format!("Bearer resource_metadata=\"{metadata_url}\"")
     );
     assert!(anonymous.session.is_none());
-    let metadata: Value = toolplane_tests::http_get(&metadata_url).await.unwrap().json().await.unwrap();
+    let metadata: Value = toolplane_tests::http_get(&metadata_url)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(metadata["resource"], json!(url));
     assert_eq!(metadata["authorization_servers"], json!([idp.issuer]));
     let root: Value = toolplane_tests::http_get(format!("http://{listen}/.well-known/oauth-protected-resource"))
@@ -273,6 +278,25 @@ async fn mcp_clients_sign_in_with_the_identity_provider_and_forged_tokens_are_re
     assert_eq!(
         message(&called.body)["result"]["structuredContent"],
         json!({"words": 2})
+    );
+    // Selection with the identity provider's token: the control plane does not know
+    // that token, so the sidecar asks for the agent with its own; the agent's tools
+    // only, and a sidecar token cannot name an agent without being one.
+    let selected = post(
+        &url,
+        Some(&good),
+        session,
+        "2025-06-18",
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+               "params": {"name": "toolplane_select", "arguments": {"task": "count the words of a text"}}}),
+    )
+    .await;
+    let selected = message(&selected.body);
+    let content = &selected["result"]["structuredContent"];
+    assert_eq!(content["tools"][0]["tool"], "word_count", "{selected}");
+    assert!(
+        !content["selection_id"].as_str().unwrap_or_default().is_empty(),
+        "{selected}"
     );
     // 2026-07-28, by hand: stateless (no session), `server/discover`, routing headers,
     // and a tools/list with cache hints private to the agent.

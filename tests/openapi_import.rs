@@ -42,7 +42,14 @@ async fn fastapi() -> App {
     let url = format!("{base}/openapi.json");
     eventually("the FastAPI app to serve /openapi.json", WAIT, || {
         let url = url.clone();
-        async move { toolplane_tests::http_get(&url).await.ok()?.status().is_success().then_some(()) }
+        async move {
+            toolplane_tests::http_get(&url)
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        }
     })
     .await;
     App { _child: child, base }

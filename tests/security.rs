@@ -695,3 +695,62 @@ async fn everything_works_over_mutual_tls_and_nothing_without_a_client_certifica
     assert!(!refused.status.success(), "no client certificate, no answer");
     std::fs::remove_dir_all(&pki.dir).ok();
 }
+
+/// A sidecar selects for an agent that signed in with an identity provider (the
+/// control plane does not know that agent's token): only a sidecar token may name the
+/// agent, and the selection is among that agent's tools only.
+#[tokio::test]
+async fn a_sidecar_token_selects_only_for_the_agent_it_names() {
+    let cp = control_plane(None).await;
+    let server = ToolServer::start().await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let mine = admin
+        .register(http_tool("word_count", &server.url("/word_count")))
+        .await
+        .unwrap();
+    admin
+        .register(http_tool("word_count_elsewhere", &server.url("/word_count")))
+        .await
+        .unwrap();
+    let agent = admin.agent("idp-agent").await;
+    admin.grant_full(&agent.id, &mine.id).await;
+    let request = || pb::SelectToolRequest {
+        task_description: "count the words of a text".to_owned(),
+        max_alternatives: 3,
+        ..Default::default()
+    };
+    let named = |agent: &str| {
+        let mut r = tonic::Request::new(request());
+        r.metadata_mut().insert("x-toolplane-agent", agent.parse().unwrap());
+        r
+    };
+    let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
+    let mut as_sidecar = pb::tool_selector_client::ToolSelectorClient::new(
+        toolplane_tests::grpc::channel(&cp.url(), Some(&sidecar_token)).await,
+    );
+    let refused = as_sidecar.select_tool(request()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{}", refused.message());
+    assert!(refused.message().contains("x-toolplane-agent"), "{}", refused.message());
+    let bad = as_sidecar.select_tool(named("not-an-id")).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let got = as_sidecar.select_tool(named(&agent.id)).await.unwrap().into_inner();
+    let ids: Vec<String> = got
+        .primary
+        .iter()
+        .chain(&got.alternatives)
+        .map(|s| s.tool.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(ids, [mine.id.clone()], "only the named agent's tools");
+
+    // An agent's own token selects for that agent whatever it names.
+    let stranger = admin.agent("stranger").await;
+    let stranger_token = admin.token(pb::Role::Agent, &stranger.id).await;
+    let mut as_stranger = pb::tool_selector_client::ToolSelectorClient::new(
+        toolplane_tests::grpc::channel(&cp.url(), Some(&stranger_token)).await,
+    );
+    let theirs = as_stranger.select_tool(named(&agent.id)).await;
+    assert!(
+        theirs.is_err_and(|s| s.code() == Code::NotFound),
+        "the stranger has no tools, and naming another agent lends it none"
+    );
+}

@@ -70,7 +70,7 @@ pub struct ExecutorService {
     pub redactor: Redactor,
     pub sidecar_id: String,
     /// The control plane's selector, for `ExecuteTask`.
-    pub selector: Option<pb::tool_selector_client::ToolSelectorClient<tonic::transport::Channel>>,
+    pub selector: Option<crate::selection_client::SelectionClient>,
 }
 
 /// The caller's W3C `traceparent`, if it sent one.

@@ -26,7 +26,6 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
-use tonic::metadata::MetadataValue;
 use toolplane_core::model::{ExecutionStatus, SideEffects};
 use toolplane_core::permission::evaluate;
 use toolplane_proto::v1 as pb;
@@ -146,23 +145,19 @@ impl McpFrontDoor {
         tools
     }
 
-    async fn select(&self, token: &str, args: &Value) -> CallToolResponse {
+    async fn select(&self, agent: Uuid, token: &str, args: &Value) -> CallToolResponse {
         let Some(selector) = &self.executor.selector else {
             return failure("selection needs the control plane, which this sidecar does not know");
         };
         let task = args["task"].as_str().unwrap_or_default();
-        let mut req = tonic::Request::new(pb::SelectToolRequest {
+        let req = pb::SelectToolRequest {
             task_description: task.to_owned(),
             task_category: args["category"].as_str().unwrap_or_default().to_owned(),
             max_alternatives: args["limit"].as_u64().map_or(4, |l| l.clamp(1, 10) as u32 - 1),
             ..Default::default()
-        });
-        if let Ok(v) = MetadataValue::try_from(format!("{BEARER_PREFIX}{token}")) {
-            req.metadata_mut().insert("authorization", v);
-        }
-        match selector.clone().select_tool(req).await {
+        };
+        match selector.select(agent, token, req, None, None).await {
             Ok(r) => {
-                let r = r.into_inner();
                 let snap = self.executor.snapshot.current();
                 // Each candidate's input schema, so the agent can call it at once (in
                 // search mode it has no other way to read it).
@@ -302,7 +297,7 @@ impl ServerHandler for McpFrontDoor {
             .and_then(|s| Uuid::parse_str(s).ok());
         let args = Value::Object(request.arguments.unwrap_or_default());
         if request.name == SELECT_TOOL {
-            return Ok(self.select(&token, &args).await);
+            return Ok(self.select(agent_id, &token, &args).await);
         }
         // `toolplane_call` only names the tool another way: the call below is the same.
         let (name, args) = if request.name == mcp_search::CALL_TOOL {

@@ -236,7 +236,10 @@ pub async fn serve(
             .build(),
         redactor: config.redact.redactor()?,
         sidecar_id,
-        selector: Some(selector_client(config)?),
+        selector: Some(crate::selection_client::SelectionClient::new(
+            selector_client(config)?,
+            config.token().ok(),
+        )),
     });
 
     // Identity providers' access tokens, accepted by the MCP front door and the gRPC API.

@@ -38,26 +38,22 @@ pub async fn execute(
     };
     // Whichever tool answers keeps these, a fallback of a candidate included.
     let limits = CallLimits::from_pb(req.constraints.as_ref()).map_err(ExecError::from)?;
-    let mut select = tonic::Request::new(pb::SelectToolRequest {
+    let select = pb::SelectToolRequest {
         task_description: req.task_description.clone(),
         required_capabilities: req.required_capabilities.clone(),
         constraints: req.constraints.clone(),
         task_category: req.task_category.clone(),
         max_alternatives: ALTERNATIVES,
-    });
-    if let Some(a) = authorization {
-        select.metadata_mut().insert("authorization", a);
-    }
-    if let Some(d) = deadline {
-        select.set_timeout(d);
-    }
+    };
+    let bearer = authorization
+        .as_ref()
+        .and_then(|a| a.to_str().ok())
+        .and_then(toolplane_core::token::parse_bearer)
+        .unwrap_or_default();
     // The control plane's part of the call is a child span of the caller's trace too.
-    if let Ok(v) = MetadataValue::try_from(toolplane_core::trace::child(traceparent.as_deref())) {
-        select.metadata_mut().insert("traceparent", v);
-    }
+    let trace = Some(toolplane_core::trace::child(traceparent.as_deref()));
     let selection = selector
-        .clone()
-        .select_tool(select)
+        .select(agent_id, bearer, select, deadline, trace)
         .await
         .map_err(|s| match s.code() {
             Code::Unavailable | Code::Unknown | Code::Internal => Status::unavailable(format!(
@@ -65,8 +61,7 @@ pub async fn execute(
                 s.message()
             )),
             _ => s,
-        })?
-        .into_inner();
+        })?;
     let candidates: Vec<String> = selection
         .primary
         .iter()

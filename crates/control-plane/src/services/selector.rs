@@ -228,6 +228,23 @@ impl SelectorService {
     }
 }
 
+/// The agent a sidecar token selects for: named by `x-toolplane-agent`, which only a
+/// sidecar token may send (the sidecar verified the agent's own credential).
+fn on_behalf_of<T>(request: &Request<T>) -> Result<Uuid, Status> {
+    let header = request
+        .metadata()
+        .get("x-toolplane-agent")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            Status::permission_denied(
+                "ToolSelector.SelectTool is not allowed for the sidecar role unless it names the agent it \
+                 selects for (x-toolplane-agent)",
+            )
+        })?;
+    Uuid::parse_str(header.trim())
+        .map_err(|_| Status::invalid_argument(format!("x-toolplane-agent: {header:?} is not an agent id")))
+}
+
 #[tonic::async_trait]
 impl pb::tool_selector_server::ToolSelector for SelectorService {
     async fn select_tool(
@@ -235,8 +252,18 @@ impl pb::tool_selector_server::ToolSelector for SelectorService {
         request: Request<pb::SelectToolRequest>,
     ) -> Result<Response<pb::SelectToolResponse>, Status> {
         use tracing::Instrument;
-        let who = principal(&request)?;
-        who.require(&[Role::Agent, Role::Admin], "ToolSelector.SelectTool")?;
+        let who = match principal(&request)? {
+            // A sidecar selecting for an agent it authenticated with an identity
+            // provider's token: selected for exactly as that agent.
+            Principal::Sidecar { token_id } => Principal::Agent {
+                agent_id: on_behalf_of(&request)?,
+                token_id,
+            },
+            who => {
+                who.require(&[Role::Agent, Role::Admin], "ToolSelector.SelectTool")?;
+                who
+            }
+        };
         // A child of the caller's trace (the agent's, or the sidecar's for ExecuteTask).
         let span = tracing::info_span!("toolplane.select", otel.kind = "server");
         let incoming = request
