@@ -740,7 +740,7 @@ async fn a_sidecar_token_selects_only_for_the_agent_it_names() {
         .chain(&got.alternatives)
         .map(|s| s.tool.as_ref().unwrap().id.clone())
         .collect();
-    assert_eq!(ids, [mine.id.clone()], "only the named agent's tools");
+    assert_eq!(ids, std::slice::from_ref(&mine.id), "only the named agent's tools");
 
     // An agent's own token selects for that agent whatever it names.
     let stranger = admin.agent("stranger").await;
