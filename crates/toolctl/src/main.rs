@@ -113,7 +113,7 @@ enum AgentsCmd {
 #[derive(Subcommand)]
 enum TokensCmd {
     Issue {
-        #[arg(long, value_parser = ["admin", "agent", "sidecar"])]
+        #[arg(long, value_parser = ["admin", "agent", "sidecar", "auditor"])]
         role: String,
         #[arg(long, default_value = "")]
         agent: String,
@@ -258,6 +258,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let role = match role.as_str() {
                 "admin" => pb::Role::Admin,
                 "agent" => pb::Role::Agent,
+                "auditor" => pb::Role::Auditor,
                 _ => pb::Role::Sidecar,
             } as i32;
             let r = c

@@ -237,7 +237,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::QueryAuditTrailRequest>,
     ) -> Result<Response<Self::QueryAuditTrailStream>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.QueryAuditTrail")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.QueryAuditTrail")?;
         let mut filter = filter_from(request.get_ref())?;
         let canonical = request.get_ref().include_canonical_form;
         let mut remaining = if filter.limit == 0 { usize::MAX } else { filter.limit };
@@ -280,7 +280,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::GenerateComplianceReportRequest>,
     ) -> Result<Response<pb::GenerateComplianceReportResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.GenerateComplianceReport")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.GenerateComplianceReport")?;
         Ok(Response::new(self.report(request.into_inner()).await?))
     }
 
@@ -288,7 +288,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.VerifyAuditChain")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.VerifyAuditChain")?;
         let req = request.into_inner();
         let (since, until) = period(req.since.as_ref(), req.until.as_ref())?;
         let mut answer = self.verify(since, until).await?;
@@ -300,7 +300,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::GetUsageStatisticsRequest>,
     ) -> Result<Response<pb::GetUsageStatisticsResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.GetUsageStatistics")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.GetUsageStatistics")?;
         Ok(Response::new(self.usage(request.into_inner()).await?))
     }
 
@@ -308,7 +308,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.ListDeadLetters")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.ListDeadLetters")?;
         let req = request.into_inner();
         let limit = match req.limit {
             0 => 100,
@@ -361,7 +361,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::ListAuditCheckpointsRequest>,
     ) -> Result<Response<Self::ListAuditCheckpointsStream>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.ListAuditCheckpoints")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.ListAuditCheckpoints")?;
         Ok(Response::new(self.list_checkpoints(request.into_inner())))
     }
 }

@@ -133,7 +133,7 @@ impl Identity for IdentityService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let who = principal(&request)?;
-        who.require(&[Role::Admin, Role::Sidecar], "ListAgents")?;
+        who.require(&[Role::Admin, Role::Sidecar, Role::Auditor], "ListAgents")?;
         let team = request.into_inner().team;
         let agents = self.state.store.list_agents().await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListAgentsResponse {

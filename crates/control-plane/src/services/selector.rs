@@ -236,7 +236,7 @@ impl pb::tool_selector_server::ToolSelector for SelectorService {
     ) -> Result<Response<pb::SelectToolResponse>, Status> {
         use tracing::Instrument;
         let who = principal(&request)?;
-        who.require(&[Role::Agent, Role::Admin], "ToolSelector.SelectTool")?;
+        who.require(&[Role::Agent, Role::Admin, Role::Auditor], "ToolSelector.SelectTool")?;
         // A child of the caller's trace (the agent's, or the sidecar's for ExecuteTask).
         let span = tracing::info_span!("toolplane.select", otel.kind = "server");
         let incoming = request
