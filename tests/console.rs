@@ -108,10 +108,14 @@ async fn the_console_in_a_real_browser() {
 
     // Log in; the overview's chart shows the calls just made through the sidecar.
     b.login(&s.console, ADMIN_TOKEN).await;
-    eventually("the overview to count the calls made through the sidecar", WAIT, || async {
-        c.goto(&s.console).await.unwrap();
-        (calls_shown(&b).await >= 5).then_some(())
-    })
+    eventually(
+        "the overview to count the calls made through the sidecar",
+        WAIT,
+        || async {
+            c.goto(&s.console).await.unwrap();
+            (calls_shown(&b).await >= 5).then_some(())
+        },
+    )
     .await;
     let chart = c
         .find(Locator::Css("#calls-chart svg"))
@@ -119,7 +123,10 @@ async fn the_console_in_a_real_browser() {
         .expect("the overview draws its chart as inline SVG");
     let svg = chart.html(false).await.unwrap();
     assert!(svg.contains("success"), "the chart's legend names the calls' status");
-    assert!(svg.contains("<polygon") || svg.contains("<path"), "the chart has a drawn series");
+    assert!(
+        svg.contains("<polygon") || svg.contains("<path"),
+        "the chart has a drawn series"
+    );
     let top = b.texts("section.panel table tbody tr td a").await;
     assert!(top.iter().any(|t| t == "word_count"), "top tools: {top:?}");
 
@@ -141,11 +148,18 @@ async fn the_console_in_a_real_browser() {
     c.goto(&format!("{}access", s.console)).await.unwrap();
     let card = c.find(Locator::Id(&format!("request-{}", request.id))).await.unwrap();
     assert!(card.text().await.unwrap().contains("second opinion"));
-    card.find(Locator::Css("button.approve")).await.unwrap().click().await.unwrap();
+    card.find(Locator::Css("button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     c.wait().for_element(Locator::Id("no-pending")).await.unwrap();
-    eventually("the approved agent's call through the sidecar to succeed", WAIT, || async {
-        s.invoke("second_counter").await.ok()
-    })
+    eventually(
+        "the approved agent's call through the sidecar to succeed",
+        WAIT,
+        || async { s.invoke("second_counter").await.ok() },
+    )
     .await;
 
     // The grant form explains what the evaluator now says.
@@ -160,7 +174,14 @@ async fn the_console_in_a_real_browser() {
         .unwrap();
     form.set_by_name("max_per_day", "7").await.unwrap();
     form.submit().await.unwrap();
-    let explained = c.wait().for_element(Locator::Id("explained")).await.unwrap().text().await.unwrap();
+    let explained = c
+        .wait()
+        .for_element(Locator::Id("explained"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(explained.contains("up to 7 calls a day"), "{explained}");
     assert!(explained.contains("allowed"), "{explained}");
 
@@ -191,7 +212,12 @@ async fn the_console_in_a_real_browser() {
         .select_by_value("token_revoked")
         .await
         .unwrap();
-    c.find(Locator::Id("apply-filters")).await.unwrap().click().await.unwrap();
+    c.find(Locator::Id("apply-filters"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     let narrowed = eventually("the filtered trail", WAIT, || async {
         let rows = b.texts("tr.audit-row td.action-cell").await;
         (!rows.is_empty() && rows.len() < all.len()).then_some(rows)
@@ -200,8 +226,20 @@ async fn the_console_in_a_real_browser() {
     assert!(narrowed.iter().all(|a| a == "token_revoked"), "{narrowed:?}");
 
     // Verify chain, from the page.
-    c.find(Locator::Id("verify-chain")).await.unwrap().click().await.unwrap();
-    let verdict = c.wait().for_element(Locator::Id("verify-result")).await.unwrap().text().await.unwrap();
+    c.find(Locator::Id("verify-chain"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let verdict = c
+        .wait()
+        .for_element(Locator::Id("verify-result"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(verdict.contains("Chain intact"), "{verdict}");
 
     // A description holding markup renders inert: shown as text, never run.
@@ -359,7 +397,10 @@ async fn forms_without_the_csrf_token_and_read_only_sessions_change_nothing() {
     // The headers every page carries; the session cookie's attributes.
     let r = anon.get(format!("{base}login")).send().await.unwrap();
     let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert_eq!(r.headers()["x-frame-options"], "DENY");
 
     // A wrong token does not log in.
@@ -389,16 +430,26 @@ async fn forms_without_the_csrf_token_and_read_only_sessions_change_nothing() {
     let (status, body) = admin_http.post(&path, &[("enabled", "false")]).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("CSRF"), "{body}");
-    let (status, _) = admin_http.post(&path, &[("enabled", "false"), ("csrf", "tpk_forged")]).await;
+    let (status, _) = admin_http
+        .post(&path, &[("enabled", "false"), ("csrf", "tpk_forged")])
+        .await;
     assert_eq!(status, 403);
     assert!(enabled(admin.clone(), tool.id.clone()).await, "still enabled");
     // With the token it goes through, audited under the logged-in principal.
     let csrf = admin_http.csrf().await;
     let (status, _) = admin_http.post(&path, &[("enabled", "false"), ("csrf", &csrf)]).await;
     assert_eq!(status, 303);
-    assert!(!enabled(admin.clone(), tool.id.clone()).await, "disabled from the console");
-    let (_, trail) = admin_http.get(&format!("audit?action=tool_disabled&tool_id={}", tool.id)).await;
-    assert!(trail.contains("admin:bootstrap"), "audited with the console's principal");
+    assert!(
+        !enabled(admin.clone(), tool.id.clone()).await,
+        "disabled from the console"
+    );
+    let (_, trail) = admin_http
+        .get(&format!("audit?action=tool_disabled&tool_id={}", tool.id))
+        .await;
+    assert!(
+        trail.contains("admin:bootstrap"),
+        "audited with the console's principal"
+    );
 
     // A read-only session: its POSTs are refused by the service layer, with its CSRF token.
     let auditor = admin.token(pb::Role::Auditor, "").await;
@@ -408,9 +459,7 @@ async fn forms_without_the_csrf_token_and_read_only_sessions_change_nothing() {
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("auditor role"), "{body}");
     assert!(!enabled(admin.clone(), tool.id.clone()).await, "unchanged");
-    let (status, _) = ro
-        .post("tokens/issue", &[("role", "admin"), ("csrf", &csrf)])
-        .await;
+    let (status, _) = ro.post("tokens/issue", &[("role", "admin"), ("csrf", &csrf)]).await;
     assert_eq!(status, 403, "an auditor issues no tokens");
     let (status, page) = ro.get("audit").await;
     assert_eq!(status, 200, "an auditor reads the trail");

@@ -69,7 +69,12 @@ impl Browser {
     pub async fn login(&self, base: &str, token: &str) {
         let c = &self.client;
         c.goto(&format!("{base}login")).await.unwrap();
-        c.find(Locator::Id("token")).await.unwrap().send_keys(token).await.unwrap();
+        c.find(Locator::Id("token"))
+            .await
+            .unwrap()
+            .send_keys(token)
+            .await
+            .unwrap();
         c.find(Locator::Id("login")).await.unwrap().click().await.unwrap();
         c.wait().for_element(Locator::Id("logout")).await.unwrap();
     }

@@ -110,6 +110,7 @@ pub struct GrantRow {
     pub kind: String,
     pub allows: String,
     pub verdict: String,
+    pub allowed: bool,
     pub expires: String,
     pub granted_by: String,
 }
@@ -179,12 +180,11 @@ async fn agent_page(
         .ok_or_else(|| ConsoleError::NotFound(format!("agent {id} not found")))?;
     let permissions = console.rpc.permissions(who, id, "").await?;
     let tool_names = super::overview::names_of_tools(console, who, permissions.iter().map(|p| p.tool_id.clone())).await;
-    let mut verdicts: HashMap<String, String> = HashMap::new();
+    let mut verdicts: HashMap<String, (bool, String)> = HashMap::new();
     for p in &permissions {
         if !verdicts.contains_key(&p.tool_id) {
             let c = console.rpc.check(who, id, &p.tool_id).await?;
-            let verdict = format!("{}: {}", if c.allowed { "allowed" } else { "refused" }, c.reason);
-            verdicts.insert(p.tool_id.clone(), verdict);
+            verdicts.insert(p.tool_id.clone(), (c.allowed, c.reason));
         }
     }
     let grants = permissions
@@ -198,7 +198,8 @@ async fn agent_page(
                 .unwrap_or_else(|| page::short(&p.tool_id)),
             kind: kind_name(p.r#type),
             allows: allows(p),
-            verdict: verdicts.get(&p.tool_id).cloned().unwrap_or_default(),
+            verdict: verdicts.get(&p.tool_id).map(|v| v.1.clone()).unwrap_or_default(),
+            allowed: verdicts.get(&p.tool_id).is_some_and(|v| v.0),
             expires: page::time(p.expires_at.as_ref()),
             granted_by: p.granted_by.clone(),
         })

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
-use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Statuses in stacking order (bottom first) and their colours.
 const STATUSES: &[(&str, RGBColor)] = &[
@@ -125,32 +125,34 @@ pub fn success_by_category(rows: &[(String, f64, u64)]) -> String {
         .iter()
         .map(|(c, _, _)| label(if c.is_empty() { "(none)" } else { c }))
         .collect();
+    let n = rows.len() as f64;
     {
         let root = SVGBackend::with_string(&mut svg, (640, 260)).into_drawing_area();
         let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
             root.fill(&WHITE)?;
             let mut chart = ChartBuilder::on(&root)
                 .margin(12)
-                .x_label_area_size(32)
+                .x_label_area_size(28)
                 .y_label_area_size(48)
-                .build_cartesian_2d((0..rows.len()).into_segmented(), 0.0..1.05)?;
+                .build_cartesian_2d(0.0..n, 0.0..1.05)?;
             chart
                 .configure_mesh()
                 .disable_x_mesh()
-                .x_label_formatter(&|v| match v {
-                    SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => names.get(*i).cloned().unwrap_or_default(),
-                    SegmentValue::Last => String::new(),
-                })
+                .x_labels(0)
                 .y_desc("success rate")
                 .light_line_style(RGBColor(240, 240, 240))
                 .draw()?;
+            let bar = RGBColor(13, 110, 253).mix(0.8).filled();
             chart.draw_series(rows.iter().enumerate().map(|(i, (_, rate, _))| {
-                let mut bar = Rectangle::new(
-                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *rate)],
-                    RGBColor(13, 110, 253).mix(0.8).filled(),
-                );
-                bar.set_margin(0, 0, 8, 8);
-                bar
+                let x = i as f64;
+                Rectangle::new([(x + 0.15, 0.0), (x + 0.85, *rate)], bar)
+            }))?;
+            let font = ("sans-serif", 13)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Top));
+            chart.draw_series(names.iter().enumerate().map(|(i, name)| {
+                EmptyElement::at((i as f64 + 0.5, 0.0)) + Text::new(name.clone(), (0, 6), font.clone())
             }))?;
             root.present()?;
             Ok(())

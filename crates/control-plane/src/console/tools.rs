@@ -260,7 +260,11 @@ pub async fn show_tool(console: &Console, viewer: &Viewer, id: &str, d: DiffQuer
                 invocations: n,
                 success: format!("{:.0} %", 100.0 * s / d),
                 latency: format!("{:.0} ms", l / d),
-                quality: format!("{:.2}", q / d),
+                quality: if q > 0.0 {
+                    format!("{:.2}", q / d)
+                } else {
+                    "—".to_owned()
+                },
                 trend,
             }
         })
