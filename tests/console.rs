@@ -418,7 +418,7 @@ async fn forms_without_the_csrf_token_and_read_only_sessions_change_nothing() {
     let admin_http = Http::login(&base, ADMIN_TOKEN).await;
     let r = admin_http
         .client
-        .get(format!("{base}"))
+        .get(base.clone())
         .header("cookie", format!("tp_console={}", admin_http.cookie))
         .send()
         .await

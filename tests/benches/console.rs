@@ -159,7 +159,11 @@ async fn main() {
         ("access", "access".to_owned()),
         ("audit", "audit".to_owned()),
         ("audit_by_agent", format!("audit?agent_id={agent}")),
-        ("audit_by_action", "audit?action=rate_limited&outcome=failed".to_owned()),
+        ("audit_by_action", "audit?action=rate_limited".to_owned()),
+        (
+            "audit_by_action_outcome",
+            "audit?action=tool_invoked&outcome=failed".to_owned(),
+        ),
         ("selection", "selection".to_owned()),
         ("selection_task", "selection?task=summarize+a+web+page".to_owned()),
     ];

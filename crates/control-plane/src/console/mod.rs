@@ -43,6 +43,7 @@ pub struct Console {
     pub(crate) fleet: Arc<Fleet>,
     pub(crate) authn: Arc<StoreAuthenticator>,
     pub(crate) sessions: Sessions,
+    pub(crate) activity: overview::ActivityCache,
     /// Cookies carry `Secure` (the console is served over TLS, or behind a proxy that is).
     pub(crate) secure_cookies: bool,
 }
@@ -66,6 +67,7 @@ impl Console {
             fleet: p.fleet,
             authn: p.authn,
             sessions: Sessions::new(p.session_ttl),
+            activity: Default::default(),
             secure_cookies: p.secure_cookies,
         })
     }

@@ -3,17 +3,70 @@
 //! letters.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::State;
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use toolplane_proto::v1 as pb;
 
 use super::page::{self, ConsoleError, Layout, PageResult};
 use super::session::Viewer;
 use super::{Console, charts};
+use crate::storage::Activity;
+
+/// How long the overview's aggregates are served before they are recomputed. They are
+/// recomputed in the background while the previous ones are still served, so no page
+/// render waits on aggregating a day of calls (only the very first one does).
+const FRESH: Duration = Duration::from_secs(5);
+
+/// The last aggregates over the calls of the past 24 hours, and when they were taken.
+#[derive(Default)]
+pub struct ActivityCache {
+    last: Mutex<Option<(Instant, chrono::DateTime<Utc>, Arc<Activity>)>>,
+    refreshing: AtomicBool,
+}
+
+async fn compute(console: &Console) -> Result<(chrono::DateTime<Utc>, Arc<Activity>), ConsoleError> {
+    let now = Utc::now();
+    let activity = console
+        .state
+        .store
+        .activity(now - chrono::Duration::hours(24))
+        .await
+        .map_err(|e| ConsoleError::from(tonic::Status::from(crate::error::ApiError::from(e))))?;
+    let activity = Arc::new(activity);
+    *console.activity.last.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some((Instant::now(), now, activity.clone()));
+    Ok((now, activity))
+}
+
+/// Fresh aggregates, or the last ones while new ones are computed in the background.
+async fn activity(console: &Arc<Console>) -> Result<(chrono::DateTime<Utc>, Arc<Activity>), ConsoleError> {
+    let last = console
+        .activity
+        .last
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    match last {
+        Some((taken, at, a)) => {
+            if taken.elapsed() >= FRESH && !console.activity.refreshing.swap(true, Ordering::AcqRel) {
+                let console = console.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = compute(&console).await {
+                        tracing::warn!(error = %e, "console: could not aggregate the last day's calls");
+                    }
+                    console.activity.refreshing.store(false, Ordering::Release);
+                });
+            }
+            Ok((at, a))
+        }
+        None => compute(console).await,
+    }
+}
 
 pub struct Top {
     pub id: String,
@@ -33,6 +86,7 @@ pub struct SidecarRow {
 #[template(path = "console/overview.html")]
 struct OverviewPage {
     layout: Layout,
+    as_of: String,
     chart: String,
     calls: u64,
     p50: String,
@@ -52,15 +106,11 @@ struct OverviewPage {
 
 pub async fn page(State(console): State<Arc<Console>>, viewer: Viewer) -> PageResult {
     let who = &viewer.principal;
-    let now = Utc::now();
     // Reads the service layer has no RPC for (aggregates over the calls) come from the
     // store directly; the caller was authorized as admin or auditor at login and again
     // for this request.
     let store = &console.state.store;
-    let activity = store
-        .activity(now - Duration::hours(24))
-        .await
-        .map_err(|e| ConsoleError::from(tonic::Status::from(crate::error::ApiError::from(e))))?;
+    let (now, activity) = activity(&console).await?;
     let heads = store
         .audit_chain_heads()
         .await
@@ -118,6 +168,7 @@ pub async fn page(State(console): State<Arc<Console>>, viewer: Viewer) -> PageRe
     };
     let p = OverviewPage {
         layout: Layout::of(&viewer, "overview"),
+        as_of: now.format("%H:%M:%S").to_string(),
         chart: charts::calls_by_status(&activity.minutes, now, 24),
         calls: activity.calls,
         p50: format!("{:.0} ms", activity.p50_ms),

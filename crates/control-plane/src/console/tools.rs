@@ -165,7 +165,7 @@ struct ToolPage {
 }
 
 fn spec_json(t: &pb::Tool) -> serde_json::Map<String, Value> {
-    match tool_spec_from_pb(t.clone()).map(|s| serde_json::to_value(s)) {
+    match tool_spec_from_pb(t.clone()).map(serde_json::to_value) {
         Ok(Ok(Value::Object(m))) => m,
         _ => serde_json::Map::new(),
     }
