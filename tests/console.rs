@@ -127,6 +127,14 @@ async fn the_console_in_a_real_browser() {
         svg.contains("<polygon") || svg.contains("<path"),
         "the chart has a drawn series"
     );
+    // The connected sidecar, with its snapshot age and the spool depth it reported.
+    let sidecar_row = b.texts("#sidecars tbody tr").await;
+    assert!(
+        sidecar_row
+            .iter()
+            .any(|r| r.contains("test-sidecar") && r.ends_with(" 0")),
+        "the sidecar with an empty spool: {sidecar_row:?}"
+    );
     let top = b.texts("section.panel table tbody tr td a").await;
     assert!(top.iter().any(|t| t == "word_count"), "top tools: {top:?}");
 

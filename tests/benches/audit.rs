@@ -77,6 +77,7 @@ async fn stream_events(url: String, token: String, sidecar: String) {
                 events: (0..BATCH)
                     .map(|i| sync_event_to_pb(&SyncEvent::Audit(event(&sidecar, b * BATCH + i))))
                     .collect(),
+                spool_depth: 0,
             })),
         })
         .collect();

@@ -80,6 +80,7 @@ pub struct SidecarRow {
     pub lag: u64,
     pub age: String,
     pub synced: bool,
+    pub spool: String,
 }
 
 #[derive(Template)]
@@ -159,6 +160,7 @@ pub async fn page(State(console): State<Arc<Console>>, viewer: Viewer) -> PageRe
             lag: s.lag,
             age: format!("{:.1} s", s.snapshot_age_secs),
             synced: s.synced,
+            spool: s.spool_depth.map_or_else(|| "—".to_owned(), |d| d.to_string()),
         })
         .collect();
     let rate = if activity.calls == 0 {

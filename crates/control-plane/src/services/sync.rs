@@ -206,6 +206,7 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
         tokio::select! {
             msg = inbound.next() => match msg {
                 Some(Ok(pb::ConnectRequest { message: Some(pb::connect_request::Message::Events(batch)) })) => {
+                    member.spooled(batch.spool_depth);
                     match store_batch(&state, &sender, batch).await {
                         Ok(ids) => {
                             let ack = pb::ConnectResponse { message: Some(pb::connect_response::Message::Ack(pb::EventAck { event_ids: ids })) };

@@ -32,6 +32,8 @@ struct Entry {
     revision: Option<u64>,
     /// When this replica last sent it a snapshot, delta or heartbeat (or it connected).
     pushed: Instant,
+    /// The backlog the sidecar reported with its last batch of events.
+    spool_depth: Option<u64>,
 }
 
 /// One sync session's place in the fleet; leaves it when dropped.
@@ -58,6 +60,7 @@ impl Fleet {
                 token,
                 revision: None,
                 pushed: Instant::now(),
+                spool_depth: None,
             },
         );
         Member {
@@ -116,6 +119,8 @@ pub struct SidecarView {
     pub snapshot_age_secs: f64,
     /// Whether it has received its first snapshot.
     pub synced: bool,
+    /// Spooled events waiting behind its last batch; `None` before any batch.
+    pub spool_depth: Option<u64>,
 }
 
 impl Fleet {
@@ -132,6 +137,7 @@ impl Fleet {
                 lag: e.revision.map_or(0, |r| current.saturating_sub(r)),
                 snapshot_age_secs: now.saturating_duration_since(e.pushed).as_secs_f64(),
                 synced: e.revision.is_some(),
+                spool_depth: e.spool_depth,
             })
             .collect();
         out.sort_by(|a, b| b.lag.cmp(&a.lag).then(a.name.cmp(&b.name)));
@@ -140,6 +146,11 @@ impl Fleet {
 }
 
 impl Member {
+    /// The sidecar reported its spool's backlog with a batch of events.
+    pub fn spooled(&self, depth: u64) {
+        self.fleet.update(self.id, |e| e.spool_depth = Some(depth));
+    }
+
     /// Names the session (the sidecar's own name and its address), for display.
     pub fn named(&self, name: String) {
         self.fleet.update(self.id, |e| e.name = name);
