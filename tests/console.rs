@@ -17,7 +17,7 @@ use toolplane_tests::grpc::{Admin, channel, executor, http_tool, invoke_request}
 use toolplane_tests::pg::TestDb;
 use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane_with, sidecar};
 use toolplane_tests::tool_server::ToolServer;
-use toolplane_tests::{eventually, free_port};
+use toolplane_tests::{eventually, free_port, wait_for_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 const EVIL: &str = r#"Counts words. <script>window.__pwned = 1</script> "><img src=x onerror="window.__pwned = 2">"#;
@@ -43,6 +43,7 @@ impl System {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let cp = control_plane_with(Some(&db.url), &[("TOOLPLANE_CONSOLE_LISTEN", &listen)]).await;
+        wait_for_port(port).await;
         let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
         let word_count = admin
             .register(http_tool("word_count", &tools.url("/word_count")))
@@ -376,6 +377,7 @@ async fn forms_without_the_csrf_token_and_read_only_sessions_change_nothing() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let cp = control_plane_with(Some(&db.url), &[("TOOLPLANE_CONSOLE_LISTEN", &listen)]).await;
+    wait_for_port(port).await;
     let base = format!("http://{listen}/");
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
     let tool = admin.register(http_tool("kept", "http://127.0.0.1:9/x")).await.unwrap();
@@ -508,4 +510,100 @@ async fn forms_without_the_csrf_token_and_read_only_sessions_change_nothing() {
         .await
         .unwrap();
     assert_eq!(ro.get("tools").await.0, 303, "a revoked token's session ends at once");
+}
+
+/// One HTTP/1.1 exchange over TLS (trusting `ca`): the response's head and body.
+async fn https(port: u16, ca: &rcgen::Certificate, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("a TLS handshake with the console");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await.ok();
+    out
+}
+
+#[tokio::test]
+async fn under_tls_the_console_is_served_over_tls_with_secure_cookies() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("toolplane-console-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cp.crt"), dir.join("cp.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _cp = control_plane_with(
+        None,
+        &[
+            ("TOOLPLANE_CONSOLE_LISTEN", &listen),
+            ("TOOLPLANE_TLS_CERT", cert_path.to_str().unwrap()),
+            ("TOOLPLANE_TLS_KEY", key_path.to_str().unwrap()),
+        ],
+    )
+    .await;
+    wait_for_port(port).await;
+    let get = |path: &str, cookie: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n")
+    };
+    let page = https(port, &ca, get("/login", "")).await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let login_cookie = page
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: tp_login="))
+        .expect("a login cookie")
+        .to_owned();
+    assert!(login_cookie.contains("; Secure"), "{login_cookie}");
+    let login = login_cookie.split(';').next().unwrap();
+    let csrf = hidden(&page, "csrf");
+    let body = form(&[("token", ADMIN_TOKEN), ("csrf", &csrf)]);
+    let post = format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nCookie: tp_login={login}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = https(port, &ca, post).await;
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    let session = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: __Host-tp_console="))
+        .expect("under TLS the session cookie is a __Host- cookie")
+        .to_owned();
+    assert!(
+        session.contains("; Secure") && session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    let id = session.split(';').next().unwrap();
+    let overview = https(port, &ca, get("/", &format!("__Host-tp_console={id}"))).await;
+    assert!(
+        overview.starts_with("HTTP/1.1 200"),
+        "{}",
+        &overview[..overview.len().min(300)]
+    );
+    assert!(overview.contains("Calls per minute"));
+    // The plaintext name of the cookie does not open a session under TLS.
+    let plain = https(port, &ca, get("/", &format!("tp_console={id}"))).await;
+    assert!(plain.starts_with("HTTP/1.1 303"), "{}", &plain[..plain.len().min(200)]);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -92,8 +92,10 @@ async fn main() {
         "seeded {TOOLS} tools, {AUDIT_ROWS} audit rows, {CALLS} calls in {:?}",
         started.elapsed()
     );
-    let listen = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     let cp = control_plane_with(Some(&db.url), &[("TOOLPLANE_CONSOLE_LISTEN", &listen)]).await;
+    toolplane_tests::wait_for_port(port).await;
     let base = format!("http://{listen}/");
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
     let tool = admin

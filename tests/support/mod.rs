@@ -21,6 +21,22 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port` (a server that binds
+/// after it announced its gRPC address, such as the admin console).
+pub async fn wait_for_port(port: u16) {
+    eventually(
+        &format!("127.0.0.1:{port} to accept connections"),
+        Duration::from_secs(30),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
 /// The Redis tests share (`make test` points it at a throwaway server when none runs).
 pub fn test_redis() -> String {
     std::env::var("TOOLPLANE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())

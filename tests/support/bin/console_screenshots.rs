@@ -89,8 +89,10 @@ async fn main() {
     let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "docs/console".to_owned()));
     std::fs::create_dir_all(&out).unwrap();
     let tools = ToolServer::start().await;
-    let listen = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     let cp = control_plane_with(None, &[("TOOLPLANE_CONSOLE_LISTEN", &listen)]).await;
+    toolplane_tests::wait_for_port(port).await;
     let base = format!("http://{listen}/");
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
 
