@@ -103,6 +103,10 @@ async fn main() {
         t.description = (*description).to_owned();
         t.provider = (*provider).to_owned();
         t.capabilities = vec![(*category).to_owned(), "read".to_owned()];
+        t.compliance_frameworks = vec!["SOC2".to_owned()];
+        if *category == "finance" {
+            t.compliance_frameworks.push("PCI-DSS".to_owned());
+        }
         if i % 4 == 3 {
             t.requirements.as_mut().unwrap().rate_limit_rpm = 120;
         }
@@ -175,6 +179,7 @@ async fn main() {
                 tool_id: registered[10].id.clone(),
                 r#type: pb::PermissionType::LimitedInvocations as i32,
                 max_invocations_per_day: 50,
+                expires_at: Some(ts(Utc::now() + chrono::Duration::days(30))),
                 ..Default::default()
             }),
         })
@@ -328,7 +333,33 @@ async fn main() {
                     ..Default::default()
                 })),
             });
-            if batch.len() == 200 {
+            if batch.len() % 10 == 1 {
+                let event_id = uuid::Uuid::now_v7().to_string();
+                batch.push(pb::SyncEvent {
+                    event_id: event_id.clone(),
+                    payload: Some(pb::sync_event::Payload::Audit(pb::AuditEvent {
+                        event_id,
+                        action: if status == pb::ToolExecutionStatus::PermissionDenied {
+                            pb::AuditAction::PermissionChecked
+                        } else {
+                            pb::AuditAction::ToolInvoked
+                        } as i32,
+                        invocation_id: id.clone(),
+                        actor_id: agents[ai].id.clone(),
+                        agent_id: agents[ai].id.clone(),
+                        tool_id: tool.id.clone(),
+                        tool_version: tool.version,
+                        task_id: "demo".to_owned(),
+                        occurred_at: Some(ts(at)),
+                        success: status == pb::ToolExecutionStatus::Success,
+                        detail: format!("{} by {}", tool.name, agents[ai].name),
+                        compliance_frameworks: tool.compliance_frameworks.clone(),
+                        sidecar_id: "sidecar-eu-1".to_owned(),
+                        ..Default::default()
+                    })),
+                });
+            }
+            if batch.len() >= 200 {
                 fake.send(std::mem::take(&mut batch)).await;
             }
         }
@@ -345,7 +376,7 @@ async fn main() {
         ("tools", "tools".to_owned()),
         ("tool", format!("tools/{}?a=1&b=2", registered[0].id)),
         ("agents", "agents".to_owned()),
-        ("agent", format!("agents/{}", agents[0].id)),
+        ("agent", format!("agents/{}", agents[1].id)),
         ("access", "access".to_owned()),
         ("audit", "audit?action=tool_registered".to_owned()),
         ("report", "audit/report?framework=SOC2".to_owned()),

@@ -197,7 +197,13 @@ struct ReportPage {
     until: String,
     report: pb::GenerateComplianceReportResponse,
     download: String,
+    /// The report's agents and tools as (id, name).
+    agents: Vec<(String, String)>,
+    tools: Vec<(String, String)>,
 }
+
+/// Names shown for at most this many of a report's tools (the rest by id).
+const NAMED_TOOLS: usize = 200;
 
 pub async fn report(State(console): State<Arc<Console>>, viewer: Viewer, Query(q): Query<ReportQuery>) -> PageResult {
     let framework = q.framework.trim().to_owned();
@@ -251,6 +257,23 @@ pub async fn report(State(console): State<Arc<Console>>, viewer: Viewer, Query(q
                 .into_response())
         }
         _ => {
+            let who = &viewer.principal;
+            let agent_names: std::collections::HashMap<String, String> = console
+                .rpc
+                .agents(who)
+                .await?
+                .into_iter()
+                .map(|a| (a.id, a.name))
+                .collect();
+            let tool_names =
+                super::overview::names_of_tools(&console, who, report.tools.iter().take(NAMED_TOOLS).cloned()).await;
+            let named = |ids: &[String], names: &std::collections::HashMap<String, String>| {
+                ids.iter()
+                    .map(|id| (id.clone(), names.get(id).cloned().unwrap_or_else(|| id.clone())))
+                    .collect::<Vec<_>>()
+            };
+            let agents = named(&report.agents, &agent_names);
+            let tools = named(&report.tools, &tool_names);
             let download = format!(
                 "framework={}&since={}&until={}",
                 enc(&framework),
@@ -264,6 +287,8 @@ pub async fn report(State(console): State<Arc<Console>>, viewer: Viewer, Query(q
                 until: q.until,
                 report,
                 download,
+                agents,
+                tools,
             }))
         }
     }
