@@ -22,10 +22,13 @@ use crate::storage::Activity;
 /// render waits on aggregating a day of calls (only the very first one does).
 const FRESH: Duration = Duration::from_secs(5);
 
+/// Aggregates, when they were computed (monotonic and wall clock).
+type Taken = (Instant, chrono::DateTime<Utc>, Arc<Activity>);
+
 /// The last aggregates over the calls of the past 24 hours, and when they were taken.
 #[derive(Default)]
 pub struct ActivityCache {
-    last: Mutex<Option<(Instant, chrono::DateTime<Utc>, Arc<Activity>)>>,
+    last: Mutex<Option<Taken>>,
     refreshing: AtomicBool,
 }
 
