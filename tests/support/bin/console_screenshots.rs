@@ -369,7 +369,7 @@ async fn main() {
     }
 
     // The pages.
-    let b = Browser::start(1440, 1100).await;
+    let b = Browser::start(1440, 1500).await;
     b.login(&base, ADMIN_TOKEN).await;
     let pages = [
         ("overview", String::new()),

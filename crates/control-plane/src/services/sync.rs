@@ -192,7 +192,8 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
     metrics::gauge!(m::SYNC_SESSIONS).increment(1.0);
     let _connected = scopeguard(|| metrics::gauge!(m::SYNC_SESSIONS).decrement(1.0));
     let member = fleet.join(token.0);
-    member.named(sidecar.clone());
+    // The name it claims, for display next to the token that vouches for it.
+    member.named(hello.sidecar_id.chars().take(128).collect());
     let mut changes = state.subscribe();
     changes.mark_unchanged();
     let Some(mut held) = push_state(&state, token, &tx, None, &member).await else {
