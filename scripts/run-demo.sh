@@ -76,7 +76,7 @@ Tokens are in $STATE/demo.env:   source $STATE/demo.env
 
 Admin console: http://$CONSOLE_ADDR/
   log in with the admin token:  $TOOLPLANE_ADMIN_TOKEN
-  (or a read-only one:  $BIN/toolctl -o value tokens issue --role auditor)
+  (or a read-only one:  $BIN/toolctl --token "\$TOOLPLANE_ADMIN_TOKEN" -o value tokens issue --role auditor)
 
 Invoke a tool through the sidecar as the demo agent:
   $GRPCURL -plaintext -H "authorization: Bearer \$AGENT_TOKEN" \\
