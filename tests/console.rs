@@ -607,3 +607,59 @@ async fn under_tls_the_console_is_served_over_tls_with_secure_cookies() {
     assert!(plain.starts_with("HTTP/1.1 303"), "{}", &plain[..plain.len().min(200)]);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn the_catalog_is_searched_filtered_and_paged_by_cursor() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cp = control_plane_with(None, &[("TOOLPLANE_CONSOLE_LISTEN", &listen)]).await;
+    wait_for_port(port).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    for i in 0..60 {
+        let mut t = http_tool(&format!("tool_{i:02}"), "http://127.0.0.1:9/x");
+        t.category = if i % 3 == 0 { "finance" } else { "analysis" }.to_owned();
+        if i == 42 {
+            t.description = "Finds the needle in a haystack".to_owned();
+        }
+        admin.register(t).await.unwrap();
+    }
+    let http = Http::login(&format!("http://{listen}/"), ADMIN_TOKEN).await;
+    let names = |page: &str| -> Vec<String> {
+        page.match_indices("<td><a href=\"/tools/")
+            .map(|(at, _)| {
+                let rest = &page[at..];
+                let start = rest.find("\">").unwrap() + 2;
+                rest[start..].split('<').next().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let (status, first) = http.get("tools").await;
+    assert_eq!(status, 200);
+    let page1 = names(&first);
+    assert_eq!(page1.len(), 50, "a page holds 50");
+    assert_eq!(page1[0], "tool_00");
+    let next = hidden_link(&first, "next-page");
+    let (_, second) = http.get(next.trim_start_matches('/')).await;
+    let page2 = names(&second);
+    assert_eq!(page2, (50..60).map(|i| format!("tool_{i}")).collect::<Vec<_>>());
+    assert!(!second.contains("next-page"), "the last page has no next link");
+
+    let (_, finance) = http.get("tools?category=finance").await;
+    assert_eq!(names(&finance).len(), 20);
+    let (_, needle) = http.get("tools?q=needle").await;
+    assert_eq!(names(&needle), vec!["tool_42".to_owned()]);
+    let (_, none) = http.get("tools?q=needle&category=analysis").await;
+    assert!(names(&none).is_empty() && none.contains("no tools match"));
+}
+
+/// The `href` of the link with `id`.
+fn hidden_link(html: &str, id: &str) -> String {
+    let at = html.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id}"));
+    let href = html[..at].rfind("href=\"").unwrap() + "href=\"".len();
+    html[href..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&")
+        .replace("&#38;", "&")
+}
