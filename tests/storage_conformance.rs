@@ -626,6 +626,28 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         })
         .await
         .unwrap();
+    // Newest first, paged backwards by the same cursor.
+    let newest = s
+        .audit_events(&AuditFilter {
+            newest_first: true,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [all[2].seq, all[1].seq]
+    );
+    let older = s
+        .audit_events(&AuditFilter {
+            newest_first: true,
+            before_seq: Some(all[1].seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(older.iter().map(|r| r.seq).collect::<Vec<_>>(), [all[0].seq]);
     assert_eq!(after_first.len(), 1);
     assert_eq!(
         after_first[0].seq, all[1].seq,

@@ -116,6 +116,7 @@ async fn trail_page(
         until: time_field("until", &q.until)?,
         cursor: q.cursor.trim().to_owned(),
         limit: PAGE_SIZE,
+        newest_first: true,
         ..Default::default()
     };
     let (records, cursor) = console.rpc.audit_page(&viewer.principal, r).await?;

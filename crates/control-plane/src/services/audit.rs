@@ -57,7 +57,7 @@ fn period(since: Option<&prost_types::Timestamp>, until: Option<&prost_types::Ti
 
 fn filter_from(req: &pb::QueryAuditTrailRequest) -> ApiResult<AuditFilter> {
     let (since, until) = period(req.since.as_ref(), req.until.as_ref())?;
-    let after_seq = if req.cursor.is_empty() {
+    let cursor = if req.cursor.is_empty() {
         None
     } else {
         Some(
@@ -65,6 +65,12 @@ fn filter_from(req: &pb::QueryAuditTrailRequest) -> ApiResult<AuditFilter> {
                 .parse::<u64>()
                 .map_err(|_| Violations::single("cursor", "is not a cursor this service returned"))?,
         )
+    };
+    // The cursor resumes after a record, or before it when the newest come first.
+    let (after_seq, before_seq) = if req.newest_first {
+        (None, cursor)
+    } else {
+        (cursor, None)
     };
     Ok(AuditFilter {
         invocation_id: opt_uuid("invocation_id", &req.invocation_id)?,
@@ -76,6 +82,8 @@ fn filter_from(req: &pb::QueryAuditTrailRequest) -> ApiResult<AuditFilter> {
         since,
         until,
         after_seq,
+        before_seq,
+        newest_first: req.newest_first,
         limit: req.limit as usize,
     })
 }
@@ -268,6 +276,7 @@ impl pb::audit_server::Audit for AuditService {
                 }
                 remaining = remaining.saturating_sub(page.len());
                 match page.last() {
+                    Some(r) if page.len() == filter.limit && filter.newest_first => filter.before_seq = Some(r.seq),
                     Some(r) if page.len() == filter.limit => filter.after_seq = Some(r.seq),
                     _ => return,
                 }

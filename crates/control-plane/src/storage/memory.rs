@@ -460,11 +460,23 @@ impl Store for MemoryStore {
 
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let st = self.read();
-        let matching = st.audit.iter().filter(|r| f.matches(r)).map(|r| AuditRecord::clone(r));
-        Ok(if f.limit == 0 {
-            matching.collect()
+        let limit = if f.limit == 0 { usize::MAX } else { f.limit };
+        let pick = |r: &&Box<AuditRecord>| f.matches(r);
+        Ok(if f.newest_first {
+            st.audit
+                .iter()
+                .rev()
+                .filter(pick)
+                .take(limit)
+                .map(|r| AuditRecord::clone(r))
+                .collect()
         } else {
-            matching.take(f.limit).collect()
+            st.audit
+                .iter()
+                .filter(pick)
+                .take(limit)
+                .map(|r| AuditRecord::clone(r))
+                .collect()
         })
     }
 

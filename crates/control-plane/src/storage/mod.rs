@@ -73,6 +73,10 @@ pub struct AuditFilter {
     pub until: Option<DateTime<Utc>>,
     /// Only records after this global sequence number (a resumable cursor).
     pub after_seq: Option<u64>,
+    /// Only records before this global sequence number (the cursor of newest-first pages).
+    pub before_seq: Option<u64>,
+    /// Newest records (highest sequence) first.
+    pub newest_first: bool,
     /// Most records returned; 0 means no limit.
     pub limit: usize,
 }
@@ -89,6 +93,7 @@ impl AuditFilter {
             && self.since.is_none_or(|t| e.occurred_at >= t)
             && self.until.is_none_or(|t| e.occurred_at < t)
             && self.after_seq.is_none_or(|s| r.seq > s)
+            && self.before_seq.is_none_or(|s| r.seq < s)
     }
 }
 

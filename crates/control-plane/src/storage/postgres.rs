@@ -965,12 +965,17 @@ impl Store for PostgresStore {
     }
 
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
-        let (action, after, limit) = postgres_audit::query_params(f);
+        let (action, after, limit, before) = postgres_audit::query_params(f);
+        let sql = if f.newest_first {
+            postgres_audit::QUERY_AUDIT_NEWEST_FIRST
+        } else {
+            postgres_audit::QUERY_AUDIT
+        };
         let rows = self
             .client()
             .await?
             .query(
-                postgres_audit::QUERY_AUDIT,
+                sql,
                 &[
                     &f.invocation_id,
                     &f.agent_id,
@@ -982,6 +987,7 @@ impl Store for PostgresStore {
                     &f.until,
                     &after,
                     &limit,
+                    &before,
                 ],
             )
             .await
