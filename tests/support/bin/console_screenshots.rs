@@ -378,7 +378,7 @@ async fn main() {
         ("agents", "agents".to_owned()),
         ("agent", format!("agents/{}", agents[1].id)),
         ("access", "access".to_owned()),
-        ("audit", "audit?action=tool_registered".to_owned()),
+        ("audit", "audit".to_owned()),
         ("report", "audit/report?framework=SOC2".to_owned()),
         (
             "selection",

@@ -44,13 +44,17 @@ pub struct AuditQuery {
 pub struct AuditRow {
     pub sequence: u64,
     pub chain: String,
+    pub chain_short: String,
     pub chain_sequence: u64,
     pub hash: String,
     pub at: String,
     pub action: String,
     pub actor: String,
+    pub actor_short: String,
     pub agent_id: String,
+    pub agent_short: String,
     pub tool_id: String,
+    pub tool_short: String,
     pub task_id: String,
     pub success: bool,
     pub detail: String,
@@ -84,6 +88,20 @@ fn action_name(a: i32) -> String {
     pb::AuditAction::try_from(a)
         .map(|a| a.as_str_name().trim_start_matches("AUDIT_ACTION_").to_lowercase())
         .unwrap_or_default()
+}
+
+/// `sidecar:01a2…` for `sidecar:<uuid>`, the first 8 characters of a bare id; names as they are.
+fn shorten(id: &str) -> String {
+    let (prefix, rest) = id.rsplit_once(':').map_or(("", id), |(p, r)| (p, r));
+    if uuid::Uuid::parse_str(rest).is_err() {
+        return id.to_owned();
+    }
+    let short = super::page::short(rest);
+    if prefix.is_empty() {
+        short
+    } else {
+        format!("{prefix}:{short}")
+    }
 }
 
 fn enc(s: &str) -> String {
@@ -141,13 +159,17 @@ async fn trail_page(
             let e = r.event.unwrap_or_default();
             AuditRow {
                 sequence: r.sequence,
+                chain_short: shorten(&r.chain),
                 chain: r.chain,
                 chain_sequence: r.chain_sequence,
                 hash: r.hash.chars().take(12).collect(),
                 at: page::time(e.occurred_at.as_ref()),
                 action: action_name(e.action),
+                actor_short: shorten(&e.actor_id),
                 actor: e.actor_id,
+                agent_short: shorten(&e.agent_id),
                 agent_id: e.agent_id,
+                tool_short: shorten(&e.tool_id),
                 tool_id: e.tool_id,
                 task_id: e.task_id,
                 success: e.success,

@@ -122,9 +122,14 @@ impl IntoResponse for ConsoleError {
 
 pub type PageResult = Result<Response, ConsoleError>;
 
-/// Short form of an id for tables (the full id is in the link and the title).
+/// Short form of an id for tables (the full id is in the link and the title): its last
+/// 8 characters, the random part of a UUIDv7 (its first ones are a timestamp).
 pub fn short(id: &str) -> String {
-    id.chars().take(8).collect()
+    let n = id.chars().count();
+    if n <= 8 {
+        return id.to_owned();
+    }
+    format!("…{}", id.chars().skip(n - 8).collect::<String>())
 }
 
 /// A timestamp as `YYYY-MM-DD HH:MM:SS` UTC, or empty.
