@@ -461,23 +461,13 @@ impl Store for MemoryStore {
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let st = self.read();
         let limit = if f.limit == 0 { usize::MAX } else { f.limit };
-        let pick = |r: &&Box<AuditRecord>| f.matches(r);
-        Ok(if f.newest_first {
-            st.audit
-                .iter()
-                .rev()
-                .filter(pick)
-                .take(limit)
-                .map(|r| AuditRecord::clone(r))
-                .collect()
+        let records = st.audit.iter().map(|r| &**r);
+        let picked: Vec<&AuditRecord> = if f.newest_first {
+            records.rev().filter(|r| f.matches(r)).take(limit).collect()
         } else {
-            st.audit
-                .iter()
-                .filter(pick)
-                .take(limit)
-                .map(|r| AuditRecord::clone(r))
-                .collect()
-        })
+            records.filter(|r| f.matches(r)).take(limit).collect()
+        };
+        Ok(picked.into_iter().cloned().collect())
     }
 
     async fn audit_chain_page(
