@@ -38,7 +38,7 @@ browser:
 
 ## A PNG of each admin console page with demo data (headless Chromium) into docs/console/.
 console-screenshots: build browser
-	scripts/with-services.sh $(CARGO) run -q -p toolplane-tests --bin toolplane-console-screenshots -- docs/console
+	$(CARGO) run -q -p toolplane-tests --bin toolplane-console-screenshots -- docs/console
 
 ## Console page render times with 100k tools and 1M audit rows on PostgreSQL (release build).
 bench-console:
