@@ -226,6 +226,30 @@ async fn main() {
         .unwrap();
     }
 
+    // One more, reviewed and denied.
+    let mut p = PermissionsClient::new(channel(&cp.url(), Some(&tokens[1])).await);
+    let asked = p
+        .request_access(pb::RequestAccessRequest {
+            tool_id: registered[10].id.clone(),
+            justification: "Month-end reconciliation needs ad-hoc queries.".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .request
+        .unwrap();
+    admin
+        .permissions
+        .review_access_request(pb::ReviewAccessRequestRequest {
+            request_id: asked.id,
+            approve: false,
+            reason: "Already holds a daily-limited grant; ask the data team for a report.".to_owned(),
+            grant: None,
+        })
+        .await
+        .unwrap();
+
     // Selections and real calls through the sidecar.
     let mut selected = Vec::new();
     for (ai, task) in [
