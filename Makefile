@@ -28,18 +28,32 @@ UVICORN_VERSION := 0.54.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test test-deps build lint fmt tools clean bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
+.PHONY: run test test-deps build lint fmt tools clean browser console-screenshots bench-console bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
 	@scripts/run-demo.sh
 
 ## The whole test suite: proto lint, unit, conformance and end-to-end tests.
-test: build test-deps
+test: build test-deps browser
 	$(VENV)/bin/buf lint
 	$(CARGO) test --workspace --benches --no-run --quiet
 	scripts/with-services.sh $(CARGO) test --workspace
 	@echo "all tests passed"
+
+## The console's browser tests drive Debian's Chromium through chromedriver (WebDriver).
+browser:
+	@test -x /usr/bin/chromedriver -a -x /usr/bin/chromium || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+## A PNG of each admin console page with demo data (headless Chromium) into docs/console/.
+console-screenshots: build browser
+	$(CARGO) run -q -p toolplane-tests --bin toolplane-console-screenshots -- docs/console
+
+## Console page render times with 100k tools and 1M audit rows on PostgreSQL (release build).
+bench-console:
+	$(CARGO) build --release --bins
+	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench console
 
 ## ListTools/GetTool latency with 100k tools on PostgreSQL (release build).
 bench-registry:

@@ -9,6 +9,7 @@ CP_ADDR=127.0.0.1:50051
 SIDECAR_ADDR=127.0.0.1:50061
 MCP_ADDR=127.0.0.1:50062
 TOOLS_ADDR=127.0.0.1:50071
+CONSOLE_ADDR=127.0.0.1:50052
 STATE=.toolplane
 mkdir -p "$STATE"
 GRPCURL=$(command -v grpcurl || echo .venv/bin/grpcurl)
@@ -17,7 +18,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-for port in 50051 50061 50062 50071; do
+for port in 50051 50052 50061 50062 50071; do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is already in use; stop whatever listens there first" >&2; exit 1
   fi
@@ -39,7 +40,7 @@ export TOOLPLANE_AUDIT_SIGNING_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr
 export TOOLPLANE_TOKEN="$TOOLPLANE_ADMIN_TOKEN" TOOLPLANE_SERVER="http://$CP_ADDR"
 
 "$BIN/toolplane-demo-tools" --listen "$TOOLS_ADDR" >"$STATE/tools.out" 2>"$STATE/tools.log" & pids+=($!)
-"$BIN/toolplane-control-plane" --listen "$CP_ADDR" >"$STATE/cp.out" 2>"$STATE/cp.log" & pids+=($!)
+TOOLPLANE_CONSOLE_LISTEN="$CONSOLE_ADDR" "$BIN/toolplane-control-plane" --listen "$CP_ADDR" >"$STATE/cp.out" 2>"$STATE/cp.log" & pids+=($!)
 wait_listening "$STATE/tools.out" "demo tools"
 wait_listening "$STATE/cp.out" "control plane"
 
@@ -72,6 +73,10 @@ toolplane is running (state in memory; logs in $STATE/*.log)
   MCP for agents http://$MCP_ADDR/mcp  (authorization: Bearer \$AGENT_TOKEN)
 
 Tokens are in $STATE/demo.env:   source $STATE/demo.env
+
+Admin console: http://$CONSOLE_ADDR/
+  log in with the admin token:  $TOOLPLANE_ADMIN_TOKEN
+  (or a read-only one:  $BIN/toolctl --token "\$TOOLPLANE_ADMIN_TOKEN" -o value tokens issue --role auditor)
 
 Invoke a tool through the sidecar as the demo agent:
   $GRPCURL -plaintext -H "authorization: Bearer \$AGENT_TOKEN" \\

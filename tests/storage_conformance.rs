@@ -70,6 +70,7 @@ conformance!(
     fallback_strategies_are_deleted_once_and_audited,
     tool_changes_wait_supersede_and_are_reviewed_once_with_the_new_version,
     credentials_keep_their_settings_and_expiry_and_are_deleted,
+    activity_counts_recent_calls_by_minute_and_status,
 );
 
 /// The audit event an administrative change carries (its content does not matter here).
@@ -639,6 +640,28 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         })
         .await
         .unwrap();
+    // Newest first, paged backwards by the same cursor.
+    let newest = s
+        .audit_events(&AuditFilter {
+            newest_first: true,
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [all[2].seq, all[1].seq]
+    );
+    let older = s
+        .audit_events(&AuditFilter {
+            newest_first: true,
+            before_seq: Some(all[1].seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(older.iter().map(|r| r.seq).collect::<Vec<_>>(), [all[0].seq]);
     assert_eq!(after_first.len(), 1);
     assert_eq!(
         after_first[0].seq, all[1].seq,
@@ -1366,4 +1389,52 @@ async fn credentials_keep_their_settings_and_expiry_and_are_deleted(s: Arc<dyn S
     assert!(s.delete_credential(tool.id, &ev()).await.unwrap());
     assert!(s.list_credentials().await.unwrap().is_empty());
     assert!(!s.delete_credential(tool.id, &ev()).await.unwrap(), "deleted twice");
+}
+
+/// The admin console's overview: calls since a time, per minute and status, duration
+/// percentiles (interpolated alike), the busiest tools and agents; and the status of the
+/// call that followed a selection.
+async fn activity_counts_recent_calls_by_minute_and_status(s: Arc<dyn Store>) {
+    let t = testutil::tool("busy");
+    s.create_tool(&t, &ev()).await.unwrap();
+    let at = |e: SyncEvent, ago: Duration, selection: Option<Uuid>| match e {
+        SyncEvent::Invocation(mut i) => {
+            i.result.completed_at -= ago;
+            i.invoked_at -= ago;
+            i.selection_id = selection;
+            SyncEvent::Invocation(i)
+        }
+        other => other,
+    };
+    let selected = Uuid::now_v7();
+    s.append_events(&[
+        at(outcome(&t, ExecutionStatus::Success, 100), Duration::minutes(5), None),
+        at(
+            outcome(&t, ExecutionStatus::Success, 300),
+            Duration::minutes(5),
+            Some(selected),
+        ),
+        at(outcome(&t, ExecutionStatus::Timeout, 1100), Duration::minutes(90), None),
+        at(outcome(&t, ExecutionStatus::Success, 50), Duration::hours(30), None),
+    ])
+    .await
+    .unwrap();
+    let a = s.activity(Utc::now() - Duration::hours(24)).await.unwrap();
+    assert_eq!(a.calls, 3, "the call of 30 hours ago is outside the window");
+    let by_status = |st: &str| -> u64 { a.minutes.iter().filter(|m| m.1 == st).map(|m| m.2).sum() };
+    assert_eq!((by_status("success"), by_status("timeout")), (2, 1));
+    assert_eq!(
+        a.minutes.len(),
+        2,
+        "two minutes (the two successes share one): {:?}",
+        a.minutes
+    );
+    assert!(a.minutes[0].0 < a.minutes[1].0, "oldest first");
+    assert!((a.p50_ms - 300.0).abs() < 1e-9, "{}", a.p50_ms);
+    assert!((a.p95_ms - 1020.0).abs() < 1e-6, "{}", a.p95_ms);
+    assert_eq!(a.top_tools, vec![(t.id, 3)]);
+    assert_eq!(a.top_agents.len(), 3);
+    let outcomes = s.selection_outcomes(&[selected, Uuid::now_v7()]).await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[&selected], "success");
 }

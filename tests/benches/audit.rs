@@ -64,6 +64,7 @@ fn stream_batches(sidecar: &str) -> Vec<pb::ConnectRequest> {
                 events: (0..BATCH)
                     .map(|i| sync_event_to_pb(&SyncEvent::Audit(event(sidecar, b * BATCH + i))))
                     .collect(),
+                spool_depth: 0,
             })),
         })
         .collect()

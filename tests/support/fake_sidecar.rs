@@ -40,7 +40,10 @@ impl FakeSidecar {
     pub async fn send(&mut self, events: Vec<pb::SyncEvent>) -> Vec<String> {
         self.tx
             .send(pb::ConnectRequest {
-                message: Some(pb::connect_request::Message::Events(pb::EventBatch { events })),
+                message: Some(pb::connect_request::Message::Events(pb::EventBatch {
+                    events,
+                    spool_depth: 0,
+                })),
             })
             .await
             .unwrap();

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod browser;
 pub mod fake_sidecar;
 pub mod grpc;
 pub mod oidc;
@@ -19,6 +20,22 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port` (a server that binds
+/// after it announced its gRPC address, such as the admin console).
+pub async fn wait_for_port(port: u16) {
+    eventually(
+        &format!("127.0.0.1:{port} to accept connections"),
+        Duration::from_secs(30),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
 }
 
 /// The Redis tests share (`make test` points it at a throwaway server when none runs).

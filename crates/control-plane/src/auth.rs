@@ -48,6 +48,7 @@ impl Authenticate for StoreAuthenticator {
             }),
             (Role::Agent, None) => None,
             (Role::Sidecar, _) => Some(Principal::Sidecar { token_id: record.id }),
+            (Role::Auditor, _) => Some(Principal::Auditor { token_id: record.id }),
         })
     }
 }

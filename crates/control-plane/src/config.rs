@@ -127,6 +127,19 @@ pub struct Config {
     /// as pending changes (0, the default, turns the schedule off).
     #[arg(long, env = "TOOLPLANE_MCP_RELIST_SECS", default_value_t = 0)]
     pub mcp_relist_secs: u64,
+    /// The admin console's HTTP address (e.g. 127.0.0.1:50052); off when unset. Served
+    /// over TLS with TOOLPLANE_TLS_CERT/KEY like the gRPC port.
+    #[arg(long, env = "TOOLPLANE_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+
+    /// Minutes a console session lasts after login.
+    #[arg(long, env = "TOOLPLANE_CONSOLE_SESSION_MINUTES", default_value_t = 480, value_parser = clap::value_parser!(u64).range(1..=10080))]
+    pub console_session_minutes: u64,
+
+    /// Mark the console's session cookie `Secure` although the console itself speaks
+    /// plaintext: for a console behind a TLS-terminating proxy. Always on under TLS.
+    #[arg(long, env = "TOOLPLANE_CONSOLE_SECURE_COOKIE", default_value_t = false)]
+    pub console_secure_cookie: bool,
 
     /// Apply database migrations and exit (the Kubernetes migration Job).
     #[arg(long, env = "TOOLPLANE_MIGRATE_ONLY", default_value_t = false)]

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod checkpoints;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod mcp_import;
 pub mod mtls;

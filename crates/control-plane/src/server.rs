@@ -125,6 +125,7 @@ pub async fn serve(
         crate::relist::spawn(state.clone(), std::time::Duration::from_secs(config.mcp_relist_secs));
     }
     let authn = Arc::new(StoreAuthenticator::new(store, &admin_token));
+    let console_redactor = redactor.clone();
     state
         .selector
         .set_exploration(config.selection_exploration == "thompson");
@@ -184,6 +185,32 @@ pub async fn serve(
     );
     crate::observe::export(&state, &sync.fleet());
     let (health, health_service) = grpc::health(SERVICES).await;
+    let (console_stop_tx, console_stop) = watch::channel(false);
+    if let Some(addr) = config.console_listen {
+        let tls = match (&config.common.tls.tls_cert, &config.common.tls.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::console::tls_config(cert, key)?),
+            _ => {
+                config.common.tls.refuse_plaintext(addr)?;
+                None
+            }
+        };
+        let console = crate::console::Console::new(crate::console::ConsoleParts {
+            state: state.clone(),
+            checkpoints: checkpoints.clone(),
+            fleet: sync.fleet(),
+            authn: authn.clone(),
+            redactor: console_redactor,
+            session_ttl: Duration::from_secs(config.console_session_minutes * 60),
+            secure_cookies: tls.is_some() || config.console_secure_cookie,
+        });
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        tracing::info!(url = %crate::console::url(local, tls.is_some()), "admin console listening");
+        let mut stop = console_stop.clone();
+        tokio::spawn(crate::console::serve(console, listener, tls, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
     let (reflection_v1, reflection_v1alpha) = grpc::reflection(SERVICES)?;
 
     let (draining_tx, draining) = watch::channel(false);
@@ -191,6 +218,7 @@ pub async fn serve(
         stop.await;
         grpc::set_health(&health, SERVICES, false).await;
         let _ = draining_tx.send(true);
+        let _ = console_stop_tx.send(true);
     });
     let mut drained = draining.clone();
     // HTTP/2 pings find a peer that vanished without closing (a sidecar's node died):
@@ -230,7 +258,7 @@ pub async fn serve(
         )))
         .add_service(pb::audit_server::AuditServer::new(AuditService::new(
             state.clone(),
-            checkpoints,
+            checkpoints.clone(),
         )))
         .add_service(pb::learning_server::LearningServer::new(LearningService::new(
             state.clone(),

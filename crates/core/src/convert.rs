@@ -161,6 +161,7 @@ pub fn role_from_pb(v: i32) -> Option<Role> {
         pb::Role::Admin => Some(Role::Admin),
         pb::Role::Agent => Some(Role::Agent),
         pb::Role::Sidecar => Some(Role::Sidecar),
+        pb::Role::Auditor => Some(Role::Auditor),
     }
 }
 
@@ -169,6 +170,7 @@ pub fn role_to_pb(v: Role) -> i32 {
         Role::Admin => pb::Role::Admin,
         Role::Agent => pb::Role::Agent,
         Role::Sidecar => pb::Role::Sidecar,
+        Role::Auditor => pb::Role::Auditor,
     }) as i32
 }
 

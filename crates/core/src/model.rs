@@ -51,7 +51,12 @@ text_enum!(AuthType {
     HttpBasic = "http_basic",
 });
 text_enum!(ToolProtocol { Http = "http", Mcp = "mcp" });
-text_enum!(Role { Admin = "admin", Agent = "agent", Sidecar = "sidecar" });
+text_enum!(Role {
+    Admin = "admin",
+    Agent = "agent",
+    Sidecar = "sidecar",
+    Auditor = "auditor"
+});
 text_enum!(PermissionType {
     FullAccess = "full_access",
     ReadOnly = "read_only",
@@ -238,9 +243,20 @@ impl TokenRecord {
 /// Who is calling, as decided by the bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    Admin { token_id: Option<Uuid> },
-    Agent { agent_id: Uuid, token_id: Uuid },
-    Sidecar { token_id: Uuid },
+    Admin {
+        token_id: Option<Uuid>,
+    },
+    Agent {
+        agent_id: Uuid,
+        token_id: Uuid,
+    },
+    Sidecar {
+        token_id: Uuid,
+    },
+    /// Read-only: sees what an admin sees, changes nothing.
+    Auditor {
+        token_id: Uuid,
+    },
 }
 
 impl Principal {
@@ -251,6 +267,7 @@ impl Principal {
             Principal::Admin { token_id: None } => "admin:bootstrap".to_owned(),
             Principal::Agent { agent_id, .. } => agent_id.to_string(),
             Principal::Sidecar { token_id } => format!("sidecar:{token_id}"),
+            Principal::Auditor { token_id } => format!("auditor:{token_id}"),
         }
     }
 }

@@ -144,7 +144,8 @@ impl Authenticate for SnapshotAuthenticator {
                 token_id: Some(record.id),
             }),
             (Role::Sidecar, _) => Some(Principal::Sidecar { token_id: record.id }),
-            (Role::Agent, None) => None,
+            // Auditors read the control plane; they call no tools.
+            (Role::Agent, None) | (Role::Auditor, _) => None,
         })
     }
 }

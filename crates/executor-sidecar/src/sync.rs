@@ -292,9 +292,12 @@ impl SyncClient {
             if batch.is_empty() {
                 return Ok(());
             }
-            let events = batch.into_iter().map(|e| e.bytes).collect();
+            let events: Vec<_> = batch.into_iter().map(|e| e.bytes).collect();
+            // The backlog still waiting behind this batch (a sidecar catching up after an
+            // outage reports thousands; one keeping up, 0).
+            let spool_depth = self.outbox.queued() as u64;
             tx.send(OutboundRequest {
-                message: Some(Outbound::Events(EncodedBatch { events })),
+                message: Some(Outbound::Events(EncodedBatch { events, spool_depth })),
             })
             .await?;
         }

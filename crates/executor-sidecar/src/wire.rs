@@ -35,6 +35,8 @@ pub enum Outbound {
 pub struct EncodedBatch {
     #[prost(bytes = "bytes", repeated, tag = "1")]
     pub events: Vec<Bytes>,
+    #[prost(uint64, tag = "2")]
+    pub spool_depth: u64,
 }
 
 /// Opens the sync stream: what the generated client's `connect` does, with the
@@ -97,12 +99,14 @@ mod tests {
         let raw = OutboundRequest {
             message: Some(Outbound::Events(EncodedBatch {
                 events: events.iter().map(|e| Encoded::new(e).bytes).collect(),
+                spool_depth: 7,
             })),
         };
         let decoded = pb::ConnectRequest::decode(raw.encode_to_vec().as_slice()).unwrap();
         let expected = pb::ConnectRequest {
             message: Some(pb::connect_request::Message::Events(pb::EventBatch {
                 events: events.iter().map(sync_event_to_pb).collect(),
+                spool_depth: 7,
             })),
         };
         assert_eq!(decoded, expected);

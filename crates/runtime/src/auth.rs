@@ -128,6 +128,7 @@ impl PrincipalExt for Principal {
             Principal::Admin { .. } => Role::Admin,
             Principal::Agent { .. } => Role::Agent,
             Principal::Sidecar { .. } => Role::Sidecar,
+            Principal::Auditor { .. } => Role::Auditor,
         }
     }
 

@@ -251,6 +251,7 @@ pub async fn run(cmd: AuditCmd, server: &str, token: Option<&str>, out: Output) 
                 cursor,
                 limit,
                 include_canonical_form: false,
+                newest_first: false,
             };
             let mut stream = c.query_audit_trail(req).await?.into_inner();
             let mut all = Vec::new();

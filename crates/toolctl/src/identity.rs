@@ -58,7 +58,7 @@ pub enum AgentsCmd {
 #[derive(Subcommand)]
 pub enum TokensCmd {
     Issue {
-        #[arg(long, value_parser = ["admin", "agent", "sidecar"])]
+        #[arg(long, value_parser = ["admin", "agent", "sidecar", "auditor"])]
         role: String,
         #[arg(long, default_value = "")]
         agent: String,
@@ -73,7 +73,7 @@ pub enum TokensCmd {
     List {
         #[arg(long, default_value = "")]
         agent: String,
-        #[arg(long, value_parser = ["admin", "agent", "sidecar"])]
+        #[arg(long, value_parser = ["admin", "agent", "sidecar", "auditor"])]
         role: Option<String>,
         /// Revoked and expired tokens too.
         #[arg(long)]
@@ -85,6 +85,7 @@ fn role_of(name: &str) -> pb::Role {
     match name {
         "admin" => pb::Role::Admin,
         "agent" => pb::Role::Agent,
+        "auditor" => pb::Role::Auditor,
         _ => pb::Role::Sidecar,
     }
 }

@@ -57,7 +57,7 @@ fn period(since: Option<&prost_types::Timestamp>, until: Option<&prost_types::Ti
 
 fn filter_from(req: &pb::QueryAuditTrailRequest) -> ApiResult<AuditFilter> {
     let (since, until) = period(req.since.as_ref(), req.until.as_ref())?;
-    let after_seq = if req.cursor.is_empty() {
+    let cursor = if req.cursor.is_empty() {
         None
     } else {
         Some(
@@ -65,6 +65,12 @@ fn filter_from(req: &pb::QueryAuditTrailRequest) -> ApiResult<AuditFilter> {
                 .parse::<u64>()
                 .map_err(|_| Violations::single("cursor", "is not a cursor this service returned"))?,
         )
+    };
+    // The cursor resumes after a record, or before it when the newest come first.
+    let (after_seq, before_seq) = if req.newest_first {
+        (None, cursor)
+    } else {
+        (cursor, None)
     };
     Ok(AuditFilter {
         invocation_id: opt_uuid("invocation_id", &req.invocation_id)?,
@@ -76,6 +82,8 @@ fn filter_from(req: &pb::QueryAuditTrailRequest) -> ApiResult<AuditFilter> {
         since,
         until,
         after_seq,
+        before_seq,
+        newest_first: req.newest_first,
         limit: req.limit as usize,
     })
 }
@@ -237,7 +245,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::QueryAuditTrailRequest>,
     ) -> Result<Response<Self::QueryAuditTrailStream>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.QueryAuditTrail")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.QueryAuditTrail")?;
         let mut filter = filter_from(request.get_ref())?;
         let canonical = request.get_ref().include_canonical_form;
         let mut remaining = if filter.limit == 0 { usize::MAX } else { filter.limit };
@@ -268,6 +276,7 @@ impl pb::audit_server::Audit for AuditService {
                 }
                 remaining = remaining.saturating_sub(page.len());
                 match page.last() {
+                    Some(r) if page.len() == filter.limit && filter.newest_first => filter.before_seq = Some(r.seq),
                     Some(r) if page.len() == filter.limit => filter.after_seq = Some(r.seq),
                     _ => return,
                 }
@@ -280,7 +289,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::GenerateComplianceReportRequest>,
     ) -> Result<Response<pb::GenerateComplianceReportResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.GenerateComplianceReport")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.GenerateComplianceReport")?;
         Ok(Response::new(self.report(request.into_inner()).await?))
     }
 
@@ -288,7 +297,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::VerifyAuditChainRequest>,
     ) -> Result<Response<pb::VerifyAuditChainResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.VerifyAuditChain")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.VerifyAuditChain")?;
         let req = request.into_inner();
         let (since, until) = period(req.since.as_ref(), req.until.as_ref())?;
         let mut answer = self.verify(since, until).await?;
@@ -300,7 +309,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::GetUsageStatisticsRequest>,
     ) -> Result<Response<pb::GetUsageStatisticsResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.GetUsageStatistics")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.GetUsageStatistics")?;
         Ok(Response::new(self.usage(request.into_inner()).await?))
     }
 
@@ -308,7 +317,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.ListDeadLetters")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.ListDeadLetters")?;
         let req = request.into_inner();
         let limit = match req.limit {
             0 => 100,
@@ -361,7 +370,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         request: Request<pb::ListAuditCheckpointsRequest>,
     ) -> Result<Response<Self::ListAuditCheckpointsStream>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Audit.ListAuditCheckpoints")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Audit.ListAuditCheckpoints")?;
         Ok(Response::new(self.list_checkpoints(request.into_inner())))
     }
 }

@@ -140,7 +140,7 @@ impl Identity for IdentityService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let who = principal(&request)?;
-        who.require(&[Role::Admin, Role::Sidecar], "ListAgents")?;
+        who.require(&[Role::Admin, Role::Sidecar, Role::Auditor], "ListAgents")?;
         let (agents, next_page_token) = self.list_agents(request.into_inner()).await?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.iter().map(agent_to_pb).collect(),
@@ -180,7 +180,7 @@ impl Identity for IdentityService {
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let who = principal(&request)?;
-        who.require(&[Role::Admin], "ListTokens")?;
+        who.require(&[Role::Admin, Role::Auditor], "ListTokens")?;
         let (tokens, next_page_token) = IdentityService::list_tokens(self, request.into_inner()).await?;
         Ok(Response::new(pb::ListTokensResponse {
             tokens: tokens.iter().map(token_info_to_pb).collect(),

@@ -96,7 +96,7 @@ impl pb::learning_server::Learning for LearningService {
         &self,
         request: Request<pb::GetEffectivenessRequest>,
     ) -> Result<Response<pb::GetEffectivenessResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "Learning.GetEffectiveness")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "Learning.GetEffectiveness")?;
         let req = request.into_inner();
         let tool = opt_uuid("tool_id", &req.tool_id)?;
         let agent = opt_uuid("agent_id", &req.agent_id)?;
@@ -131,7 +131,10 @@ impl pb::learning_server::Learning for LearningService {
         &self,
         request: Request<pb::GetRecommendationsRequest>,
     ) -> Result<Response<pb::GetRecommendationsResponse>, Status> {
-        principal(&request)?.require(&[Role::Agent, Role::Admin], "Learning.GetRecommendations")?;
+        principal(&request)?.require(
+            &[Role::Agent, Role::Admin, Role::Auditor],
+            "Learning.GetRecommendations",
+        )?;
         let req = request.into_inner();
         let learning = &self.state.selector.learning;
         let category = req.task_category.trim().to_owned();

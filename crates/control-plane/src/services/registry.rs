@@ -739,7 +739,7 @@ impl ToolRegistry for RegistryService {
         &self,
         request: Request<pb::GetFallbackStrategyRequest>,
     ) -> Result<Response<pb::GetFallbackStrategyResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin, Role::Sidecar], "GetFallbackStrategy")?;
+        principal(&request)?.require(&[Role::Admin, Role::Sidecar, Role::Auditor], "GetFallbackStrategy")?;
         let tool_id = uuid_field("tool_id", &request.get_ref().tool_id)?;
         let strategy = self
             .state
@@ -815,7 +815,7 @@ impl CatalogReader {
                     .collect();
                 Ok(Self::Agent(granted))
             }
-            Principal::Admin { .. } | Principal::Sidecar { .. } => Ok(Self::Everything),
+            Principal::Admin { .. } | Principal::Sidecar { .. } | Principal::Auditor { .. } => Ok(Self::Everything),
         }
     }
 

@@ -260,7 +260,7 @@ impl pb::tool_selector_server::ToolSelector for SelectorService {
                 token_id,
             },
             who => {
-                who.require(&[Role::Agent, Role::Admin], "ToolSelector.SelectTool")?;
+                who.require(&[Role::Agent, Role::Admin, Role::Auditor], "ToolSelector.SelectTool")?;
                 who
             }
         };

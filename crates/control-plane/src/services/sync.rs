@@ -67,7 +67,9 @@ impl SessionToken {
     fn of(p: &Principal) -> Self {
         Self(match p {
             Principal::Admin { token_id } => *token_id,
-            Principal::Agent { token_id, .. } | Principal::Sidecar { token_id } => Some(*token_id),
+            Principal::Agent { token_id, .. } | Principal::Sidecar { token_id } | Principal::Auditor { token_id } => {
+                Some(*token_id)
+            }
         })
     }
 
@@ -190,6 +192,8 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
     metrics::gauge!(m::SYNC_SESSIONS).increment(1.0);
     let _connected = scopeguard(|| metrics::gauge!(m::SYNC_SESSIONS).decrement(1.0));
     let member = fleet.join(token.0);
+    // The name it claims, for display next to the token that vouches for it.
+    member.named(hello.sidecar_id.chars().take(128).collect());
     let mut changes = state.subscribe();
     changes.mark_unchanged();
     let Some(mut held) = push_state(&state, token, &tx, None, &member).await else {
@@ -203,6 +207,7 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
         tokio::select! {
             msg = inbound.next() => match msg {
                 Some(Ok(pb::ConnectRequest { message: Some(pb::connect_request::Message::Events(batch)) })) => {
+                    member.spooled(batch.spool_depth);
                     match store_batch(&state, &sender, batch).await {
                         Ok(ids) => {
                             let ack = pb::ConnectResponse { message: Some(pb::connect_response::Message::Ack(pb::EventAck { event_ids: ids })) };

@@ -22,14 +22,18 @@ pub struct Fleet {
     next: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
+    /// The name the sidecar gave itself and where it connected from (display only).
+    name: String,
     /// `None` for the bootstrap admin token (configuration, no id).
     token: Option<Uuid>,
     /// The revision whose state the sidecar holds; `None` before its first snapshot.
     revision: Option<u64>,
     /// When this replica last sent it a snapshot, delta or heartbeat (or it connected).
     pushed: Instant,
+    /// The backlog the sidecar reported with its last batch of events.
+    spool_depth: Option<u64>,
 }
 
 /// One sync session's place in the fleet; leaves it when dropped.
@@ -52,9 +56,11 @@ impl Fleet {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner).insert(
             id,
             Entry {
+                name: String::new(),
                 token,
                 revision: None,
                 pushed: Instant::now(),
+                spool_depth: None,
             },
         );
         Member {
@@ -101,7 +107,55 @@ impl Fleet {
     }
 }
 
+/// One connected sidecar as the admin console shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarView {
+    pub name: String,
+    /// `None` for the bootstrap admin token.
+    pub token: Option<Uuid>,
+    /// Revisions behind this replica's current one.
+    pub lag: u64,
+    /// Seconds since its snapshot, delta or heartbeat was last sent.
+    pub snapshot_age_secs: f64,
+    /// Whether it has received its first snapshot.
+    pub synced: bool,
+    /// Spooled events waiting behind its last batch; `None` before any batch.
+    pub spool_depth: Option<u64>,
+}
+
+impl Fleet {
+    /// The sessions connected now, the furthest behind first.
+    pub fn view(&self, current: u64, now: Instant) -> Vec<SidecarView> {
+        let mut out: Vec<SidecarView> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|e| SidecarView {
+                name: e.name.clone(),
+                token: e.token,
+                lag: e.revision.map_or(0, |r| current.saturating_sub(r)),
+                snapshot_age_secs: now.saturating_duration_since(e.pushed).as_secs_f64(),
+                synced: e.revision.is_some(),
+                spool_depth: e.spool_depth,
+            })
+            .collect();
+        out.sort_by(|a, b| b.lag.cmp(&a.lag).then(a.name.cmp(&b.name)));
+        out
+    }
+}
+
 impl Member {
+    /// The sidecar reported its spool's backlog with a batch of events.
+    pub fn spooled(&self, depth: u64) {
+        self.fleet.update(self.id, |e| e.spool_depth = Some(depth));
+    }
+
+    /// Names the session (the sidecar's own name and its address), for display.
+    pub fn named(&self, name: String) {
+        self.fleet.update(self.id, |e| e.name = name);
+    }
+
     /// The sidecar now holds the state of `revision` (a delta or snapshot was sent, or
     /// nothing it holds changed).
     pub fn synced(&self, revision: u64) {

@@ -108,7 +108,7 @@ impl ToolReview for ToolReviewService {
         &self,
         request: Request<pb::ListToolChangesRequest>,
     ) -> Result<Response<pb::ListToolChangesResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "ListToolChanges")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "ListToolChanges")?;
         let req = request.into_inner();
         let status = status_from_pb(req.status).map_err(crate::error::ApiError::from)?;
         let tool_id = opt_uuid("tool_id", &req.tool_id)?;
@@ -193,7 +193,7 @@ impl ToolReview for ToolReviewService {
         &self,
         request: Request<pb::ListToolReviewPoliciesRequest>,
     ) -> Result<Response<pb::ListToolReviewPoliciesResponse>, Status> {
-        principal(&request)?.require(&[Role::Admin], "ListToolReviewPolicies")?;
+        principal(&request)?.require(&[Role::Admin, Role::Auditor], "ListToolReviewPolicies")?;
         let policies = self
             .state
             .store

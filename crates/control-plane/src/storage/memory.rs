@@ -631,12 +631,14 @@ impl Store for MemoryStore {
 
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
         let st = self.read();
-        let matching = st.audit.iter().filter(|r| f.matches(r)).map(|r| AuditRecord::clone(r));
-        Ok(if f.limit == 0 {
-            matching.collect()
+        let limit = if f.limit == 0 { usize::MAX } else { f.limit };
+        let records = st.audit.iter().map(|r| &**r);
+        let picked: Vec<&AuditRecord> = if f.newest_first {
+            records.rev().filter(|r| f.matches(r)).take(limit).collect()
         } else {
-            matching.take(f.limit).collect()
-        })
+            records.filter(|r| f.matches(r)).take(limit).collect()
+        };
+        Ok(picked.into_iter().cloned().collect())
     }
 
     async fn audit_chain_page(
@@ -741,6 +743,58 @@ impl Store for MemoryStore {
             .invocations
             .get(&invocation_id)
             .map(|i| InvocationRecord::clone(i)))
+    }
+
+    async fn selection_outcomes(&self, selection_ids: &[Uuid]) -> StoreResult<HashMap<Uuid, String>> {
+        let wanted: HashSet<Uuid> = selection_ids.iter().copied().collect();
+        let st = self.read();
+        let mut out: HashMap<Uuid, (DateTime<Utc>, String)> = HashMap::new();
+        for i in st.invocations.values() {
+            if let Some(s) = i.selection_id.filter(|s| wanted.contains(s)) {
+                let at = i.result.completed_at;
+                if out.get(&s).is_none_or(|(t, _)| *t < at) {
+                    out.insert(s, (at, i.result.status.to_string()));
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(k, (_, v))| (k, v)).collect())
+    }
+
+    async fn activity(&self, since: DateTime<Utc>) -> StoreResult<super::Activity> {
+        use chrono::{DurationRound, TimeDelta};
+        let st = self.read();
+        let mut minutes: BTreeMap<(DateTime<Utc>, String), u64> = BTreeMap::new();
+        let (mut tools, mut agents): (HashMap<Uuid, u64>, HashMap<Uuid, u64>) = Default::default();
+        let mut durations = Vec::new();
+        let mut cache_hits = 0;
+        for i in st.invocations.values().filter(|i| i.result.completed_at >= since) {
+            let minute = i
+                .result
+                .completed_at
+                .duration_trunc(TimeDelta::minutes(1))
+                .unwrap_or(i.result.completed_at);
+            *minutes.entry((minute, i.result.status.to_string())).or_default() += 1;
+            *tools.entry(i.result.tool_id).or_default() += 1;
+            *agents.entry(i.agent_id).or_default() += 1;
+            durations.push(f64::from(i.result.duration_ms));
+            cache_hits += u64::from(i.result.cache_hit);
+        }
+        durations.sort_by(f64::total_cmp);
+        let top = |m: HashMap<Uuid, u64>| {
+            let mut v: Vec<(Uuid, u64)> = m.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            v.truncate(super::ACTIVITY_TOP);
+            v
+        };
+        Ok(super::Activity {
+            minutes: minutes.into_iter().map(|((m, s), n)| (m, s, n)).collect(),
+            calls: durations.len() as u64,
+            cache_hits,
+            p50_ms: percentile(&durations, 0.5),
+            p95_ms: percentile(&durations, 0.95),
+            top_tools: top(tools),
+            top_agents: top(agents),
+        })
     }
 
     async fn recent_invocations(&self, limit: usize) -> StoreResult<Vec<(InvocationRecord, Option<f64>)>> {
@@ -1000,5 +1054,17 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+}
+
+/// The `q` quantile of sorted values, interpolated as PostgreSQL's `percentile_cont`.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => 0.0,
+        n => {
+            let at = q * (n - 1) as f64;
+            let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
+        }
     }
 }

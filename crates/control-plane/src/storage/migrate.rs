@@ -1,5 +1,5 @@
 //! Applies `migrations/` under a PostgreSQL advisory lock, so several replicas starting
-//! at once migrate exactly once.
+//! at once migrate exactly once (the SQL is embedded at build time).
 
 refinery::embed_migrations!("../../migrations");
 

@@ -77,6 +77,10 @@ pub struct AuditFilter {
     pub until: Option<DateTime<Utc>>,
     /// Only records after this global sequence number (a resumable cursor).
     pub after_seq: Option<u64>,
+    /// Only records before this global sequence number (the cursor of newest-first pages).
+    pub before_seq: Option<u64>,
+    /// Newest records (highest sequence) first.
+    pub newest_first: bool,
     /// Most records returned; 0 means no limit.
     pub limit: usize,
 }
@@ -93,6 +97,7 @@ impl AuditFilter {
             && self.since.is_none_or(|t| e.occurred_at >= t)
             && self.until.is_none_or(|t| e.occurred_at < t)
             && self.after_seq.is_none_or(|s| r.seq > s)
+            && self.before_seq.is_none_or(|s| r.seq < s)
     }
 }
 
@@ -178,6 +183,23 @@ pub struct TokenFilter {
     /// Revoked and expired tokens too.
     pub include_inactive: bool,
 }
+/// What the fleet's calls looked like over a window (the admin console's overview).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    /// Calls per minute and status: (minute start, status, calls), oldest first.
+    pub minutes: Vec<(DateTime<Utc>, String, u64)>,
+    pub calls: u64,
+    pub cache_hits: u64,
+    /// Duration percentiles of the window's calls, in milliseconds.
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    /// The most called tools and the most calling agents, with their calls.
+    pub top_tools: Vec<(Uuid, u64)>,
+    pub top_agents: Vec<(Uuid, u64)>,
+}
+
+/// How many tools [`Activity`] lists as the most called (and agents as the most calling).
+pub const ACTIVITY_TOP: usize = 8;
 
 /// One row of usage statistics.
 #[derive(Debug, Clone, PartialEq)]
@@ -370,6 +392,10 @@ pub trait Store: Send + Sync + 'static {
     async fn selection_log(&self, agent_id: Option<Uuid>, limit: usize) -> StoreResult<Vec<SelectionLogEntry>>;
     /// One logged selection decision (task memory links a call to its task by it).
     async fn get_selection(&self, selection_id: Uuid) -> StoreResult<Option<SelectionLogEntry>>;
+    /// The status of the latest call that followed each of these selections.
+    async fn selection_outcomes(&self, selection_ids: &[Uuid]) -> StoreResult<HashMap<Uuid, String>>;
+    /// Calls completed since `since`: per minute and status, percentiles, top tools and agents.
+    async fn activity(&self, since: DateTime<Utc>) -> StoreResult<Activity>;
 
     /// Upserts remembered tasks (a known one counts again and is refreshed), then keeps
     /// only the `per_tool` most recently seen tasks of each tool touched.

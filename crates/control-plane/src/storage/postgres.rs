@@ -1060,12 +1060,17 @@ impl Store for PostgresStore {
     }
 
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {
-        let (action, after, limit) = postgres_audit::query_params(f);
+        let (action, after, limit, before) = postgres_audit::query_params(f);
+        let sql = if f.newest_first {
+            postgres_audit::QUERY_AUDIT_NEWEST_FIRST
+        } else {
+            postgres_audit::QUERY_AUDIT
+        };
         let rows = self
             .client()
             .await?
             .query(
-                postgres_audit::QUERY_AUDIT,
+                sql,
                 &[
                     &f.invocation_id,
                     &f.agent_id,
@@ -1077,6 +1082,7 @@ impl Store for PostgresStore {
                     &f.until,
                     &after,
                     &limit,
+                    &before,
                 ],
             )
             .await
@@ -1260,6 +1266,61 @@ impl Store for PostgresStore {
             .await
             .map_err(db_err)?;
         Ok(rows.iter().map(selection_from_row).collect())
+    }
+
+    async fn selection_outcomes(&self, selection_ids: &[Uuid]) -> StoreResult<HashMap<Uuid, String>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT DISTINCT ON (selection_id) selection_id, status FROM invocations \
+                 WHERE selection_id = ANY($1) ORDER BY selection_id, completed_at DESC",
+                &[&selection_ids],
+            )
+            .await
+            .map_err(db_err)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn activity(&self, since: DateTime<Utc>) -> StoreResult<super::Activity> {
+        let client = self.client().await?;
+        let minutes = client
+            .query(
+                "SELECT date_trunc('minute', completed_at) AS m, status, count(*) FROM invocations \
+                 WHERE completed_at >= $1 GROUP BY 1, 2 ORDER BY 1, 2",
+                &[&since],
+            )
+            .await
+            .map_err(db_err)?;
+        let totals = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE cache_hit), \
+                 coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0), \
+                 coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms), 0) \
+                 FROM invocations WHERE completed_at >= $1",
+                &[&since],
+            )
+            .await
+            .map_err(db_err)?;
+        let top = |column: &str| {
+            format!(
+                "SELECT {column}, count(*) FROM invocations WHERE completed_at >= $1 \
+                 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {}",
+                super::ACTIVITY_TOP
+            )
+        };
+        let count = |r: &Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        let tools = client.query(&top("tool_id"), &[&since]).await.map_err(db_err)?;
+        let agents = client.query(&top("agent_id"), &[&since]).await.map_err(db_err)?;
+        Ok(super::Activity {
+            minutes: minutes.iter().map(|r| (r.get(0), r.get(1), count(r, 2))).collect(),
+            calls: count(&totals, 0),
+            cache_hits: count(&totals, 1),
+            p50_ms: totals.get(2),
+            p95_ms: totals.get(3),
+            top_tools: tools.iter().map(|r| (r.get(0), count(r, 1))).collect(),
+            top_agents: agents.iter().map(|r| (r.get(0), count(r, 1))).collect(),
+        })
     }
 
     fn pool_status(&self) -> Option<super::PoolStatus> {

@@ -438,16 +438,25 @@ pub(super) const QUERY_AUDIT: &str = "SELECT * FROM audit_events WHERE \
     AND ($3::uuid IS NULL OR tool_id = $3) AND ($4::text IS NULL OR task_id = $4) \
     AND ($5::text IS NULL OR action = $5) AND ($6::bool IS NULL OR success = $6) \
     AND ($7::timestamptz IS NULL OR occurred_at >= $7) AND ($8::timestamptz IS NULL OR occurred_at < $8) \
-    AND seq > $9 ORDER BY seq LIMIT $10";
+    AND seq > $9 AND seq < $11 ORDER BY seq LIMIT $10";
 
-pub(super) fn query_params(f: &AuditFilter) -> (Option<&'static str>, i64, i64) {
+/// [`QUERY_AUDIT`], newest first.
+pub(super) const QUERY_AUDIT_NEWEST_FIRST: &str = "SELECT * FROM audit_events WHERE \
+    ($1::uuid IS NULL OR invocation_id = $1) AND ($2::uuid IS NULL OR agent_id = $2) \
+    AND ($3::uuid IS NULL OR tool_id = $3) AND ($4::text IS NULL OR task_id = $4) \
+    AND ($5::text IS NULL OR action = $5) AND ($6::bool IS NULL OR success = $6) \
+    AND ($7::timestamptz IS NULL OR occurred_at >= $7) AND ($8::timestamptz IS NULL OR occurred_at < $8) \
+    AND seq > $9 AND seq < $11 ORDER BY seq DESC LIMIT $10";
+
+pub(super) fn query_params(f: &AuditFilter) -> (Option<&'static str>, i64, i64, i64) {
     let after = f.after_seq.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
+    let before = f.before_seq.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
     let limit = if f.limit == 0 {
         i64::MAX
     } else {
         i64::try_from(f.limit).unwrap_or(i64::MAX)
     };
-    (f.action.map(AuditAction::as_str), after, limit)
+    (f.action.map(AuditAction::as_str), after, limit, before)
 }
 
 pub(super) fn usage_from_row(r: &Row) -> UsageRow {
