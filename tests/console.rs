@@ -293,7 +293,7 @@ struct Http {
 
 impl Http {
     async fn login(base: &str, token: &str) -> Self {
-        let client = reqwest::Client::builder()
+        let client = toolplane_tests::http_client_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
@@ -396,7 +396,7 @@ async fn forms_without_the_csrf_token_and_read_only_sessions_change_nothing() {
     };
 
     // Not logged in: every page sends to the login form.
-    let anon = reqwest::Client::builder()
+    let anon = toolplane_tests::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -651,17 +651,20 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(
         newest.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        [all[2].seq, all[1].seq]
+        [four[3].seq, four[2].seq]
     );
     let older = s
         .audit_events(&AuditFilter {
             newest_first: true,
-            before_seq: Some(all[1].seq),
+            before_seq: Some(four[2].seq),
             ..Default::default()
         })
         .await
         .unwrap();
-    assert_eq!(older.iter().map(|r| r.seq).collect::<Vec<_>>(), [all[0].seq]);
+    assert_eq!(
+        older.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [four[1].seq, four[0].seq]
+    );
     assert_eq!(after_first.len(), 1);
     assert_eq!(
         after_first[0].seq, all[1].seq,

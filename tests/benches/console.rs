@@ -118,7 +118,7 @@ async fn main() {
         .agents;
     let agent = &agents[0].id;
 
-    let client = reqwest::Client::builder()
+    let client = toolplane_tests::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

@@ -66,8 +66,16 @@ where
 /// product hands it a ring-based TLS configuration), so a client built without one
 /// needs ring installed as the process's default provider first.
 pub fn http_client() -> reqwest::Client {
+    http_client_builder()
+        .build()
+        .expect("an HTTP client with the ring provider")
+}
+
+/// A reqwest client builder, the process's rustls provider installed first (reqwest
+/// brings none of its own here).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    reqwest::Client::builder()
 }
 
 /// `GET url` with [`http_client`].
