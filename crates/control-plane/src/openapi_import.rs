@@ -649,24 +649,17 @@ pub fn merge(registered: &ToolSpec, fresh: &ToolSpec) -> ToolSpec {
     }
 }
 
-/// The document-owned fields in which `merged` differs from `registered`.
+/// The document-owned fields in which `merged` differs from `registered`: those an MCP
+/// server owns too, and the HTTP binding and authentication a document also owns.
 pub fn document_changes(registered: &ToolSpec, merged: &ToolSpec) -> Vec<&'static str> {
-    let fields = [
-        ("description", registered.description != merged.description),
-        ("input schema", registered.input_schema != merged.input_schema),
-        ("output schema", registered.output_schema != merged.output_schema),
-        ("side effects", registered.side_effects != merged.side_effects),
-        ("idempotency", registered.idempotent != merged.idempotent),
-        ("operation id", registered.remote_name != merged.remote_name),
-        ("endpoint", registered.endpoint != merged.endpoint),
-        ("protocol", registered.protocol != merged.protocol),
-        ("http binding", registered.http != merged.http),
-        (
-            "authentication",
-            registered.requirements.authentication != merged.requirements.authentication,
-        ),
-    ];
-    fields.into_iter().filter(|(_, d)| *d).map(|(f, _)| f).collect()
+    let mut changed = crate::mcp_import::server_changes(registered, merged);
+    if registered.http != merged.http {
+        changed.push("http binding");
+    }
+    if registered.requirements.authentication != merged.requirements.authentication {
+        changed.push("authentication");
+    }
+    changed
 }
 
 #[cfg(test)]
