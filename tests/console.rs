@@ -663,3 +663,44 @@ fn hidden_link(html: &str, id: &str) -> String {
         .replace("&amp;", "&")
         .replace("&#38;", "&")
 }
+
+#[tokio::test]
+async fn the_agents_list_is_paged_by_cursor_and_an_agent_page_finds_any_agent() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cp = control_plane_with(None, &[("TOOLPLANE_CONSOLE_LISTEN", &listen)]).await;
+    wait_for_port(port).await;
+    let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
+    let mut agents = Vec::new();
+    for i in 0..60 {
+        agents.push(admin.agent(&format!("agent_{i:02}")).await);
+    }
+    let http = Http::login(&format!("http://{listen}/"), ADMIN_TOKEN).await;
+    let names = |page: &str| -> Vec<String> {
+        page.match_indices("<td><a href=\"/agents/")
+            .map(|(at, _)| {
+                let rest = &page[at..];
+                let start = rest.find("\">").unwrap() + 2;
+                rest[start..].split('<').next().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let (status, first) = http.get("agents").await;
+    assert_eq!(status, 200);
+    let page1 = names(&first);
+    assert_eq!(page1.len(), 50, "a page holds 50");
+    let next = hidden_link(&first, "next-agents");
+    let (_, second) = http.get(next.trim_start_matches('/')).await;
+    let mut all = page1;
+    all.extend(names(&second));
+    all.sort();
+    assert_eq!(all, (0..60).map(|i| format!("agent_{i:02}")).collect::<Vec<_>>());
+    assert!(!second.contains("next-agents"), "the last page has no next link");
+    // The last agent created has its page, whichever list page it is on.
+    let last = agents.last().unwrap();
+    let (status, page) = http.get(&format!("agents/{}", last.id)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("agent_59"), "{page}");
+    let (status, _) = http.get(&format!("agents/{}", uuid::Uuid::now_v7())).await;
+    assert_eq!(status, 404);
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect};
 use chrono::Utc;
 use serde::Deserialize;
@@ -25,8 +25,7 @@ pub struct AgentRow {
     pub name: String,
     pub team: String,
     pub skills: String,
-    pub grants: usize,
-    pub tokens: usize,
+    pub created: String,
 }
 
 pub struct TokenRow {
@@ -41,8 +40,49 @@ pub struct TokenRow {
 struct AgentsPage {
     layout: Layout,
     agents: Vec<AgentRow>,
+    /// The query string of the next page of agents, or empty at the end.
+    next: String,
     other_tokens: Vec<TokenRow>,
     issued: Option<Issued>,
+}
+
+/// One agent by id, read from the store (the viewer is an admin or auditor, who may read
+/// every agent); `None` for an unknown or deleted one.
+pub(crate) async fn agent_by_id(console: &Console, id: &str) -> Result<Option<pb::Agent>, ConsoleError> {
+    let Ok(id) = Uuid::parse_str(id) else {
+        return Ok(None);
+    };
+    let agent = console
+        .state
+        .store
+        .get_agent(id)
+        .await
+        .map_err(|e| ConsoleError::from(tonic::Status::from(crate::error::ApiError::from(e))))?;
+    Ok(agent.as_ref().map(toolplane_core::convert::agent_to_pb))
+}
+
+/// The names of the agents `ids` names (each looked up once), for tables that show a
+/// page of rows naming agents; an unknown id is left out.
+pub(crate) async fn agent_names(console: &Console, ids: Vec<String>) -> Result<HashMap<String, String>, ConsoleError> {
+    let mut names = HashMap::new();
+    for id in ids {
+        if names.contains_key(&id) {
+            continue;
+        }
+        if let Some(a) = agent_by_id(console, &id).await? {
+            names.insert(id, a.name);
+        }
+    }
+    Ok(names)
+}
+
+/// Agents per page of the agents list.
+const AGENTS_PAGE: u32 = 50;
+
+#[derive(Deserialize, Default)]
+pub struct AgentsQuery {
+    #[serde(default)]
+    page: String,
 }
 
 /// A token just issued: shown on this one response, never again.
@@ -53,54 +93,73 @@ pub struct Issued {
     pub expires: String,
 }
 
-async fn active_tokens(console: &Console) -> Result<Vec<toolplane_core::model::TokenRecord>, ConsoleError> {
-    // No RPC lists tokens; the store's list holds digests only, never a token.
-    console
-        .state
-        .store
-        .active_tokens(Utc::now())
-        .await
-        .map_err(|e| ConsoleError::from(tonic::Status::from(crate::error::ApiError::from(e))))
-}
-
-fn token_row(t: &toolplane_core::model::TokenRecord) -> TokenRow {
+fn token_row(t: &pb::TokenInfo) -> TokenRow {
     TokenRow {
-        id: t.id.to_string(),
-        role: t.role.to_string(),
+        id: t.token_id.clone(),
+        role: pb::Role::try_from(t.role)
+            .map(|r| r.as_str_name().trim_start_matches("ROLE_").to_lowercase())
+            .unwrap_or_default(),
         description: t.description.clone(),
-        expires: t.expires_at.format("%Y-%m-%d %H:%M").to_string(),
+        expires: t
+            .expires_at
+            .as_ref()
+            .and_then(|e| chrono::DateTime::from_timestamp(e.seconds, 0))
+            .map(|e| e.format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default(),
     }
 }
 
-async fn agents_page(console: &Console, viewer: &Viewer, issued: Option<Issued>) -> PageResult {
-    let who = &viewer.principal;
-    let agents = console.rpc.agents(who).await?;
-    let grants = console.rpc.permissions(who, "", "").await?;
-    let tokens = active_tokens(console).await?;
-    let rows = agents
+/// The active tokens of `role` (admin, sidecar and auditor tokens on the agents page).
+async fn tokens_of_role(console: &Console, viewer: &Viewer, role: pb::Role) -> Result<Vec<TokenRow>, ConsoleError> {
+    let r = pb::ListTokensRequest {
+        role: role as i32,
+        ..Default::default()
+    };
+    Ok(console
+        .rpc
+        .tokens(&viewer.principal, r)
+        .await?
         .iter()
+        .map(token_row)
+        .collect())
+}
+
+async fn agents_page(console: &Console, viewer: &Viewer, page_token: &str, issued: Option<Issued>) -> PageResult {
+    let who = &viewer.principal;
+    let (agents, next_token) = console.rpc.agents_page(who, page_token, AGENTS_PAGE).await?;
+    let rows = agents
+        .into_iter()
         .map(|a| AgentRow {
-            grants: grants.iter().filter(|g| g.agent_id == a.id).count(),
-            tokens: tokens
-                .iter()
-                .filter(|t| t.agent_id.map(|x| x.to_string()).as_deref() == Some(a.id.as_str()))
-                .count(),
-            id: a.id.clone(),
-            name: a.name.clone(),
-            team: a.team.clone(),
+            created: page::time(a.created_at.as_ref()),
             skills: a.skills.join(", "),
+            id: a.id,
+            name: a.name,
+            team: a.team,
         })
         .collect();
+    let next = if next_token.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "page={}",
+            url::form_urlencoded::byte_serialize(next_token.as_bytes()).collect::<String>()
+        )
+    };
+    let mut other_tokens = Vec::new();
+    for role in [pb::Role::Admin, pb::Role::Sidecar, pb::Role::Auditor] {
+        other_tokens.extend(tokens_of_role(console, viewer, role).await?);
+    }
     Ok(page::html(&AgentsPage {
         layout: Layout::of(viewer, "agents"),
         agents: rows,
-        other_tokens: tokens.iter().filter(|t| t.agent_id.is_none()).map(token_row).collect(),
+        next,
+        other_tokens,
         issued,
     }))
 }
 
-pub async fn list(State(console): State<Arc<Console>>, viewer: Viewer) -> PageResult {
-    agents_page(&console, &viewer, None).await
+pub async fn list(State(console): State<Arc<Console>>, viewer: Viewer, Query(q): Query<AgentsQuery>) -> PageResult {
+    agents_page(&console, &viewer, &q.page, None).await
 }
 
 pub struct GrantRow {
@@ -171,12 +230,8 @@ async fn agent_page(
     explained: String,
 ) -> PageResult {
     let who = &viewer.principal;
-    let agent = console
-        .rpc
-        .agents(who)
+    let agent = agent_by_id(console, id)
         .await?
-        .into_iter()
-        .find(|a| a.id == id)
         .ok_or_else(|| ConsoleError::NotFound(format!("agent {id} not found")))?;
     let permissions = console.rpc.permissions(who, id, "").await?;
     let tool_names = super::overview::names_of_tools(console, who, permissions.iter().map(|p| p.tool_id.clone())).await;
@@ -204,12 +259,11 @@ async fn agent_page(
             granted_by: p.granted_by.clone(),
         })
         .collect();
-    let tokens = active_tokens(console)
-        .await?
-        .iter()
-        .filter(|t| t.agent_id.map(|a| a.to_string()).as_deref() == Some(id))
-        .map(token_row)
-        .collect();
+    let mine = pb::ListTokensRequest {
+        agent_id: id.to_owned(),
+        ..Default::default()
+    };
+    let tokens = console.rpc.tokens(who, mine).await?.iter().map(token_row).collect();
     Ok(page::html(&AgentPage {
         layout: Layout::of(viewer, "agents"),
         agent,
@@ -274,7 +328,7 @@ pub async fn issue_token(State(console): State<Arc<Console>>, viewer: Viewer, Fo
         expires: page::time(r.expires_at.as_ref()),
     });
     if f.agent_id.trim().is_empty() {
-        agents_page(&console, &viewer, issued).await
+        agents_page(&console, &viewer, "", issued).await
     } else {
         agent_page(&console, &viewer, f.agent_id.trim(), issued, String::new()).await
     }
@@ -461,13 +515,7 @@ pub async fn access_queue(State(console): State<Arc<Console>>, viewer: Viewer) -
         .rpc
         .access_requests(who, pb::AccessRequestStatus::Unspecified)
         .await?;
-    let agents: HashMap<String, String> = console
-        .rpc
-        .agents(who)
-        .await?
-        .into_iter()
-        .map(|a| (a.id, a.name))
-        .collect();
+    let agents = agent_names(&console, all.iter().map(|r| r.agent_id.clone()).collect()).await?;
     let tools = super::overview::names_of_tools(&console, who, all.iter().map(|r| r.tool_id.clone())).await;
     let row = |r: &pb::AccessRequest| RequestRow {
         id: r.id.clone(),

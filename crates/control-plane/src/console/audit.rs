@@ -281,13 +281,8 @@ pub async fn report(State(console): State<Arc<Console>>, viewer: Viewer, Query(q
         }
         _ => {
             let who = &viewer.principal;
-            let agent_names: std::collections::HashMap<String, String> = console
-                .rpc
-                .agents(who)
-                .await?
-                .into_iter()
-                .map(|a| (a.id, a.name))
-                .collect();
+            let agent_names =
+                super::agents::agent_names(&console, report.agents.iter().take(NAMED_TOOLS).cloned().collect()).await?;
             let tool_names =
                 super::overview::names_of_tools(&console, who, report.tools.iter().take(NAMED_TOOLS).cloned()).await;
             let named = |ids: &[String], names: &std::collections::HashMap<String, String>| {

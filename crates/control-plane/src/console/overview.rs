@@ -133,13 +133,11 @@ pub async fn page(State(console): State<Arc<Console>>, viewer: Viewer) -> PageRe
             .sum()
     };
     let tool_names = names_of_tools(&console, who, activity.top_tools.iter().map(|(id, _)| id.to_string())).await;
-    let agent_names: HashMap<String, String> = console
-        .rpc
-        .agents(who)
-        .await?
-        .into_iter()
-        .map(|a| (a.id, a.name))
-        .collect();
+    let agent_names = super::agents::agent_names(
+        &console,
+        activity.top_agents.iter().map(|(id, _)| id.to_string()).collect(),
+    )
+    .await?;
     let top = |rows: &[(uuid::Uuid, u64)], names: &HashMap<String, String>| -> Vec<Top> {
         rows.iter()
             .map(|(id, calls)| {

@@ -105,6 +105,27 @@ impl Services {
         Ok(self.learning.get_effectiveness(req(who, r)).await?.into_inner().rows)
     }
 
+    /// One page of agents (`page_token` from the previous page's answer) and the token
+    /// of the next page (empty at the end).
+    pub async fn agents_page(&self, who: &Principal, page_token: &str, page_size: u32) -> R<(Vec<pb::Agent>, String)> {
+        let r = pb::ListAgentsRequest {
+            page_size,
+            page_token: page_token.to_owned(),
+            ..Default::default()
+        };
+        let page = self.identity.list_agents(req(who, r)).await?.into_inner();
+        Ok((page.agents, page.next_page_token))
+    }
+
+    /// Token metadata (never a token): up to 1 000 active tokens matching `r`'s filter.
+    pub async fn tokens(&self, who: &Principal, r: pb::ListTokensRequest) -> R<Vec<pb::TokenInfo>> {
+        let r = pb::ListTokensRequest { page_size: 1000, ..r };
+        Ok(pb::identity_server::Identity::list_tokens(&self.identity, req(who, r))
+            .await?
+            .into_inner()
+            .tokens)
+    }
+
     pub async fn agents(&self, who: &Principal) -> R<Vec<pb::Agent>> {
         let r = pb::ListAgentsRequest {
             page_size: 1000,
