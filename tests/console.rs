@@ -703,4 +703,25 @@ async fn the_agents_list_is_paged_by_cursor_and_an_agent_page_finds_any_agent() 
     assert!(page.contains("agent_59"), "{page}");
     let (status, _) = http.get(&format!("agents/{}", uuid::Uuid::now_v7())).await;
     assert_eq!(status, 404);
+
+    // Sixty pending access requests: the queue shows 50, the rest on its next page.
+    let tool = admin.register(http_tool("wanted", "http://127.0.0.1:9/x")).await.unwrap();
+    for a in &agents {
+        let token = admin.token(pb::Role::Agent, &a.id).await;
+        PermissionsClient::new(channel(&cp.url(), Some(&token)).await)
+            .request_access(pb::RequestAccessRequest {
+                tool_id: tool.id.clone(),
+                justification: format!("{} needs it", a.name),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let cards = |page: &str| page.matches("class=\"request\" id=\"request-").count();
+    let (_, queue) = http.get("access").await;
+    assert_eq!(cards(&queue), 50);
+    let next = hidden_link(&queue, "next-pending");
+    let (_, rest) = http.get(next.trim_start_matches('/')).await;
+    assert_eq!(cards(&rest), 10);
+    assert!(!rest.contains("next-pending"));
 }

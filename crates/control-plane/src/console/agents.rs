@@ -507,14 +507,55 @@ struct AccessPage {
     layout: Layout,
     pending: Vec<RequestRow>,
     reviewed: Vec<RequestRow>,
+    /// Query strings of the next pages of each list, or empty at their ends.
+    next_pending: String,
+    next_reviewed: String,
 }
 
-pub async fn access_queue(State(console): State<Arc<Console>>, viewer: Viewer) -> PageResult {
+/// Requests per page of the access-request lists.
+const REQUESTS_PAGE: u32 = 50;
+
+#[derive(Deserialize, Default)]
+pub struct AccessQuery {
+    /// Cursor of the pending list.
+    #[serde(default)]
+    pending: String,
+    /// Cursor of the list of all requests the reviewed ones are shown from.
+    #[serde(default)]
+    reviewed: String,
+}
+
+pub async fn access_queue(
+    State(console): State<Arc<Console>>,
+    viewer: Viewer,
+    Query(q): Query<AccessQuery>,
+) -> PageResult {
     let who = &viewer.principal;
-    let all = console
+    let (pending, pending_next) = console
         .rpc
-        .access_requests(who, pb::AccessRequestStatus::Unspecified)
+        .access_requests(who, pb::AccessRequestStatus::Pending, &q.pending, REQUESTS_PAGE)
         .await?;
+    // Reviewed requests, oldest first, a page of all requests at a time (pending ones
+    // left out of the table: they are above).
+    let (any, reviewed_next) = console
+        .rpc
+        .access_requests(who, pb::AccessRequestStatus::Unspecified, &q.reviewed, REQUESTS_PAGE)
+        .await?;
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let next = |pending: &str, reviewed: &str| format!("pending={}&reviewed={}", enc(pending), enc(reviewed));
+    let next_pending = if pending_next.is_empty() {
+        String::new()
+    } else {
+        next(&pending_next, &q.reviewed)
+    };
+    let next_reviewed = if reviewed_next.is_empty() {
+        String::new()
+    } else {
+        next(&q.pending, &reviewed_next)
+    };
+    let pending_status = pb::AccessRequestStatus::Pending as i32;
+    let reviewed: Vec<pb::AccessRequest> = any.into_iter().filter(|r| r.status != pending_status).collect();
+    let all: Vec<&pb::AccessRequest> = pending.iter().chain(&reviewed).collect();
     let agents = agent_names(&console, all.iter().map(|r| r.agent_id.clone()).collect()).await?;
     let tools = super::overview::names_of_tools(&console, who, all.iter().map(|r| r.tool_id.clone())).await;
     let row = |r: &pb::AccessRequest| RequestRow {
@@ -541,15 +582,14 @@ pub async fn access_queue(State(console): State<Arc<Console>>, viewer: Viewer) -
         reviewed_by: r.reviewed_by.clone(),
         reason: r.review_reason.clone(),
     };
-    let pending_status = pb::AccessRequestStatus::Pending as i32;
-    let pending = all.iter().filter(|r| r.status == pending_status).map(row).collect();
-    let mut reviewed: Vec<RequestRow> = all.iter().filter(|r| r.status != pending_status).map(row).collect();
-    reviewed.reverse();
-    reviewed.truncate(50);
+    let pending = pending.iter().map(row).collect();
+    let reviewed = reviewed.iter().map(row).collect();
     Ok(page::html(&AccessPage {
         layout: Layout::of(&viewer, "access"),
         pending,
         reviewed,
+        next_pending,
+        next_reviewed,
     }))
 }
 

@@ -105,7 +105,7 @@ struct OverviewPage {
     chains: usize,
     chain_records: u64,
     dead_letters: u64,
-    pending_requests: usize,
+    pending_requests: String,
 }
 
 pub async fn page(State(console): State<Arc<Console>>, viewer: Viewer) -> PageResult {
@@ -120,9 +120,10 @@ pub async fn page(State(console): State<Arc<Console>>, viewer: Viewer) -> PageRe
         .await
         .map_err(|e| ConsoleError::from(tonic::Status::from(crate::error::ApiError::from(e))))?;
     let dead = console.rpc.dead_letters(who).await?;
-    let pending = console
+    // The count shown is of the first page of pending requests ("1000+" beyond).
+    let (pending, more_pending) = console
         .rpc
-        .access_requests(who, pb::AccessRequestStatus::Pending)
+        .access_requests(who, pb::AccessRequestStatus::Pending, "", 1000)
         .await?;
     let by_status = |s: &str| -> u64 {
         activity
@@ -186,7 +187,11 @@ pub async fn page(State(console): State<Arc<Console>>, viewer: Viewer) -> PageRe
         chains: heads.len(),
         chain_records: heads.iter().map(|(_, n)| n).sum(),
         dead_letters: dead.total,
-        pending_requests: pending.len(),
+        pending_requests: if more_pending.is_empty() {
+            pending.len().to_string()
+        } else {
+            format!("{}+", pending.len())
+        },
     };
     Ok(page::html(&p))
 }

@@ -126,14 +126,6 @@ impl Services {
             .tokens)
     }
 
-    pub async fn agents(&self, who: &Principal) -> R<Vec<pb::Agent>> {
-        let r = pb::ListAgentsRequest {
-            page_size: 1000,
-            ..Default::default()
-        };
-        Ok(self.identity.list_agents(req(who, r)).await?.into_inner().agents)
-    }
-
     pub async fn issue_token(&self, who: &Principal, r: pb::IssueTokenRequest) -> R<pb::IssueTokenResponse> {
         Ok(self.identity.issue_token(req(who, r)).await?.into_inner())
     }
@@ -184,19 +176,23 @@ impl Services {
         Ok(self.permissions.check(req(who, r)).await?.into_inner())
     }
 
-    pub async fn access_requests(&self, who: &Principal, status: pb::AccessRequestStatus) -> R<Vec<pb::AccessRequest>> {
+    /// One page of access requests of `status` (any: `Unspecified`), oldest first, and
+    /// the token of the next page (empty at the end).
+    pub async fn access_requests(
+        &self,
+        who: &Principal,
+        status: pb::AccessRequestStatus,
+        page_token: &str,
+        page_size: u32,
+    ) -> R<(Vec<pb::AccessRequest>, String)> {
         let r = pb::ListAccessRequestsRequest {
             status: status as i32,
             agent_id: String::new(),
-            page_size: 1000,
-            ..Default::default()
+            page_size,
+            page_token: page_token.to_owned(),
         };
-        Ok(self
-            .permissions
-            .list_access_requests(req(who, r))
-            .await?
-            .into_inner()
-            .requests)
+        let page = self.permissions.list_access_requests(req(who, r)).await?.into_inner();
+        Ok((page.requests, page.next_page_token))
     }
 
     pub async fn review(&self, who: &Principal, r: pb::ReviewAccessRequestRequest) -> R<pb::AccessRequest> {

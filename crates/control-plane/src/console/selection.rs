@@ -2,7 +2,6 @@
 //! the reasoning, and whether the agent may use each) and the recent selections with
 //! whether the call that followed succeeded.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use askama::Template;
@@ -59,16 +58,21 @@ struct SelectionPage {
     recent: Vec<Recent>,
 }
 
+/// Agents the playground's picker offers (any other by its id in the URL, `agent_id`).
+const PICKER_AGENTS: u32 = 100;
+
 pub async fn playground(State(console): State<Arc<Console>>, viewer: Viewer, Query(q): Query<PlayQuery>) -> PageResult {
     let who = &viewer.principal;
-    let agents: Vec<(String, String)> = console
-        .rpc
-        .agents(who)
-        .await?
-        .into_iter()
-        .map(|a| (a.id, a.name))
-        .collect();
-    let names: HashMap<&str, &str> = agents.iter().map(|(i, n)| (i.as_str(), n.as_str())).collect();
+    // The picker offers the first page of agents, and the chosen one wherever it is.
+    let (first, _) = console.rpc.agents_page(who, "", PICKER_AGENTS).await?;
+    let mut agents: Vec<(String, String)> = first.into_iter().map(|a| (a.id, a.name)).collect();
+    let chosen = q.agent_id.trim();
+    if !chosen.is_empty()
+        && !agents.iter().any(|(id, _)| id == chosen)
+        && let Some(a) = super::agents::agent_by_id(&console, chosen).await?
+    {
+        agents.push((a.id, a.name));
+    }
     let (mut ranked, mut confidence, mut reasoning) = (Vec::new(), String::new(), String::new());
     if !q.task.trim().is_empty() {
         let r = pb::SelectToolRequest {
@@ -125,6 +129,11 @@ pub async fn playground(State(console): State<Arc<Console>>, viewer: Viewer, Que
     let ids: Vec<uuid::Uuid> = log.iter().map(|e| e.selection_id).collect();
     let outcomes = store.selection_outcomes(&ids).await.map_err(err)?;
     let tools = super::overview::names_of_tools(&console, who, log.iter().map(|e| e.primary_tool_id.to_string())).await;
+    let names = super::agents::agent_names(
+        &console,
+        log.iter().filter_map(|e| e.agent_id.map(|a| a.to_string())).collect(),
+    )
+    .await?;
     let recent = log
         .iter()
         .map(|e| {
@@ -132,9 +141,7 @@ pub async fn playground(State(console): State<Arc<Console>>, viewer: Viewer, Que
             let tool = e.primary_tool_id.to_string();
             Recent {
                 at: e.selected_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                agent: names
-                    .get(agent.as_str())
-                    .map_or_else(|| page::short(&agent), |n| (*n).to_owned()),
+                agent: names.get(&agent).cloned().unwrap_or_else(|| page::short(&agent)),
                 category: e.task_category.clone(),
                 task: e.task_description.chars().take(120).collect(),
                 tool: tools.get(&tool).cloned().unwrap_or_else(|| page::short(&tool)),
