@@ -705,7 +705,10 @@ async fn the_agents_list_is_paged_by_cursor_and_an_agent_page_finds_any_agent() 
     assert_eq!(status, 404);
 
     // Sixty pending access requests: the queue shows 50, the rest on its next page.
-    let tool = admin.register(http_tool("wanted", "http://127.0.0.1:9/x")).await.unwrap();
+    let tool = admin
+        .register(http_tool("wanted", "http://127.0.0.1:9/x"))
+        .await
+        .unwrap();
     for a in &agents {
         let token = admin.token(pb::Role::Agent, &a.id).await;
         PermissionsClient::new(channel(&cp.url(), Some(&token)).await)
