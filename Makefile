@@ -158,6 +158,7 @@ $(VENV_MCP_LATEST)/.installed: Makefile
 	touch $@
 
 $(OIDC_DIR)/node_modules/.installed: $(OIDC_DIR)/package.json $(OIDC_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "make test needs Node.js and npm: apt-get install nodejs npm"; exit 1; }
 	cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
