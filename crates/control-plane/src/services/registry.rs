@@ -172,12 +172,7 @@ impl RegistryService {
 
     async fn set_enabled(&self, who: &Principal, req: pb::SetToolEnabledRequest) -> ApiResult<Tool> {
         let id = uuid_field("tool_id", &req.tool_id)?;
-        let current = self
-            .state
-            .store
-            .get_tool(id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))?;
+        let current = self.stored_tool(id).await?;
         let (action, verb) = if req.enabled {
             (AuditAction::ToolUpdated, "enabled")
         } else {
@@ -197,14 +192,18 @@ impl RegistryService {
         Ok(tool)
     }
 
-    async fn delete(&self, who: &Principal, req: pb::DeleteToolRequest) -> ApiResult<()> {
-        let id = uuid_field("tool_id", &req.tool_id)?;
-        let current = self
-            .state
+    /// A stored tool by id, or NOT_FOUND naming it.
+    async fn stored_tool(&self, id: Uuid) -> ApiResult<Tool> {
+        self.state
             .store
             .get_tool(id)
             .await?
-            .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))?;
+            .ok_or_else(|| ApiError::NotFound(format!("tool {id} not found")))
+    }
+
+    async fn delete(&self, who: &Principal, req: pb::DeleteToolRequest) -> ApiResult<()> {
+        let id = uuid_field("tool_id", &req.tool_id)?;
+        let current = self.stored_tool(id).await?;
         let audit = self
             .state
             .admin_event(
@@ -470,12 +469,7 @@ impl RegistryService {
                 "no master key is configured (TOOLPLANE_MASTER_KEY); credentials cannot be stored".to_owned(),
             )
         })?;
-        let tool = self
-            .state
-            .store
-            .get_tool(tool_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("tool {tool_id} not found")))?;
+        let tool = self.stored_tool(tool_id).await?;
         let credential = StoredCredential {
             tool_id,
             auth_type,
@@ -505,12 +499,7 @@ impl RegistryService {
 
     async fn remove_credential(&self, who: &Principal, req: pb::DeleteCredentialRequest) -> ApiResult<()> {
         let tool_id = uuid_field("tool_id", &req.tool_id)?;
-        let tool = self
-            .state
-            .store
-            .get_tool(tool_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("tool {tool_id} not found")))?;
+        let tool = self.stored_tool(tool_id).await?;
         let audit = self
             .state
             .admin_event(
