@@ -385,6 +385,7 @@ async fn a_sidecar_that_stops_reading_shows_a_growing_lag() {
             sidecar_id: "stalled".to_owned(),
             version: "test".to_owned(),
             known_revision: 0,
+            scope: None,
         })),
     })
     .await

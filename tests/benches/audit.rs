@@ -81,6 +81,7 @@ async fn stream_events(url: String, token: String, sidecar: String, batches: Vec
             sidecar_id: sidecar.clone(),
             version: "bench".to_owned(),
             known_revision: 0,
+            scope: None,
         })),
     })
     .await

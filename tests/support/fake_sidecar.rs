@@ -27,6 +27,7 @@ impl FakeSidecar {
                 sidecar_id: claimed_id.to_owned(),
                 version: "test".to_owned(),
                 known_revision: 0,
+                scope: None,
             })),
         })
         .await

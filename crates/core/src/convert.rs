@@ -672,6 +672,7 @@ pub fn delta_to_pb(d: &crate::delta::SnapshotDelta) -> pb::SnapshotDelta {
         removed_credential_tool_ids: ids(&d.removed_credentials),
         upserted_fallbacks: d.upserted_fallbacks.iter().map(fallback_to_pb).collect(),
         removed_fallback_tool_ids: ids(&d.removed_fallbacks),
+        scope: None,
     }
 }
 
@@ -728,6 +729,7 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
         generated_at: Some(ts(Utc::now())),
         credentials: s.credentials.iter().map(credential_to_pb).collect(),
         fallbacks: s.fallbacks.iter().map(fallback_to_pb).collect(),
+        scope: None,
     }
 }
 

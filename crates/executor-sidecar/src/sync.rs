@@ -157,6 +157,7 @@ impl SyncClient {
                 sidecar_id: self.sidecar_id.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 known_revision: known,
+                scope: None,
             })),
         })
         .await?;

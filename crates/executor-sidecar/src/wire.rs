@@ -115,6 +115,7 @@ mod tests {
             sidecar_id: "s".into(),
             version: "1".into(),
             known_revision: 7,
+            scope: None,
         };
         let raw = OutboundRequest {
             message: Some(Outbound::Hello(hello.clone())),
