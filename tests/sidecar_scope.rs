@@ -55,11 +55,10 @@ impl ScopedStream {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.inbound.next()).await.ok()?;
-            match msg.unwrap().unwrap().message {
-                Some(m @ (pb::connect_response::Message::Snapshot(_) | pb::connect_response::Message::Delta(_))) => {
-                    return Some(m);
-                }
-                _ => {}
+            if let Some(m @ (pb::connect_response::Message::Snapshot(_) | pb::connect_response::Message::Delta(_))) =
+                msg.unwrap().unwrap().message
+            {
+                return Some(m);
             }
         }
     }
@@ -144,7 +143,7 @@ async fn a_scoped_stream_carries_only_its_agents_tools_permissions_and_credentia
     assert_eq!(secrets, ["secret-of-a-tool-0123456789"], "no credential of B's tools");
     assert_eq!(snap.fallbacks.len(), 1);
     let scope = snap.scope.clone().unwrap();
-    assert_eq!(scope.agents, [a.id.clone()], "the name resolved to the id");
+    assert_eq!(scope.agents, vec![a.id.clone()], "the name resolved to the id");
 
     // A grant to A: the tool and the permission, nothing else.
     let g = admin.grant_full(&a.id, &tools[5].id).await;
@@ -191,7 +190,7 @@ async fn a_scoped_stream_carries_only_its_agents_tools_permissions_and_credentia
     let answer = s.delta().await;
     let scope = answer.scope.unwrap();
     assert_eq!(scope.request_id, 7);
-    assert_eq!(scope.tools, [tools[3].id.clone()]);
+    assert_eq!(scope.tools, vec![tools[3].id.clone()]);
     assert_eq!(ids(answer.upserted_tools.iter().map(|t| &t.id)), ids([&tools[3].id]));
     assert!(answer.upserted_permissions.is_empty(), "B's grant is not A's");
 

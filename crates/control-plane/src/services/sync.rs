@@ -131,8 +131,11 @@ fn widen(scope: &mut Scope, agents: &[String], tools: &[String], request_id: u64
 #[derive(Default)]
 pub struct Catalogs {
     current: tokio::sync::Mutex<Option<Arc<Catalog>>>,
-    deltas: std::sync::Mutex<std::collections::VecDeque<((u64, u64), Arc<SnapshotDelta>)>>,
+    deltas: std::sync::Mutex<std::collections::VecDeque<KeptDelta>>,
 }
+
+/// A catalog delta by (from, to) revision.
+type KeptDelta = ((u64, u64), Arc<SnapshotDelta>);
 
 /// Deltas kept for sessions still catching up (a few revisions behind).
 const KEPT_DELTAS: usize = 16;
