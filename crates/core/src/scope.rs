@@ -3,8 +3,10 @@
 //!
 //! A sidecar holds the tools its agents can use (their grants, the fallbacks those
 //! name, and tools it asked for on demand), with only their permissions, credentials
-//! and fallback strategies; agents and tokens are whole (small), so it authenticates
-//! any agent and knows whose tools to ask for. What a change costs a sidecar is then
+//! and fallback strategies; agents and agents' token digests are whole (small), so it
+//! authenticates any agent and knows whose tools to ask for. Other tokens (admins,
+//! auditors, other sidecars) are left out: they call no tools, and with one token per
+//! sidecar they would make every snapshot grow with the fleet. What a change costs a sidecar is then
 //! computed from the catalog's one delta per revision and the scope's own permissions,
 //! never from a pass over the whole catalog per sidecar.
 
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::delta::SnapshotDelta;
-use crate::model::{Scope, Snapshot, TokenRecord};
+use crate::model::{Role, Scope, Snapshot, TokenRecord};
 
 /// A catalog snapshot with the lookups scoping needs, built once per revision.
 #[derive(Debug)]
@@ -131,7 +133,7 @@ impl Catalog {
                 .map(|&i| s.permissions[i].clone())
                 .collect(),
             agents: s.agents.clone(),
-            tokens: s.tokens.clone(),
+            tokens: s.tokens.iter().filter(|t| is_agents(t)).cloned().collect(),
             credentials: held
                 .iter()
                 .filter_map(|t| self.credentials.get(t))
@@ -146,6 +148,11 @@ impl Catalog {
         };
         (snapshot, held)
     }
+}
+
+/// Whether a scoped sidecar holds the token: an agent's (only agents call tools).
+fn is_agents(t: &TokenRecord) -> bool {
+    t.role == Role::Agent
 }
 
 /// What a sidecar holds, as its session remembers it: the scoped view of `catalog`,
@@ -248,8 +255,18 @@ pub fn scoped_delta(
         removed_permissions,
         upserted_agents: catalog_delta.upserted_agents.clone(),
         removed_agents: catalog_delta.removed_agents.clone(),
-        upserted_tokens: catalog_delta.upserted_tokens.clone(),
-        removed_tokens: catalog_delta.removed_tokens.clone(),
+        upserted_tokens: catalog_delta
+            .upserted_tokens
+            .iter()
+            .filter(|t| is_agents(t))
+            .cloned()
+            .collect(),
+        removed_tokens: catalog_delta
+            .removed_tokens
+            .iter()
+            .filter(|id| held.catalog.token(**id).is_some_and(is_agents))
+            .copied()
+            .collect(),
         upserted_credentials: tools
             .iter()
             .filter(|t| fresh(t) || changed_credentials.contains(t))

@@ -1,6 +1,6 @@
 use super::*;
 use crate::delta::{apply, diff};
-use crate::model::{AuthType, Credential, DegradationMode, FallbackStrategy, PermissionType};
+use crate::model::{AuthType, Credential, DegradationMode, FallbackStrategy, PermissionType, Role};
 use crate::testutil::{agent, grant, tool};
 
 fn credential(tool: Uuid, secret: &str) -> Credential {
@@ -11,6 +11,20 @@ fn credential(tool: Uuid, secret: &str) -> Credential {
         secret: secret.to_owned(),
         settings: Default::default(),
         expires_at: None,
+    }
+}
+
+fn token(role: Role, agent: Option<Uuid>) -> TokenRecord {
+    let now = chrono::Utc::now();
+    TokenRecord {
+        id: Uuid::new_v4(),
+        sha256: Uuid::new_v4().simple().to_string(),
+        role,
+        agent_id: agent,
+        description: String::new(),
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+        revoked_at: None,
     }
 }
 
@@ -105,9 +119,13 @@ fn scoped_deltas_keep_a_sidecar_equal_to_a_fresh_scoped_snapshot() {
         permissions: vec![g0.clone(), g1.clone(), gb.clone()],
         agents: vec![a.clone(), b.clone()],
         credentials: vec![credential(tools[0].id, "zero"), credential(tools[5].id, "five")],
+        tokens: vec![token(Role::Agent, Some(b.id)), token(Role::Sidecar, None)],
         ..Default::default()
     };
     let only_a = scope_of(&[a.id], &[], 0);
+    let held = Catalog::new(Arc::new(s0.clone())).scoped(&only_a).0;
+    assert_eq!(held.tokens.len(), 1, "agents' tokens only, B's included");
+    assert_eq!(held.tokens[0].role, Role::Agent);
 
     // A new grant brings its tool; the credential of a held tool rotates.
     let mut s1 = s0.clone();
@@ -124,6 +142,8 @@ fn scoped_deltas_keep_a_sidecar_equal_to_a_fresh_scoped_snapshot() {
     s2.revision = 12;
     s2.tools[6].spec.description = "changed elsewhere".into();
     s2.credentials[1].secret = "five-rotated".into();
+    s2.tokens.push(token(Role::Sidecar, None));
+    s2.tokens.push(token(Role::Admin, None));
     let d = step(&s1, &only_a, &s2, &only_a);
     assert!(d.is_empty(), "{d:?}");
     // Unsent, the next delta continues from the revision the sidecar holds.
@@ -153,9 +173,13 @@ fn scoped_deltas_keep_a_sidecar_equal_to_a_fresh_scoped_snapshot() {
     s3.fallbacks.push(fallback(tools[0].id, vec![tools[7].id]));
     s3.tools.retain(|t| t.id != tools[2].id);
     s3.permissions.retain(|p| p.id != g2.id);
+    s3.tokens.retain(|t| t.role != Role::Sidecar);
+    s3.tokens.push(token(Role::Agent, Some(a.id)));
     let d = step(&s2, &only_a, &s3, &only_a);
     assert_eq!(d.removed_permissions.len(), 2);
     assert!(d.removed_tools.contains(&tools[1].id) && d.removed_tools.contains(&tools[2].id));
+    assert!(d.removed_tokens.is_empty(), "sidecar tokens were never held");
+    assert_eq!(d.upserted_tokens.len(), 1);
 
     // The scope widens: another agent and a tool asked for on demand.
     let wider = scope_of(&[a.id, b.id], &[tools[4].id], 3);
