@@ -277,6 +277,7 @@ impl AppState {
             tokens: self.store.active_tokens(Utc::now()).await?,
             credentials: self.credentials().await?,
             fallbacks: self.store.list_fallbacks().await?,
+            scope: None,
         })
     }
 

@@ -672,7 +672,7 @@ pub fn delta_to_pb(d: &crate::delta::SnapshotDelta) -> pb::SnapshotDelta {
         removed_credential_tool_ids: ids(&d.removed_credentials),
         upserted_fallbacks: d.upserted_fallbacks.iter().map(fallback_to_pb).collect(),
         removed_fallback_tool_ids: ids(&d.removed_fallbacks),
-        scope: None,
+        scope: d.scope.as_ref().map(scope_to_pb),
     }
 }
 
@@ -716,7 +716,29 @@ pub fn delta_from_pb(d: pb::SnapshotDelta) -> Result<crate::delta::SnapshotDelta
             .map(fallback_from_pb)
             .collect::<Result<_, _>>()?,
         removed_fallbacks: parse_ids("delta.removed_fallback_tool_ids", d.removed_fallback_tool_ids)?,
+        scope: d.scope.map(|s| scope_from_pb("delta.scope", s)).transpose()?.flatten(),
     })
+}
+
+fn scope_to_pb(s: &crate::model::Scope) -> pb::SnapshotScope {
+    pb::SnapshotScope {
+        all_agents: false,
+        agents: s.agents.iter().map(Uuid::to_string).collect(),
+        tools: s.tools.iter().map(Uuid::to_string).collect(),
+        request_id: s.request_id,
+    }
+}
+
+/// A scope as the control plane resolved it (ids only); `None` for the whole catalog.
+fn scope_from_pb(field: &str, s: pb::SnapshotScope) -> Result<Option<crate::model::Scope>, Violations> {
+    if s.all_agents {
+        return Ok(None);
+    }
+    Ok(Some(crate::model::Scope {
+        agents: parse_ids(&format!("{field}.agents"), s.agents)?.into_iter().collect(),
+        tools: parse_ids(&format!("{field}.tools"), s.tools)?.into_iter().collect(),
+        request_id: s.request_id,
+    }))
 }
 
 pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
@@ -729,7 +751,7 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
         generated_at: Some(ts(Utc::now())),
         credentials: s.credentials.iter().map(credential_to_pb).collect(),
         fallbacks: s.fallbacks.iter().map(fallback_to_pb).collect(),
-        scope: None,
+        scope: s.scope.as_ref().map(scope_to_pb),
     }
 }
 
@@ -754,6 +776,11 @@ pub fn snapshot_from_pb(s: pb::Snapshot) -> Result<Snapshot, Violations> {
             .into_iter()
             .map(fallback_from_pb)
             .collect::<Result<_, _>>()?,
+        scope: s
+            .scope
+            .map(|s| scope_from_pb("snapshot.scope", s))
+            .transpose()?
+            .flatten(),
     })
 }
 

@@ -26,6 +26,8 @@ pub struct SnapshotDelta {
     pub upserted_fallbacks: Vec<FallbackStrategy>,
     /// Tool ids whose fallback strategy is gone.
     pub removed_fallbacks: Vec<Uuid>,
+    /// The scope from `revision` on; `None`: unchanged.
+    pub scope: Option<crate::model::Scope>,
 }
 
 impl SnapshotDelta {
@@ -42,6 +44,7 @@ impl SnapshotDelta {
             && self.removed_credentials.is_empty()
             && self.upserted_fallbacks.is_empty()
             && self.removed_fallbacks.is_empty()
+            && self.scope.is_none()
     }
 }
 
@@ -89,6 +92,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDelta {
         removed_credentials,
         upserted_fallbacks,
         removed_fallbacks,
+        scope: (old.scope != new.scope).then(|| new.scope.clone().unwrap_or_default()),
     }
 }
 
@@ -133,6 +137,9 @@ pub fn apply(snapshot: &mut Snapshot, delta: SnapshotDelta) -> Result<(), Revisi
         &delta.removed_fallbacks,
         |f| f.tool_id,
     );
+    if delta.scope.is_some() {
+        snapshot.scope = delta.scope;
+    }
     snapshot.revision = delta.revision;
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod permission;
 pub mod redact;
 pub mod retry;
 pub mod schema;
+pub mod scope;
 pub mod stats;
 pub mod token;
 pub mod trace;

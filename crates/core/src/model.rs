@@ -588,6 +588,21 @@ pub struct Snapshot {
     pub tokens: Vec<TokenRecord>,
     pub credentials: Vec<Credential>,
     pub fallbacks: Vec<FallbackStrategy>,
+    /// `None`: the whole catalog. Otherwise the tools (with their permissions,
+    /// credentials and fallbacks) of these agents only; agents and tokens are always
+    /// whole, so a sidecar authenticates any agent and learns whose tools to ask for.
+    pub scope: Option<Scope>,
+}
+
+/// The part of the catalog a sidecar holds (see [`crate::scope`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Agents whose granted tools (and the fallbacks those name) are held.
+    pub agents: std::collections::BTreeSet<Uuid>,
+    /// Tools held on demand besides (a call named them).
+    pub tools: std::collections::BTreeSet<Uuid>,
+    /// Every scope request of the stream up to this one is answered.
+    pub request_id: u64,
 }
 
 text_enum!(ToolChangeStatus {

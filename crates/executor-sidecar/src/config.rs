@@ -70,6 +70,25 @@ pub struct Config {
     #[arg(long, env = "TOOLPLANE_MAX_SNAPSHOT_AGE", value_parser = parse_secs, default_value = "120")]
     pub max_snapshot_age: Duration,
 
+    /// Which tools this sidecar holds: empty (the default) for the tools of the agents
+    /// it serves, learned from the tokens it sees (a call from an agent not served yet
+    /// first fetches that agent's tools from the control plane); comma-separated agent
+    /// ids or names to hold those agents' tools from the start (and learn more); `*` for
+    /// the whole catalog (a sidecar shared by many agents).
+    #[arg(long, env = "TOOLPLANE_SIDECAR_AGENTS", default_value = "")]
+    pub sidecar_agents: crate::scope_fetch::ScopeMode,
+
+    /// Milliseconds a call waits for the control plane to send tools this sidecar does
+    /// not hold yet (an agent's first call, a tool outside the scope) before it is
+    /// refused with UNAVAILABLE.
+    #[arg(long, env = "TOOLPLANE_SCOPE_FETCH_TIMEOUT_MS", value_parser = parse_millis, default_value = "5000")]
+    pub scope_fetch_timeout: Duration,
+
+    /// Tools whose compiled input/output schemas are kept (compiled on a tool's first
+    /// call; the least used are dropped beyond it and compiled again when called).
+    #[arg(long, env = "TOOLPLANE_VALIDATOR_CACHE", default_value_t = crate::snapshot::DEFAULT_VALIDATOR_CACHE)]
+    pub validator_cache: u64,
+
     /// Milliseconds the sync stream may stay silent (no heartbeat or anything else)
     /// before the sidecar abandons it and reconnects: a half-open connection (the
     /// control plane's node gone without a FIN) is noticed this soon. Keep it a few of

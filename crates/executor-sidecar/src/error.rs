@@ -45,6 +45,9 @@ pub enum ExecError {
         since: chrono::DateTime<chrono::Utc>,
         max_age: std::time::Duration,
     },
+    /// A scoped sidecar could not get what a call needs from the control plane.
+    #[error("this sidecar does not hold {what} yet and could not fetch it: {why}; retry shortly")]
+    ScopeFetch { what: String, why: String },
     #[error("the audit spool is full (the control plane is not acknowledging events); retry later")]
     SpoolFull,
     #[error("{0} is not implemented yet (see README: not implemented yet)")]
@@ -66,9 +69,10 @@ impl From<ExecError> for tonic::Status {
                 details.set_retry_info(Some(wait));
                 tonic::Status::with_error_details(tonic::Code::ResourceExhausted, e.to_string(), details)
             }
-            e @ (ExecError::NoSnapshot | ExecError::Stale { .. } | ExecError::SpoolFull) => {
-                tonic::Status::unavailable(e.to_string())
-            }
+            e @ (ExecError::NoSnapshot
+            | ExecError::Stale { .. }
+            | ExecError::SpoolFull
+            | ExecError::ScopeFetch { .. }) => tonic::Status::unavailable(e.to_string()),
             e @ ExecError::Unimplemented(_) => tonic::Status::unimplemented(e.to_string()),
             ExecError::Internal(m) => tonic::Status::internal(m),
         }

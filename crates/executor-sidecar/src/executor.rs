@@ -213,18 +213,33 @@ impl ExecutorService {
         let _room = self.outbox.reserve(MAX_EVENTS_PER_CALL).ok_or(ExecError::SpoolFull)?;
         // Refused when cut off from the control plane for too long (see `serving`):
         // checked per call, as a batch or task outlives the check at authentication.
-        let snap = self.snapshot.serving()?;
+        // A scoped sidecar fetches the agent's tools on its first call.
+        let mut snap = self.snapshot.serving_agent(call.agent_id).await?;
         let compiled: Arc<CompiledTool> = match &call.tool {
             Some(pb::invoke_request::Tool::ToolId(id)) => {
                 let id = parse_uuid("tool_id", id)?;
-                snap.tool(id)
-                    .cloned()
-                    .ok_or_else(|| ExecError::NotFound(format!("tool {id} not found")))?
+                match snap.tool(id) {
+                    Some(t) => t.clone(),
+                    None => {
+                        // Outside the scope (not granted, or absent): asked for on
+                        // demand, so the call is refused or served as with the whole
+                        // catalog.
+                        snap = self.snapshot.fetch_tool(&id.to_string()).await?.unwrap_or(snap);
+                        snap.tool(id)
+                            .cloned()
+                            .ok_or_else(|| ExecError::NotFound(format!("tool {id} not found")))?
+                    }
+                }
             }
-            Some(pb::invoke_request::Tool::ToolName(name)) => snap
-                .tool_by_name(name)
-                .cloned()
-                .ok_or_else(|| ExecError::NotFound(format!("tool {name:?} not found")))?,
+            Some(pb::invoke_request::Tool::ToolName(name)) => match snap.tool_by_name(name) {
+                Some(t) => t.clone(),
+                None => {
+                    snap = self.snapshot.fetch_tool(name).await?.unwrap_or(snap);
+                    snap.tool_by_name(name)
+                        .cloned()
+                        .ok_or_else(|| ExecError::NotFound(format!("tool {name:?} not found")))?
+                }
+            },
             None => {
                 return Err(toolplane_core::Violations::single("tool", "set tool_id or tool_name").into());
             }
@@ -252,7 +267,8 @@ impl ExecutorService {
             return Err(ExecError::PermissionDenied(decision.reason));
         }
         // Parameters first: a call refused for its parameters never touches the budget.
-        if let Err(violations) = schema::check(&compiled.input, "parameters", &call.parameters) {
+        let validators = compiled.validators()?;
+        if let Err(violations) = schema::check(&validators.input, "parameters", &call.parameters) {
             let mut e = self.audit(
                 AuditAction::ErrorOccurred,
                 agent.id,
@@ -360,7 +376,7 @@ impl ExecutorService {
         // A value another sidecar cached is served only if it still passes the
         // output schema (Redis is not trusted with answers).
         let valid = |v: &Value| {
-            compiled
+            validators
                 .output
                 .as_ref()
                 .is_none_or(|s| schema::check(s, "output", v).is_ok())
@@ -518,7 +534,10 @@ impl ExecutorService {
                         self.audit_fallback_refused(ctx, tool, &decision.reason);
                         continue;
                     }
-                    if schema::check(&candidate.input, "parameters", params).is_err() {
+                    if candidate
+                        .validators()
+                        .map_or(true, |v| schema::check(&v.input, "parameters", params).is_err())
+                    {
                         continue;
                     }
                     // The fallback's own grant pays for it.

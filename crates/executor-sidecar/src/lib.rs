@@ -20,6 +20,7 @@ pub mod redis_conn;
 pub mod reliability;
 pub mod resource_metadata;
 pub mod result_cache;
+pub mod scope_fetch;
 pub mod selection_client;
 pub mod server;
 pub mod shared_redis;

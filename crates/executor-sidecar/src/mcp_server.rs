@@ -158,7 +158,8 @@ impl McpFrontDoor {
         };
         match selector.select(agent, token, req, None, None).await {
             Ok(r) => {
-                let snap = self.executor.snapshot.current();
+                // The selected tools are the agent's, held once its tools are.
+                let snap = self.executor.snapshot.serving_agent(agent).await.ok();
                 // Each candidate's input schema, so the agent can call it at once (in
                 // search mode it has no other way to read it).
                 let input_schema = |name: &str| {
@@ -250,6 +251,11 @@ impl ServerHandler for McpFrontDoor {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let (agent, _) = self.agent(&context.extensions).await?;
+        // A scoped sidecar fetches the agent's tools first; failing that, it lists what
+        // it holds (the meta-tools at least) rather than nothing.
+        if let Err(e) = self.executor.snapshot.serving_agent(agent).await {
+            tracing::warn!(%agent, error = %e, "listing tools without the agent's tools");
+        }
         let all = self.catalog(agent);
         let start: usize = match request.and_then(|r| r.cursor) {
             Some(c) => c

@@ -43,6 +43,9 @@ fn spawn_gauges(executor: Arc<ExecutorService>) {
             if let Some(age) = executor.snapshot.age() {
                 metrics::gauge!(m::SNAPSHOT_AGE).set(age.as_secs_f64());
             }
+            if let Some(held) = executor.snapshot.current() {
+                metrics::gauge!(m::SNAPSHOT_TOOLS).set(held.tool_count() as f64);
+            }
             let degraded = executor.limits.degraded_decisions()
                 + executor.quotas.degraded_decisions()
                 + executor.spend.degraded_decisions();
@@ -137,7 +140,13 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.check_freshness()?;
-    let snapshot = SharedSnapshot::new(config.max_snapshot_age);
+    let snapshot = SharedSnapshot::scoped(
+        config.max_snapshot_age,
+        Arc::new(crate::scope_fetch::ScopeFetcher::new(
+            config.sidecar_agents.clone(),
+            config.scope_fetch_timeout,
+        )),
+    );
     let outbox = Arc::new(if config.spool_dir.is_empty() {
         tracing::warn!("no spool directory: unacked events are lost if the sidecar restarts");
         Outbox::new(config.spool_capacity, config.spool_full_policy)
@@ -164,6 +173,7 @@ pub async fn serve(
             outbox: outbox.clone(),
             linger: config.audit_linger,
             held: Default::default(),
+            validators: crate::snapshot::ValidatorCache::new(config.validator_cache),
             idle_timeout: config.sync_idle_timeout,
         }
         .run(),

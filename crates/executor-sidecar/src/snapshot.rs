@@ -1,7 +1,9 @@
-//! The registry/permission snapshot the sidecar serves from, indexed for the hot path
-//! (schemas compiled once per tool version), swapped atomically when a new one arrives.
+//! The registry/permission snapshot the sidecar serves from, indexed for the hot path,
+//! swapped atomically when a new one arrives. Schemas are compiled on a tool's first
+//! call into a bounded cache (`TOOLPLANE_VALIDATOR_CACHE`), not for every tool held.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -9,16 +11,91 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use jsonschema::Validator;
-use toolplane_core::model::{Agent, Credential, FallbackStrategy, Permission, Snapshot, TokenRecord, Tool};
+use toolplane_core::model::{Agent, Credential, FallbackStrategy, Permission, Scope, Snapshot, TokenRecord, Tool};
 use toolplane_core::schema;
 use uuid::Uuid;
 
 use crate::error::ExecError;
+use crate::scope_fetch::{ScopeFetcher, ScopeMode};
+
+/// A tool's compiled input and output schemas.
+pub struct Validators {
+    pub input: Validator,
+    pub output: Option<Validator>,
+}
+
+/// What `TOOLPLANE_VALIDATOR_CACHE` defaults to: tools whose compiled schemas are kept.
+pub const DEFAULT_VALIDATOR_CACHE: u64 = 4096;
+
+/// Compiled schemas by tool id and schema fingerprint, shared by every snapshot the
+/// sidecar installs (an unchanged tool keeps its entry across snapshots).
+#[derive(Clone)]
+pub struct ValidatorCache(moka::sync::Cache<(Uuid, u64), Arc<Validators>>);
+
+impl ValidatorCache {
+    pub fn new(capacity: u64) -> Self {
+        Self(moka::sync::Cache::new(capacity.max(1)))
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.run_pending_tasks();
+        self.0.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Default for ValidatorCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_VALIDATOR_CACHE)
+    }
+}
 
 pub struct CompiledTool {
     pub tool: Tool,
-    pub input: Validator,
-    pub output: Option<Validator>,
+    /// Of the tool's schemas (and its id and version): the cache key.
+    fingerprint: u64,
+    cache: ValidatorCache,
+}
+
+impl CompiledTool {
+    fn new(tool: Tool, cache: ValidatorCache) -> Self {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tool.version.hash(&mut h);
+        tool.spec.input_schema.to_string().hash(&mut h);
+        tool.spec.output_schema.to_string().hash(&mut h);
+        Self {
+            fingerprint: h.finish(),
+            tool,
+            cache,
+        }
+    }
+
+    /// The tool's compiled schemas, compiled on first use. The control plane refuses
+    /// invalid schemas; one that still fails to compile here makes every call of the
+    /// tool fail (INTERNAL, naming the schema) rather than run unchecked.
+    pub fn validators(&self) -> Result<Arc<Validators>, ExecError> {
+        self.cache
+            .0
+            .try_get_with((self.tool.id, self.fingerprint), || {
+                let input = schema::compile("input_schema", &self.tool.spec.input_schema)?;
+                let output = if self.tool.spec.output_schema.is_null() {
+                    None
+                } else {
+                    schema::compile("output_schema", &self.tool.spec.output_schema).ok()
+                };
+                Ok::<_, toolplane_core::Violations>(Arc::new(Validators { input, output }))
+            })
+            .map_err(|e| {
+                tracing::error!(tool = %self.tool.spec.name, error = %e, "uncompilable schema");
+                ExecError::Internal(format!(
+                    "the schema of tool {:?} does not compile: {e}",
+                    self.tool.spec.name
+                ))
+            })
+    }
 }
 
 pub struct SnapshotIndex {
@@ -32,35 +109,22 @@ pub struct SnapshotIndex {
     grants: HashMap<(Uuid, Uuid), Vec<Permission>>,
     credentials: HashMap<Uuid, Credential>,
     fallbacks: HashMap<Uuid, FallbackStrategy>,
+    /// `None`: the whole catalog.
+    scope: Option<Scope>,
 }
 
 impl SnapshotIndex {
-    /// Indexes `s`, reusing the compiled schemas of tools unchanged since `previous`.
-    pub fn build(s: Snapshot, previous: Option<&SnapshotIndex>) -> Self {
+    /// Indexes `s`, reusing the entries of tools unchanged since `previous`.
+    pub fn build(s: Snapshot, previous: Option<&SnapshotIndex>, validators: &ValidatorCache) -> Self {
         let mut tools = HashMap::new();
         let mut names = HashMap::new();
         for tool in s.tools {
+            names.insert(tool.spec.name.clone(), tool.id);
             if let Some(same) = previous.and_then(|p| p.tools.get(&tool.id)).filter(|c| c.tool == tool) {
-                names.insert(tool.spec.name.clone(), tool.id);
                 tools.insert(tool.id, same.clone());
                 continue;
             }
-            // The control plane refuses invalid schemas; a tool that still fails to
-            // compile here is left out (and so NOT_FOUND) rather than served unchecked.
-            let input = match schema::compile("input_schema", &tool.spec.input_schema) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::error!(tool = %tool.spec.name, error = %e, "skipping tool with uncompilable input schema");
-                    continue;
-                }
-            };
-            let output = if tool.spec.output_schema.is_null() {
-                None
-            } else {
-                schema::compile("output_schema", &tool.spec.output_schema).ok()
-            };
-            names.insert(tool.spec.name.clone(), tool.id);
-            tools.insert(tool.id, Arc::new(CompiledTool { tool, input, output }));
+            tools.insert(tool.id, Arc::new(CompiledTool::new(tool, validators.clone())));
         }
         let mut grants: HashMap<(Uuid, Uuid), Vec<Permission>> = HashMap::new();
         for p in s.permissions {
@@ -76,7 +140,23 @@ impl SnapshotIndex {
             grants,
             credentials: s.credentials.into_iter().map(|c| (c.tool_id, c)).collect(),
             fallbacks: s.fallbacks.into_iter().map(|f| (f.tool_id, f)).collect(),
+            scope: s.scope,
         }
+    }
+
+    /// Whether `agent`'s tools are held (always, with the whole catalog).
+    pub fn holds_agent(&self, agent: Uuid) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.agents.contains(&agent))
+    }
+
+    /// The latest scope request this snapshot answers.
+    pub fn scope_request_id(&self) -> u64 {
+        self.scope.as_ref().map_or(0, |s| s.request_id)
+    }
+
+    /// The tools held on demand (beyond the agents' own).
+    pub fn on_demand_tools(&self) -> BTreeSet<Uuid> {
+        self.scope.as_ref().map(|s| s.tools.clone()).unwrap_or_default()
     }
 
     pub fn tool(&self, id: Uuid) -> Option<&Arc<CompiledTool>> {
@@ -133,6 +213,9 @@ pub struct SharedSnapshot {
     heard: Arc<AtomicU64>,
     epoch: Instant,
     max_age: Duration,
+    /// Bumped on every install, for calls waiting for a scope request's answer.
+    installs: Arc<tokio::sync::watch::Sender<u64>>,
+    fetcher: Arc<ScopeFetcher>,
 }
 
 impl Default for SharedSnapshot {
@@ -145,12 +228,76 @@ impl Default for SharedSnapshot {
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
 
 impl SharedSnapshot {
+    /// Holding the whole catalog.
     pub fn new(max_age: Duration) -> Self {
+        Self::scoped(max_age, Arc::new(ScopeFetcher::new(ScopeMode::All, Duration::ZERO)))
+    }
+
+    /// Holding what `fetcher` asks for.
+    pub fn scoped(max_age: Duration, fetcher: Arc<ScopeFetcher>) -> Self {
         Self {
             inner: Arc::default(),
             heard: Arc::default(),
             epoch: Instant::now(),
             max_age,
+            installs: Arc::new(tokio::sync::watch::Sender::new(0)),
+            fetcher,
+        }
+    }
+
+    pub fn fetcher(&self) -> &ScopeFetcher {
+        &self.fetcher
+    }
+
+    /// The snapshot to serve `agent`'s call from, holding the agent's tools: asks the
+    /// control plane for them first when this sidecar does not hold them yet.
+    pub async fn serving_agent(&self, agent: Uuid) -> Result<Arc<SnapshotIndex>, ExecError> {
+        let snap = self.serving()?;
+        if snap.holds_agent(agent) {
+            return Ok(snap);
+        }
+        self.fetcher.ask_agent(agent);
+        self.wait(|s| s.holds_agent(agent), || format!("the tools of agent {agent}"))
+            .await
+    }
+
+    /// After `reference` (a tool id or name) was not found in a scoped snapshot: asks
+    /// the control plane for it and returns the snapshot that answers (holding the tool
+    /// if it exists). `None` when the whole catalog is held (nothing to ask).
+    pub async fn fetch_tool(&self, reference: &str) -> Result<Option<Arc<SnapshotIndex>>, ExecError> {
+        if !self.fetcher.is_scoped() {
+            return Ok(None);
+        }
+        let shown = || format!("tool {:?}", reference.chars().take(128).collect::<String>());
+        let request = self.fetcher.ask_tool(reference).ok_or_else(|| ExecError::ScopeFetch {
+            what: shown(),
+            why: "too many lookups are waiting for the control plane".to_owned(),
+        })?;
+        self.wait(|s| s.scope_request_id() >= request, shown).await.map(Some)
+    }
+
+    /// Waits until an installed snapshot satisfies `done`, at most the fetch timeout.
+    async fn wait(
+        &self,
+        done: impl Fn(&SnapshotIndex) -> bool,
+        what: impl Fn() -> String,
+    ) -> Result<Arc<SnapshotIndex>, ExecError> {
+        let mut installs = self.installs.subscribe();
+        let deadline = tokio::time::Instant::now() + self.fetcher.timeout;
+        loop {
+            let snap = self.serving()?;
+            if done(&snap) {
+                return Ok(snap);
+            }
+            if !matches!(tokio::time::timeout_at(deadline, installs.changed()).await, Ok(Ok(()))) {
+                return Err(ExecError::ScopeFetch {
+                    what: what(),
+                    why: format!(
+                        "the control plane did not send them within {} ms (TOOLPLANE_SCOPE_FETCH_TIMEOUT_MS)",
+                        self.fetcher.timeout.as_millis()
+                    ),
+                });
+            }
         }
     }
 
@@ -181,8 +328,11 @@ impl SharedSnapshot {
     }
 
     pub fn install(&self, index: SnapshotIndex) {
+        let answered = index.scope_request_id();
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(index));
         self.heard();
+        self.fetcher.answered(answered);
+        self.installs.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Records that the control plane just proved the snapshot current (a heartbeat
@@ -223,6 +373,7 @@ mod tests {
                 ..Default::default()
             },
             None,
+            &ValidatorCache::default(),
         )
     }
 

@@ -24,7 +24,7 @@ use toolplane_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::outbox::{BATCH, MAX_BATCH_BYTES, Outbox};
-use crate::snapshot::{SharedSnapshot, SnapshotIndex};
+use crate::snapshot::{SharedSnapshot, SnapshotIndex, ValidatorCache};
 use crate::wire::{EncodedBatch, Outbound, OutboundRequest};
 /// Largest snapshot or delta accepted from the control plane.
 pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
@@ -58,6 +58,8 @@ pub struct SyncClient {
     pub linger: Duration,
     /// The snapshot deltas apply to (the index keeps only what serving needs).
     pub held: std::sync::Mutex<Option<Snapshot>>,
+    /// Compiled schemas, kept across snapshots.
+    pub validators: ValidatorCache,
     /// A stream (or an attempt to open one) on which nothing arrives for this long is
     /// abandoned and replaced: a few of the control plane's heartbeat intervals.
     pub idle_timeout: Duration,
@@ -151,13 +153,19 @@ impl SyncClient {
 
     async fn session(&self, progress: &mut Progress) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel::<OutboundRequest>(8);
-        let known = self.snapshot.current().map_or(0, |s| s.revision);
+        let current = self.snapshot.current();
+        let known = current.as_ref().map_or(0, |s| s.revision);
+        let on_demand = current.map(|s| s.on_demand_tools()).unwrap_or_default();
+        // Held for the session: scope requests go out on this stream only.
+        let mut scope_requests = self.snapshot.fetcher().requests().await;
+        // Requests made while disconnected are in the hello's scope already.
+        while scope_requests.try_recv().is_ok() {}
         tx.send(OutboundRequest {
             message: Some(Outbound::Hello(pb::SidecarHello {
                 sidecar_id: self.sidecar_id.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 known_revision: known,
-                scope: None,
+                scope: Some(self.snapshot.fetcher().hello(&on_demand)),
             })),
         })
         .await?;
@@ -198,6 +206,9 @@ impl SyncClient {
                     self.flush(&tx).await?;
                 }
                 _ = tick.tick() => self.flush(&tx).await?,
+                Some(request) = scope_requests.recv() => {
+                    tx.send(OutboundRequest { message: Some(Outbound::Scope(request)) }).await?;
+                }
             }
         }
     }
@@ -216,7 +227,7 @@ impl SyncClient {
     }
 
     /// Applies what the control plane sent; an error ends the session (a reconnect
-    /// brings a full snapshot). Decoding and indexing a snapshot (compiling every
+    /// brings a full snapshot). Decoding and indexing a snapshot (hashing every
     /// tool's schemas) runs on the blocking pool: with a large registry it takes long
     /// enough to stall calls on a runtime with one worker thread.
     ///
@@ -227,9 +238,10 @@ impl SyncClient {
         match msg.message {
             Some(pb::connect_response::Message::Snapshot(s)) => {
                 let previous = self.snapshot.current();
+                let validators = self.validators.clone();
                 let built = tokio::task::spawn_blocking(move || {
                     snapshot_from_pb(s).map(|snap| {
-                        let index = SnapshotIndex::build(snap.clone(), previous.as_deref());
+                        let index = SnapshotIndex::build(snap.clone(), previous.as_deref(), &validators);
                         (snap, index)
                     })
                 })
@@ -250,9 +262,10 @@ impl SyncClient {
                     .take()
                     .ok_or_else(|| anyhow::anyhow!("delta before any snapshot"))?;
                 let previous = self.snapshot.current();
+                let validators = self.validators.clone();
                 let (snap, built) = tokio::task::spawn_blocking(move || {
-                    let built =
-                        apply(&mut snap, delta).map(|()| SnapshotIndex::build(snap.clone(), previous.as_deref()));
+                    let built = apply(&mut snap, delta)
+                        .map(|()| SnapshotIndex::build(snap.clone(), previous.as_deref(), &validators));
                     (snap, built)
                 })
                 .await?;

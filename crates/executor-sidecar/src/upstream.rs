@@ -225,7 +225,9 @@ impl Upstream {
         if outcome.status != ExecutionStatus::Success {
             return outcome;
         }
-        match &compiled.output {
+        // The input was checked against the same compiled schemas before the call.
+        let validators = compiled.validators();
+        match validators.as_ref().ok().and_then(|v| v.output.as_ref()) {
             Some(v) => match schema::check(v, "output", &outcome.output) {
                 Ok(()) => outcome,
                 // The output is kept for the PARTIAL strategy; callers never see it

@@ -18,7 +18,7 @@ use toolplane_proto::v1 as pb;
 /// `toolplane.v1.ConnectRequest`, whose `events` carry encoded `SyncEvent`s.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OutboundRequest {
-    #[prost(oneof = "Outbound", tags = "1, 2")]
+    #[prost(oneof = "Outbound", tags = "1, 2, 3")]
     pub message: Option<Outbound>,
 }
 
@@ -28,6 +28,8 @@ pub enum Outbound {
     Hello(pb::SidecarHello),
     #[prost(message, tag = "2")]
     Events(EncodedBatch),
+    #[prost(message, tag = "3")]
+    Scope(pb::ScopeRequest),
 }
 
 /// `toolplane.v1.EventBatch` with each `SyncEvent` as its encoding.

@@ -39,6 +39,9 @@ pub const SPOOL_DROPPED: &str = "toolplane_spool_dropped_events_total";
 /// heartbeat or ack on a live sync stream); past `TOOLPLANE_MAX_SNAPSHOT_AGE` it
 /// refuses calls.
 pub const SNAPSHOT_AGE: &str = "toolplane_snapshot_age_seconds";
+/// Tools the sidecar holds: with a scope (the default), those of the agents it serves
+/// and the fallbacks they name, not the whole catalog.
+pub const SNAPSHOT_TOOLS: &str = "toolplane_snapshot_tools";
 /// Limit and quota decisions made locally because Redis did not answer.
 pub const REDIS_DEGRADED: &str = "toolplane_redis_degraded_decisions_total";
 /// Shared state in Redis found to have gone backwards (deleted or rewritten outside

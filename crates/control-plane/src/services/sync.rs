@@ -13,8 +13,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use toolplane_core::convert::{delta_to_pb, snapshot_to_pb};
-use toolplane_core::delta::diff;
-use toolplane_core::model::{Principal, Role, Snapshot};
+use toolplane_core::delta::{SnapshotDelta, diff};
+use toolplane_core::model::{Principal, Role, Scope};
+use toolplane_core::scope::{Catalog, Held, scoped_delta};
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::sidecar_sync_server::SidecarSync;
 use toolplane_runtime::auth::{PrincipalExt, principal};
@@ -32,6 +33,7 @@ pub struct SyncService {
     state: Arc<AppState>,
     policy: SessionPolicy,
     fleet: Arc<Fleet>,
+    catalogs: Arc<Catalogs>,
 }
 
 /// How long a sync session may go quiet, and how long it may live.
@@ -47,6 +49,7 @@ impl SyncService {
             state,
             policy,
             fleet: Arc::default(),
+            catalogs: Arc::default(),
         }
     }
 
@@ -73,63 +76,183 @@ impl SessionToken {
         })
     }
 
-    /// Whether the token is still unrevoked and unexpired in `snapshot` (which holds
-    /// exactly the active tokens).
-    fn valid_in(&self, snapshot: &Snapshot) -> bool {
+    /// Whether the token is still unrevoked and unexpired in `catalog` (whose snapshot
+    /// holds exactly the active tokens).
+    fn valid_in(&self, catalog: &Catalog) -> bool {
         let now = Utc::now();
         self.0
-            .is_none_or(|id| snapshot.tokens.iter().any(|t| t.id == id && t.is_active(now)))
+            .is_none_or(|id| catalog.token(id).is_some_and(|t| t.is_active(now)))
     }
 }
 
-/// Sends the full snapshot when the sidecar holds nothing from this stream yet, and only
-/// what changed afterwards, once the session's token is checked again against the
-/// current state. Returns the snapshot the sidecar now holds, or `None` when the stream
-/// is over.
-async fn push_state(
-    state: &AppState,
-    token: SessionToken,
-    tx: &mpsc::Sender<Out>,
-    held: Option<Arc<Snapshot>>,
-    member: &Member,
-) -> Option<Arc<Snapshot>> {
-    let current = match state.snapshot().await {
-        Ok(s) => s,
+/// Most agents and on-demand tools one session's scope holds: a sidecar asking for more
+/// gets the first ones (and a warning in the log), not an unbounded set.
+const MAX_SCOPE_AGENTS: usize = 10_000;
+const MAX_SCOPE_TOOLS: usize = 10_000;
+
+/// The scope a sidecar asked for, resolved against `catalog`; `None` for the whole
+/// catalog. Agent and tool names become ids; tools that do not exist are left out (the
+/// sidecar learns of their absence from the answer's `request_id`).
+fn resolve(requested: Option<pb::SnapshotScope>, catalog: &Catalog) -> Option<Scope> {
+    let requested = requested.filter(|s| !s.all_agents)?;
+    let mut scope = Scope::default();
+    widen(
+        &mut scope,
+        &requested.agents,
+        &requested.tools,
+        requested.request_id,
+        catalog,
+    );
+    Some(scope)
+}
+
+/// Adds what a `ScopeRequest` (or a hello) names to `scope`, within the bounds.
+fn widen(scope: &mut Scope, agents: &[String], tools: &[String], request_id: u64, catalog: &Catalog) {
+    for a in agents.iter().filter_map(|r| catalog.agent_ref(r)) {
+        if scope.agents.len() >= MAX_SCOPE_AGENTS {
+            tracing::warn!(max = MAX_SCOPE_AGENTS, "a sidecar's scope is full; not adding agents");
+            break;
+        }
+        scope.agents.insert(a);
+    }
+    for t in tools.iter().filter_map(|r| catalog.tool_ref(r)) {
+        if scope.tools.len() >= MAX_SCOPE_TOOLS {
+            tracing::warn!(max = MAX_SCOPE_TOOLS, "a sidecar's scope is full; not adding tools");
+            break;
+        }
+        scope.tools.insert(t);
+    }
+    scope.request_id = scope.request_id.max(request_id);
+}
+
+/// The catalog at the current revision with its lookups, and the catalog's deltas
+/// between revisions: built once per revision for every session, so a change costs
+/// each sidecar what concerns it rather than a pass over the catalog.
+#[derive(Default)]
+pub struct Catalogs {
+    current: tokio::sync::Mutex<Option<Arc<Catalog>>>,
+    deltas: std::sync::Mutex<std::collections::VecDeque<((u64, u64), Arc<SnapshotDelta>)>>,
+}
+
+/// Deltas kept for sessions still catching up (a few revisions behind).
+const KEPT_DELTAS: usize = 16;
+
+impl Catalogs {
+    async fn current(&self, state: &AppState) -> crate::error::ApiResult<Arc<Catalog>> {
+        let snapshot = state.snapshot().await?;
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref().filter(|c| Arc::ptr_eq(&c.snapshot, &snapshot)) {
+            return Ok(c.clone());
+        }
+        let built = Arc::new(Catalog::new(snapshot));
+        *current = Some(built.clone());
+        Ok(built)
+    }
+
+    /// The catalog's delta from `old` to `new`, computed by the first session to need it.
+    fn delta(&self, old: &Catalog, new: &Catalog) -> Arc<SnapshotDelta> {
+        let key = (old.revision(), new.revision());
+        let mut deltas = self.deltas.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, d)) = deltas.iter().find(|(k, _)| *k == key) {
+            return d.clone();
+        }
+        let d = Arc::new(diff(&old.snapshot, &new.snapshot));
+        if deltas.len() >= KEPT_DELTAS {
+            deltas.pop_front();
+        }
+        deltas.push_back((key, d.clone()));
+        d
+    }
+}
+
+/// What one session's sidecar holds and asked for.
+struct View {
+    /// `None`: the whole catalog.
+    scope: Option<Scope>,
+    held: Option<Held>,
+}
+
+/// Sends the full (scoped) snapshot when the sidecar holds nothing from this stream
+/// yet, and only what changed for it afterwards, once the session's token is checked
+/// again against the current state. `false` when the stream is over.
+async fn push_state(s: &Session, tx: &mpsc::Sender<Out>, view: &mut View, member: &Member) -> bool {
+    let current = match s.catalogs.current(&s.state).await {
+        Ok(c) => c,
         Err(e) => {
             let _ = tx.send(Err(Status::from(e))).await;
-            return None;
+            return false;
         }
     };
-    if !token.valid_in(&current) {
+    if !s.token.valid_in(&current) {
         let _ = tx
             .send(Err(Status::unauthenticated(
                 "the sync session's token was revoked or has expired",
             )))
             .await;
-        return None;
+        return false;
     }
-    let message = match &held {
-        None => pb::connect_response::Message::Snapshot(snapshot_to_pb(&current)),
-        Some(old) => {
-            let delta = diff(old, &current);
+    if let Some(scope) = view.scope.as_mut() {
+        scope.tools.retain(|t| current.has_tool(*t));
+    }
+    let whole = Scope::default();
+    let scope = view.scope.as_ref().unwrap_or(&whole);
+    let (message, now) = match &view.held {
+        None => {
+            let (snapshot, held) = if view.scope.is_some() {
+                let (snapshot, held) = Held::scoped(&current, scope);
+                (snapshot_to_pb(&snapshot), held)
+            } else {
+                let held = Held {
+                    catalog: current.clone(),
+                    revision: current.revision(),
+                    scope: Scope::default(),
+                    tools: Default::default(),
+                };
+                (snapshot_to_pb(&current.snapshot), held)
+            };
+            (pb::connect_response::Message::Snapshot(snapshot), held)
+        }
+        Some(held) => {
+            let catalog_delta = s.catalogs.delta(&held.catalog, &current);
+            let (delta, now) = if view.scope.is_some() {
+                scoped_delta(held, &current, &catalog_delta, scope)
+            } else {
+                let mut delta = catalog_delta.as_ref().clone();
+                delta.from_revision = held.revision;
+                let now = Held {
+                    catalog: current.clone(),
+                    revision: current.revision(),
+                    scope: Scope::default(),
+                    tools: Default::default(),
+                };
+                (delta, now)
+            };
             if delta.is_empty() {
-                member.synced(current.revision);
-                return held;
+                member.synced(current.revision());
+                view.held = Some(Held::unsent(now, held));
+                return true;
             }
-            pb::connect_response::Message::Delta(delta_to_pb(&delta))
+            (pb::connect_response::Message::Delta(delta_to_pb(&delta)), now)
         }
     };
-    tx.send(Ok(pb::ConnectResponse { message: Some(message) })).await.ok()?;
-    member.synced(current.revision);
+    if tx
+        .send(Ok(pb::ConnectResponse { message: Some(message) }))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    member.synced(current.revision());
     member.pushed();
-    Some(current)
+    view.held = Some(now);
+    true
 }
 
 /// A heartbeat, after checking the token again (it may have expired without any change
 /// to announce). `false` when the stream is over.
-async fn beat(state: &AppState, token: SessionToken, tx: &mpsc::Sender<Out>, held: &Snapshot, member: &Member) -> bool {
-    if let Ok(current) = state.snapshot().await
-        && !token.valid_in(&current)
+async fn beat(s: &Session, tx: &mpsc::Sender<Out>, revision: u64, member: &Member) -> bool {
+    if let Ok(current) = s.catalogs.current(&s.state).await
+        && !s.token.valid_in(&current)
     {
         let _ = tx
             .send(Err(Status::unauthenticated(
@@ -139,7 +262,7 @@ async fn beat(state: &AppState, token: SessionToken, tx: &mpsc::Sender<Out>, hel
         return false;
     }
     let heartbeat = pb::Heartbeat {
-        revision: held.revision,
+        revision,
         sent_at: Some(toolplane_core::convert::ts(Utc::now())),
     };
     let sent = tx
@@ -160,16 +283,10 @@ struct Session {
     token: SessionToken,
     policy: SessionPolicy,
     fleet: Arc<Fleet>,
+    catalogs: Arc<Catalogs>,
 }
 
 async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mpsc::Sender<Out>) {
-    let Session {
-        state,
-        sender,
-        token,
-        policy,
-        fleet,
-    } = s;
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
         Ok(Some(Ok(pb::ConnectRequest {
             message: Some(pb::connect_request::Message::Hello(h)),
@@ -186,19 +303,28 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
     let sidecar = format!(
         "{} ({})",
         hello.sidecar_id.chars().take(128).collect::<String>(),
-        sender.source
+        s.sender.source
     );
-    tracing::info!(sidecar = %sidecar, version = %hello.version.chars().take(64).collect::<String>(), known_revision = hello.known_revision, "sidecar connected");
+    tracing::info!(sidecar = %sidecar, version = %hello.version.chars().take(64).collect::<String>(), known_revision = hello.known_revision, scoped = hello.scope.as_ref().is_some_and(|s| !s.all_agents), "sidecar connected");
     metrics::gauge!(m::SYNC_SESSIONS).increment(1.0);
     let _connected = scopeguard(|| metrics::gauge!(m::SYNC_SESSIONS).decrement(1.0));
-    let member = fleet.join(token.0);
+    let member = s.fleet.join(s.token.0);
     // The name it claims, for display next to the token that vouches for it.
     member.named(hello.sidecar_id.chars().take(128).collect());
-    let mut changes = state.subscribe();
+    let mut changes = s.state.subscribe();
     changes.mark_unchanged();
-    let Some(mut held) = push_state(&state, token, &tx, None, &member).await else {
-        return;
+    let scope = match s.catalogs.current(&s.state).await {
+        Ok(c) => resolve(hello.scope, &c),
+        Err(e) => {
+            let _ = tx.send(Err(Status::from(e))).await;
+            return;
+        }
     };
+    let mut view = View { scope, held: None };
+    if !push_state(&s, &tx, &mut view, &member).await {
+        return;
+    }
+    let policy = s.policy;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + policy.heartbeat, policy.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let expires = tokio::time::sleep(policy.max_lifetime);
@@ -208,7 +334,7 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
             msg = inbound.next() => match msg {
                 Some(Ok(pb::ConnectRequest { message: Some(pb::connect_request::Message::Events(batch)) })) => {
                     member.spooled(batch.spool_depth);
-                    match store_batch(&state, &sender, batch).await {
+                    match store_batch(&s.state, &s.sender, batch).await {
                         Ok(ids) => {
                             let ack = pb::ConnectResponse { message: Some(pb::connect_response::Message::Ack(pb::EventAck { event_ids: ids })) };
                             if tx.send(Ok(ack)).await.is_err() { break; }
@@ -222,6 +348,20 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
                         }
                     }
                 }
+                Some(Ok(pb::ConnectRequest { message: Some(pb::connect_request::Message::Scope(req)) })) => {
+                    let Some(scope) = view.scope.as_mut() else {
+                        // A sidecar holding the whole catalog has nothing to ask for.
+                        continue;
+                    };
+                    match s.catalogs.current(&s.state).await {
+                        Ok(c) => widen(scope, &req.agents, &req.tools, req.request_id, &c),
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            break;
+                        }
+                    }
+                    if !push_state(&s, &tx, &mut view, &member).await { break; }
+                }
                 Some(Ok(_)) => tracing::debug!(sidecar = %sidecar, "ignoring unexpected message"),
                 Some(Err(status)) => {
                     tracing::info!(sidecar = %sidecar, error = %status.message(), "sidecar stream error");
@@ -231,13 +371,11 @@ async fn session(s: Session, mut inbound: Streaming<pb::ConnectRequest>, tx: mps
             },
             changed = changes.changed() => {
                 if changed.is_err() { break; }
-                match push_state(&state, token, &tx, Some(held), &member).await {
-                    Some(now) => held = now,
-                    None => break,
-                }
+                if !push_state(&s, &tx, &mut view, &member).await { break; }
             }
             _ = heartbeat.tick() => {
-                if !beat(&state, token, &tx, &held, &member).await { break; }
+                let revision = view.held.as_ref().map_or(0, |h| h.revision);
+                if !beat(&s, &tx, revision, &member).await { break; }
             }
             () = &mut expires => {
                 // Ending the stream cleanly: the sidecar reconnects at once, presenting
@@ -279,6 +417,7 @@ impl SidecarSync for SyncService {
             token: SessionToken::of(&who),
             policy: self.policy,
             fleet: self.fleet.clone(),
+            catalogs: self.catalogs.clone(),
         };
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(session(s, request.into_inner(), tx));
