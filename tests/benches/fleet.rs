@@ -30,10 +30,14 @@
 //! (`cp_cpu_ms_per_change`: the control plane's CPU from just before a change's RPC until
 //! every sidecar held it; `_net` subtracts the steady audit load over that time.)
 //!
-//! Then, unless `FLEET_SIDECAR_MEMORY=0`, the catalog is topped up to
-//! `FLEET_MEMORY_TOOLS` (default 100 000) and a real release `toolplane-sidecar` serves
-//! one call of each of the fleet agent's 50 tools (a real HTTP tool server in this
-//! process): `sidecar_memory catalog=<t> granted=50 rss_mib=`.
+//! Then, unless `FLEET_SIDECAR_MEMORY=0`, a real release `toolplane-sidecar` (default
+//! settings) in front of a control plane holding `FLEET_MEMORY_TOOLS` tools (default
+//! 100 000) serves one call of each of the fleet agent's 50 tools (a real HTTP tool
+//! server in this process), and its RSS is read: `sidecar_memory catalog=<t> granted=50
+//! rss_mib=`. That control plane keeps its catalog in its embedded in-memory store, the
+//! tools registered anew through RegisterTool (8 clients): on PostgreSQL registration
+//! runs at ~130 tools/s here, so 100 000 would take ~13 minutes.
+//! `FLEET_MEMORY_STORE=postgres` tops the fleet's database up instead.
 
 #![allow(
     clippy::unwrap_used,
@@ -390,7 +394,14 @@ async fn main() {
     assert!(settings.rounds < GRANTED, "FLEET_ROUNDS must be below {GRANTED}");
     let db = TestDb::create().await;
     let cp = control_plane(Some(&db.url)).await;
-    let cat = catalog::build(&cp.url(), ADMIN_TOKEN, settings.tools, &settings.tool_url).await;
+    let cat = catalog::build(
+        &cp.url(),
+        ADMIN_TOKEN,
+        settings.tools,
+        &settings.tool_url,
+        "fleet catalog",
+    )
+    .await;
     let tokens = sidecar_tokens(&cp.url(), counts.iter().copied().max().unwrap_or(0)).await;
     cp.stop().await;
     for &n in &counts {
@@ -400,8 +411,28 @@ async fn main() {
         cp.stop().await;
     }
     if env_or("FLEET_SIDECAR_MEMORY", 1) != 0 {
-        let cp = control_plane(Some(&db.url)).await;
-        memory::measure(&cp, &cat, env_or("FLEET_MEMORY_TOOLS", 100_000), &settings.tool_url).await;
-        cp.stop().await;
+        let total = env_or("FLEET_MEMORY_TOOLS", 100_000);
+        let store = match std::env::var("FLEET_MEMORY_STORE").as_deref() {
+            Ok("postgres") => memory::Store::Postgres,
+            Ok("memory") | Err(_) => memory::Store::Memory,
+            Ok(other) => panic!("FLEET_MEMORY_STORE={other}: memory or postgres"),
+        };
+        if store == memory::Store::Postgres {
+            let cp = control_plane(Some(&db.url)).await;
+            memory::measure(&cp, &cat, total, &settings.tool_url, store).await;
+            cp.stop().await;
+        } else {
+            let cp = control_plane(None).await;
+            let cat = catalog::build(
+                &cp.url(),
+                ADMIN_TOKEN,
+                total,
+                &settings.tool_url,
+                "sidecar_memory catalog",
+            )
+            .await;
+            memory::measure(&cp, &cat, total, &settings.tool_url, store).await;
+            cp.stop().await;
+        }
     }
 }

@@ -76,12 +76,13 @@ pub struct Catalog {
 
 /// `n` tools, the other agents and their grants, the fleet agent and its grants, and a
 /// fallback strategy on its first tool naming a tool outside its grants.
-pub async fn build(url: &str, token: &str, n: usize, tool_url: &str) -> Catalog {
+/// `label` starts the line saying how long the registrations took and where.
+pub async fn build(url: &str, token: &str, n: usize, tool_url: &str, label: &str) -> Catalog {
     assert!(n >= 2 * GRANTED, "FLEET_TOOLS must be at least {}", 2 * GRANTED);
     let started = Instant::now();
     let tools = register(url, token, 0, n, tool_url).await;
     println!(
-        "fleet catalog tools={n} registered_in_s={:.1} clients={REGISTER_CLIENTS}",
+        "{label} tools={n} registered_in_s={:.1} clients={REGISTER_CLIENTS}",
         started.elapsed().as_secs_f64()
     );
     let mut admin = Admin::connect(url, token).await;
