@@ -28,7 +28,7 @@ UVICORN_VERSION := 0.54.0
 
 export TOOLPLANE_GRPCURL := $(CURDIR)/$(VENV)/bin/grpcurl
 
-.PHONY: run test test-deps build lint fmt tools clean browser console-screenshots bench-console bench-registry bench-invoke bench-audit bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
+.PHONY: run test test-deps build lint fmt tools clean browser console-screenshots bench-console bench-registry bench-invoke bench-audit bench-fleet bench-select eval-selection eval-history eval-learning model test-embeddings test-soak
 
 ## Start control plane, sidecar and demo tools on embedded defaults; prints what to try.
 run: build $(VENV)/.installed
@@ -68,6 +68,12 @@ bench-invoke:
 bench-audit:
 	$(CARGO) build --release --bins
 	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench audit
+
+## One control plane, 100 and 1000 simulated sidecars (10k tools, PostgreSQL): change
+## propagation, control-plane RSS and CPU; a real sidecar's RSS with 100k tools. Release build.
+bench-fleet:
+	$(CARGO) build --release --bins
+	scripts/with-services.sh $(CARGO) bench -p toolplane-tests --bench fleet
 
 ## SelectTool latency with 1k/10k/100k tools, in process and over gRPC, release build.
 bench-select:
