@@ -247,6 +247,7 @@ pub async fn serve(
             selector_client(config)?,
             config.token().ok(),
         )),
+        tool_metrics: Default::default(),
     });
 
     // Identity providers' access tokens, accepted by the MCP front door and the gRPC API.
