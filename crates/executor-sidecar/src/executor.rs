@@ -186,7 +186,10 @@ impl ExecutorService {
         use tracing::Instrument;
         if !toolplane_runtime::telemetry::exporting() {
             let outgoing = toolplane_core::trace::child(call.traceparent.as_deref());
-            return self.run_call_in_span(call, outgoing).await;
+            let result = self.run_call_in_span(call, outgoing).await;
+            // No answer before the call's events are in the spool.
+            self.outbox.spooled().await;
+            return result;
         }
         let span = tracing::info_span!(
             "toolplane.invoke",
@@ -197,6 +200,7 @@ impl ExecutorService {
         );
         let outgoing = toolplane_runtime::telemetry::continue_trace(&span, call.traceparent.as_deref());
         let result = self.run_call_in_span(call, outgoing).instrument(span.clone()).await;
+        self.outbox.spooled().await;
         match &result {
             Ok(r) => {
                 span.record("tool", r.tool_id.to_string());
