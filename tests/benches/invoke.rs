@@ -11,6 +11,13 @@
 //! `ceilings`): `bare_proxy` (HTTP/1.1 in, HTTP/1.1 to the tool) and `grpc_forward`
 //! (`Invoke` forwarded to the tool, nothing checked or recorded), and what they reach
 //! against `direct`: the most any proxy, and any gRPC front, could do on this machine.
+//!
+//! `invoke vs_forward` puts the sidecar against the bare forward of the same run
+//! (throughput and front CPU of a miss at c=64, the p50 a miss adds at c=1, a hit over
+//! the gRPC floor), and `invoke control_plane` says what the control plane spends
+//! storing a miss's events at c=64. The sidecar serves `/metrics` as deployed ones do;
+//! each case waits there for its spool depth to reach 0 (every event stored) before it
+//! reads the control plane's CPU.
 
 #![allow(
     clippy::unwrap_used,
@@ -146,9 +153,62 @@ struct Pids {
     tool_server: u32,
 }
 
+/// CPU each process spent per call of one case, in microseconds.
+#[derive(Clone, Copy, Debug)]
+struct Cpu {
+    front: f64,
+    control_plane: f64,
+    tool_server: f64,
+    bench_client: f64,
+}
+
+/// One case's latency, throughput and CPU.
+struct Measured {
+    stats: Stats,
+    cpu: Cpu,
+}
+
+/// Waits until the sidecar has every event it spooled acked by the control plane, i.e.
+/// stored (the control plane acks a batch after its commit): its `toolplane_spool_depth`
+/// gauge, read at each scrape of its `/metrics`, is 0. A case's control-plane CPU is
+/// read after this, so it includes the ingest of that case's audit events and
+/// invocations (delivered up to the audit linger after the last call) and nothing of
+/// the next case's.
+struct Drained {
+    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    metrics: hyper::Uri,
+}
+
+impl Drained {
+    async fn depth(&self) -> Option<f64> {
+        let resp = self.http.get(self.metrics.clone()).await.ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        let text = std::str::from_utf8(&body).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("toolplane_spool_depth "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    async fn wait(&self) {
+        let started = Instant::now();
+        loop {
+            if self.depth().await == Some(0.0) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the sidecar's events were not all stored within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// Runs one case and prints its line, then the CPU each process spent per call on it
-/// (what bounds throughput when cores are shared).
-async fn case<F, Fut>(name: &str, c: usize, n: usize, pids: Pids, one: F) -> Stats
+/// (what bounds throughput when cores are shared). The front's, tool server's and
+/// client's CPU are read when the last call is answered; the control plane's once the
+/// case's events are stored (see [`Drained`]).
+async fn case<F, Fut>(name: &str, c: usize, n: usize, pids: Pids, drained: &Drained, one: F) -> Measured
 where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -156,17 +216,22 @@ where
     let all = [pids.front, pids.control_plane, pids.tool_server, std::process::id()];
     let before = all.map(cpu_us);
     let s = measure(c, n, one).await;
+    let after = all.map(cpu_us);
     print(name, c, &s);
-    let per_call = |i: usize| (cpu_us(all[i]) - before[i]) / n as f64;
+    drained.wait().await;
+    let per_call = |i: usize, at: f64| (at - before[i]) / n as f64;
+    let cpu = Cpu {
+        front: per_call(0, after[0]),
+        control_plane: per_call(1, cpu_us(pids.control_plane)),
+        tool_server: per_call(2, after[2]),
+        bench_client: per_call(3, after[3]),
+    };
     println!(
         "invoke cpu case={name} c={c} front_us_per_call={:.1} control_plane_us_per_call={:.1} \
          tool_server_us_per_call={:.1} bench_client_us_per_call={:.1}",
-        per_call(0),
-        per_call(1),
-        per_call(2),
-        per_call(3)
+        cpu.front, cpu.control_plane, cpu.tool_server, cpu.bench_client
     );
-    s
+    Measured { stats: s, cpu }
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -337,7 +402,11 @@ async fn bench() {
     let sidecar_token = admin.token(pb::Role::Sidecar, "").await;
     // `INVOKE_SIDECAR_ENV="K=V K2=V2"`: settings for the sidecar under test.
     let extra = std::env::var("INVOKE_SIDECAR_ENV").unwrap_or_default();
-    let extra: Vec<(&str, &str)> = extra.split_whitespace().filter_map(|kv| kv.split_once('=')).collect();
+    let mut extra: Vec<(&str, &str)> = extra.split_whitespace().filter_map(|kv| kv.split_once('=')).collect();
+    // Its /metrics, as deployed sidecars serve them: the bench reads the spool depth
+    // there (see `Drained`), and the recorder's per-call cost is part of every call.
+    let metrics_addr = format!("127.0.0.1:{}", toolplane_tests::free_port());
+    extra.push(("TOOLPLANE_METRICS_LISTEN", &metrics_addr));
     let sc = sidecar_with(&cp, &sidecar_token, &spool_dir(), &extra).await;
     let sidecar_pid = sc_pid(&sc);
     let ex_channel = channel(&sc.url(), Some(&token)).await;
@@ -359,6 +428,12 @@ async fn bench() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let drained = Drained {
+        http: http.clone(),
+        metrics: format!("http://{metrics_addr}/metrics").parse().unwrap(),
+    };
+    drained.wait().await;
     let rss_idle = rss_mib(sidecar_pid);
     let pids = Pids {
         front: sidecar_pid,
@@ -381,25 +456,24 @@ async fn bench() {
         };
         eprintln!("profile sidecar_pid={sidecar_pid} control_plane_pid={}", cp.pid());
         let e = ex.clone();
-        let s = case(&which, c, n, pids, move |_| {
+        let s = case(&which, c, n, pids, &drained, move |_| {
             let mut e = e.clone();
             async move {
                 e.invoke(invoke_request(tool, &json!({"text": "a b"}))).await.unwrap();
             }
         })
         .await;
-        eprintln!("{}", s.rps);
+        eprintln!("{}", s.stats.rps);
         return;
     }
 
-    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let health = tonic_health::pb::health_client::HealthClient::new(ex_channel.clone());
     let mut results = std::collections::HashMap::new();
     let mut reference = std::collections::HashMap::new();
     for (c, n) in [(1usize, C1_REQUESTS), (64, C64_REQUESTS)] {
-        let direct = case("direct", c, n, pids, post_fast(&http, tools_addr)).await;
+        let direct = case("direct", c, n, pids, &drained, post_fast(&http, tools_addr)).await;
         let hc = health.clone();
-        let floor = case("grpc_floor", c, n, pids, move |_| {
+        let floor = case("grpc_floor", c, n, pids, &drained, move |_| {
             let mut hc = hc.clone();
             async move {
                 hc.check(tonic_health::pb::HealthCheckRequest { service: String::new() })
@@ -408,9 +482,9 @@ async fn bench() {
             }
         })
         .await;
-        let miss = case("sidecar_miss", c, n, pids, invoke_fast(&ex)).await;
+        let miss = case("sidecar_miss", c, n, pids, &drained, invoke_fast(&ex)).await;
         let e = ex.clone();
-        let hit = case("sidecar_hit", c, n, pids, move |_| {
+        let hit = case("sidecar_hit", c, n, pids, &drained, move |_| {
             let mut e = e.clone();
             async move {
                 let r = e
@@ -430,31 +504,44 @@ async fn bench() {
         // Each reference front runs only while it is measured: idle, they still cost
         // the cases above (direct's c=1 p50 ~30 -> ~60 µs with both waiting here).
         let proxy = Helper::start(ceilings::PROXY_ROLE, &tools_addr.to_string());
-        let bare = case("bare_proxy", c, n, at(&proxy), post_fast(&http, proxy.addr)).await;
+        let bare = case("bare_proxy", c, n, at(&proxy), &drained, post_fast(&http, proxy.addr)).await;
         drop(proxy);
         let grpc_forward = Helper::start(ceilings::GRPC_FORWARD_ROLE, &tools_addr.to_string());
         let forward =
             pb::executor_client::ExecutorClient::new(channel(&format!("http://{}", grpc_forward.addr), None).await);
-        let fwd = case("grpc_forward", c, n, at(&grpc_forward), invoke_fast(&forward)).await;
+        let fwd = case("grpc_forward", c, n, at(&grpc_forward), &drained, invoke_fast(&forward)).await;
         reference.insert(c, (bare, fwd));
     }
     let (d1, f1, m1, h1) = &results[&1];
     let (d64, _, m64, _) = &results[&64];
     println!(
         "invoke ratios added_p50_us={} floor_p50_us={} hit_over_floor={:.2} rps_vs_direct={:.2}",
-        m1.p50_us.saturating_sub(d1.p50_us),
-        f1.p50_us,
-        h1.p50_us as f64 / f1.p50_us.max(1) as f64,
-        m64.rps / d64.rps
+        m1.stats.p50_us.saturating_sub(d1.stats.p50_us),
+        f1.stats.p50_us,
+        h1.stats.p50_us as f64 / f1.stats.p50_us.max(1) as f64,
+        m64.stats.rps / d64.stats.rps
     );
     let (_, fwd1) = &reference[&1];
     let (bare64, fwd64) = &reference[&64];
     println!(
         "invoke ceilings bare_proxy_rps_vs_direct={:.2} grpc_forward_rps_vs_direct={:.2} \
          grpc_forward_added_p50_us={}",
-        bare64.rps / d64.rps,
-        fwd64.rps / d64.rps,
-        fwd1.p50_us.saturating_sub(d1.p50_us)
+        bare64.stats.rps / d64.stats.rps,
+        fwd64.stats.rps / d64.stats.rps,
+        fwd1.stats.p50_us.saturating_sub(d1.stats.p50_us)
+    );
+    // The sidecar against the bare forward of the same run: what governing a call
+    // (authn, permission, schema, rate limit, audit) costs over just forwarding it.
+    println!(
+        "invoke vs_forward miss_rps_ratio={:.2} miss_cpu_ratio={:.2} c1_miss_extra_p50_us={} hit_over_floor={:.2}",
+        m64.stats.rps / fwd64.stats.rps,
+        m64.cpu.front / fwd64.cpu.front,
+        i128::try_from(m1.stats.p50_us).unwrap() - i128::try_from(fwd1.stats.p50_us).unwrap(),
+        h1.stats.p50_us as f64 / f1.stats.p50_us.max(1) as f64,
+    );
+    println!(
+        "invoke control_plane audit_cpu_us_per_call={:.1}",
+        m64.cpu.control_plane
     );
 
     // Replay with repetition against a 20 ms tool: cached vs the same workload uncached.

@@ -71,6 +71,8 @@ pub struct ExecutorService {
     pub sidecar_id: String,
     /// The control plane's selector, for `ExecuteTask`.
     pub selector: Option<crate::selection_client::SelectionClient>,
+    /// Per-tool metric handles.
+    pub tool_metrics: crate::tool_metrics::ToolMetrics,
 }
 
 /// The caller's W3C `traceparent`, if it sent one.
@@ -184,7 +186,10 @@ impl ExecutorService {
         use tracing::Instrument;
         if !toolplane_runtime::telemetry::exporting() {
             let outgoing = toolplane_core::trace::child(call.traceparent.as_deref());
-            return self.run_call_in_span(call, outgoing).await;
+            let result = self.run_call_in_span(call, outgoing).await;
+            // No answer before the call's events are in the spool.
+            self.outbox.spooled().await;
+            return result;
         }
         let span = tracing::info_span!(
             "toolplane.invoke",
@@ -195,6 +200,7 @@ impl ExecutorService {
         );
         let outgoing = toolplane_runtime::telemetry::continue_trace(&span, call.traceparent.as_deref());
         let result = self.run_call_in_span(call, outgoing).instrument(span.clone()).await;
+        self.outbox.spooled().await;
         match &result {
             Ok(r) => {
                 span.record("tool", r.tool_id.to_string());
@@ -618,7 +624,7 @@ impl ExecutorService {
 
     /// This call went upstream for a cacheable tool (it, not a concurrent twin, fetched).
     fn audit_cache_miss(&self, ctx: &Ctx<'_>) {
-        metrics::counter!(m::CACHE_LOOKUPS, "tool" => ctx.tool.spec.name.clone(), "result" => "miss").increment(1);
+        self.tool_metrics.cache_lookup(&ctx.tool.spec.name, false);
         let (inv, task) = (ctx.invocation_id, &ctx.task_id);
         let mut e = self.audit(
             AuditAction::CacheMiss,
@@ -718,7 +724,7 @@ impl ExecutorService {
                 (rpm, format!("tool {}", tool.spec.name), retry_after)
             }
         };
-        metrics::counter!(m::RATE_LIMITED, "tool" => tool.spec.name.clone()).increment(1);
+        self.tool_metrics.rate_limited(&tool.spec.name);
         let mut e = self.audit(
             AuditAction::RateLimited,
             ctx.agent_id,
@@ -776,7 +782,7 @@ impl ExecutorService {
         } else {
             error.replace(&ctx.secret, REDACTED)
         };
-        let result = ToolResult {
+        let mut result = ToolResult {
             invocation_id: ctx.invocation_id,
             tool_id: tool.id,
             tool_version: tool.version,
@@ -797,14 +803,14 @@ impl ExecutorService {
             stale: ctx.stale,
             fallback_from: (ctx.requested_tool_id != tool.id).then_some(ctx.requested_tool_id),
         };
-        let name = tool.spec.name.clone();
-        metrics::counter!(m::INVOCATIONS, "tool" => name.clone(), "status" => status.as_str()).increment(1);
-        metrics::histogram!(m::INVOCATION_SECONDS, "tool" => name.clone()).record(ctx.started.elapsed().as_secs_f64());
+        let name = tool.spec.name.as_str();
+        self.tool_metrics
+            .invoked(name, status, ctx.started.elapsed().as_secs_f64());
         if status == ExecutionStatus::CircuitOpen {
-            metrics::counter!(m::CIRCUIT_REJECTIONS, "tool" => name.clone()).increment(1);
+            self.tool_metrics.circuit_rejected(name);
         }
         if cache_hit {
-            metrics::counter!(m::CACHE_LOOKUPS, "tool" => name, "result" => "hit").increment(1);
+            self.tool_metrics.cache_lookup(name, true);
         }
         let action = if cache_hit {
             AuditAction::CacheHit
@@ -828,6 +834,11 @@ impl ExecutorService {
             status,
             digest,
         });
+        // The output stays with the caller; the control plane keeps its digest. Set
+        // aside while the rest is copied, so it is not cloned only to be dropped.
+        let output = std::mem::take(&mut result.output);
+        let recorded = result.clone();
+        result.output = output;
         let invocation = SyncEvent::Invocation(InvocationRecord {
             invocation_id: ctx.invocation_id,
             agent_id: ctx.agent_id,
@@ -835,11 +846,7 @@ impl ExecutorService {
             requested_tool_id: ctx.requested_tool_id,
             parameters: ctx.sanitized.clone(),
             invoked_at: Utc::now() - chrono::Duration::milliseconds(i64::from(result.duration_ms)),
-            result: ToolResult {
-                // The output stays with the caller; the control plane keeps its digest.
-                output: Value::Null,
-                ..result.clone()
-            },
+            result: recorded,
             sidecar_id: self.sidecar_id.clone(),
             task_category: ctx.task_category.clone(),
             selection_id: ctx.selection_id,

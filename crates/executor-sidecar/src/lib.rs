@@ -29,6 +29,7 @@ pub mod spend;
 pub mod spool;
 pub mod sync;
 pub mod task;
+pub mod tool_metrics;
 pub mod upstream;
 pub mod upstream_oauth;
 pub mod wire;

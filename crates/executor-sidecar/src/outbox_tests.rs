@@ -277,3 +277,61 @@ fn a_spool_of_the_old_format_is_read_cleaned_and_rewritten() {
 fn crc32_is_the_ieee_one() {
     assert_eq!(crate::spool::crc32(b"123456789"), 0xCBF4_3926);
 }
+
+fn spool_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join("events.log")).map_or(0, |m| m.len())
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_one_spool_write_and_none_answers_before_it() {
+    let dir = std::env::temp_dir().join(format!("tp-spool-{}", Uuid::new_v4()));
+    let o = Outbox::open(&dir, false, 100, FullPolicy::Reject).unwrap();
+    let rooms: Vec<_> = (0..3).map(|_| o.reserve(2).unwrap()).collect();
+    let calls = rooms.into_iter().map(|room| {
+        let (o, dir) = (&o, &dir);
+        async move {
+            o.push_all(vec![event(), event()]);
+            drop(room);
+            o.spooled().await;
+            spool_len(dir)
+        }
+    });
+    let seen = futures::future::join_all(calls).await;
+    let all = spool_len(&dir);
+    assert!(all > 0);
+    // The first call led: it waited for the others, and one write served all three.
+    assert_eq!(seen, vec![all; 3], "every call answered with all six events written");
+    drop(o);
+    let o = Outbox::open(&dir, false, 100, FullPolicy::Reject).unwrap();
+    assert_eq!(o.pending(), 6);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_leader_dropped_while_gathering_still_writes_the_group() {
+    let dir = std::env::temp_dir().join(format!("tp-spool-{}", Uuid::new_v4()));
+    let o = Outbox::open(&dir, false, 100, FullPolicy::Reject).unwrap();
+    let other = o.reserve(1).unwrap();
+    let room = o.reserve(1).unwrap();
+    o.push(event());
+    drop(room);
+    let mut wait = Box::pin(o.spooled());
+    assert!(futures::poll!(wait.as_mut()).is_pending(), "waits for the other call");
+    assert_eq!(spool_len(&dir), 0, "nothing written while the group gathers");
+    drop(wait);
+    assert!(spool_len(&dir) > 0, "written when the leader went away");
+    drop(other);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn nothing_is_handed_out_for_sending_before_it_is_spooled() {
+    let dir = std::env::temp_dir().join(format!("tp-spool-{}", Uuid::new_v4()));
+    let o = Outbox::open(&dir, false, 100, FullPolicy::Reject).unwrap();
+    let a = event();
+    o.push(a.clone());
+    assert_eq!(spool_len(&dir), 0);
+    assert_eq!(o.take_batch(10, MAX_BATCH_BYTES), wire(&[&a]));
+    assert!(spool_len(&dir) > 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -33,9 +33,16 @@ use crate::upstream::Upstream;
 
 const EXECUTOR: &str = "toolplane.v1.Executor";
 
-/// Samples what is a level rather than an event, once a second.
+/// Samples what is a level rather than an event, once a second. The spool depth is
+/// also read at every scrape of `/metrics`, so it is exact when read: whoever waits for
+/// "everything delivered" (an operator draining a sidecar, `make bench-invoke` before
+/// reading the control plane's CPU) sees 0 as soon as the last ack arrives.
 fn spawn_gauges(executor: Arc<ExecutorService>) {
     use toolplane_runtime::metrics as m;
+    let outbox = executor.outbox.clone();
+    toolplane_runtime::metrics::on_scrape(move |_| {
+        metrics::gauge!(m::SPOOL_DEPTH).set(outbox.pending() as f64);
+    });
     tokio::spawn(async move {
         loop {
             metrics::gauge!(m::SPOOL_DEPTH).set(executor.outbox.pending() as f64);
@@ -250,6 +257,7 @@ pub async fn serve(
             selector_client(config)?,
             config.token().ok(),
         )),
+        tool_metrics: Default::default(),
     });
 
     // Identity providers' access tokens, accepted by the MCP front door and the gRPC API.

@@ -89,6 +89,16 @@ pub const ACCESS_TOKENS: &str = "toolplane_access_tokens_total";
 /// JWKS loads of an identity provider's keys, by `result` (`ok`, `error`).
 pub const JWKS_REFRESHES: &str = "toolplane_jwks_refreshes_total";
 
+/// Set once [`install`] has put the Prometheus recorder in place.
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process's recorder is installed. A metric handle registered before
+/// that is bound to the no-op recorder for good, so code that keeps handles (rather
+/// than looking a series up on every call) keeps them only once this is true.
+pub fn recording() -> bool {
+    RECORDING.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// Installs the process-wide recorder; `None` if one is already installed (tests that
 /// start several servers in one process).
 pub fn install() -> Option<PrometheusHandle> {
@@ -100,6 +110,7 @@ pub fn install() -> Option<PrometheusHandle> {
         .ok()?
         .install_recorder()
         .ok()?;
+    RECORDING.store(true, std::sync::atomic::Ordering::Release);
     metrics::describe_counter!(RPC_STARTED, "gRPC calls received");
     metrics::describe_counter!(RPC_HANDLED, "gRPC calls finished, by status code");
     metrics::describe_histogram!(

@@ -39,12 +39,25 @@ use tower::{Layer, Service};
 
 use crate::metrics::{RPC_HANDLED, RPC_SECONDS, RPC_STARTED};
 
-/// The labels of one known method (or of `other`).
+/// The labels of one known method (or of `other`), and its series once registered.
 #[derive(Debug)]
 struct Method {
     service: String,
     method: String,
     kind: &'static str,
+    handles: OnceLock<Handles>,
+}
+
+/// A method's series, registered on its first call once the recorder is installed:
+/// looking a labelled series up builds its key (label strings and all) and hashes it
+/// into the registry, three times per call; a handle is one atomic add.
+#[derive(Debug)]
+struct Handles {
+    started: metrics::Counter,
+    seconds: metrics::Histogram,
+    /// By `grpc_code` (its number): each registered when that code first occurs, so
+    /// only codes that happened appear, as without handles.
+    handled: [OnceLock<metrics::Counter>; 17],
 }
 
 /// Every method either binary could be asked for, by HTTP/2 path (`/pkg.Service/Method`).
@@ -82,6 +95,7 @@ fn known() -> &'static HashMap<String, Method> {
                                 service: service_name.clone(),
                                 method,
                                 kind,
+                                handles: OnceLock::new(),
                             },
                         );
                     }
@@ -96,6 +110,7 @@ static OTHER: Method = Method {
     service: String::new(),
     method: String::new(),
     kind: "unknown",
+    handles: OnceLock::new(),
 };
 
 fn method_of(path: &str) -> &'static Method {
@@ -113,6 +128,46 @@ impl Method {
 
     fn method(&'static self) -> &'static str {
         if self.method.is_empty() { "other" } else { &self.method }
+    }
+
+    /// The method's series; `None` until the recorder is installed (see
+    /// [`crate::metrics::recording`]).
+    fn handles(&'static self) -> Option<&'static Handles> {
+        if let Some(h) = self.handles.get() {
+            return Some(h);
+        }
+        if !crate::metrics::recording() {
+            return None;
+        }
+        Some(self.handles.get_or_init(|| Handles {
+            started: metrics::counter!(RPC_STARTED,
+                "grpc_service" => self.service(),
+                "grpc_method" => self.method(),
+                "grpc_type" => self.kind),
+            seconds: metrics::histogram!(RPC_SECONDS,
+                "grpc_service" => self.service(),
+                "grpc_method" => self.method(),
+                "grpc_type" => self.kind),
+            handled: Default::default(),
+        }))
+    }
+
+    /// Counts one call finished with `code`.
+    fn count_handled(&'static self, code: Code) {
+        let counter = || {
+            metrics::counter!(RPC_HANDLED,
+                "grpc_service" => self.service(),
+                "grpc_method" => self.method(),
+                "grpc_type" => self.kind,
+                "grpc_code" => code_name(code))
+        };
+        let slot = usize::try_from(i32::from(code))
+            .ok()
+            .and_then(|i| self.handles().and_then(|h| h.handled.get(i)));
+        match slot {
+            Some(slot) => slot.get_or_init(counter).increment(1),
+            None => counter().increment(1),
+        }
     }
 }
 
@@ -150,11 +205,14 @@ struct Call {
 impl Call {
     fn start(path: &str) -> Self {
         let method = method_of(path);
-        metrics::counter!(RPC_STARTED,
-            "grpc_service" => method.service(),
-            "grpc_method" => method.method(),
-            "grpc_type" => method.kind)
-        .increment(1);
+        match method.handles() {
+            Some(h) => h.started.increment(1),
+            None => metrics::counter!(RPC_STARTED,
+                "grpc_service" => method.service(),
+                "grpc_method" => method.method(),
+                "grpc_type" => method.kind)
+            .increment(1),
+        }
         Self {
             method,
             started: Instant::now(),
@@ -167,17 +225,16 @@ impl Call {
             return;
         }
         let m = self.method;
-        metrics::counter!(RPC_HANDLED,
-            "grpc_service" => m.service(),
-            "grpc_method" => m.method(),
-            "grpc_type" => m.kind,
-            "grpc_code" => code_name(code))
-        .increment(1);
-        metrics::histogram!(RPC_SECONDS,
-            "grpc_service" => m.service(),
-            "grpc_method" => m.method(),
-            "grpc_type" => m.kind)
-        .record(self.started.elapsed().as_secs_f64());
+        m.count_handled(code);
+        let seconds = self.started.elapsed().as_secs_f64();
+        match m.handles() {
+            Some(h) => h.seconds.record(seconds),
+            None => metrics::histogram!(RPC_SECONDS,
+                "grpc_service" => m.service(),
+                "grpc_method" => m.method(),
+                "grpc_type" => m.kind)
+            .record(seconds),
+        }
     }
 }
 
