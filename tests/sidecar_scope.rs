@@ -18,7 +18,7 @@ use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::sidecar_sync_client::SidecarSyncClient;
 use toolplane_tests::grpc::{Admin, channel, executor, http_tool, invoke_request};
 use toolplane_tests::pg::TestDb;
-use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar_with, spool_dir};
+use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, control_plane_with, sidecar_with, spool_dir};
 use toolplane_tests::tool_server::ToolServer;
 use toolplane_tests::{eventually, free_port};
 
@@ -250,7 +250,9 @@ async fn a_sidecar_learns_its_agents_and_fetches_tools_on_demand() {
     const FILLER: usize = 200;
     let db = TestDb::create().await;
     let server = ToolServer::start().await;
-    let cp = control_plane(Some(&db.url)).await;
+    // Sync sessions end every few seconds: what the sidecar learned must survive its
+    // reconnects.
+    let cp = control_plane_with(Some(&db.url), &[("TOOLPLANE_SYNC_SESSION_MAX_SECS", "3")]).await;
     let mut admin = Admin::connect(&cp.url(), ADMIN_TOKEN).await;
     for i in 0..FILLER {
         admin
@@ -335,6 +337,21 @@ async fn a_sidecar_learns_its_agents_and_fetches_tools_on_demand() {
     })
     .await;
     wait_held(port, "A's and B's tools only", 3.0).await;
+
+    // After a reconnect the sidecar asks for what it learned: still held, no call needed.
+    let reconnects = |sc: &Proc| sc.logs().matches("connected to control plane").count();
+    let before = reconnects(&sc);
+    eventually("a reconnect", WAIT, || {
+        let n = reconnects(&sc);
+        async move { (n > before).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        held_tools(port).await,
+        Some(3.0),
+        "the learned scope survives a reconnect"
+    );
 
     // Configured by name: held before any call. `*`: the whole catalog.
     let (_named, port) = scoped_sidecar(&cp, &sidecar_token, Some("learn-a")).await;
