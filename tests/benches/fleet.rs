@@ -87,25 +87,11 @@ struct Settings {
     tool_url: String,
 }
 
-pub fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
+pub use toolplane_tests::procfs::rss_mib;
 
-/// CPU time (user + system) the process has used so far, in milliseconds (100 ticks/s).
+/// CPU time (user + system) the process has used so far, in milliseconds.
 fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(14 - 3) + field(15 - 3)) * 10.0
+    toolplane_tests::procfs::cpu_us(pid) / 1000.0
 }
 
 /// This process's soft limit on open files.

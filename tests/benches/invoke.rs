@@ -40,6 +40,7 @@ use serde_json::{Value, json};
 use toolplane_core::json::json_to_struct;
 use toolplane_proto::v1 as pb;
 use toolplane_tests::grpc::{Admin, Authed, channel, http_tool, invoke_request};
+use toolplane_tests::procfs::{cpu_us, rss_mib};
 use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar_with, spool_dir};
 
 #[path = "invoke/ceilings.rs"]
@@ -132,18 +133,6 @@ fn print(case: &str, c: usize, s: &Stats) {
     );
 }
 
-/// CPU time (user + system) the process has used so far, in microseconds.
-fn cpu_us(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // `rest` starts at the 3rd field (state).
-    let ticks = field(14 - 3) + field(15 - 3);
-    ticks * 1e6 / 100.0
-}
-
 /// The processes whose CPU each case accounts for.
 #[derive(Clone, Copy)]
 struct Pids {
@@ -232,17 +221,6 @@ where
         cpu.front, cpu.control_plane, cpu.tool_server, cpu.bench_client
     );
     Measured { stats: s, cpu }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
 }
 
 /// ~300 distinct task strings, drawn Zipf-like (s = 1.1); a fifth of the draws differ

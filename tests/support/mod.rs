@@ -8,6 +8,7 @@ pub mod fake_sidecar;
 pub mod grpc;
 pub mod oidc;
 pub mod pg;
+pub mod procfs;
 pub mod procs;
 pub mod tool_server;
 
