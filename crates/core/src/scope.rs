@@ -179,6 +179,16 @@ impl Held {
         (snapshot, held)
     }
 
+    /// What a sidecar holding the whole catalog holds (no scope, no tool set).
+    pub fn whole(catalog: &Arc<Catalog>) -> Self {
+        Self {
+            catalog: catalog.clone(),
+            revision: catalog.revision(),
+            scope: Scope::default(),
+            tools: HashSet::new(),
+        }
+    }
+
     /// The sidecar received nothing for the changes up to `now`'s catalog (its view
     /// did not change): deltas continue from the revision it holds.
     pub fn unsent(mut now: Self, held: &Self) -> Self {
@@ -202,9 +212,19 @@ pub fn scoped_delta(
     let tools = new.tools_of(scope);
     let fresh = |t: &Uuid| !held.tools.contains(t);
     let changed_tools: HashSet<Uuid> = catalog_delta.upserted_tools.iter().map(|t| t.id).collect();
-    let changed_credentials: HashSet<Uuid> = catalog_delta.upserted_credentials.iter().map(|c| c.tool_id).collect();
-    let changed_fallbacks: HashSet<Uuid> = catalog_delta.upserted_fallbacks.iter().map(|f| f.tool_id).collect();
+    // Credentials and strategies to send: a newly held tool's, and a held tool's that
+    // changed.
+    let fresh_or = |changed: HashSet<Uuid>| -> HashSet<Uuid> {
+        tools
+            .iter()
+            .filter(|t| fresh(t) || changed.contains(t))
+            .copied()
+            .collect()
+    };
+    let send_credentials = fresh_or(catalog_delta.upserted_credentials.iter().map(|c| c.tool_id).collect());
+    let send_fallbacks = fresh_or(catalog_delta.upserted_fallbacks.iter().map(|f| f.tool_id).collect());
     let gone: Vec<Uuid> = held.tools.iter().filter(|t| !tools.contains(t)).copied().collect();
+    let kept: HashSet<Uuid> = held.tools.intersection(&tools).copied().collect();
     let new_agents: Vec<Uuid> = scope.agents.difference(&held.scope.agents).copied().collect();
 
     let mut upserted_permissions: Vec<_> = catalog_delta
@@ -267,32 +287,15 @@ pub fn scoped_delta(
             .filter(|id| held.catalog.token(**id).is_some_and(is_agents))
             .copied()
             .collect(),
-        upserted_credentials: tools
-            .iter()
-            .filter(|t| fresh(t) || changed_credentials.contains(t))
-            .filter_map(|t| new.credentials.get(t))
-            .map(|&i| s.credentials[i].clone())
-            .collect(),
-        removed_credentials: catalog_delta
-            .removed_credentials
-            .iter()
-            .filter(|t| tools.contains(t) && !fresh(t))
-            .chain(gone.iter().filter(|t| held.catalog.credentials.contains_key(t)))
-            .copied()
-            .collect(),
-        upserted_fallbacks: tools
-            .iter()
-            .filter(|t| fresh(t) || changed_fallbacks.contains(t))
-            .filter_map(|t| new.fallbacks.get(t))
-            .map(|&i| s.fallbacks[i].clone())
-            .collect(),
-        removed_fallbacks: catalog_delta
-            .removed_fallbacks
-            .iter()
-            .filter(|t| tools.contains(t) && !fresh(t))
-            .chain(gone.iter().filter(|t| held.catalog.fallbacks.contains_key(t)))
-            .copied()
-            .collect(),
+        upserted_credentials: per_tool_upserts(&send_credentials, &new.credentials, &s.credentials),
+        removed_credentials: per_tool_removals(
+            &catalog_delta.removed_credentials,
+            &kept,
+            &gone,
+            &held.catalog.credentials,
+        ),
+        upserted_fallbacks: per_tool_upserts(&send_fallbacks, &new.fallbacks, &s.fallbacks),
+        removed_fallbacks: per_tool_removals(&catalog_delta.removed_fallbacks, &kept, &gone, &held.catalog.fallbacks),
         scope: (held.scope != *scope).then(|| scope.clone()),
     };
     let now = Held {
@@ -302,6 +305,25 @@ pub fn scoped_delta(
         tools,
     };
     (delta, now)
+}
+
+/// The per-tool items (credentials, strategies) of the tools in `send`, from `items`.
+fn per_tool_upserts<T: Clone>(send: &HashSet<Uuid>, at: &HashMap<Uuid, usize>, items: &[T]) -> Vec<T> {
+    send.iter()
+        .filter_map(|t| at.get(t))
+        .map(|&i| items[i].clone())
+        .collect()
+}
+
+/// Per-tool items to remove: those the catalog removed for tools held before and still
+/// held, and those of tools no longer held that had one (`had`: the old catalog's).
+fn per_tool_removals(removed: &[Uuid], kept: &HashSet<Uuid>, gone: &[Uuid], had: &HashMap<Uuid, usize>) -> Vec<Uuid> {
+    removed
+        .iter()
+        .filter(|t| kept.contains(t))
+        .chain(gone.iter().filter(|t| had.contains_key(t)))
+        .copied()
+        .collect()
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::quota::{Consumed, Quotas, Reservation};
 use crate::rate_limit::{Decision, RateLimiter};
 use crate::reliability::Breakers;
 use crate::result_cache::{ResultCache, Source};
-use crate::snapshot::{CompiledTool, SharedSnapshot, SnapshotIndex};
+use crate::snapshot::{CompiledTool, SharedSnapshot, SnapshotIndex, ToolRef};
 use crate::spend::{Spend, SpendBudgets, SpendReservation};
 use crate::upstream::{Outcome, Upstream};
 use toolplane_runtime::metrics as m;
@@ -220,36 +220,15 @@ impl ExecutorService {
         // Refused when cut off from the control plane for too long (see `serving`):
         // checked per call, as a batch or task outlives the check at authentication.
         // A scoped sidecar fetches the agent's tools on its first call.
-        let mut snap = self.snapshot.serving_agent(call.agent_id).await?;
-        let compiled: Arc<CompiledTool> = match &call.tool {
-            Some(pb::invoke_request::Tool::ToolId(id)) => {
-                let id = parse_uuid("tool_id", id)?;
-                match snap.tool(id) {
-                    Some(t) => t.clone(),
-                    None => {
-                        // Outside the scope (not granted, or absent): asked for on
-                        // demand, so the call is refused or served as with the whole
-                        // catalog.
-                        snap = self.snapshot.fetch_tool(&id.to_string()).await?.unwrap_or(snap);
-                        snap.tool(id)
-                            .cloned()
-                            .ok_or_else(|| ExecError::NotFound(format!("tool {id} not found")))?
-                    }
-                }
-            }
-            Some(pb::invoke_request::Tool::ToolName(name)) => match snap.tool_by_name(name) {
-                Some(t) => t.clone(),
-                None => {
-                    snap = self.snapshot.fetch_tool(name).await?.unwrap_or(snap);
-                    snap.tool_by_name(name)
-                        .cloned()
-                        .ok_or_else(|| ExecError::NotFound(format!("tool {name:?} not found")))?
-                }
-            },
+        let snap = self.snapshot.serving_agent(call.agent_id).await?;
+        let reference = match &call.tool {
+            Some(pb::invoke_request::Tool::ToolId(id)) => ToolRef::Id(parse_uuid("tool_id", id)?),
+            Some(pb::invoke_request::Tool::ToolName(name)) => ToolRef::Name(name),
             None => {
                 return Err(toolplane_core::Violations::single("tool", "set tool_id or tool_name").into());
             }
         };
+        let (snap, compiled) = self.snapshot.resolve_tool(snap, &reference).await?;
         let tool = &compiled.tool;
         let agent = snap
             .agent(call.agent_id)

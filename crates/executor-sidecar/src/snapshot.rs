@@ -144,6 +144,13 @@ impl SnapshotIndex {
         }
     }
 
+    pub fn find(&self, r: &ToolRef<'_>) -> Option<&Arc<CompiledTool>> {
+        match r {
+            ToolRef::Id(id) => self.tool(*id),
+            ToolRef::Name(name) => self.tool_by_name(name),
+        }
+    }
+
     /// Whether `agent`'s tools are held (always, with the whole catalog).
     pub fn holds_agent(&self, agent: Uuid) -> bool {
         self.scope.as_ref().is_none_or(|s| s.agents.contains(&agent))
@@ -200,6 +207,12 @@ impl SnapshotIndex {
     pub fn tool_count(&self) -> usize {
         self.tools.len()
     }
+}
+
+/// How a call names its tool.
+pub enum ToolRef<'a> {
+    Id(Uuid),
+    Name(&'a str),
 }
 
 /// The current snapshot, shared by every request and replaced whole, with when the
@@ -264,7 +277,7 @@ impl SharedSnapshot {
     /// After `reference` (a tool id or name) was not found in a scoped snapshot: asks
     /// the control plane for it and returns the snapshot that answers (holding the tool
     /// if it exists). `None` when the whole catalog is held (nothing to ask).
-    pub async fn fetch_tool(&self, reference: &str) -> Result<Option<Arc<SnapshotIndex>>, ExecError> {
+    async fn fetch_tool(&self, reference: &str) -> Result<Option<Arc<SnapshotIndex>>, ExecError> {
         if !self.fetcher.is_scoped() {
             return Ok(None);
         }
@@ -274,6 +287,28 @@ impl SharedSnapshot {
             why: "too many lookups are waiting for the control plane".to_owned(),
         })?;
         self.wait(|s| s.scope_request_id() >= request, shown).await.map(Some)
+    }
+
+    /// The tool `r` names in `snap`; outside a scoped sidecar's scope (not granted, or
+    /// absent) asked for on demand first, so the call is refused or served as with the
+    /// whole catalog. Returns the snapshot the tool was found in.
+    pub async fn resolve_tool(
+        &self,
+        snap: Arc<SnapshotIndex>,
+        r: &ToolRef<'_>,
+    ) -> Result<(Arc<SnapshotIndex>, Arc<CompiledTool>), ExecError> {
+        if let Some(t) = snap.find(r).cloned() {
+            return Ok((snap, t));
+        }
+        let (reference, shown) = match r {
+            ToolRef::Id(id) => (id.to_string(), id.to_string()),
+            ToolRef::Name(name) => ((*name).to_owned(), format!("{name:?}")),
+        };
+        let snap = self.fetch_tool(&reference).await?.unwrap_or(snap);
+        let found = snap.find(r).cloned();
+        found
+            .map(|t| (snap, t))
+            .ok_or_else(|| ExecError::NotFound(format!("tool {shown} not found")))
     }
 
     /// Waits until an installed snapshot satisfies `done`, at most the fetch timeout.

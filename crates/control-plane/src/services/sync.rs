@@ -205,12 +205,7 @@ async fn push_state(s: &Session, tx: &mpsc::Sender<Out>, view: &mut View, member
                 let (snapshot, held) = Held::scoped(&current, scope);
                 (snapshot_to_pb(&snapshot), held)
             } else {
-                let held = Held {
-                    catalog: current.clone(),
-                    revision: current.revision(),
-                    scope: Scope::default(),
-                    tools: Default::default(),
-                };
+                let held = Held::whole(&current);
                 (snapshot_to_pb(&current.snapshot), held)
             };
             (pb::connect_response::Message::Snapshot(snapshot), held)
@@ -222,12 +217,7 @@ async fn push_state(s: &Session, tx: &mpsc::Sender<Out>, view: &mut View, member
             } else {
                 let mut delta = catalog_delta.as_ref().clone();
                 delta.from_revision = held.revision;
-                let now = Held {
-                    catalog: current.clone(),
-                    revision: current.revision(),
-                    scope: Scope::default(),
-                    tools: Default::default(),
-                };
+                let now = Held::whole(&current);
                 (delta, now)
             };
             if delta.is_empty() {
