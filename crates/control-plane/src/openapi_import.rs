@@ -626,26 +626,14 @@ pub fn import(doc: &Value, spec: &oas3::Spec, opts: &OpenApiOptions) -> Imported
 /// compliance frameworks, the enabled switch — and learned statistics stay. As for MCP,
 /// an admin's NONE (pure, so cacheable) is kept while the document still says READ.
 pub fn merge(registered: &ToolSpec, fresh: &ToolSpec) -> ToolSpec {
-    let side_effects = if registered.side_effects == SideEffects::None && fresh.side_effects == SideEffects::Read {
-        SideEffects::None
-    } else {
-        fresh.side_effects
-    };
+    let server_owned = crate::mcp_import::merge(registered, fresh);
     ToolSpec {
-        description: fresh.description.clone(),
-        input_schema: fresh.input_schema.clone(),
-        output_schema: fresh.output_schema.clone(),
-        side_effects,
-        idempotent: fresh.idempotent,
-        remote_name: fresh.remote_name.clone(),
-        endpoint: fresh.endpoint.clone(),
-        protocol: fresh.protocol,
         http: fresh.http.clone(),
         requirements: ToolRequirements {
             authentication: fresh.requirements.authentication,
             ..registered.requirements.clone()
         },
-        ..registered.clone()
+        ..server_owned
     }
 }
 
