@@ -293,6 +293,18 @@ async fn a_sidecar_learns_its_agents_and_fetches_tools_on_demand() {
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     let missing = ex_a.invoke(invoke_request("no_such_tool", &params)).await.unwrap_err();
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    // Hostile names, many at once (long, a NUL, a direction override): each is looked up
+    // and answered NOT_FOUND; none is held (the count below stays exact).
+    let mut odd = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let mut ex = ex_a.clone();
+        let name = format!("{}\u{0}\u{202e}{i}", "x".repeat(300 + i));
+        odd.spawn(async move { ex.invoke(invoke_request(&name, &json!({"text": "a"}))).await });
+    }
+    while let Some(r) = odd.join_next().await {
+        let e = r.unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
     let audit = pb::audit_client::AuditClient::new(channel(&cp.url(), Some(ADMIN_TOKEN)).await);
     eventually("the denial in the audit trail, naming the tool", WAIT, || {
         let mut audit = audit.clone();
