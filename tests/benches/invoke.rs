@@ -17,7 +17,10 @@
 //! the gRPC floor), and `invoke control_plane` says what the control plane spends
 //! storing a miss's events at c=64. The sidecar serves `/metrics` as deployed ones do;
 //! each case waits there for its spool depth to reach 0 (every event stored) before it
-//! reads the control plane's CPU.
+//! reads the control plane's CPU. `invoke syscalls` counts the write system calls
+//! per call of the front and the bench client (`/proc/<pid>/io`): on loopback each
+//! write runs the receiver's network stack too, so it tells whether a front's extra
+//! CPU is in its I/O or in its own work.
 
 #![allow(
     clippy::unwrap_used,
@@ -40,7 +43,7 @@ use serde_json::{Value, json};
 use toolplane_core::json::json_to_struct;
 use toolplane_proto::v1 as pb;
 use toolplane_tests::grpc::{Admin, Authed, channel, http_tool, invoke_request};
-use toolplane_tests::procfs::{cpu_us, rss_mib};
+use toolplane_tests::procfs::{cpu_us, rss_mib, syscalls};
 use toolplane_tests::procs::{ADMIN_TOKEN, Proc, control_plane, sidecar_with, spool_dir};
 
 #[path = "invoke/ceilings.rs"]
@@ -204,8 +207,10 @@ where
 {
     let all = [pids.front, pids.control_plane, pids.tool_server, std::process::id()];
     let before = all.map(cpu_us);
+    let calls_before = [pids.front, std::process::id()].map(syscalls);
     let s = measure(c, n, one).await;
     let after = all.map(cpu_us);
+    let calls_after = [pids.front, std::process::id()].map(syscalls);
     print(name, c, &s);
     drained.wait().await;
     let per_call = |i: usize, at: f64| (at - before[i]) / n as f64;
@@ -219,6 +224,15 @@ where
         "invoke cpu case={name} c={c} front_us_per_call={:.1} control_plane_us_per_call={:.1} \
          tool_server_us_per_call={:.1} bench_client_us_per_call={:.1}",
         cpu.front, cpu.control_plane, cpu.tool_server, cpu.bench_client
+    );
+    let per = |i: usize| {
+        let ((r0, w0), (r1, w1)) = (calls_before[i], calls_after[i]);
+        ((r1 - r0) / n as f64, (w1 - w0) / n as f64)
+    };
+    let ((front_r, front_w), (client_r, client_w)) = (per(0), per(1));
+    println!(
+        "invoke syscalls case={name} c={c} front_reads_per_call={front_r:.2} front_writes_per_call={front_w:.2} \
+         bench_client_reads_per_call={client_r:.2} bench_client_writes_per_call={client_w:.2}"
     );
     Measured { stats: s, cpu }
 }

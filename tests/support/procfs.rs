@@ -24,3 +24,17 @@ pub fn cpu_us(pid: u32) -> f64 {
     // `rest` starts at the 3rd field (state).
     (field(14 - 3) + field(15 - 3)) * 1e6 / 100.0
 }
+
+/// Read and write system calls made so far (`syscr`, `syscw` of `/proc/<pid>/io`): on
+/// loopback each write also runs the receiver's network stack, so writes per call
+/// explain much of a front's CPU.
+pub fn syscalls(pid: u32) -> (f64, f64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field("syscr:"), field("syscw:"))
+}
