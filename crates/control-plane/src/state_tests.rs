@@ -1,41 +1,11 @@
-use rust_decimal::Decimal;
-use toolplane_core::model::{ExecutionStatus, Tool, ToolResult};
+use toolplane_core::model::{ExecutionStatus, Tool};
 use toolplane_core::testutil::tool;
 
 use super::*;
 use crate::storage::MemoryStore;
 
 fn outcome(t: &Tool, status: ExecutionStatus, duration_ms: u32) -> SyncEvent {
-    let id = Uuid::now_v7();
-    SyncEvent::Invocation(InvocationRecord {
-        invocation_id: id,
-        agent_id: Uuid::now_v7(),
-        task_id: String::new(),
-        requested_tool_id: t.id,
-        parameters: Value::Null,
-        invoked_at: Utc::now(),
-        result: ToolResult {
-            invocation_id: id,
-            tool_id: t.id,
-            tool_version: t.version,
-            status,
-            output: Value::Null,
-            error: String::new(),
-            duration_ms,
-            tokens_used: 0,
-            cost: Decimal::ZERO,
-            completed_at: Utc::now(),
-            cache_hit: false,
-            attempts: 1,
-            retry_after_ms: 0,
-            stale: false,
-            fallback_from: None,
-        },
-        sidecar_id: "sc".to_owned(),
-        task_category: String::new(),
-        selection_id: None,
-        caller_cancelled: false,
-    })
+    SyncEvent::Invocation(toolplane_core::testutil::invocation(t.id, status, duration_ms))
 }
 
 /// Stores outcomes as a sidecar batch would, then runs one statistics push; returns

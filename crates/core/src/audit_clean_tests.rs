@@ -1,10 +1,9 @@
 use chrono::Utc;
-use rust_decimal::Decimal;
 use serde_json::json;
 use uuid::Uuid;
 
 use super::*;
-use crate::model::{AuditAction, ExecutionStatus, ToolResult};
+use crate::model::{AuditAction, ExecutionStatus};
 
 fn audit(task_id: &str, params: Value) -> AuditEvent {
     AuditEvent {
@@ -29,36 +28,12 @@ fn audit(task_id: &str, params: Value) -> AuditEvent {
 }
 
 fn invocation(task_id: &str, category: &str, params: Value, error: &str) -> InvocationRecord {
-    let id = Uuid::now_v7();
-    InvocationRecord {
-        invocation_id: id,
-        agent_id: Uuid::nil(),
-        task_id: task_id.to_owned(),
-        requested_tool_id: Uuid::nil(),
-        parameters: params,
-        invoked_at: Utc::now(),
-        result: ToolResult {
-            invocation_id: id,
-            tool_id: Uuid::nil(),
-            tool_version: 1,
-            status: ExecutionStatus::ExecutionError,
-            output: Value::Null,
-            error: error.to_owned(),
-            duration_ms: 1,
-            tokens_used: 0,
-            cost: Decimal::ZERO,
-            completed_at: Utc::now(),
-            cache_hit: false,
-            attempts: 1,
-            retry_after_ms: 0,
-            stale: false,
-            fallback_from: None,
-        },
-        sidecar_id: "s".into(),
-        task_category: category.to_owned(),
-        selection_id: None,
-        caller_cancelled: false,
-    }
+    let mut i = crate::testutil::invocation(Uuid::nil(), ExecutionStatus::ExecutionError, 1);
+    i.task_id = task_id.to_owned();
+    i.task_category = category.to_owned();
+    i.parameters = params;
+    i.result.error = error.to_owned();
+    i
 }
 
 /// Every string in the value, keys included.

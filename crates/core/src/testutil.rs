@@ -110,3 +110,38 @@ pub fn admin_event() -> AuditEvent {
         permission_id: None,
     }
 }
+
+/// A sidecar's record of one call of `tool` (version 1 unless changed), answered with
+/// `status` after `duration_ms`.
+pub fn invocation(tool_id: Uuid, status: ExecutionStatus, duration_ms: u32) -> InvocationRecord {
+    let id = Uuid::now_v7();
+    InvocationRecord {
+        invocation_id: id,
+        agent_id: Uuid::nil(),
+        task_id: String::new(),
+        requested_tool_id: tool_id,
+        parameters: serde_json::Value::Null,
+        invoked_at: Utc::now(),
+        result: ToolResult {
+            invocation_id: id,
+            tool_id,
+            tool_version: 1,
+            status,
+            output: serde_json::Value::Null,
+            error: String::new(),
+            duration_ms,
+            tokens_used: 0,
+            cost: Decimal::ZERO,
+            completed_at: Utc::now(),
+            cache_hit: false,
+            attempts: 1,
+            retry_after_ms: 0,
+            stale: false,
+            fallback_from: None,
+        },
+        sidecar_id: "s".into(),
+        task_category: String::new(),
+        selection_id: None,
+        caller_cancelled: false,
+    }
+}
