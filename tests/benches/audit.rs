@@ -8,14 +8,14 @@
 
 use std::time::Instant;
 
-use chrono::Utc;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use toolplane_core::audit::{ChainHead, stored_time};
 use toolplane_core::convert::sync_event_to_pb;
-use toolplane_core::model::{AuditAction, AuditEvent, DataSensitivity, ExecutionStatus, ResultSummary, SyncEvent};
+use toolplane_core::model::{AuditEvent, SyncEvent};
 use toolplane_proto::v1 as pb;
+use toolplane_tests::events::tool_invoked;
 use toolplane_tests::grpc::{Admin, channel};
 use toolplane_tests::pg::TestDb;
 use toolplane_tests::procs::{ADMIN_TOKEN, control_plane};
@@ -30,28 +30,11 @@ const IN_FLIGHT: usize = 4;
 
 fn event(sidecar: &str, n: usize) -> AuditEvent {
     AuditEvent {
-        event_id: Uuid::now_v7(),
-        action: AuditAction::ToolInvoked,
-        invocation_id: Some(Uuid::now_v7()),
-        // A sidecar's event names its agent as the actor, or the control plane refuses it.
-        actor_id: Uuid::from_u128(7).to_string(),
-        agent_id: Some(Uuid::from_u128(7)),
-        tool_id: Some(Uuid::from_u128(9)),
         tool_version: 3,
         task_id: format!("task-{}", n % 97),
-        occurred_at: Utc::now(),
         sanitized_parameters: json!({"text": "count the words of this sentence", "lang": "en", "api_key": "[REDACTED]"}),
-        result: Some(ResultSummary {
-            size_bytes: 42,
-            status: ExecutionStatus::Success,
-            digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
-        }),
-        success: true,
-        detail: String::new(),
-        compliance_frameworks: vec!["SOC2".to_owned()],
-        data_classification: Some(DataSensitivity::Internal),
-        sidecar_id: sidecar.to_owned(),
         permission_id: Some(Uuid::from_u128(11)),
+        ..tool_invoked(Uuid::from_u128(7), Uuid::from_u128(9), sidecar)
     }
 }
 

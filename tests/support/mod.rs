@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod browser;
+pub mod events;
 pub mod fake_sidecar;
 pub mod grpc;
 pub mod oidc;

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use prost::Message;
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
@@ -16,12 +14,11 @@ use tonic::transport::Channel;
 use toolplane_core::client::Bearer;
 use toolplane_core::convert::{delta_from_pb, snapshot_from_pb, sync_event_to_pb};
 use toolplane_core::delta::apply;
-use toolplane_core::model::{
-    AuditAction, AuditEvent, DataSensitivity, ExecutionStatus, ResultSummary, Snapshot, SyncEvent,
-};
+use toolplane_core::model::{AuditEvent, Snapshot, SyncEvent};
 use toolplane_proto::v1 as pb;
 use toolplane_proto::v1::connect_response::Message as In;
 use toolplane_proto::v1::sidecar_sync_client::SidecarSyncClient;
+use toolplane_tests::events::tool_invoked;
 use uuid::Uuid;
 
 /// What a change under test looks like once a sidecar holds it.
@@ -97,28 +94,8 @@ pub struct Shared {
 
 fn audit_event(agent: Uuid, tool: Uuid, sidecar: &str) -> SyncEvent {
     SyncEvent::Audit(AuditEvent {
-        event_id: Uuid::now_v7(),
-        action: AuditAction::ToolInvoked,
-        invocation_id: Some(Uuid::now_v7()),
-        // A sidecar's event names its agent as the actor, or the control plane refuses it.
-        actor_id: agent.to_string(),
-        agent_id: Some(agent),
-        tool_id: Some(tool),
-        tool_version: 1,
         task_id: "fleet-task".to_owned(),
-        occurred_at: Utc::now(),
-        sanitized_parameters: json!({"text": "count the words of this sentence", "api_key": "[REDACTED]"}),
-        result: Some(ResultSummary {
-            size_bytes: 42,
-            status: ExecutionStatus::Success,
-            digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
-        }),
-        success: true,
-        detail: String::new(),
-        compliance_frameworks: vec!["SOC2".to_owned()],
-        data_classification: Some(DataSensitivity::Internal),
-        sidecar_id: sidecar.to_owned(),
-        permission_id: None,
+        ..tool_invoked(agent, tool, sidecar)
     })
 }
 
