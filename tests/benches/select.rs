@@ -92,7 +92,7 @@ fn inproc(n: usize, queries: &[String]) {
         .collect();
     let snapshot = Arc::new(Snapshot {
         revision: 1,
-        tools,
+        tools: tools.into_iter().map(Arc::new).collect(),
         permissions,
         agents: vec![agent.clone()],
         ..Default::default()

@@ -74,7 +74,7 @@ fn load(dir: &str) -> Data {
     Data {
         snapshot: Arc::new(Snapshot {
             revision: 1,
-            tools: catalog,
+            tools: catalog.into_iter().map(Arc::new).collect(),
             ..Default::default()
         }),
         ids,

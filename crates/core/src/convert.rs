@@ -660,7 +660,7 @@ pub fn delta_to_pb(d: &crate::delta::SnapshotDelta) -> pb::SnapshotDelta {
     pb::SnapshotDelta {
         from_revision: d.from_revision,
         revision: d.revision,
-        upserted_tools: d.upserted_tools.iter().map(tool_to_pb).collect(),
+        upserted_tools: d.upserted_tools.iter().map(|t| tool_to_pb(t)).collect(),
         removed_tool_ids: ids(&d.removed_tools),
         upserted_permissions: d.upserted_permissions.iter().map(permission_to_pb).collect(),
         removed_permission_ids: ids(&d.removed_permissions),
@@ -683,7 +683,7 @@ pub fn delta_from_pb(d: pb::SnapshotDelta) -> Result<crate::delta::SnapshotDelta
         upserted_tools: d
             .upserted_tools
             .into_iter()
-            .map(tool_from_pb)
+            .map(|t| tool_from_pb(t).map(std::sync::Arc::new))
             .collect::<Result<_, _>>()?,
         removed_tools: parse_ids("delta.removed_tool_ids", d.removed_tool_ids)?,
         upserted_permissions: d
@@ -744,7 +744,7 @@ fn scope_from_pb(field: &str, s: pb::SnapshotScope) -> Result<Option<crate::mode
 pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
     pb::Snapshot {
         revision: s.revision,
-        tools: s.tools.iter().map(tool_to_pb).collect(),
+        tools: s.tools.iter().map(|t| tool_to_pb(t)).collect(),
         permissions: s.permissions.iter().map(permission_to_pb).collect(),
         agents: s.agents.iter().map(agent_to_pb).collect(),
         tokens: s.tokens.iter().map(token_to_pb).collect(),
@@ -758,7 +758,11 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
 pub fn snapshot_from_pb(s: pb::Snapshot) -> Result<Snapshot, Violations> {
     Ok(Snapshot {
         revision: s.revision,
-        tools: s.tools.into_iter().map(tool_from_pb).collect::<Result<_, _>>()?,
+        tools: s
+            .tools
+            .into_iter()
+            .map(|t| tool_from_pb(t).map(std::sync::Arc::new))
+            .collect::<Result<_, _>>()?,
         permissions: s
             .permissions
             .into_iter()

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -12,7 +13,7 @@ use crate::model::{Agent, Credential, FallbackStrategy, Permission, Snapshot, To
 pub struct SnapshotDelta {
     pub from_revision: u64,
     pub revision: u64,
-    pub upserted_tools: Vec<Tool>,
+    pub upserted_tools: Vec<Arc<Tool>>,
     pub removed_tools: Vec<Uuid>,
     pub upserted_permissions: Vec<Permission>,
     pub removed_permissions: Vec<Uuid>,
@@ -56,9 +57,23 @@ pub struct RevisionMismatch {
 }
 
 fn diff_by<T: Clone + PartialEq, K: Eq + Hash + Copy>(old: &[T], new: &[T], key: fn(&T) -> K) -> (Vec<T>, Vec<K>) {
+    diff_by_with(old, new, key, |a, b| a == b)
+}
+
+/// [`diff_by`] with `same` saying whether an item is unchanged.
+fn diff_by_with<T: Clone, K: Eq + Hash + Copy>(
+    old: &[T],
+    new: &[T],
+    key: fn(&T) -> K,
+    same: fn(&T, &T) -> bool,
+) -> (Vec<T>, Vec<K>) {
     let before: HashMap<K, &T> = old.iter().map(|t| (key(t), t)).collect();
     let after: HashSet<K> = new.iter().map(key).collect();
-    let upserted = new.iter().filter(|t| before.get(&key(t)) != Some(t)).cloned().collect();
+    let upserted = new
+        .iter()
+        .filter(|t| before.get(&key(t)).is_none_or(|b| !same(b, t)))
+        .cloned()
+        .collect();
     let removed = old.iter().map(key).filter(|k| !after.contains(k)).collect();
     (upserted, removed)
 }
@@ -71,7 +86,9 @@ fn apply_by<T, K: Eq + Hash + Copy>(items: &mut Vec<T>, upserted: Vec<T>, remove
 
 /// What turns `old` into `new`.
 pub fn diff(old: &Snapshot, new: &Snapshot) -> SnapshotDelta {
-    let (upserted_tools, removed_tools) = diff_by(&old.tools, &new.tools, |t| t.id);
+    // A tool shared with the old snapshot is unchanged without comparing its schemas.
+    let (upserted_tools, removed_tools) =
+        diff_by_with(&old.tools, &new.tools, |t| t.id, |a, b| Arc::ptr_eq(a, b) || a == b);
     let (upserted_permissions, removed_permissions) = diff_by(&old.permissions, &new.permissions, |p| p.id);
     let (upserted_agents, removed_agents) = diff_by(&old.agents, &new.agents, |a| a.id);
     let (upserted_tokens, removed_tokens) = diff_by(&old.tokens, &new.tokens, |t| t.id);
@@ -164,7 +181,7 @@ mod tests {
         let g1 = grant(&a, &t1, PermissionType::FullAccess);
         let old = Snapshot {
             revision: 5,
-            tools: vec![t1.clone(), t2.clone()],
+            tools: vec![t1.clone().into(), t2.clone().into()],
             permissions: vec![g1.clone()],
             agents: vec![a.clone()],
             ..Default::default()
@@ -174,7 +191,7 @@ mod tests {
         let g2 = grant(&b, &t3, PermissionType::ReadOnly);
         let new = Snapshot {
             revision: 9,
-            tools: vec![t2b.clone(), t3.clone()],
+            tools: vec![t2b.clone().into(), t3.clone().into()],
             permissions: vec![g2.clone()],
             agents: vec![a.clone(), b.clone()],
             ..Default::default()
@@ -199,7 +216,7 @@ mod tests {
         let (t1, t2) = (tool("t1"), tool("t2"));
         let old = Snapshot {
             revision: 1,
-            tools: vec![t1.clone(), t2.clone()],
+            tools: vec![t1.clone().into(), t2.clone().into()],
             ..Default::default()
         };
         let mut learned = t1.clone();
@@ -207,11 +224,11 @@ mod tests {
         learned.spec.average_latency_ms = 900;
         let new = Snapshot {
             revision: 2,
-            tools: vec![learned.clone(), t2],
+            tools: vec![learned.clone().into(), t2.into()],
             ..Default::default()
         };
         let d = diff(&old, &new);
-        assert_eq!(d.upserted_tools, vec![learned]);
+        assert_eq!(d.upserted_tools, vec![Arc::new(learned)]);
         let mut held = old;
         apply(&mut held, d).unwrap();
         assert_eq!(held.tools[1].spec.reliability_score, 0.4);

@@ -582,7 +582,9 @@ pub struct StoredCredential {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub revision: u64,
-    pub tools: Vec<Tool>,
+    /// Shared: a revision that changes a few tools (learned statistics) shares the
+    /// others with the revision before, so building and diffing it costs those few.
+    pub tools: Vec<std::sync::Arc<Tool>>,
     pub permissions: Vec<Permission>,
     pub agents: Vec<Agent>,
     pub tokens: Vec<TokenRecord>,

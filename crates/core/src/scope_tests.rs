@@ -79,7 +79,7 @@ fn a_scope_holds_its_agents_tools_their_fallbacks_and_credentials_only() {
     let (t1, t2, t3, t4) = (tool("t1"), tool("t2"), tool("t3"), tool("t4"));
     let s = Snapshot {
         revision: 1,
-        tools: vec![t1.clone(), t2.clone(), t3.clone(), t4.clone()],
+        tools: [&t1, &t2, &t3, &t4].map(|t| Arc::new(t.clone())).to_vec(),
         permissions: vec![
             grant(&a, &t1, PermissionType::FullAccess),
             grant(&b, &t2, PermissionType::FullAccess),
@@ -115,7 +115,7 @@ fn scoped_deltas_keep_a_sidecar_equal_to_a_fresh_scoped_snapshot() {
     let gb = grant(&b, &tools[5], PermissionType::FullAccess);
     let s0 = Snapshot {
         revision: 10,
-        tools: tools.clone(),
+        tools: tools.iter().cloned().map(Arc::new).collect(),
         permissions: vec![g0.clone(), g1.clone(), gb.clone()],
         agents: vec![a.clone(), b.clone()],
         credentials: vec![credential(tools[0].id, "zero"), credential(tools[5].id, "five")],
@@ -140,7 +140,7 @@ fn scoped_deltas_keep_a_sidecar_equal_to_a_fresh_scoped_snapshot() {
     // A change to a tool nobody in scope uses costs the sidecar nothing but the revision.
     let mut s2 = s1.clone();
     s2.revision = 12;
-    s2.tools[6].spec.description = "changed elsewhere".into();
+    Arc::make_mut(&mut s2.tools[6]).spec.description = "changed elsewhere".into();
     s2.credentials[1].secret = "five-rotated".into();
     s2.tokens.push(token(Role::Sidecar, None));
     s2.tokens.push(token(Role::Admin, None));
@@ -168,8 +168,8 @@ fn scoped_deltas_keep_a_sidecar_equal_to_a_fresh_scoped_snapshot() {
     let mut s3 = s2.clone();
     s3.revision = 13;
     s3.permissions.retain(|p| p.id != g1.id);
-    s3.tools[0].spec.description = "updated".into();
-    s3.tools[0].version = 2;
+    Arc::make_mut(&mut s3.tools[0]).spec.description = "updated".into();
+    Arc::make_mut(&mut s3.tools[0]).version = 2;
     s3.fallbacks.push(fallback(tools[0].id, vec![tools[7].id]));
     s3.tools.retain(|t| t.id != tools[2].id);
     s3.permissions.retain(|p| p.id != g2.id);

@@ -120,10 +120,11 @@ impl SnapshotIndex {
         let mut names = HashMap::new();
         for tool in s.tools {
             names.insert(tool.spec.name.clone(), tool.id);
-            if let Some(same) = previous.and_then(|p| p.tools.get(&tool.id)).filter(|c| c.tool == tool) {
+            if let Some(same) = previous.and_then(|p| p.tools.get(&tool.id)).filter(|c| c.tool == *tool) {
                 tools.insert(tool.id, same.clone());
                 continue;
             }
+            let tool = Arc::unwrap_or_clone(tool);
             tools.insert(tool.id, Arc::new(CompiledTool::new(tool, validators.clone())));
         }
         let mut grants: HashMap<(Uuid, Uuid), Vec<Permission>> = HashMap::new();

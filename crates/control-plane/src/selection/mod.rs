@@ -78,7 +78,7 @@ struct CatalogText {
     vectors: Option<Vec<Arc<[f32]>>>,
 }
 
-fn versions_key(tools: &[Tool]) -> u64 {
+fn versions_key(tools: &[Arc<Tool>]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for t in tools {
@@ -222,11 +222,12 @@ impl Selector {
     }
 
     /// Embeddings of the catalog, computing only tool versions not seen before.
-    fn catalog_vectors(&self, tools: &[Tool]) -> Option<Vec<Arc<[f32]>>> {
+    fn catalog_vectors(&self, tools: &[Arc<Tool>]) -> Option<Vec<Arc<[f32]>>> {
         let embedder = self.embedder()?;
         let mut cache = self.embedded.lock().unwrap_or_else(|e| e.into_inner());
         let missing: Vec<&Tool> = tools
             .iter()
+            .map(|t| &**t)
             .filter(|t| !cache.contains_key(&(t.id, t.version)))
             .collect();
         if !missing.is_empty() {
@@ -271,7 +272,7 @@ impl Selector {
         let text = match previous.filter(|b| b.text.versions == versions) {
             Some(b) => b.text.clone(),
             None => {
-                let docs: Vec<Document> = snapshot.tools.iter().map(document).collect();
+                let docs: Vec<Document> = snapshot.tools.iter().map(|t| document(t)).collect();
                 let index = TextIndex::build(&self.analyzer, &docs, &self.params);
                 let mut capabilities: HashMap<String, Vec<u32>> = HashMap::new();
                 for (i, t) in snapshot.tools.iter().enumerate() {
@@ -618,7 +619,7 @@ fn describe(t: &Tool, s: &Scored, how: Explained) -> String {
 /// When no tool shown had remembered tasks or outcomes, it says so: the choice then
 /// rests on text relevance (and capabilities, headroom and exploration when they took
 /// part) alone.
-fn reasoning(tools: &[Tool], primary: &Scored, alternatives: &[Scored], how: Explained) -> String {
+fn reasoning(tools: &[Arc<Tool>], primary: &Scored, alternatives: &[Scored], how: Explained) -> String {
     let mut out = format!("chose {}", describe(&tools[primary.tool], primary, how));
     let shown = || std::iter::once(primary).chain(alternatives);
     let history = shown().any(Scored::has_history);
@@ -754,7 +755,7 @@ mod tests {
 
     #[test]
     fn without_evidence_it_claims_no_history_and_says_text_decided() {
-        let tools = [tool("forecast"), tool("word_count")];
+        let tools = [tool("forecast"), tool("word_count")].map(Arc::new);
         let r = reasoning(&tools, &fresh(0, 1.0), &[fresh(1, 0.2)], PLAIN);
         assert!(r.starts_with("chose forecast (combined "), "{r}");
         for claim in [
@@ -772,7 +773,7 @@ mod tests {
 
     #[test]
     fn capabilities_and_limits_are_named_when_asked_for() {
-        let tools = [tool("forecast"), tool("word_count")];
+        let tools = [tool("forecast"), tool("word_count")].map(Arc::new);
         let mut p = fresh(0, 1.0);
         p.capabilities = (1, 1);
         let r = reasoning(
@@ -793,7 +794,7 @@ mod tests {
 
     #[test]
     fn exploring_without_outcomes_says_the_draw_took_part() {
-        let tools = [tool("forecast"), tool("word_count")];
+        let tools = [tool("forecast"), tool("word_count")].map(Arc::new);
         let how = Explained {
             limited: false,
             explore: true,
@@ -809,7 +810,7 @@ mod tests {
 
     #[test]
     fn history_and_outcomes_are_named_with_their_numbers() {
-        let tools = [tool("tracker"), tool("installer")];
+        let tools = [tool("tracker"), tool("installer")].map(Arc::new);
         let mut p = fresh(0, 0.3);
         p.past_tasks = 2;
         p.similar = 1.0;
