@@ -589,8 +589,11 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
         SyncEvent::Audit(second.clone()),
     ];
     s.append_events(&batch).await.unwrap();
-    // A resend after a lost ack stores nothing twice.
+    // A resend after a lost ack stores nothing twice, on either path; the one sync
+    // ingest takes gives back the invocations, which learning reads next.
     s.append_events(&batch).await.unwrap();
+    let back = s.append_owned_events(batch.clone()).await.map_err(|(e, _)| e).unwrap();
+    assert!(back.contains(&SyncEvent::Invocation(record.clone())));
     s.append_events(&[SyncEvent::Audit(audit(Uuid::now_v7(), AuditAction::CacheHit))])
         .await
         .unwrap();
@@ -618,12 +621,20 @@ async fn events_are_stored_once_and_in_order(s: Arc<dyn Store>) {
     // A batch mixing a stored event with a new one stores only the new one, next in
     // its chain.
     let fourth = audit(Uuid::now_v7(), AuditAction::CacheMiss);
-    s.append_events(&[SyncEvent::Audit(first.clone()), SyncEvent::Audit(fourth)])
+    s.append_owned_events(vec![SyncEvent::Audit(first.clone()), SyncEvent::Audit(fourth.clone())])
         .await
+        .map_err(|(e, _)| e)
         .unwrap();
     let four = s.audit_events(&AuditFilter::default()).await.unwrap();
     assert_eq!(four.iter().map(|r| r.chain_seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert_eq!(four[3].prev_hash, four[2].hash);
+    assert_eq!(four[3].event, stored(fourth));
+    let r = &four[3];
+    assert_eq!(
+        toolplane_core::audit::record_hash(&r.prev_hash, &r.chain, r.chain_seq, &r.event),
+        r.hash,
+        "a moved-in event hashes as a copied one"
+    );
     let by_agent = s
         .audit_events(&AuditFilter {
             agent_id: first.agent_id,

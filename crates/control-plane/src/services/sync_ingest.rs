@@ -161,16 +161,19 @@ pub async fn store_batch(state: &AppState, sender: &Sender, batch: pb::EventBatc
             }
         }
     }
-    let stored = match state.store.append_events(&events).await {
-        Ok(()) => events,
-        Err(e) if transient(&e) => return Err(e),
-        Err(e) => {
+    let audits = events.iter().filter(|e| matches!(e, SyncEvent::Audit(_))).count();
+    let (stored, audits) = match state.store.append_owned_events(events).await {
+        Ok(invocations) => (invocations, audits),
+        Err((e, _)) if transient(&e) => return Err(e),
+        Err((e, events)) => {
             tracing::warn!(source = %sender.source, events = events.len(), error = %e, "batch refused; storing its events one by one");
-            store_one_by_one(state, sender, events, &mut letters).await?
+            let stored = store_one_by_one(state, sender, events, &mut letters).await?;
+            let audits = stored.iter().filter(|e| matches!(e, SyncEvent::Audit(_))).count();
+            (stored, audits)
         }
     };
     state.store.dead_letter(&letters).await?;
-    learn(state, &stored).await;
+    learn(state, &stored, audits).await;
     state.stats_stored(&stored);
     Ok(ids)
 }
@@ -198,8 +201,9 @@ async fn store_one_by_one(
 }
 
 /// After the commit: the events are safe whatever happens here, so a failure only
-/// costs what task memory would have learned from them.
-async fn learn(state: &AppState, stored: &[SyncEvent]) {
+/// costs what task memory would have learned from them. `stored` holds at least the
+/// stored invocations; `audits` counts the audit events stored with them.
+async fn learn(state: &AppState, stored: &[SyncEvent], audits: usize) {
     let invocations: Vec<&InvocationRecord> = stored
         .iter()
         .filter_map(|e| match e {
@@ -209,7 +213,7 @@ async fn learn(state: &AppState, stored: &[SyncEvent]) {
         .collect();
     if invocations.is_empty() {
         // Audit events alone teach selection nothing: no round trips for them.
-        metrics::counter!(m::EVENTS_STORED, "kind" => "audit").increment(stored.len() as u64);
+        metrics::counter!(m::EVENTS_STORED, "kind" => "audit").increment(audits as u64);
         return;
     }
     if let Err(e) = state.remember_tasks(&invocations).await {
@@ -219,7 +223,6 @@ async fn learn(state: &AppState, stored: &[SyncEvent]) {
         state.learn(i, None);
     }
     // Counted per batch: a series lookup per event is a hash into the registry each.
-    let audits = stored.len() - invocations.len();
     metrics::counter!(m::EVENTS_STORED, "kind" => "invocation").increment(invocations.len() as u64);
     if audits > 0 {
         metrics::counter!(m::EVENTS_STORED, "kind" => "audit").increment(audits as u64);

@@ -81,11 +81,16 @@ impl MemoryStore {
 impl State {
     /// Appends an audit event to its chain; an event id already stored is skipped.
     fn append_audit(&mut self, a: &AuditEvent) {
-        if !self.audit_ids.insert(a.event_id) {
+        if !self.audit_ids.contains(&a.event_id) {
+            self.append_owned_audit(a.clone());
+        }
+    }
+
+    fn append_owned_audit(&mut self, mut event: AuditEvent) {
+        if !self.audit_ids.insert(event.event_id) {
             return;
         }
-        let chain = chain_of(a);
-        let mut event = a.clone();
+        let chain = chain_of(&event);
         event.occurred_at = stored_time(event.occurred_at);
         let (chain_seq, prev_hash, hash) = self
             .chain_heads
@@ -102,6 +107,36 @@ impl State {
             prev_hash,
             hash,
         }));
+    }
+
+    fn append_invocation(&mut self, i: &InvocationRecord) {
+        if self.invocations.contains_key(&i.invocation_id) {
+            return;
+        }
+        self.invocations.insert(i.invocation_id, Box::new(i.clone()));
+        self.invocation_order.push(i.invocation_id);
+        let (key, counts) = usage::contribution(i);
+        self.usage.entry(key).or_default().add(&counts);
+        let r = &i.result;
+        if r.cache_hit || !stats::counts(r.status) {
+            return;
+        }
+        let outcomes = self.outcomes.entry(r.tool_id).or_default();
+        let prev_outcomes = *outcomes;
+        *outcomes += 1;
+        if let Some(t) = self.tools.get_mut(&r.tool_id) {
+            let next = stats::observe(
+                ToolStats {
+                    reliability_score: t.spec.reliability_score,
+                    average_latency_ms: t.spec.average_latency_ms,
+                    outcomes: prev_outcomes,
+                },
+                r.status,
+                r.duration_ms,
+            );
+            t.spec.reliability_score = next.reliability_score;
+            t.spec.average_latency_ms = next.average_latency_ms;
+        }
     }
 }
 
@@ -595,38 +630,30 @@ impl Store for MemoryStore {
         for e in events {
             match e {
                 SyncEvent::Audit(a) => st.append_audit(a),
-                SyncEvent::Invocation(i) => {
-                    if st.invocations.contains_key(&i.invocation_id) {
-                        continue;
-                    }
-                    st.invocations.insert(i.invocation_id, Box::new(i.clone()));
-                    st.invocation_order.push(i.invocation_id);
-                    let (key, counts) = usage::contribution(i);
-                    st.usage.entry(key).or_default().add(&counts);
-                    let r = &i.result;
-                    if r.cache_hit || !stats::counts(r.status) {
-                        continue;
-                    }
-                    let outcomes = st.outcomes.entry(r.tool_id).or_default();
-                    let prev_outcomes = *outcomes;
-                    *outcomes += 1;
-                    if let Some(t) = st.tools.get_mut(&r.tool_id) {
-                        let next = stats::observe(
-                            ToolStats {
-                                reliability_score: t.spec.reliability_score,
-                                average_latency_ms: t.spec.average_latency_ms,
-                                outcomes: prev_outcomes,
-                            },
-                            r.status,
-                            r.duration_ms,
-                        );
-                        t.spec.reliability_score = next.reliability_score;
-                        t.spec.average_latency_ms = next.average_latency_ms;
-                    }
-                }
+                SyncEvent::Invocation(i) => st.append_invocation(i),
             }
         }
         Ok(())
+    }
+
+    /// Audit events are moved into the trail (nothing reads them after); invocations
+    /// are copied and given back for learning.
+    async fn append_owned_events(
+        &self,
+        events: Vec<SyncEvent>,
+    ) -> Result<Vec<SyncEvent>, (StoreError, Vec<SyncEvent>)> {
+        let mut st = self.write();
+        let mut invocations = Vec::new();
+        for e in events {
+            match e {
+                SyncEvent::Audit(a) => st.append_owned_audit(a),
+                SyncEvent::Invocation(i) => {
+                    st.append_invocation(&i);
+                    invocations.push(SyncEvent::Invocation(i));
+                }
+            }
+        }
+        Ok(invocations)
     }
 
     async fn audit_events(&self, f: &AuditFilter) -> StoreResult<Vec<AuditRecord>> {

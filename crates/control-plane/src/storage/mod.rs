@@ -346,6 +346,19 @@ pub trait Store: Send + Sync + 'static {
     /// event is appended to its writer's hash chain; each newly stored invocation
     /// updates its tool's reliability and average latency and the usage statistics.
     async fn append_events(&self, events: &[SyncEvent]) -> StoreResult<()>;
+    /// [`Store::append_events`] for a batch its caller gives up: a store that keeps
+    /// events in memory moves them in instead of copying each one. On success gives
+    /// back at least the invocations (what learning reads next); on failure every
+    /// event, as it was, to be stored one by one.
+    async fn append_owned_events(
+        &self,
+        events: Vec<SyncEvent>,
+    ) -> Result<Vec<SyncEvent>, (StoreError, Vec<SyncEvent>)> {
+        match self.append_events(&events).await {
+            Ok(()) => Ok(events),
+            Err(e) => Err((e, events)),
+        }
+    }
     /// Keeps events that cannot enter the trail. A letter whose (source, event id) is
     /// already kept is skipped, so a resent batch adds nothing; `id` is assigned here.
     async fn dead_letter(&self, letters: &[DeadLetter]) -> StoreResult<()>;
