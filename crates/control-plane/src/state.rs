@@ -242,18 +242,16 @@ impl AppState {
         if moved.is_empty() {
             return;
         }
-        // Held to the end: no session builds or reads a snapshot half way through.
-        let mut built = self.built.lock().await;
+        // Not held while the store is read: sessions wanting the snapshot do not wait.
         let revision = *self.revision.borrow();
-        let held = built.as_ref().filter(|s| s.revision == revision).cloned();
+        let held = self.built.lock().await.clone().filter(|s| s.revision == revision);
         let patch = match &held {
             Some(held) if moved.len() <= STATS_CHECK_MAX_TOOLS => self.stats_patch(held, &moved).await,
             _ => None,
         };
-        let Some(patch) = patch else {
+        let (Some(held), Some(patch)) = (held, patch) else {
             // Nothing current to compare with, a tool it does not hold, or too many
             // tools moved to look up one by one: the rebuild reads them all anyway.
-            drop(built);
             self.changed();
             tracing::debug!(tools = moved.len(), "pushed learned tool statistics with a rebuild");
             return;
@@ -261,7 +259,6 @@ impl AppState {
         if patch.is_empty() {
             return;
         }
-        let Some(held) = held else { return };
         let mut next = Snapshot::clone(&held);
         next.revision = revision + 1;
         let now = Utc::now();
@@ -270,8 +267,10 @@ impl AppState {
         for (i, tool) in patch {
             next.tools[i] = tool;
         }
+        // Held from here: no session reads the new revision before its snapshot is in.
+        let mut built = self.built.lock().await;
         // Only if no change came in since `revision` was read; one that did gets its
-        // own rebuild, which carries these numbers too.
+        // own rebuild from the store, which carries these numbers too.
         if self.revision.send_if_modified(|r| {
             let current = *r == revision;
             if current {
@@ -280,6 +279,7 @@ impl AppState {
             current
         }) {
             *built = Some(Arc::new(next));
+            drop(built);
             self.notify_replicas();
             tracing::debug!(revision = revision + 1, tools = count, "pushed learned tool statistics");
         }
