@@ -242,16 +242,18 @@ impl AppState {
         if moved.is_empty() {
             return;
         }
-        // Not held while the store is read: sessions wanting the snapshot do not wait.
+        // Held to the end: no session builds or reads a snapshot half way through.
+        let mut built = self.built.lock().await;
         let revision = *self.revision.borrow();
-        let held = self.built.lock().await.clone().filter(|s| s.revision == revision);
+        let held = built.as_ref().filter(|s| s.revision == revision).cloned();
         let patch = match &held {
             Some(held) if moved.len() <= STATS_CHECK_MAX_TOOLS => self.stats_patch(held, &moved).await,
             _ => None,
         };
-        let (Some(held), Some(patch)) = (held, patch) else {
+        let Some(patch) = patch else {
             // Nothing current to compare with, a tool it does not hold, or too many
             // tools moved to look up one by one: the rebuild reads them all anyway.
+            drop(built);
             self.changed();
             tracing::debug!(tools = moved.len(), "pushed learned tool statistics with a rebuild");
             return;
@@ -259,6 +261,7 @@ impl AppState {
         if patch.is_empty() {
             return;
         }
+        let Some(held) = held else { return };
         let mut next = Snapshot::clone(&held);
         next.revision = revision + 1;
         let now = Utc::now();
@@ -267,10 +270,8 @@ impl AppState {
         for (i, tool) in patch {
             next.tools[i] = tool;
         }
-        // Held from here: no session reads the new revision before its snapshot is in.
-        let mut built = self.built.lock().await;
         // Only if no change came in since `revision` was read; one that did gets its
-        // own rebuild from the store, which carries these numbers too.
+        // own rebuild, which carries these numbers too.
         if self.revision.send_if_modified(|r| {
             let current = *r == revision;
             if current {
@@ -279,7 +280,6 @@ impl AppState {
             current
         }) {
             *built = Some(Arc::new(next));
-            drop(built);
             self.notify_replicas();
             tracing::debug!(revision = revision + 1, tools = count, "pushed learned tool statistics");
         }
