@@ -259,8 +259,16 @@ fn ok(r: &pb::ToolResult) -> bool {
     r.status == pb::ToolExecutionStatus::Success as i32
 }
 
+/// Held by every test here, so they run one at a time: the renewal test has 0.4 s in
+/// hand with 4 s tokens, and on two vCPUs the others running beside it (each starts an
+/// authorization server, and one loads the sidecar on purpose) stalled calls longer
+/// than that: an expired token reached the tool in every parallel run of this file on
+/// a slow day, in none of the runs one at a time.
+static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn oauth_tokens_are_fetched_once_shared_and_replaced_when_refused() {
+    let _apart = TIMED.lock().await;
     let auth = AuthServer::start(300).await;
     let (tool, url) = ProtectedTool::start(&auth).await;
     // A tool without a credential tells when the sidecar has its snapshot, so the
@@ -327,6 +335,7 @@ async fn oauth_tokens_are_fetched_once_shared_and_replaced_when_refused() {
 
 #[tokio::test]
 async fn short_lived_oauth_tokens_are_renewed_before_they_expire() {
+    let _apart = TIMED.lock().await;
     // Tokens live 4 s: calls over 10 s need several, and none may fail.
     let auth = AuthServer::start(4).await;
     let (tool, url) = ProtectedTool::start(&auth).await;
@@ -363,6 +372,7 @@ async fn short_lived_oauth_tokens_are_renewed_before_they_expire() {
 
 #[tokio::test]
 async fn a_bad_grant_is_refused_at_set_credential_and_a_wrong_secret_fails_the_call() {
+    let _apart = TIMED.lock().await;
     let auth = AuthServer::start(300).await;
     let (_tool, url) = ProtectedTool::start(&auth).await;
     let mut wrong = oauth_credential(&auth);
@@ -471,6 +481,7 @@ async fn mtls_tool(server: (String, String), client_ca: &rcgen::Certificate) -> 
 
 #[tokio::test]
 async fn a_tool_requiring_a_client_certificate_answers_only_the_tool_that_has_one() {
+    let _apart = TIMED.lock().await;
     let (ca, ca_key) = new_ca("toolplane mtls test CA");
     let (other_ca, other_key) = new_ca("some other CA");
     let (port, served) = mtls_tool(issue(&ca, &ca_key, "127.0.0.1"), &ca).await;
@@ -635,6 +646,7 @@ async fn tool_id(admin: &mut Admin, name: &str) -> String {
 
 #[tokio::test]
 async fn credentials_rotate_under_load_expire_and_are_deleted() {
+    let _apart = TIMED.lock().await;
     let (keyed, url) = KeyedTool::start().await;
     keyed.accepted.lock().unwrap().insert("key-0".into());
     let (expiring_tool, expiring_url) = KeyedTool::start().await;
@@ -760,6 +772,7 @@ async fn credentials_rotate_under_load_expire_and_are_deleted() {
 
 #[tokio::test]
 async fn an_api_key_goes_in_the_query_escaped_and_bad_settings_are_refused() {
+    let _apart = TIMED.lock().await;
     let (keyed, url) = KeyedTool::start().await;
     keyed.accepted.lock().unwrap().insert("q-key~1&x=2".into());
     let mut in_query = api_key("q-key~1&x=2");
