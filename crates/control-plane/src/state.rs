@@ -250,7 +250,7 @@ impl AppState {
             Some(held) if moved.len() <= STATS_CHECK_MAX_TOOLS => self.stats_patch(held, &moved).await,
             _ => None,
         };
-        let Some(patch) = patch else {
+        let (Some(held), Some(patch)) = (held, patch) else {
             // Nothing current to compare with, a tool it does not hold, or too many
             // tools moved to look up one by one: the rebuild reads them all anyway.
             drop(built);
@@ -261,7 +261,6 @@ impl AppState {
         if patch.is_empty() {
             return;
         }
-        let Some(held) = held else { return };
         let mut next = Snapshot::clone(&held);
         next.revision = revision + 1;
         let now = Utc::now();

@@ -161,14 +161,14 @@ pub async fn store_batch(state: &AppState, sender: &Sender, batch: pb::EventBatc
             }
         }
     }
-    let audits = events.iter().filter(|e| matches!(e, SyncEvent::Audit(_))).count();
+    let audits = audits_in(&events);
     let (stored, audits) = match state.store.append_owned_events(events).await {
         Ok(invocations) => (invocations, audits),
         Err((e, _)) if transient(&e) => return Err(e),
         Err((e, events)) => {
             tracing::warn!(source = %sender.source, events = events.len(), error = %e, "batch refused; storing its events one by one");
             let stored = store_one_by_one(state, sender, events, &mut letters).await?;
-            let audits = stored.iter().filter(|e| matches!(e, SyncEvent::Audit(_))).count();
+            let audits = audits_in(&stored);
             (stored, audits)
         }
     };
@@ -176,6 +176,10 @@ pub async fn store_batch(state: &AppState, sender: &Sender, batch: pb::EventBatc
     learn(state, &stored, audits).await;
     state.stats_stored(&stored);
     Ok(ids)
+}
+
+fn audits_in(events: &[SyncEvent]) -> usize {
+    events.iter().filter(|e| matches!(e, SyncEvent::Audit(_))).count()
 }
 
 /// Stores each event on its own; returns those stored and adds the rest to `letters`.
